@@ -1,0 +1,36 @@
+"""opzo: online, backprop-free training of spiking neural networks.
+
+The centre is OPZO (online pseudo-zeroth-order training); around it stand spatial BP (OTTT),
+DFA, DKP and single-point ZO, all interchangeable :mod:`opzo.rules`.
+"""
+
+from __future__ import annotations
+
+from .learner import BatchStats, OnlineLearner, evaluate_batch
+from .losses import InstantLoss
+from .network import SpikingMLP
+from .neuron import LIFParams, lif_step
+from .rules import DFA, DKP, OPZO, RULES, ZO, NoiseSampler, SpatialBP
+from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, make_surrogate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DFA",
+    "DKP",
+    "OPZO",
+    "RULES",
+    "ZO",
+    "BatchStats",
+    "FastSigmoidSurrogate",
+    "InstantLoss",
+    "LIFParams",
+    "NoiseSampler",
+    "OnlineLearner",
+    "SigmoidSurrogate",
+    "SpatialBP",
+    "SpikingMLP",
+    "evaluate_batch",
+    "lif_step",
+    "make_surrogate",
+]

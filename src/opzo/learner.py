@@ -1,0 +1,219 @@
+"""The online learning loop: forward in time, one noisy forward pass per step, no autograd.
+
+For one batch, at every time step t = 1..T (OPZO paper section 4.3, OTTT section 3.1):
+
+1. the rule may draw noise α z_l[t]; the network advances one step (eq. 1) → o[t];
+2. the output error e[t] = ∂L[t]/∂o[t] in closed form (:mod:`opzo.losses`);
+3. the rule gives δ_l[t] = ∂L[t]/∂u_l[t] for each hidden layer (spatial credit);
+4. the temporal traces turn them into weight gradients, ∇W_l += δ_l[t]ᵀ â_l[t];
+   the readout gets ∇W_N += e[t]ᵀ x_{N−1}[t], ∇b_N += Σ_b e[t].
+
+The loss is the mean over the batch and the T steps, so gradients are summed over t and divided
+by B·T. ``update="batch"`` (OTTT_A) applies one optimizer step per batch; ``update="step"``
+(OTTT_O, truly online) applies one after every time step with that step's gradient.
+Memory does not depend on T: only the current state and traces are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .losses import InstantLoss
+from .network import SpikingMLP
+from .rules.base import SpatialRule, StepContext
+from .traces import make_trace
+
+UPDATE_MODES = ("batch", "step")
+
+
+@dataclass
+class BatchStats:
+    """What one training batch measured (sums, so they can be pooled over an epoch)."""
+
+    loss_sum: float  # Σ_b (1/T) Σ_t L_b[t]
+    correct: int  # by argmax of Σ_t o[t]
+    count: int
+    spike_counts: list[float] = field(default_factory=list)  # Σ spikes per hidden layer
+    neuron_steps: list[int] = field(default_factory=list)  # B·T·n_l per hidden layer
+
+
+class OnlineLearner:
+    """Trains a :class:`SpikingMLP` with a spatial rule and OTTT traces, writing ``.grad``.
+
+    Example::
+
+        net = SpikingMLP([784, 800, 800, 10], dropout=0.2)
+        learner = OnlineLearner(net, OPZO())
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=2e-4)
+        stats = learner.train_batch(x, y, opt, T=6)   # x: (B, 784) static or (T, B, 784)
+    """
+
+    def __init__(
+        self,
+        net: SpikingMLP,
+        rule: SpatialRule,
+        loss: InstantLoss | None = None,
+        trace: str = "ottt",
+        update: str = "batch",
+    ) -> None:
+        if update not in UPDATE_MODES:
+            raise ValueError(f"unknown update mode {update!r}; choose one of {UPDATE_MODES}")
+        self.net = net
+        self.rule = rule
+        self.loss = loss or InstantLoss()
+        self.trace_name = trace
+        make_trace(trace, net.lif.lam)  # validate the name now
+        self.update = update
+        rule.bind(net)
+
+    def _ensure_grads(self) -> None:
+        for p in self.net.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    @torch.no_grad()
+    def accumulate(
+        self,
+        x: Tensor,
+        y: Tensor,
+        T: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> BatchStats:
+        """Run one batch forward in time and add its gradient to every parameter's ``.grad``.
+
+        With ``update="step"`` an ``optimizer`` is required and is stepped after every time
+        step (and ``.grad`` is cleared after each step).
+        """
+        net, rule = self.net, self.rule
+        T = net.check_input(x, T)
+        static = x.dim() == 2
+        batch = x.shape[0] if static else x.shape[1]
+        if y.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+        if y.min() < 0 or y.max() >= net.num_outputs:
+            raise ValueError(f"labels must lie in 0..{net.num_outputs - 1}")
+        per_step = self.update == "step"
+        if per_step and optimizer is None:
+            raise ValueError('update="step" needs the optimizer to step after every time step')
+        self._ensure_grads()
+        hidden = list(net.hidden)
+        readout = net.readout
+        traces = [
+            make_trace(self.trace_name, net.lif.lam, static_input=(static and l == 0))
+            for l in range(len(hidden))
+        ]
+        state = net.initial_state(batch, x)
+        masks = net.dropout_masks(batch, x)
+        rule.start_batch()
+        first = None
+        if static and not per_step:
+            first = F.linear(x, hidden[0].weight, hidden[0].bias)
+        scale = 1.0 / (batch * T)
+        out_sum = torch.zeros(batch, net.num_outputs, dtype=x.dtype, device=x.device)
+        loss_sum = x.new_zeros(())
+        spikes = [x.new_zeros(()) for _ in hidden]
+
+        for t in range(T):
+            x_t = x if static else x[t]
+            noise = rule.perturbation(t, batch, x)
+            pos = rule.noise.position if rule.noise is not None else "after"
+            o, rec = net.step(state, x_t, first_current=first, noise=noise,
+                              noise_position=pos, masks=masks)
+            out_sum += o
+            lb = self.loss.per_sample(o, y)
+            loss_sum += lb.sum()
+            e = self.loss.error(o, y).mul_(scale)
+            ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb * scale, record=rec, net=net)
+            deltas = rule.deltas(ctx)
+            for l, (lin, tr) in enumerate(zip(hidden, traces)):
+                tr.push(x_t if l == 0 else rec.out[l - 1])
+                tr.accumulate(deltas[l], lin.weight.grad, lin.bias.grad)
+                spikes[l] += rec.spikes[l].sum()
+            readout.weight.grad.addmm_(e.t(), rec.out[-1])
+            readout.bias.grad.add_(e.sum(0))
+            if per_step:
+                for lin, tr in zip(hidden, traces):
+                    tr.flush(lin.weight.grad)
+                assert optimizer is not None
+                with torch.enable_grad():
+                    optimizer.step()
+                rule.optimizer_step()
+                for p in net.parameters():
+                    p.grad.zero_()
+        for lin, tr in zip(hidden, traces):
+            tr.flush(lin.weight.grad)
+
+        correct = int((out_sum.argmax(1) == y).sum())
+        loss_value = float(loss_sum) / T
+        if not torch.isfinite(torch.tensor(loss_value)):
+            raise FloatingPointError(
+                "training loss became NaN/inf: lower the learning rate or the noise scale "
+                "alpha, or check the input data"
+            )
+        return BatchStats(
+            loss_sum=loss_value,
+            correct=correct,
+            count=batch,
+            spike_counts=[float(s) for s in spikes],
+            neuron_steps=[batch * T * n for n in net.hidden_sizes],
+        )
+
+    def train_batch(
+        self,
+        x: Tensor,
+        y: Tensor,
+        optimizer: torch.optim.Optimizer,
+        T: int | None = None,
+    ) -> BatchStats:
+        """Clear ``.grad``, accumulate one batch, and step ``optimizer`` (and the rule)."""
+        net = self.net
+        net.train()
+        if self.update == "step":
+            self._ensure_grads()
+            for p in net.parameters():
+                p.grad.zero_()
+            return self.accumulate(x, y, T, optimizer)
+        optimizer.zero_grad(set_to_none=False)
+        stats = self.accumulate(x, y, T)
+        optimizer.step()
+        self.rule.optimizer_step()
+        return stats
+
+
+@torch.no_grad()
+def evaluate_batch(net: SpikingMLP, x: Tensor, y: Tensor, loss: InstantLoss,
+                   T: int | None = None) -> BatchStats:
+    """Inference (no noise, no dropout) on one batch: loss of Σ_t o[t]/T terms and accuracy."""
+    was_training = net.training
+    net.eval()
+    try:
+        T = net.check_input(x, T)
+        static = x.dim() == 2
+        batch = x.shape[0] if static else x.shape[1]
+        state = net.initial_state(batch, x)
+        first = F.linear(x, net.hidden[0].weight, net.hidden[0].bias) if static else None
+        out_sum = None
+        loss_sum = 0.0
+        spikes = [0.0 for _ in net.hidden]
+        for t in range(T):
+            o, rec = net.step(state, x if static else x[t], first_current=first)
+            out_sum = o if out_sum is None else out_sum + o
+            loss_sum += float(loss.per_sample(o, y).sum())
+            for l, s in enumerate(rec.spikes):
+                spikes[l] += float(s.sum())
+        assert out_sum is not None
+        return BatchStats(
+            loss_sum=loss_sum / T,
+            correct=int((out_sum.argmax(1) == y).sum()),
+            count=batch,
+            spike_counts=spikes,
+            neuron_steps=[batch * T * n for n in net.hidden_sizes],
+        )
+    finally:
+        net.train(was_training)

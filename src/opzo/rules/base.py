@@ -1,0 +1,172 @@
+"""Spatial credit assignment: the interface every rule implements, and node perturbation.
+
+At every time step t the learner runs one forward step, computes the output error
+e[t] = ∂L[t]/∂o[t] in closed form, and asks the rule for δ_l[t] = ∂L[t]/∂u_l[t] of every
+hidden layer l (the "spatial credit"). Each rule estimates the error g_l at what layer l
+delivered (its spikes after noise and dropout) and multiplies it by the local derivative
+m_l ⊙ ψ(u_l) (OPZO paper eq. 7), except BP, which propagates δ layer by layer.
+
+Rules never touch the model's parameters: they only return δ's; the learner turns them into
+``.grad`` with the temporal traces. A rule's own state (feedback matrices, their optimizers)
+lives in the rule and is saved with :meth:`SpatialRule.state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..network import NOISE_POSITIONS, SpikingMLP, StepRecord
+
+NOISE_DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
+
+
+@dataclass
+class StepContext:
+    """Everything a rule may read at one time step.
+
+    ``error``: e[t] of the batch-and-time-mean loss, i.e. ∂L_b[t]/∂o / (B·T), shape (B, m);
+    ``loss``: L_b[t] / (B·T) per sample, shape (B,); ``output``: õ[t] (with the noise).
+    """
+
+    t: int
+    T: int
+    output: Tensor
+    error: Tensor
+    loss: Tensor
+    record: StepRecord
+    net: SpikingMLP
+
+
+class SpatialRule:
+    """Base class of spatial credit rules (see the module docstring)."""
+
+    name = "rule"
+    #: the perturbation injected in the forward pass, or None for a noise-free rule
+    noise: NoiseSampler | None = None
+
+    def bind(self, net: SpikingMLP) -> None:
+        """Allocate state for ``net`` (called once, before the first step)."""
+        self.sizes = list(net.hidden_sizes)
+        self.num_outputs = net.num_outputs
+
+    def start_batch(self) -> None:
+        """A new batch begins (membrane state and traces were reset)."""
+        if self.noise is not None:
+            self.noise.reset()
+
+    def perturbation(self, t: int, batch: int, like: Tensor) -> list[Tensor] | None:
+        """α z_l[t] per hidden layer for this step, or None."""
+        if self.noise is None:
+            return None
+        return self.noise.sample(t, batch, self.sizes, like)
+
+    def deltas(self, ctx: StepContext) -> list[Tensor]:
+        """δ_l[t] = ∂L/∂u_l estimated by the rule, one (B, n_l) tensor per hidden layer."""
+        raise NotImplementedError
+
+    def optimizer_step(self) -> None:
+        """Called when the model's optimizer steps (rules with learned feedback update it)."""
+
+    def set_progress(self, fraction: float) -> None:
+        """Training progress in [0, 1] (for schedules such as the α decay)."""
+        if self.noise is not None:
+            self.noise.set_progress(fraction)
+
+    def state_dict(self) -> dict:
+        return {"noise": self.noise.state_dict() if self.noise is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.noise is not None and state.get("noise") is not None:
+            self.noise.load_state_dict(state["noise"])
+
+    @staticmethod
+    def apply_local_derivative(ctx: StepContext, g: list[Tensor]) -> list[Tensor]:
+        """δ_l = g_l ⊙ m_l ⊙ ψ(u_l): error at the output times the local derivative."""
+        return [gl * ctx.record.local_derivative(l) for l, gl in enumerate(g)]
+
+
+class NoiseSampler:
+    """Node perturbation α z_l[t] for every hidden layer (OPZO paper sections 4.4 and C.2).
+
+    * ``distribution``: ``gaussian`` N(0, 1); ``rademacher`` ±1; ``sphere`` uniform on the
+      sphere of radius √n per sample and layer, so every component has unit variance.
+    * ``position``: ``after`` the neuron (added to the spikes) or ``before`` it (added to the
+      synaptic current, i.e. the membrane potential).
+    * ``antithetic``: z[t] = −z[t−1] on every second step (t = 1, 3, 5, …).
+    * ``alpha`` fixed, or decayed linearly from ``alpha`` to ``alpha_final`` over training.
+
+    One draw of shape (B, Σ_l n_l) serves all layers: one random-number call per step.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.2,
+        alpha_final: float | None = None,
+        distribution: str = "gaussian",
+        position: str = "after",
+        antithetic: bool = False,
+    ) -> None:
+        if not alpha > 0:
+            raise ValueError(f"noise scale alpha must be > 0, got {alpha}")
+        if alpha_final is not None and not alpha_final > 0:
+            raise ValueError(f"final noise scale alpha_final must be > 0, got {alpha_final}")
+        if distribution not in NOISE_DISTRIBUTIONS:
+            raise ValueError(
+                f"unknown noise distribution {distribution!r}; choose one of "
+                f"{NOISE_DISTRIBUTIONS}"
+            )
+        if position not in NOISE_POSITIONS:
+            raise ValueError(
+                f"unknown noise position {position!r}; choose one of {NOISE_POSITIONS}"
+            )
+        self.alpha0 = float(alpha)
+        self.alpha_final = None if alpha_final is None else float(alpha_final)
+        self.alpha = float(alpha)
+        self.distribution = distribution
+        self.position = position
+        self.antithetic = bool(antithetic)
+        self.z: Tensor | None = None  # unscaled z[t], (B, Σ n_l)
+
+    def reset(self) -> None:
+        self.z = None
+
+    def set_progress(self, fraction: float) -> None:
+        if self.alpha_final is not None:
+            f = min(max(float(fraction), 0.0), 1.0)
+            self.alpha = self.alpha0 + (self.alpha_final - self.alpha0) * f
+
+    def _draw(self, batch: int, sizes: list[int], like: Tensor) -> Tensor:
+        total = sum(sizes)
+        if self.distribution == "rademacher":
+            return like.new_empty(batch, total).bernoulli_(0.5).mul_(2.0).sub_(1.0)
+        z = like.new_empty(batch, total).normal_()
+        if self.distribution == "sphere":
+            parts = []
+            for zl, n in zip(z.split(sizes, dim=1), sizes):
+                parts.append(zl * (math.sqrt(n) / zl.norm(dim=1, keepdim=True).clamp_min(1e-12)))
+            z = torch.cat(parts, dim=1)
+        return z
+
+    def sample(self, t: int, batch: int, sizes: list[int], like: Tensor) -> list[Tensor]:
+        if self.antithetic and t % 2 == 1 and self.z is not None:
+            self.z = -self.z
+        else:
+            self.z = self._draw(batch, sizes, like)
+        return list((self.z * self.alpha).split(sizes, dim=1))
+
+    def state_dict(self) -> dict:
+        return {"alpha": self.alpha}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alpha = float(state["alpha"])
+
+    def __repr__(self) -> str:
+        sched = f"{self.alpha0}->{self.alpha_final}" if self.alpha_final else f"{self.alpha0}"
+        return (
+            f"NoiseSampler(alpha={sched}, distribution={self.distribution!r}, "
+            f"position={self.position!r}, antithetic={self.antithetic})"
+        )

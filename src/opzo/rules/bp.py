@@ -1,0 +1,32 @@
+"""Spatial backpropagation within each time step: the OTTT rule (OPZO paper section 3.1).
+
+    g_{N−1}[t] = W_Nᵀ e[t],   δ_l[t] = g_l[t] ⊙ m_l ⊙ ψ(u_l[t]),   g_{l−1}[t] = W_lᵀ δ_l[t]
+
+i.e. the instantaneous gradient of OTTT (Xiao et al. 2022), layer by layer with surrogate
+derivatives. Needs weight transport (the forward weights are read for the backward pass).
+Implemented explicitly (no autograd graph); tests check it against autograd.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import SpatialRule, StepContext
+
+
+class SpatialBP(SpatialRule):
+    """Spatial BP = OTTT (see the module docstring)."""
+
+    name = "bp"
+
+    def deltas(self, ctx: StepContext) -> list[Tensor]:
+        net, rec = ctx.net, ctx.record
+        n = len(net.hidden)
+        out: list[Tensor] = [ctx.error] * n
+        g = ctx.error @ net.readout.weight
+        for l in range(n - 1, -1, -1):
+            delta = g * rec.local_derivative(l)
+            out[l] = delta
+            if l > 0:
+                g = delta @ net.hidden[l].weight
+        return out

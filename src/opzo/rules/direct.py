@@ -1,0 +1,150 @@
+"""Direct feedback rules: the error e[t] reaches every hidden layer through one matrix.
+
+    g_l[t] = F_l e[t],   δ_l[t] = g_l[t] ⊙ m_l ⊙ ψ(u_l[t])
+
+with F_l of shape (n_l, m). The F_l of all layers are stacked into one (Σ n_l, m) matrix, so
+the feedback to all layers is one product per step. What differs is F:
+
+* :class:`DFA` — fixed random F (Nøkland 2016), Kaiming-uniform initialised.
+* :class:`DKP` — F learned from zero (Webster et al. 2020, Kolen-Pollack style): its gradient
+  is Σ_t â_l[t] e[t]ᵀ, the product of layer l's activity trace â_l[t] = λ â_l[t−1] + x_l[t]
+  and the error (OPZO paper, appendix C.3.2), applied with Adam(W).
+* :class:`OPZO` — F = M, momentum feedback learned from the noise (OPZO paper eq. 6):
+  M ← λ_M M + (1 − λ_M) mean_batch(z õᵀ) / α, M initialised to zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..network import SpikingMLP
+from .base import NoiseSampler, SpatialRule, StepContext
+
+
+class DirectFeedbackRule(SpatialRule):
+    """g_l = F_l e for all layers at once; subclasses define how F is made and updated."""
+
+    def bind(self, net: SpikingMLP) -> None:
+        super().bind(net)
+        w = net.readout.weight
+        self.feedback = torch.zeros(sum(self.sizes), self.num_outputs, dtype=w.dtype,
+                                    device=w.device)
+
+    def update_feedback(self, ctx: StepContext) -> None:
+        """Hook run before the feedback is applied at each step."""
+
+    def deltas(self, ctx: StepContext) -> list[Tensor]:
+        self.update_feedback(ctx)
+        g = (ctx.error @ self.feedback.t()).split(self.sizes, dim=1)
+        return self.apply_local_derivative(ctx, list(g))
+
+    def feedback_blocks(self) -> list[Tensor]:
+        """F_l per hidden layer, each (n_l, m)."""
+        return list(self.feedback.split(self.sizes, dim=0))
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["feedback"] = self.feedback.clone()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.feedback.copy_(state["feedback"])
+
+
+class DFA(DirectFeedbackRule):
+    """Direct feedback alignment: fixed random F, Kaiming-uniform (bound √(6/((1+5)·m)))."""
+
+    name = "dfa"
+
+    def bind(self, net: SpikingMLP) -> None:
+        super().bind(net)
+        for block in self.feedback_blocks():
+            # same law as torch.nn.Linear's default init, fan-in = m outputs
+            torch.nn.init.kaiming_uniform_(block, a=math.sqrt(5))
+
+
+class DKP(DirectFeedbackRule):
+    """Direct Kolen-Pollack: F from zero, gradient Σ_t â_l[t] e[t]ᵀ, AdamW(lr, wd)."""
+
+    name = "dkp"
+
+    def __init__(self, lr: float = 2e-4, weight_decay: float = 2e-4, lam: float | None = None):
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.lam = lam
+
+    def bind(self, net: SpikingMLP) -> None:
+        super().bind(net)
+        self.trace_lam = net.lif.lam if self.lam is None else float(self.lam)
+        self.feedback.grad = torch.zeros_like(self.feedback)
+        self.optimizer = torch.optim.AdamW([self.feedback], lr=self.lr,
+                                           weight_decay=self.weight_decay)
+        self._trace: Tensor | None = None
+
+    def start_batch(self) -> None:
+        super().start_batch()
+        self._trace = None
+
+    def update_feedback(self, ctx: StepContext) -> None:
+        act = torch.cat(ctx.record.out, dim=1)
+        if self._trace is None:
+            self._trace = act
+        else:
+            self._trace = self._trace * self.trace_lam + act
+        assert self.feedback.grad is not None
+        self.feedback.grad.addmm_(self._trace.t(), ctx.error)
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        assert self.feedback.grad is not None
+        self.feedback.grad.zero_()
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class OPZO(DirectFeedbackRule):
+    """Online pseudo-zeroth-order training (OPZO paper sections 4.2-4.4, eq. 5-7).
+
+    Each step: draw z (see :class:`NoiseSampler`), run the one noisy forward pass, then
+
+        M ← λ_M M + (1 − λ_M) · (1/B) Σ_b z_b õ_bᵀ / α      (eq. 6; /α only if alpha_factor)
+        g_l = M_l e,   δ_l = g_l ⊙ m_l ⊙ ψ(u_l)             (eq. 5 and 7)
+
+    ``lambda_m`` = 0.99999 in the paper (0.999999 for batch 16). The paper drops the 1/α
+    factor in practice (appendix C.3.2), so ``alpha_factor`` defaults to False.
+    """
+
+    name = "opzo"
+
+    def __init__(self, noise: NoiseSampler | None = None, lambda_m: float = 0.99999,
+                 alpha_factor: bool = False) -> None:
+        if not 0.0 <= lambda_m < 1.0:
+            raise ValueError(f"momentum lambda_m must lie in [0, 1), got {lambda_m}")
+        self.noise = noise or NoiseSampler()
+        self.lambda_m = float(lambda_m)
+        self.alpha_factor = bool(alpha_factor)
+
+    @property
+    def M(self) -> Tensor:
+        """The momentum feedback matrices of all layers stacked, (Σ n_l, m)."""
+        return self.feedback
+
+    def update_feedback(self, ctx: StepContext) -> None:
+        noise = self.noise
+        assert noise is not None and noise.z is not None
+        batch = ctx.output.shape[0]
+        scale = (1.0 - self.lambda_m) / batch
+        if self.alpha_factor:
+            scale /= noise.alpha
+        self.feedback.mul_(self.lambda_m).addmm_(noise.z.t(), ctx.output, alpha=scale)
