@@ -36,10 +36,11 @@ def ottt_autograd_grads(net: SpikingMLP, x, y, T: int, loss: InstantLoss, masks=
         for l, lin in enumerate(net.hidden):
             a = inp if a_prev[l] is None else lam * a_prev[l].detach() + inp
             with torch.no_grad():
+                current = F.linear(inp, lin.weight, lin.bias)
                 if net.lif.reset == "subtract":
-                    u_val = lam * (u_prev[l] - v_th * s_prev[l]) + F.linear(inp, lin.weight, lin.bias)
+                    u_val = lam * (u_prev[l] - v_th * s_prev[l]) + current
                 else:
-                    u_val = lam * u_prev[l] * (1 - s_prev[l]) + F.linear(inp, lin.weight, lin.bias)
+                    u_val = lam * u_prev[l] * (1 - s_prev[l]) + current
             attached = F.linear(a, lin.weight) + lin.bias * b_hat
             u = (u_val - attached).detach() + attached
             s = spike_with_surrogate(u, v_th, net.surrogate)

@@ -44,7 +44,8 @@ def test_sigmoid_surrogate_formula_and_integral():
 
 def test_fast_sigmoid_surrogate():
     u = torch.tensor([1.0, 1.1, 0.9])
-    assert torch.allclose(FastSigmoidSurrogate(25)(u, 1.0), torch.tensor([1.0, 1 / 12.25, 1 / 12.25]))
+    expected = torch.tensor([1.0, 1 / 12.25, 1 / 12.25])
+    assert torch.allclose(FastSigmoidSurrogate(25)(u, 1.0), expected)
 
 
 def test_spike_function_backward_is_surrogate():

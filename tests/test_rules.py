@@ -108,7 +108,7 @@ def _run_opzo_on_probe(probe, steps, lambda_m, batch=8, distribution="gaussian",
     for t in range(steps):
         noise = rule.perturbation(t, batch, like)
         h1 = torch.randn(batch, probe.sizes[1], dtype=torch.float64) * probe.h_scale
-        o = probe.output(h1, noise)
+        o = probe.output(h1, [rule.noise.alpha * z for z in noise])
         ctx = StepContext(t, 1, o, o, o[:, 0], None, net)
         rule.update_feedback(ctx)
     return rule.M.clone()
@@ -226,7 +226,7 @@ def test_rules_write_only_grad():
 def test_antithetic_noise_alternates_sign_and_alpha_decays():
     s = NoiseSampler(alpha=0.2, alpha_final=0.01, antithetic=True)
     like = torch.zeros(1)
-    z0 = s.sample(0, 3, [4, 2], like)
+    z0 = [z.clone() for z in s.sample(0, 3, [4, 2], like)]
     z1 = s.sample(1, 3, [4, 2], like)
     z2 = s.sample(2, 3, [4, 2], like)
     assert torch.equal(z1[0], -z0[0]) and not torch.equal(z2[0].abs(), z0[0].abs())
@@ -251,11 +251,11 @@ def test_noise_distributions_have_unit_variance():
 def test_noise_before_neuron_changes_the_current_not_the_output():
     net = SpikingMLP([6, 5, 3])
     state = net.initial_state(2, torch.zeros(1))
-    noise = [torch.full((2, 5), 0.5)]
+    noise = [torch.full((2, 5), 2.5)]
     x = torch.zeros(2, 6)
     with torch.no_grad():
         net.hidden[0].bias.fill_(0.7)
-        _, rec = net.step(state, x, noise=noise, noise_position="before")
+        _, rec = net.step(state, x, noise=noise, noise_scale=0.2, noise_position="before")
     assert torch.allclose(rec.u[0], torch.full((2, 5), 1.2))
     assert torch.equal(rec.out[0], torch.ones(2, 5))
 

@@ -37,8 +37,9 @@ class BatchStats:
     loss_sum: float  # Σ_b (1/T) Σ_t L_b[t]
     correct: int  # by argmax of Σ_t o[t]
     count: int
-    spike_counts: list[float] = field(default_factory=list)  # Σ spikes per hidden layer
-    neuron_steps: list[int] = field(default_factory=list)  # B·T·n_l per hidden layer
+    # Σ spikes and B·T·n_l per hidden layer (filled by evaluation; training skips the count)
+    spike_counts: list[float] = field(default_factory=list)
+    neuron_steps: list[int] = field(default_factory=list)
 
 
 class OnlineLearner:
@@ -110,6 +111,8 @@ class OnlineLearner:
         ]
         state = net.initial_state(batch, x)
         masks = net.dropout_masks(batch, x)
+        gain = net.surrogate.gain()
+        gains = None if masks is None else [m * gain for m in masks]
         rule.start_batch()
         first = None
         if static and not per_step:
@@ -117,29 +120,32 @@ class OnlineLearner:
         scale = 1.0 / (batch * T)
         out_sum = torch.zeros(batch, net.num_outputs, dtype=x.dtype, device=x.device)
         loss_sum = x.new_zeros(())
-        spikes = [x.new_zeros(()) for _ in hidden]
+        target = F.one_hot(y, net.num_outputs).to(x.dtype)
 
         for t in range(T):
             x_t = x if static else x[t]
             noise = rule.perturbation(t, batch, x)
-            pos = rule.noise.position if rule.noise is not None else "after"
-            o, rec = net.step(state, x_t, first_current=first, noise=noise,
-                              noise_position=pos, masks=masks)
+            if rule.noise is not None:
+                alpha, pos = rule.noise.alpha, rule.noise.position
+            else:
+                alpha, pos = 0.0, "after"
+            o, rec = net.step(state, x_t, first_current=first, noise=noise, noise_scale=alpha,
+                              noise_position=pos, masks=masks, gains=gains)
             out_sum += o
-            lb = self.loss.per_sample(o, y)
+            lb, e = self.loss.value_and_error(o, target, y)
             loss_sum += lb.sum()
-            e = self.loss.error(o, y).mul_(scale)
-            ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb * scale, record=rec, net=net)
+            e.mul_(scale)
+            ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb.mul_(scale), record=rec,
+                              net=net)
             deltas = rule.deltas(ctx)
             for l, (lin, tr) in enumerate(zip(hidden, traces)):
                 tr.push(x_t if l == 0 else rec.out[l - 1])
                 tr.accumulate(deltas[l], lin.weight.grad, lin.bias.grad)
-                spikes[l] += rec.spikes[l].sum()
             readout.weight.grad.addmm_(e.t(), rec.out[-1])
             readout.bias.grad.add_(e.sum(0))
             if per_step:
                 for lin, tr in zip(hidden, traces):
-                    tr.flush(lin.weight.grad)
+                    tr.flush(lin.weight.grad, lin.bias.grad)
                 assert optimizer is not None
                 with torch.enable_grad():
                     optimizer.step()
@@ -147,7 +153,7 @@ class OnlineLearner:
                 for p in net.parameters():
                     p.grad.zero_()
         for lin, tr in zip(hidden, traces):
-            tr.flush(lin.weight.grad)
+            tr.flush(lin.weight.grad, lin.bias.grad)
 
         correct = int((out_sum.argmax(1) == y).sum())
         loss_value = float(loss_sum) / T
@@ -160,8 +166,6 @@ class OnlineLearner:
             loss_sum=loss_value,
             correct=correct,
             count=batch,
-            spike_counts=[float(s) for s in spikes],
-            neuron_steps=[batch * T * n for n in net.hidden_sizes],
         )
 
     def train_batch(

@@ -63,5 +63,21 @@ class InstantLoss:
             e = e + (2.0 * self.gamma / m) * (o - target)
         return e
 
+    def value_and_error(self, o: Tensor, target: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(L_b, e_b) together, sharing the softmax; ``target`` = onehot(y) in o's dtype."""
+        m = o.shape[-1]
+        if self.gamma < 1.0:
+            logp = torch.log_softmax(o, dim=1)
+            value = logp.gather(1, y[:, None]).squeeze(1).mul_(-(1.0 - self.gamma))
+            e = logp.exp_().sub_(target).mul_(1.0 - self.gamma)
+        else:
+            value = o.new_zeros(o.shape[0])
+            e = torch.zeros_like(o)
+        if self.gamma > 0.0:
+            diff = o - target
+            value.add_(diff.square().mean(dim=1), alpha=self.gamma)
+            e.add_(diff, alpha=2.0 * self.gamma / m)
+        return value, e
+
     def __repr__(self) -> str:
         return f"InstantLoss(kind={self.kind!r}, gamma={self.gamma})"

@@ -16,8 +16,9 @@ The network owns only the inference parameters. Learning rules read what one ste
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -41,7 +42,7 @@ class StepRecord:
 
     ``u``: membrane potentials u_l[t]; ``spikes``: s_l[t]; ``out``: x_l[t], what the layer
     delivered to the next one (spikes, plus noise and dropout); ``masks``: the dropout masks
-    (or None). ``local_derivative(l)`` is ∂x_l/∂u_l as the rules see it: m_l ⊙ ψ(u_l).
+    (or None).
     """
 
     u: list[Tensor]
@@ -50,17 +51,26 @@ class StepRecord:
     masks: list[Tensor] | None
     surrogate: Surrogate
     v_th: float
-    _d: dict[int, Tensor] = field(default_factory=dict)
+    gains: list[Tensor] | None = None  # m_l · surrogate.gain(), precomputed per batch
+
+    def local_grad(self, l: int, g: Tensor) -> Tensor:
+        """δ_l = g ⊙ m_l ⊙ ψ(u_l[t]): an error g at layer l's output x_l taken to its potential.
+
+        This is the local factor of the three-factor update (OPZO paper eq. 7).
+        """
+        if self.gains is not None:
+            g = g * self.gains[l]
+        else:
+            gain = self.surrogate.gain()
+            if self.masks is not None:
+                g = g * self.masks[l]
+            if gain != 1.0:
+                g = g * gain
+        return self.surrogate.grad_scaled(g, self.u[l], self.v_th)
 
     def local_derivative(self, l: int) -> Tensor:
-        """m_l ⊙ ψ(u_l[t]): the local factor of the three-factor update (OPZO eq. 7)."""
-        d = self._d.get(l)
-        if d is None:
-            d = self.surrogate(self.u[l], self.v_th)
-            if self.masks is not None:
-                d = d * self.masks[l]
-            self._d[l] = d
-        return d
+        """m_l ⊙ ψ(u_l[t]) itself (for diagnostics)."""
+        return self.local_grad(l, torch.ones_like(self.u[l]))
 
 
 class SpikingMLP(nn.Module):
@@ -110,9 +120,11 @@ class SpikingMLP(nn.Module):
         if not self.training or self.dropout == 0.0:
             return None
         keep = 1.0 - self.dropout
-        return [
-            like.new_empty(batch, n).bernoulli_(keep).div_(keep) for n in self.hidden_sizes
-        ]
+        masks = []
+        for n in self.hidden_sizes:
+            r = like.new_empty(batch, n).uniform_()
+            masks.append(torch.lt(r, keep, out=r).mul_(1.0 / keep))
+        return masks
 
     def check_input(self, x: Tensor, T: int | None) -> int:
         """Validate an input of shape (B, F) (static over T steps) or (T, B, F); return T."""
@@ -140,13 +152,15 @@ class SpikingMLP(nn.Module):
         *,
         first_current: Tensor | None = None,
         noise: list[Tensor] | None = None,
+        noise_scale: float = 1.0,
         noise_position: str = "after",
         masks: list[Tensor] | None = None,
+        gains: list[Tensor] | None = None,
     ) -> tuple[Tensor, StepRecord]:
         """Advance every layer by one time step; return the readout o[t] and the record.
 
         ``first_current`` may carry W_1 x + b_1 precomputed for a static input (it is the
-        same at every step). ``noise`` holds α z_l per hidden layer (already scaled).
+        same at every step). ``noise`` holds z_l per hidden layer; α = ``noise_scale``.
         """
         inp = x_t
         us: list[Tensor] = []
@@ -155,25 +169,26 @@ class SpikingMLP(nn.Module):
         after = noise_position == "after"
         for l, lin in enumerate(self.hidden):
             if l == 0 and first_current is not None:
-                current = first_current
+                current, scratch = first_current, False
             else:
-                current = F.linear(inp, lin.weight, lin.bias)
+                current, scratch = F.linear(inp, lin.weight, lin.bias), True
             if noise is not None and not after:
-                current = current + noise[l]
-            u, s = lif_step(state.u[l], state.s[l], current, self.lif)
+                current = torch.add(current, noise[l], alpha=noise_scale)
+                scratch = True
+            u, s = lif_step(state.u[l], state.s[l], current, self.lif, current_is_scratch=scratch)
             state.u[l] = u
             state.s[l] = s
             out = s
             if noise is not None and after:
-                out = s + noise[l]
+                out = torch.add(s, noise[l], alpha=noise_scale)
             if masks is not None:
-                out = out * masks[l]
+                out = out * masks[l] if out is s else out.mul_(masks[l])
             us.append(u)
             spikes.append(s)
             outs.append(out)
             inp = out
         o = F.linear(inp, self.readout.weight, self.readout.bias)
-        return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th)
+        return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains)
 
     def forward(self, x: Tensor, T: int | None = None) -> Tensor:
         """Inference: Σ_t o[t] over T steps for ``x`` of shape (B, F) (static) or (T, B, F)."""

@@ -34,14 +34,20 @@ class LIFParams:
             raise ValueError(f"unknown reset mode {self.reset!r}; choose one of {RESET_MODES}")
 
 
-def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIFParams) -> tuple[Tensor, Tensor]:
+def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIFParams,
+             current_is_scratch: bool = False) -> tuple[Tensor, Tensor]:
     """One step of eq. 1: returns the new membrane potential and spikes ``(u[t+1], s[t+1])``.
 
-    ``u`` and ``s`` are the previous potential and spikes, ``current`` is I[t+1].
+    ``u`` and ``s`` are the previous potential and spikes, ``current`` is I[t+1]. With
+    ``current_is_scratch`` the current's storage is reused for u[t+1] (no allocation).
     """
-    if p.reset == "subtract":
-        u_new = torch.add(current, u - p.v_th * s, alpha=p.lam)
+    if current_is_scratch:
+        u_new = current.add_(u, alpha=p.lam)
     else:
-        u_new = torch.add(current, u * (1.0 - s), alpha=p.lam)
-    s_new = (u_new > p.v_th).to(u_new.dtype)
+        u_new = torch.add(current, u, alpha=p.lam)
+    if p.reset == "subtract":
+        u_new.sub_(s, alpha=p.lam * p.v_th)
+    else:
+        u_new.addcmul_(u, s, value=-p.lam)
+    s_new = torch.gt(u_new, p.v_th, out=torch.empty_like(u_new))
     return u_new, s_new

@@ -28,6 +28,18 @@ class Surrogate:
     def __call__(self, u: Tensor, v_th: float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
+        """g ⊙ ψ(u): an error at the spikes turned into an error at the potential."""
+        return g * self(u, v_th)
+
+    def gain(self) -> float:
+        """A constant factor of ψ that callers may fold into g (see :meth:`grad_scaled`)."""
+        return 1.0
+
+    def grad_scaled(self, g_scaled: Tensor, u: Tensor, v_th: float) -> Tensor:
+        """g ⊙ ψ(u) given ``g_scaled`` = g · :meth:`gain` (lets callers fuse the constant)."""
+        return self.grad(g_scaled, u, v_th)
+
     def config(self) -> dict:
         """The parameters that recreate this surrogate with :func:`make_surrogate`."""
         return {"name": self.name}
@@ -53,6 +65,20 @@ class SigmoidSurrogate(Surrogate):
     def __call__(self, u: Tensor, v_th: float) -> Tensor:
         sig = torch.sigmoid((u - v_th) / self.a)
         return sig * (1.0 - sig) / self.a
+
+    def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
+        # (g/a) σ(x)(1 − σ(x)): x = u/a − V_th/a in one pass, σ in place, then one fused
+        # sigmoid_backward kernel; 1/a is folded into g by the caller's gain where possible
+        return self.grad_scaled(g.mul(1.0 / self.a), u, v_th)
+
+    def gain(self) -> float:
+        return 1.0 / self.a
+
+    def grad_scaled(self, g_over_a: Tensor, u: Tensor, v_th: float) -> Tensor:
+        """g ⊙ ψ(u) for ``g_over_a`` = g / a already scaled (see :meth:`Surrogate.gain`)."""
+        offset = torch.tensor(-v_th / self.a, dtype=u.dtype, device=u.device)
+        sig = torch.add(offset, u, alpha=1.0 / self.a).sigmoid_()
+        return torch.ops.aten.sigmoid_backward(g_over_a, sig)
 
     def config(self) -> dict:
         return {"name": self.name, "a": self.a}

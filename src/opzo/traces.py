@@ -17,6 +17,7 @@ A static input (the same x at every step, as with direct-current encoding) has
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 TRACES = ("ottt",)
@@ -45,7 +46,7 @@ class OTTTTrace:
         elif self.a is None:
             self.a = x.clone()
         else:
-            self.a.mul_(self.lam).add_(x)
+            torch.add(x, self.a, alpha=self.lam, out=self.a)
 
     @property
     def value(self) -> Tensor:
@@ -61,16 +62,18 @@ class OTTTTrace:
                 self._delta_sum = delta * self.c
             else:
                 self._delta_sum.add_(delta, alpha=self.c)
-        else:
-            grad_w.addmm_(delta.t(), self.a)
+            return
+        grad_w.addmm_(delta.t(), self.a)
         if grad_b is not None:
             grad_b.add_(delta.sum(0), alpha=self.c)
 
-    def flush(self, grad_w: Tensor) -> None:
+    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
         """Write what is still pending (static input: one GEMM for all steps so far)."""
         if self._delta_sum is not None:
             assert self.a is not None
             grad_w.addmm_(self._delta_sum.t(), self.a)
+            if grad_b is not None:
+                grad_b.add_(self._delta_sum.sum(0))
             self._delta_sum = None
 
 

@@ -59,7 +59,7 @@ class SpatialRule:
             self.noise.reset()
 
     def perturbation(self, t: int, batch: int, like: Tensor) -> list[Tensor] | None:
-        """α z_l[t] per hidden layer for this step, or None."""
+        """z_l[t] per hidden layer for this step (to be scaled by ``noise.alpha``), or None."""
         if self.noise is None:
             return None
         return self.noise.sample(t, batch, self.sizes, like)
@@ -86,13 +86,14 @@ class SpatialRule:
     @staticmethod
     def apply_local_derivative(ctx: StepContext, g: list[Tensor]) -> list[Tensor]:
         """δ_l = g_l ⊙ m_l ⊙ ψ(u_l): error at the output times the local derivative."""
-        return [gl * ctx.record.local_derivative(l) for l, gl in enumerate(g)]
+        return [ctx.record.local_grad(l, gl) for l, gl in enumerate(g)]
 
 
 class NoiseSampler:
     """Node perturbation α z_l[t] for every hidden layer (OPZO paper sections 4.4 and C.2).
 
-    * ``distribution``: ``gaussian`` N(0, 1); ``rademacher`` ±1; ``sphere`` uniform on the
+    * ``distribution``: ``gaussian`` N(0, 1); ``rademacher`` ±1 (drawn as random bits, 32 per
+      random number: about 5x cheaper than a Gaussian draw); ``sphere`` uniform on the
       sphere of radius √n per sample and layer, so every component has unit variance.
     * ``position``: ``after`` the neuron (added to the spikes) or ``before`` it (added to the
       synaptic current, i.e. the membrane potential).
@@ -142,7 +143,7 @@ class NoiseSampler:
     def _draw(self, batch: int, sizes: list[int], like: Tensor) -> Tensor:
         total = sum(sizes)
         if self.distribution == "rademacher":
-            return like.new_empty(batch, total).bernoulli_(0.5).mul_(2.0).sub_(1.0)
+            return _random_signs(batch, total, like)
         z = like.new_empty(batch, total).normal_()
         if self.distribution == "sphere":
             parts = []
@@ -152,11 +153,12 @@ class NoiseSampler:
         return z
 
     def sample(self, t: int, batch: int, sizes: list[int], like: Tensor) -> list[Tensor]:
+        """Draw z[t] (unscaled; the network multiplies by ``alpha``), split per layer."""
         if self.antithetic and t % 2 == 1 and self.z is not None:
             self.z = -self.z
         else:
             self.z = self._draw(batch, sizes, like)
-        return list((self.z * self.alpha).split(sizes, dim=1))
+        return list(self.z.split(sizes, dim=1))
 
     def state_dict(self) -> dict:
         return {"alpha": self.alpha}
@@ -170,3 +172,19 @@ class NoiseSampler:
             f"NoiseSampler(alpha={sched}, distribution={self.distribution!r}, "
             f"position={self.position!r}, antithetic={self.antithetic})"
         )
+
+
+_SHIFTS: dict[torch.device, Tensor] = {}
+
+
+def _random_signs(batch: int, total: int, like: Tensor) -> Tensor:
+    """A (batch, total) tensor of independent fair ±1, from 32 random bits per int32 draw."""
+    n = batch * total
+    shifts = _SHIFTS.get(like.device)
+    if shifts is None:
+        shifts = _SHIFTS[like.device] = torch.arange(32, dtype=torch.int32, device=like.device)
+    words = torch.randint(-(2**31), 2**31, ((n + 31) // 32,), dtype=torch.int32,
+                          device=like.device)
+    bits = words.unsqueeze(1).bitwise_right_shift(shifts).bitwise_and_(1)
+    signs = bits.view(-1)[:n].to(like.dtype).mul_(2.0).sub_(1.0)
+    return signs.view(batch, total)

@@ -25,7 +25,7 @@ class SpatialBP(SpatialRule):
         out: list[Tensor] = [ctx.error] * n
         g = ctx.error @ net.readout.weight
         for l in range(n - 1, -1, -1):
-            delta = g * rec.local_derivative(l)
+            delta = rec.local_grad(l, g)
             out[l] = delta
             if l > 0:
                 g = delta @ net.hidden[l].weight

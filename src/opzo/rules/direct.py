@@ -3,7 +3,8 @@
     g_l[t] = F_l e[t],   δ_l[t] = g_l[t] ⊙ m_l ⊙ ψ(u_l[t])
 
 with F_l of shape (n_l, m). The F_l of all layers are stacked into one (Σ n_l, m) matrix, so
-the feedback to all layers is one product per step. What differs is F:
+the feedback to all layers is one product per step (stored transposed, (m, Σ n_l), so that
+product reads contiguous memory). What differs is F:
 
 * :class:`DFA` — fixed random F (Nøkland 2016), Kaiming-uniform initialised.
 * :class:`DKP` — F learned from zero (Webster et al. 2020, Kolen-Pollack style): its gradient
@@ -30,29 +31,35 @@ class DirectFeedbackRule(SpatialRule):
     def bind(self, net: SpikingMLP) -> None:
         super().bind(net)
         w = net.readout.weight
-        self.feedback = torch.zeros(sum(self.sizes), self.num_outputs, dtype=w.dtype,
-                                    device=w.device)
+        #: Fᵀ, shape (m, Σ n_l)
+        self.feedback_t = torch.zeros(self.num_outputs, sum(self.sizes), dtype=w.dtype,
+                                      device=w.device)
+
+    @property
+    def feedback(self) -> Tensor:
+        """F of all layers stacked, (Σ n_l, m) (a view)."""
+        return self.feedback_t.t()
 
     def update_feedback(self, ctx: StepContext) -> None:
         """Hook run before the feedback is applied at each step."""
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         self.update_feedback(ctx)
-        g = (ctx.error @ self.feedback.t()).split(self.sizes, dim=1)
+        g = (ctx.error @ self.feedback_t).split(self.sizes, dim=1)
         return self.apply_local_derivative(ctx, list(g))
 
     def feedback_blocks(self) -> list[Tensor]:
-        """F_l per hidden layer, each (n_l, m)."""
-        return list(self.feedback.split(self.sizes, dim=0))
+        """F_l per hidden layer, each (n_l, m) (views)."""
+        return [b.t() for b in self.feedback_t.split(self.sizes, dim=1)]
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["feedback"] = self.feedback.clone()
+        state["feedback_t"] = self.feedback_t.clone()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.feedback.copy_(state["feedback"])
+        self.feedback_t.copy_(state["feedback_t"])
 
 
 class DFA(DirectFeedbackRule):
@@ -80,8 +87,8 @@ class DKP(DirectFeedbackRule):
     def bind(self, net: SpikingMLP) -> None:
         super().bind(net)
         self.trace_lam = net.lif.lam if self.lam is None else float(self.lam)
-        self.feedback.grad = torch.zeros_like(self.feedback)
-        self.optimizer = torch.optim.AdamW([self.feedback], lr=self.lr,
+        self.feedback_t.grad = torch.zeros_like(self.feedback_t)
+        self.optimizer = torch.optim.AdamW([self.feedback_t], lr=self.lr,
                                            weight_decay=self.weight_decay)
         self._trace: Tensor | None = None
 
@@ -94,14 +101,14 @@ class DKP(DirectFeedbackRule):
         if self._trace is None:
             self._trace = act
         else:
-            self._trace = self._trace * self.trace_lam + act
-        assert self.feedback.grad is not None
-        self.feedback.grad.addmm_(self._trace.t(), ctx.error)
+            self._trace.mul_(self.trace_lam).add_(act)
+        assert self.feedback_t.grad is not None
+        self.feedback_t.grad.addmm_(ctx.error.t(), self._trace)
 
     def optimizer_step(self) -> None:
         self.optimizer.step()
-        assert self.feedback.grad is not None
-        self.feedback.grad.zero_()
+        assert self.feedback_t.grad is not None
+        self.feedback_t.grad.zero_()
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -147,4 +154,4 @@ class OPZO(DirectFeedbackRule):
         scale = (1.0 - self.lambda_m) / batch
         if self.alpha_factor:
             scale /= noise.alpha
-        self.feedback.mul_(self.lambda_m).addmm_(noise.z.t(), ctx.output, alpha=scale)
+        self.feedback_t.mul_(self.lambda_m).addmm_(ctx.output.t(), noise.z, alpha=scale)

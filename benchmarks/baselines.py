@@ -1,0 +1,61 @@
+"""Autograd baselines for the benchmarks: OTTT through autograd, and BPTT.
+
+These are what one writes without opzo's explicit rules: the same network and loss, gradients
+by ``loss.backward()``. They train the same :class:`opzo.SpikingMLP` parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from opzo import InstantLoss, SpikingMLP
+from opzo.surrogate import spike_with_surrogate
+
+
+def autograd_ottt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) -> None:
+    """OTTT with autograd: one backward per time step through the layers (traces detached)."""
+    opt.zero_grad(set_to_none=False)
+    p, lam = net.lif, net.lif.lam
+    batch = y.shape[0]
+    u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    a = [None for _ in net.hidden_sizes]
+    b_hat = 0.0
+    masks = net.dropout_masks(batch, x)
+    for t in range(T):
+        b_hat = lam * b_hat + 1.0
+        inp = x if x.dim() == 2 else x[t]
+        for l, lin in enumerate(net.hidden):
+            a[l] = inp if a[l] is None else lam * a[l] + inp
+            with torch.no_grad():
+                u_val = lam * (u[l] - p.v_th * s[l]) + F.linear(inp, lin.weight, lin.bias)
+            attached = F.linear(a[l], lin.weight) + lin.bias * b_hat
+            ul = (u_val - attached).detach() + attached
+            sl = spike_with_surrogate(ul, p.v_th, net.surrogate)
+            u[l], s[l] = u_val, sl.detach()
+            a[l] = a[l].detach()
+            inp = sl if masks is None else sl * masks[l]
+        (loss.per_sample(net.readout(inp), y).mean() / T).backward()
+        a = [ai.detach() if ai is not None else None for ai in a]
+    opt.step()
+
+
+def bptt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) -> None:
+    """Exact surrogate-gradient BPTT: the whole unrolled graph is kept (memory ∝ T)."""
+    opt.zero_grad(set_to_none=False)
+    p = net.lif
+    batch = y.shape[0]
+    u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    masks = net.dropout_masks(batch, x)
+    total = 0.0
+    for t in range(T):
+        inp = x if x.dim() == 2 else x[t]
+        for l, lin in enumerate(net.hidden):
+            u[l] = p.lam * (u[l] - p.v_th * s[l]) + lin(inp)
+            s[l] = spike_with_surrogate(u[l], p.v_th, net.surrogate)
+            inp = s[l] if masks is None else s[l] * masks[l]
+        total = total + loss.per_sample(net.readout(inp), y).mean() / T
+    total.backward()
+    opt.step()

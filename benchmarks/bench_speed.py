@@ -1,0 +1,105 @@
+"""Training-step time of every rule as a ratio to an inference forward pass, in one run.
+
+    python benchmarks/bench_speed.py                  # FC 784-800-800-10, T=6, batch 128
+    python benchmarks/bench_speed.py --rounds 30 --json benchmarks/logs/speed.json
+
+Methods are timed round-robin (one call of each per round, order rotated) so machine noise
+hits all of them alike; the figure per method is the median over rounds, and every ratio is
+taken against the inference median of the same run. Each training step includes the
+optimizer (fused AdamW) step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import autograd_ottt_step, bptt_step  # noqa: E402
+
+from opzo import RULES, InstantLoss, OnlineLearner, SpikingMLP  # noqa: E402
+from opzo.config import TrainConfig  # noqa: E402
+from opzo.train import make_optimizer  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[784, 800, 800, 10])
+    ap.add_argument("--T", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=str, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, args.sizes[0])
+    y = torch.randint(0, args.sizes[-1], (args.batch,))
+    loss = InstantLoss("mix", 0.05)
+    cfg = TrainConfig()
+
+    def fresh_net() -> SpikingMLP:
+        torch.manual_seed(0)
+        net = SpikingMLP(args.sizes, dropout=0.2)
+        with torch.no_grad():
+            net.hidden[0].weight.mul_(3.0)  # a realistic firing rate on this input
+        return net
+
+    inf_net = fresh_net().eval()
+
+    def inference() -> None:
+        with torch.no_grad():
+            inf_net(x, T=args.T)
+
+    calls = {"inference": inference}
+    for name, cls in RULES.items():
+        net = fresh_net()
+        learner = OnlineLearner(net, cls(), loss)
+        opt = make_optimizer(net.parameters(), cfg)
+        calls[name] = (lambda lr=learner, o=opt: lr.train_batch(x, y, o, T=args.T))
+    for name, fn in (("autograd-ottt", autograd_ottt_step), ("bptt", bptt_step)):
+        net = fresh_net()
+        opt = make_optimizer(net.parameters(), cfg)
+        calls[name] = (lambda n=net, o=opt, f=fn: f(n, x, y, args.T, loss, o))
+
+    for fn in calls.values():  # warm-up
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    names = list(calls)
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["inference"]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+                   f"{torch.get_num_threads()} torch threads".strip(),
+        "torch": torch.__version__,
+        "setting": {"sizes": args.sizes, "T": args.T, "batch": args.batch,
+                    "rounds": args.rounds},
+        "ratio_to_inference": {k: round(v / base, 3) for k, v in med.items()},
+    }
+    print(f"FC {args.sizes}, T={args.T}, batch {args.batch}, {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads; median step time / inference forward:")
+    for k, v in med.items():
+        print(f"  {k:14s} {v / base:6.2f}x")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

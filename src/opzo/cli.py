@@ -1,0 +1,110 @@
+"""Command line: ``opzo train`` and ``opzo eval``.
+
+    opzo train                                   # OPZO on the embedded MNIST subset
+    opzo train --method bp --dataset mnist --data-root ../shared/data/mnist --epochs 50
+    opzo train --config configs/mnist-opzo.toml --data-root /data/mnist
+    opzo train --resume runs/<run>               # continue an interrupted run
+    opzo eval runs/<run>                         # test accuracy of a run's checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, TrainConfig, add_arguments, config_from_args
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import Interrupted, default_run_dir, run_training
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise ConfigError(f"cannot resume: {cfg_path} not found; is {run_dir} a run folder?")
+        given = [k for k in vars(TrainConfig()) if getattr(args, k, None) is not None]
+        if given or args.config:
+            raise ConfigError(
+                "--resume continues a run with its saved config.json; drop the other options "
+                f"({', '.join('--' + g.replace('_', '-') for g in given) or '--config'})")
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+    else:
+        cfg = config_from_args(args, args.config)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        if (run_dir / "checkpoint.pt").exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} or "
+                "choose another --out")
+    try:
+        run_training(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    except Interrupted:
+        return 130
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_dataset, make_encoder
+    from .losses import InstantLoss
+    from .train import CHECKPOINT, build_network, evaluate
+
+    run_dir = Path(args.run)
+    ckpt = run_dir / CHECKPOINT
+    if not ckpt.is_file():
+        raise ConfigError(f"{ckpt} not found: pass a run folder written by 'opzo train'")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(state["config"], source=str(ckpt))
+    if args.data_root:
+        cfg.data_root = args.data_root
+    test_set = load_dataset(cfg.dataset, cfg.data_root, "test")
+    net = build_network(cfg, int(test_set.images[0].numel()), test_set.classes)
+    net.load_state_dict(state["model"])
+    result = evaluate(net, test_set, make_encoder(cfg.encoding, cfg.dataset), cfg,
+                      InstantLoss(cfg.loss, cfg.gamma))
+    print(json.dumps({"run": str(run_dir), "epoch": state["epoch"], **result}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opzo", description="Online, backprop-free training of spiking neural networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser(
+        "train", help="train an SNN online",
+        description="Train a fully connected SNN online with a spatial credit rule. Every "
+        "option can also be a key of a TOML/YAML --config file (use _ or -); options given "
+        "on the command line override the file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--config", help="TOML or YAML file whose keys mirror these options")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(train)
+    train.set_defaults(func=_train)
+    ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set")
+    ev.add_argument("run", help="run folder written by 'opzo train'")
+    ev.add_argument("--data-root", help="override the dataset folder of the run")
+    ev.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"opzo: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # data errors and friends
+        if type(exc).__name__ == "DatasetError":
+            print(f"opzo: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

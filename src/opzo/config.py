@@ -1,0 +1,247 @@
+"""Training configuration: one dataclass whose fields are the CLI options and config-file keys.
+
+Every field carries its help text and allowed values, so ``opzo train --help``, config-file
+validation and the run folder's ``config.json`` all come from this one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is not allowed; the message says what is."""
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
+    meta = {"help": help, "choices": choices, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DATASETS = ("embedded-mnist", "mnist", "fashion-mnist")
+METHODS = ("opzo", "bp", "dfa", "dkp", "zo")
+
+
+@dataclass
+class TrainConfig:
+    """All options of ``opzo train`` (defaults: OPZO on the embedded MNIST subset)."""
+
+    # data
+    dataset: str = _opt("embedded-mnist", "dataset to train on", DATASETS)
+    data_root: str | None = _opt(
+        None, "folder holding the dataset's idx files (needed for mnist, fashion-mnist)")
+    encoding: str = _opt("direct", "input encoding: direct current at every step, or "
+                         "Bernoulli rate spikes", ("direct", "rate"))
+    limit_train: int | None = _opt(None, "use only the first N training samples", min=1)
+    limit_test: int | None = _opt(None, "use only the first N test samples", min=1)
+    # network
+    hidden: list[int] = _opt([800, 800], "hidden layer sizes, e.g. 800 800", min=1)
+    T: int = _opt(6, "number of time steps per sample", min=1)
+    dropout: float = _opt(0.2, "dropout rate (mask fixed over the T steps)", min=0.0, max=0.99)
+    lif_lambda: float = _opt(0.5, "membrane leak λ of the LIF neuron", min=0.0, max=1.0)
+    v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
+    reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
+    surrogate: str = _opt("sigmoid", "local derivative ψ", ("sigmoid", "fast-sigmoid"))
+    sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
+    fast_sigmoid_k: float = _opt(25.0, "slope k of the fast-sigmoid surrogate", min=1e-9)
+    # learning rule
+    method: str = _opt("opzo", "spatial credit assignment rule", METHODS)
+    loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE",
+                     ("mix", "ce", "mse"))
+    gamma: float = _opt(0.05, "MSE weight γ of the mixed loss", min=0.0, max=1.0)
+    update: str = _opt("batch", "one optimizer step per batch (OTTT_A) or per time step "
+                       "(OTTT_O)", ("batch", "step"))
+    alpha: float = _opt(0.2, "noise scale α (opzo, zo)", min=1e-9)
+    alpha_final: float | None = _opt(
+        None, "decay α linearly to this value over the epochs (paper: 0.01); unset = fixed",
+        min=1e-9)
+    noise: str = _opt("gaussian", "noise distribution z (opzo, zo)",
+                      ("gaussian", "rademacher", "sphere"))
+    noise_position: str = _opt("after", "inject noise after the neuron (spikes) or before it "
+                               "(membrane potential)", ("after", "before"))
+    antithetic: bool = _opt(False, "use z and -z on alternate time steps (opzo, zo)")
+    alpha_factor: bool | None = _opt(
+        None, "keep the 1/α factor (default: off for opzo as in the paper, on for zo)")
+    lambda_m: float = _opt(0.99999, "momentum λ_M of OPZO's feedback matrices",
+                           min=0.0, max=0.999999999)
+    feedback_lr: float = _opt(2e-4, "learning rate of DKP's feedback matrices", min=0.0)
+    # optimisation
+    epochs: int = _opt(20, "number of epochs", min=1)
+    batch_size: int = _opt(128, "training batch size", min=1)
+    eval_batch_size: int = _opt(1000, "evaluation batch size", min=1)
+    lr: float = _opt(2e-4, "AdamW learning rate (paper: 2e-4; 2e-5 for zo)", min=0.0)
+    weight_decay: float = _opt(2e-4, "AdamW weight decay", min=0.0)
+    schedule: str = _opt("cosine", "learning-rate schedule over epochs", ("cosine", "constant"))
+    seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)")
+    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", min=1)
+    # output
+    out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
+
+    def validate(self) -> TrainConfig:
+        """Check every value against its field's choices and bounds; return self."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if value is None:
+                if f.default is not None and f.default is not MISSING:
+                    raise ConfigError(f"option {f.name!r} may not be empty")
+                continue
+            items = value if isinstance(value, list) else [value]
+            if isinstance(value, list) and not value:
+                raise ConfigError(f"option {f.name!r} needs at least one value")
+            for item in items:
+                if meta.get("choices") and item not in meta["choices"]:
+                    raise ConfigError(
+                        f"option {f.name!r} = {item!r} is not allowed; choose one of "
+                        f"{list(meta['choices'])}")
+                if "min" in meta and item < meta["min"]:
+                    raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
+                if "max" in meta and item > meta["max"]:
+                    raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
+        if self.dataset in ("mnist", "fashion-mnist") and not self.data_root:
+            raise ConfigError(
+                f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
+                "its four idx files; opzo never downloads data. For a quick start use "
+                "dataset 'embedded-mnist', which ships with the package.")
+        if self.update == "step" and self.method == "dkp":
+            pass  # DKP's feedback then also steps every time step
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping (keys may use '-' or '_'); unknown keys are an error."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(
+                    f"{source}: unknown key {key!r}; allowed keys: {sorted(known)}")
+            kwargs[name] = _coerce(known[name], value, source)
+        return cls(**kwargs).validate()
+
+
+def _field_kind(f) -> str:
+    text = str(f.type)
+    if "list" in text:
+        return "list"
+    if "bool" in text:
+        return "bool"
+    if "int" in text:
+        return "int"
+    if "float" in text:
+        return "float"
+    return "str"
+
+
+def _coerce(f, value: Any, source: str) -> Any:
+    kind = _field_kind(f)
+    if value is None:
+        return None
+    try:
+        if kind == "list":
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return [int(v) for v in value]
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{source}: option {f.name!r} expects {kind}, got {value!r}") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (.toml) or YAML (.yaml/.yml) config file into a flat mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib  # type: ignore[import-not-found]
+        except ModuleNotFoundError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError:
+                raise ConfigError(
+                    "reading TOML on Python 3.10 needs 'tomli': pip install tomli") from None
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml  # type: ignore[import-untyped]
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "reading YAML config files needs PyYAML: pip install 'opzo[yaml]'") from None
+        with path.open() as fh:
+            data = yaml.safe_load(fh) or {}
+    elif suffix == ".json":
+        data = json.loads(path.read_text())
+    else:
+        raise ConfigError(
+            f"config file {str(path)!r}: unknown format {suffix!r}; use .toml, .yaml or .json")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table of options")
+    if "train" in data and isinstance(data["train"], dict) and len(data) == 1:
+        data = data["train"]
+    return data
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--option`` per config field (defaults left as None = not given)."""
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{meta['help']} (default: {default})"
+        kind = _field_kind(f)
+        if kind == "bool":
+            parser.add_argument(flag, dest=f.name, default=None,
+                                action=argparse.BooleanOptionalAction, help=help_text)
+        elif kind == "list":
+            parser.add_argument(flag, dest=f.name, default=None, nargs="+", type=int,
+                                metavar="N", help=help_text)
+        else:
+            typ = {"int": int, "float": float, "str": str}[kind]
+            parser.add_argument(flag, dest=f.name, default=None, type=typ,
+                                choices=meta.get("choices"), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, config_file: str | None) -> TrainConfig:
+    """Defaults < config file < explicit command-line options."""
+    data: dict[str, Any] = {}
+    if config_file:
+        data.update(load_config_file(config_file))
+    source = config_file or "command line"
+    merged = TrainConfig.from_dict(data, source=source).to_dict() if data else {}
+    for f in fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            merged[f.name] = value
+    return TrainConfig.from_dict(merged, source="options")

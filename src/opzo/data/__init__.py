@@ -1,0 +1,49 @@
+"""Datasets, idx file I/O, input encoders and batch iteration for opzo (never downloads data)."""
+
+from .datasets import (
+    DATASET_NAMES,
+    ArrayDataset,
+    canonical_dataset_name,
+    load_dataset,
+    load_embedded_mnist,
+    load_mnist_like,
+)
+from .encoders import (
+    ENCODER_NAMES,
+    NORMALIZATION,
+    Encoder,
+    direct,
+    epoch_permutation,
+    epoch_seed,
+    iterate_batches,
+    make_encoder,
+    normalization_stats,
+    num_batches,
+    rate,
+)
+from .errors import DatasetError
+from .idx import read_idx, read_idx_bytes, write_idx
+
+__all__ = [
+    "DATASET_NAMES",
+    "ENCODER_NAMES",
+    "NORMALIZATION",
+    "ArrayDataset",
+    "DatasetError",
+    "Encoder",
+    "canonical_dataset_name",
+    "direct",
+    "epoch_permutation",
+    "epoch_seed",
+    "iterate_batches",
+    "load_dataset",
+    "load_embedded_mnist",
+    "load_mnist_like",
+    "make_encoder",
+    "normalization_stats",
+    "num_batches",
+    "rate",
+    "read_idx",
+    "read_idx_bytes",
+    "write_idx",
+]
