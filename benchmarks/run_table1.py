@@ -1,0 +1,88 @@
+"""Run the OPZO paper's Table 1 setting (FC 784-800-800-10, T=6) for several methods.
+
+    python benchmarks/run_table1.py --dataset mnist --data-root ../shared/data/mnist
+    python benchmarks/run_table1.py --dataset fashion-mnist \
+        --data-root ../shared/data/fashion-mnist --epochs 15
+    python benchmarks/run_table1.py --summarize            # print the table of finished runs
+
+Each method runs ``opzo train --config configs/table1-<method>.toml`` in its own process with
+one torch thread, ``--jobs`` at a time, into ``benchmarks/runs/<dataset>-e<epochs>-<method>``.
+An interrupted run is resumed when the script is started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "runs"
+METHODS = ["bp", "dfa", "dkp", "zo", "opzo"]
+PUBLISHED = {"mnist": {"bp": 98.38, "dfa": 98.05, "dkp": 98.15, "zo": 86.53, "opzo": 98.34}}
+
+
+def run_one(method: str, args: argparse.Namespace) -> str:
+    out = RUNS / f"{args.dataset}-e{args.epochs}-{method}"
+    cmd = [sys.executable, "-m", "opzo.cli", "train", "--quiet"]
+    if (out / "checkpoint.pt").exists():
+        if (out / "summary.json").exists():
+            return f"{method}: already finished"
+        cmd += ["--resume", str(out)]
+    else:
+        cmd += ["--config", str(ROOT / "configs" / f"table1-{method}.toml"),
+                "--dataset", args.dataset, "--data-root", args.data_root,
+                "--epochs", str(args.epochs), "--threads", str(args.threads),
+                "--seed", str(args.seed), "--out", str(out)]
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with (out / "log.txt").open("a") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return f"{method}: exit {code} after {time.time() - t0:.0f}s"
+
+
+def summarize() -> None:
+    rows = []
+    for summary in sorted(RUNS.glob("*/summary.json")):
+        s = json.loads(summary.read_text())
+        lines = (summary.parent / "metrics.jsonl").read_text().splitlines()
+        metrics = [json.loads(x) for x in lines if x.strip()]
+        epoch_time = sum(m["epoch_time_s"] for m in metrics) / max(len(metrics), 1)
+        pub = PUBLISHED.get(s["dataset"], {}).get(s["method"])
+        rows.append((summary.parent.name, s["method"], s["dataset"], s["epochs"],
+                     s["final_test_acc"], s["best_test_acc"], pub, epoch_time))
+    print("| run | method | dataset | epochs | final test acc | best test acc | published |"
+          " s/epoch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        pub = f"{r[6]:.2f}" if r[6] is not None else "-"
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {pub} |"
+              f" {r[7]:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--summarize", action="store_true")
+    args = ap.parse_args()
+    if args.summarize:
+        summarize()
+        return
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda m: run_one(m, args), args.methods):
+            print(line, flush=True)
+    summarize()
+
+
+if __name__ == "__main__":
+    main()
