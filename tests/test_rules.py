@@ -271,3 +271,34 @@ def test_bad_inputs_give_clear_errors():
         learner.accumulate(torch.zeros(2, 6), torch.tensor([0, 3]), T=2)
     with pytest.raises(ValueError, match="choose one of"):
         NoiseSampler(distribution="cauchy")
+
+
+class _CountingSGD(torch.optim.SGD):
+    steps = 0
+
+    def step(self, closure=None):
+        type(self).steps += 1
+        return super().step(closure)
+
+
+def test_per_step_update_mode():
+    x = torch.randn(6, 12) * 3
+    y = torch.randint(0, 3, (6,))
+    # T = 1: one update per batch and one per step are the same thing
+    params = []
+    for update in ("batch", "step"):
+        torch.manual_seed(5)
+        net = SpikingMLP([12, 16, 8, 3])
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        OnlineLearner(net, OPZO(), update=update).train_batch(x, y, opt, T=1)
+        params.append([p.detach().clone() for p in net.parameters()])
+    assert all(torch.allclose(a, b) for a, b in zip(*params))
+    # T = 4: the per-step mode steps the optimizer at every time step
+    torch.manual_seed(5)
+    net = SpikingMLP([12, 16, 8, 3])
+    _CountingSGD.steps = 0
+    opt = _CountingSGD(net.parameters(), lr=0.1)
+    OnlineLearner(net, SpatialBP(), update="step").train_batch(x, y, opt, T=4)
+    assert _CountingSGD.steps == 4
+    with pytest.raises(ValueError, match="optimizer"):
+        OnlineLearner(net, SpatialBP(), update="step").accumulate(x, y, T=2)
