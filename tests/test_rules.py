@@ -302,3 +302,26 @@ def test_per_step_update_mode():
     assert _CountingSGD.steps == 4
     with pytest.raises(ValueError, match="optimizer"):
         OnlineLearner(net, SpatialBP(), update="step").accumulate(x, y, T=2)
+
+
+def test_bptt_learner_equals_plain_autograd_unroll():
+    from opzo.bptt import BPTTLearner
+
+    from .reference import bptt_autograd_grads
+
+    net = _net()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    y = torch.randint(0, 5, (5,))
+    loss = InstantLoss("mix", 0.2)
+    for p in net.parameters():
+        p.grad = None
+    BPTTLearner(net, loss).accumulate(x, y, T=4)
+    ours = _grads(net)
+    ref = bptt_autograd_grads(net, x, y, 4, loss)
+    for k in ref:
+        assert torch.allclose(ours[k], ref[k], atol=1e-12), k
+    # and it differs from OTTT's approximation (time paths matter here)
+    for p in net.parameters():
+        p.grad = None
+    OnlineLearner(net, SpatialBP(), loss).accumulate(x, y, T=4)
+    assert not torch.allclose(_grads(net)["hidden.0.weight"], ref["hidden.0.weight"], atol=1e-6)

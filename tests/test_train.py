@@ -111,3 +111,58 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--method", "backprop"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_diagnostics_are_recorded_and_do_not_change_the_run(tmp_path):
+    quiet = dict(progress=False, log=lambda *_: None)
+    run_training(_cfg(tmp_path, "plain", dropout=0.2), tmp_path / "plain", **quiet)
+    cfg = _cfg(tmp_path, "diag", dropout=0.2, diagnostics=True, diag_every=2)
+    run_training(cfg, tmp_path / "diag", **quiet)
+    assert _strip_time(_rows(tmp_path / "plain")) == _strip_time(_rows(tmp_path / "diag"))
+    rows = [json.loads(x) for x in (tmp_path / "diag" / "diagnostics.jsonl").read_text().split("\n")
+            if x]
+    cos = [r for r in rows if "cosine" in r]
+    var = [r for r in rows if "variance" in r]
+    assert [(r["epoch"], r["batch"]) for r in cos] == [(1, 0), (1, 2), (2, 0), (2, 2)]
+    assert set(cos[0]["cosine"]) == {"hidden.0.weight", "readout.weight"}
+    assert all(-1 <= v <= 1 for r in cos for v in r["cosine"].values())
+    assert [r["epoch"] for r in var] == [1, 2] and all(v > 0 for v in var[0]["variance"].values())
+
+
+def test_bptt_method_trains(tmp_path):
+    summary = run_training(_cfg(tmp_path, "bptt", method="bptt", epochs=1), tmp_path / "bptt",
+                           progress=False, log=lambda *_: None)
+    assert summary["final_test_acc"] > 20
+
+
+def test_sigterm_checkpoints_and_resume_matches(tmp_path):
+    import os
+    import signal
+
+    quiet = dict(progress=False)
+    run_training(_cfg(tmp_path, "full", epochs=3), tmp_path / "full", log=lambda *_: None,
+                 **quiet)
+
+    def log(msg):
+        if msg.startswith("epoch   1/"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = _cfg(tmp_path, "cut", epochs=3)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        run_training(cfg, tmp_path / "cut", log=log, **quiet)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    run_training(cfg, tmp_path / "cut", resume=True, log=lambda *_: None, **quiet)
+    assert _strip_time(_rows(tmp_path / "full")) == _strip_time(_rows(tmp_path / "cut"))
+
+
+def test_plot_command_writes_a_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    quiet = dict(progress=False, log=lambda *_: None)
+    run_training(_cfg(tmp_path, "a", diagnostics=True, diag_every=2), tmp_path / "a", **quiet)
+    run_training(_cfg(tmp_path, "b", method="dfa"), tmp_path / "b", **quiet)
+    out = tmp_path / "fig.png"
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert main(["plot", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "metrics.jsonl" in capsys.readouterr().err

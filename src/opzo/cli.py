@@ -5,6 +5,7 @@
     opzo train --config configs/mnist-opzo.toml --data-root /data/mnist
     opzo train --resume runs/<run>               # continue an interrupted run
     opzo eval runs/<run>                         # test accuracy of a run's checkpoint
+    opzo plot runs/a runs/b --out curves.png     # learning curves (+ diagnostics) as a PNG
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from .plots import plot_runs
+
+    out = plot_runs(args.runs, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opzo", description="Online, backprop-free training of spiking neural networks.")
@@ -88,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run folder written by 'opzo train'")
     ev.add_argument("--data-root", help="override the dataset folder of the run")
     ev.set_defaults(func=_eval)
+    pl = sub.add_parser("plot", help="draw learning curves (and diagnostics) of runs as a PNG")
+    pl.add_argument("runs", nargs="+", help="run folders written by 'opzo train'")
+    pl.add_argument("--out", default="runs/plot.png", help="PNG file to write")
+    pl.set_defaults(func=_plot)
     return parser
 
 
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"opzo: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # data errors and friends

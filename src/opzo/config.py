@@ -25,7 +25,7 @@ def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) ->
 
 
 DATASETS = ("embedded-mnist", "mnist", "fashion-mnist")
-METHODS = ("opzo", "bp", "dfa", "dkp", "zo")
+METHODS = ("opzo", "bp", "dfa", "dkp", "zo", "bptt")
 
 
 @dataclass
@@ -51,7 +51,8 @@ class TrainConfig:
     sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
     fast_sigmoid_k: float = _opt(25.0, "slope k of the fast-sigmoid surrogate", min=1e-9)
     # learning rule
-    method: str = _opt("opzo", "spatial credit assignment rule", METHODS)
+    method: str = _opt("opzo", "spatial credit assignment rule (bptt: exact offline reference)",
+                       METHODS)
     loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE",
                      ("mix", "ce", "mse"))
     gamma: float = _opt(0.05, "MSE weight γ of the mixed loss", min=0.0, max=1.0)
@@ -80,6 +81,12 @@ class TrainConfig:
     schedule: str = _opt("cosine", "learning-rate schedule over epochs", ("cosine", "constant"))
     seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)")
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", min=1)
+    # diagnostics
+    diagnostics: bool = _opt(False, "record per-layer gradient variance per epoch and cosine "
+                             "similarity with a reference gradient (diagnostics.jsonl)")
+    diag_every: int = _opt(50, "batches between two cosine-similarity measurements", min=1)
+    diag_reference: str = _opt("bp", "reference gradient for the cosine similarity",
+                               ("bp", "bptt"))
     # output
     out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
 
@@ -109,8 +116,8 @@ class TrainConfig:
                 f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
                 "its four idx files; opzo never downloads data. For a quick start use "
                 "dataset 'embedded-mnist', which ships with the package.")
-        if self.update == "step" and self.method == "dkp":
-            pass  # DKP's feedback then also steps every time step
+        if self.update == "step" and self.method == "bptt":
+            raise ConfigError("method 'bptt' is offline: it needs update 'batch'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ Memory does not depend on T: only the current state and traces are kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -69,7 +70,8 @@ class OnlineLearner:
         self.trace_name = trace
         make_trace(trace, net.lif.lam)  # validate the name now
         self.update = update
-        rule.bind(net)
+        if not rule.is_bound_to(net):
+            rule.bind(net)
 
     def _ensure_grads(self) -> None:
         for p in self.net.parameters():
@@ -83,11 +85,13 @@ class OnlineLearner:
         y: Tensor,
         T: int | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        masks: list[Tensor] | None = None,
     ) -> BatchStats:
         """Run one batch forward in time and add its gradient to every parameter's ``.grad``.
 
         With ``update="step"`` an ``optimizer`` is required and is stepped after every time
-        step (and ``.grad`` is cleared after each step).
+        step (and ``.grad`` is cleared after each step). ``masks`` fixes the dropout masks
+        (default: drawn afresh when the network is in training mode).
         """
         net, rule = self.net, self.rule
         T = net.check_input(x, T)
@@ -110,7 +114,8 @@ class OnlineLearner:
             for l in range(len(hidden))
         ]
         state = net.initial_state(batch, x)
-        masks = net.dropout_masks(batch, x)
+        if masks is None:
+            masks = net.dropout_masks(batch, x)
         gain = net.surrogate.gain()
         gains = None if masks is None else [m * gain for m in masks]
         rule.start_batch()
@@ -174,8 +179,13 @@ class OnlineLearner:
         y: Tensor,
         optimizer: torch.optim.Optimizer,
         T: int | None = None,
+        on_grad: Callable[[], None] | None = None,
     ) -> BatchStats:
-        """Clear ``.grad``, accumulate one batch, and step ``optimizer`` (and the rule)."""
+        """Clear ``.grad``, accumulate one batch, and step ``optimizer`` (and the rule).
+
+        ``on_grad`` is called once the batch gradient is in ``.grad``, before the step
+        (diagnostics use it; not called with ``update="step"``).
+        """
         net = self.net
         net.train()
         if self.update == "step":
@@ -185,6 +195,8 @@ class OnlineLearner:
             return self.accumulate(x, y, T, optimizer)
         optimizer.zero_grad(set_to_none=False)
         stats = self.accumulate(x, y, T)
+        if on_grad is not None:
+            on_grad()
         optimizer.step()
         self.rule.optimizer_step()
         return stats

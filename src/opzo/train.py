@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,8 +23,10 @@ from typing import Any
 
 import torch
 
+from .bptt import BPTTLearner
 from .config import TrainConfig
 from .data import ArrayDataset, epoch_permutation, iterate_batches, load_dataset, make_encoder
+from .diagnostics import GradientVariance, gradient_cosine
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
 from .network import SpikingMLP
@@ -43,6 +47,14 @@ def build_network(cfg: TrainConfig, num_inputs: int, num_classes: int) -> Spikin
         surrogate=surrogate,
         dropout=cfg.dropout,
     )
+
+
+def build_learner(cfg: TrainConfig, net: SpikingMLP, loss: InstantLoss
+                  ) -> OnlineLearner | BPTTLearner:
+    """The online learner with the config's rule, or the BPTT learner for ``bptt``."""
+    if cfg.method == "bptt":
+        return BPTTLearner(net, loss)
+    return OnlineLearner(net, build_rule(cfg), loss, update=cfg.update)
 
 
 def build_rule(cfg: TrainConfig) -> SpatialRule:
@@ -157,6 +169,32 @@ def evaluate(net: SpikingMLP, dataset, encoder, cfg: TrainConfig, loss: InstantL
     return acc.summary()
 
 
+def _checkpoint_on_sigterm():
+    """Treat SIGTERM (``kill``) like Ctrl-C while training; return the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def _truncate_jsonl(path: Path, keep) -> None:
+    if path.exists():
+        rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        atomic_write_text(path, "".join(ln + "\n" for ln in rows if keep(json.loads(ln))))
+
+
+def _round(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in d.items()}
+
+
 def _head(ds: ArrayDataset, n: int) -> ArrayDataset:
     """The first ``n`` samples of a dataset."""
     return ArrayDataset(ds.images[:n], ds.labels[:n], ds.name, ds.classes)
@@ -191,9 +229,11 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     torch.manual_seed(cfg.seed)
     num_inputs = int(train_set.images[0].numel())
     net = build_network(cfg, num_inputs, train_set.classes)
-    rule = build_rule(cfg)
     loss = InstantLoss(cfg.loss, cfg.gamma)
-    learner = OnlineLearner(net, rule, loss, update=cfg.update)
+    learner = build_learner(cfg, net, loss)
+    rule = learner.rule
+    variance = GradientVariance(net) if cfg.diagnostics else None
+    diag_path = run_dir / "diagnostics.jsonl"
     optimizer = make_optimizer(net.parameters(), cfg)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.schedule == "cosine" else None)
@@ -210,18 +250,22 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
-        rule.load_state_dict(state["rule"])
+        if rule is not None:
+            rule.load_state_dict(state["rule"])
         torch.set_rng_state(state["rng"])
         start_epoch, start_batch = state["epoch"], state["batch"]
         partial = Accumulator(**state["partial"])
-        # keep only the metric lines of epochs the checkpoint has finished
-        if metrics_path.exists():
-            lines = [ln for ln in metrics_path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= start_epoch]
-            atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+        if variance is not None and state.get("variance"):
+            variance.count, variance.mean, variance.m2 = state["variance"]
+        # keep only the lines written before the checkpoint's position
+        _truncate_jsonl(metrics_path, lambda r: r["epoch"] <= start_epoch)
+        _truncate_jsonl(diag_path, lambda r: r["epoch"] <= start_epoch or (
+            r["epoch"] == start_epoch + 1 and "batch" in r and r["batch"] < start_batch))
         log(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch}")
     else:
         metrics_path.write_text("")
+        if cfg.diagnostics:
+            diag_path.write_text("")
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint(epoch: int, batch: int, acc: Accumulator) -> None:
@@ -229,7 +273,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rule": rule.state_dict(),
+            "rule": rule.state_dict() if rule is not None else None,
+            "variance": ((variance.count, variance.mean, variance.m2)
+                         if variance is not None else None),
             "rng": torch.get_rng_state(),
             "epoch": epoch, "batch": batch,
             "partial": acc.__dict__.copy(),
@@ -239,54 +285,74 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
     log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test), "
         f"net {net.sizes}, T={cfg.T}, {cfg.epochs} epochs -> {run_dir}")
-    result: dict[str, Any] = {}
     seen = start_batch
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        rule.set_progress(epoch / max(cfg.epochs - 1, 1))
-        acc = partial if epoch == start_epoch else Accumulator()
-        first = start_batch if epoch == start_epoch else 0
-        bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-        t0 = time.perf_counter()
-        order = epoch_permutation(len(train_set), cfg.seed, epoch)
-        batch_index = first
-        try:
-            for images, labels in iterate_batches(train_set, cfg.batch_size, shuffle=True,
-                                                  permutation=order, start_batch=first):
-                x = encoder(images, cfg.T)
-                acc.add(learner.train_batch(x, labels, optimizer, T=cfg.T))
-                batch_index += 1
-                seen += 1
-                s = acc.summary()
-                bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
-                if stop_after_batches is not None and seen >= stop_after_batches:
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
+    previous_handler = _checkpoint_on_sigterm()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if rule is not None:
+                rule.set_progress(epoch / max(cfg.epochs - 1, 1))
+            if variance is not None and not (epoch == start_epoch and start_batch > 0):
+                variance.reset()
+            acc = partial if epoch == start_epoch else Accumulator()
+            first = start_batch if epoch == start_epoch else 0
+            bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
+            t0 = time.perf_counter()
+            order = epoch_permutation(len(train_set), cfg.seed, epoch)
+            batch_index = first
+            try:
+                for images, labels in iterate_batches(train_set, cfg.batch_size, shuffle=True,
+                                                      permutation=order, start_batch=first):
+                    x = encoder(images, cfg.T)
+                    if cfg.diagnostics and batch_index % cfg.diag_every == 0:
+                        cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference)
+                        _append_jsonl(diag_path, {"epoch": epoch + 1, "batch": batch_index,
+                                                  "cosine": _round(cos)})
+                    acc.add(learner.train_batch(
+                        x, labels, optimizer, T=cfg.T,
+                        on_grad=variance.update if variance is not None else None))
+                    batch_index += 1
+                    seen += 1
+                    s = acc.summary()
+                    bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
+                    if stop_after_batches is not None and seen >= stop_after_batches:
+                        raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                bar.close()
+                checkpoint(epoch, batch_index, acc)
+                log(f"interrupted at epoch {epoch + 1}, batch {batch_index}; checkpoint saved. "
+                    f"Continue with: opzo train --resume {run_dir}")
+                raise Interrupted(str(run_dir)) from None
             bar.close()
-            checkpoint(epoch, batch_index, acc)
-            log(f"interrupted at epoch {epoch + 1}, batch {batch_index}; checkpoint saved. "
-                f"Continue with: opzo train --resume {run_dir}")
-            raise Interrupted(str(run_dir)) from None
-        bar.close()
-        train_time = time.perf_counter() - t0
-        if scheduler is not None:
-            with warnings.catch_warnings():  # resumed exactly at an epoch end: no step yet
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-                scheduler.step()
-        test = evaluate(net, test_set, encoder, cfg, loss)
-        train = acc.summary()
-        row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
-               "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
-               "test_acc": round(test["acc"], 4), "firing_rate": test["firing_rate"],
-               "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(train_time, 3)}
-        if rule.noise is not None:
-            row["alpha"] = rule.noise.alpha
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        checkpoint(epoch + 1, 0, Accumulator())
-        log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
-            f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  ({train_time:.1f}s)")
-        result = row
+            train_time = time.perf_counter() - t0
+            if scheduler is not None:
+                with warnings.catch_warnings():  # resumed exactly at an epoch end: no step yet
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                    scheduler.step()
+            test = evaluate(net, test_set, encoder, cfg, loss)
+            train = acc.summary()
+            row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
+                   "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
+                   "test_acc": round(test["acc"], 4), "firing_rate": test["firing_rate"],
+                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(train_time, 3)}
+            if rule is not None and rule.noise is not None:
+                row["alpha"] = rule.noise.alpha
+            _append_jsonl(metrics_path, row)
+            if variance is not None:
+                _append_jsonl(diag_path, {"epoch": epoch + 1, "variance": variance.result()})
+            checkpoint(epoch + 1, 0, Accumulator())
+            log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
+                f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  ({train_time:.1f}s)")
+    except KeyboardInterrupt:
+        # interrupted outside the batch loop (evaluation, logging): the checkpoint written
+        # after the last finished epoch stands
+        log(f"interrupted; the checkpoint of the last finished epoch stands. Continue with: "
+            f"opzo train --resume {run_dir}")
+        raise Interrupted(str(run_dir)) from None
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
     rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
     summary = {
         "method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs,
@@ -300,7 +366,6 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"final test accuracy {summary['final_test_acc']:.2f}% "
         f"(best {summary['best_test_acc']:.2f}%); run folder: {run_dir}")
-    del result
     return summary
 
 

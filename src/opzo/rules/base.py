@@ -53,6 +53,11 @@ class SpatialRule:
         self.sizes = list(net.hidden_sizes)
         self.num_outputs = net.num_outputs
 
+    def is_bound_to(self, net: SpikingMLP) -> bool:
+        """True when the rule already holds state shaped for ``net`` (e.g. a deep copy)."""
+        return (getattr(self, "sizes", None) == list(net.hidden_sizes)
+                and getattr(self, "num_outputs", None) == net.num_outputs)
+
     def start_batch(self) -> None:
         """A new batch begins (membrane state and traces were reset)."""
         if self.noise is not None:

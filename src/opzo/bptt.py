@@ -1,0 +1,81 @@
+"""Exact backpropagation through time (BPTT) with surrogate gradients: the offline reference.
+
+The same network, loss and surrogate as the online rules, but the whole unrolled computation is
+kept and differentiated by autograd, through the layers *and* through time (membrane leak,
+reset and the spikes of earlier steps). Memory grows linearly with T. Used as a training
+baseline and as the exact reference gradient for alignment measurements (OTPE paper,
+section 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .learner import BatchStats
+from .losses import InstantLoss
+from .network import SpikingMLP
+from .surrogate import spike_with_surrogate
+
+
+class BPTTLearner:
+    """Drop-in alternative to :class:`~opzo.learner.OnlineLearner` that trains by BPTT.
+
+    The loss is the same mean over batch and time steps of the instantaneous losses, so its
+    gradient is directly comparable with the online rules' estimates.
+    """
+
+    name = "bptt"
+
+    def __init__(self, net: SpikingMLP, loss: InstantLoss | None = None) -> None:
+        self.net = net
+        self.loss = loss or InstantLoss()
+        self.rule = None
+
+    def accumulate(self, x: Tensor, y: Tensor, T: int | None = None,
+                   masks: list[Tensor] | None = None) -> BatchStats:
+        """Add the exact BPTT gradient of one batch to every parameter's ``.grad``."""
+        net, lif = self.net, self.net.lif
+        T = net.check_input(x, T)
+        static = x.dim() == 2
+        batch = x.shape[0] if static else x.shape[1]
+        if masks is None:
+            masks = net.dropout_masks(batch, x)
+        u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+        s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+        total = x.new_zeros(())
+        out_sum = x.new_zeros(batch, net.num_outputs)
+        with torch.enable_grad():
+            for t in range(T):
+                inp = x if static else x[t]
+                for l, lin in enumerate(net.hidden):
+                    current = lin(inp)
+                    if lif.reset == "subtract":
+                        u[l] = lif.lam * (u[l] - lif.v_th * s[l]) + current
+                    else:
+                        u[l] = lif.lam * u[l] * (1.0 - s[l]) + current
+                    s[l] = spike_with_surrogate(u[l], lif.v_th, net.surrogate)
+                    inp = s[l] if masks is None else s[l] * masks[l]
+                o = net.readout(inp)
+                out_sum = out_sum + o.detach()
+                total = total + self.loss.per_sample(o, y).sum()
+            (total / (batch * T)).backward()
+        loss_value = float(total.detach()) / T
+        if not torch.isfinite(torch.tensor(loss_value)):
+            raise FloatingPointError("training loss became NaN/inf: lower the learning rate")
+        return BatchStats(loss_sum=loss_value, correct=int((out_sum.argmax(1) == y).sum()),
+                          count=batch)
+
+    def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
+                    T: int | None = None, on_grad: Callable[[], None] | None = None
+                    ) -> BatchStats:
+        """Clear ``.grad``, accumulate one batch by BPTT, step ``optimizer``."""
+        self.net.train()
+        optimizer.zero_grad(set_to_none=False)
+        stats = self.accumulate(x, y, T)
+        if on_grad is not None:
+            on_grad()
+        optimizer.step()
+        return stats

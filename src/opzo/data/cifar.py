@@ -1,0 +1,340 @@
+"""CIFAR-10 / CIFAR-100 from the official "python version" pickle batches, and augmentations.
+
+opzo never downloads data. Obtain ``cifar-10-python.tar.gz`` or ``cifar-100-python.tar.gz`` from
+https://www.cs.toronto.edu/~kriz/cifar.html and extract it; the readers look in ``root`` and in
+``root/cifar-10-batches-py`` (``root/cifar-100-python``), the folder the archive extracts to.
+
+Files and keys:
+
+* CIFAR-10: ``data_batch_1`` .. ``data_batch_5`` (train, 10000 images each) and ``test_batch``;
+  each is a pickled dict with ``b"data"`` (``(N, 3072)`` uint8: 1024 red, then 1024 green, then
+  1024 blue values, each a row-major 32x32 plane) and ``b"labels"`` (N ints in 0..9).
+* CIFAR-100: ``train`` (50000) and ``test`` (10000) with ``b"data"`` and ``b"fine_labels"``
+  (0..99; the 20 ``b"coarse_labels"`` are not used).
+
+The batches are Python pickles: unpickling can execute code, so only read files obtained from the
+official source. All augmentations act on a batch ``(N, C, H, W)`` (or one image ``(C, H, W)``),
+draw one set of random parameters per image from an explicit :class:`torch.Generator` and work for
+any dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DatasetError
+
+__all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR10_STD_LEGACY",
+    "CIFAR_NAMES",
+    "CUTOUT_SIZE",
+    "cutout",
+    "load_cifar",
+    "load_cifar10",
+    "load_cifar100",
+    "normalize",
+    "random_crop",
+    "random_horizontal_flip",
+]
+
+#: Dataset names accepted by :func:`load_cifar`.
+CIFAR_NAMES: tuple[str, ...] = ("cifar10", "cifar100")
+
+#: Per-channel (R, G, B) mean of the CIFAR-10 training images, pixels scaled to [0, 1].
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+#: Per-channel std of the CIFAR-10 training images (population std over all train pixels).
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+#: The std constant found in many CIFAR-10 code bases (smaller than the per-channel std of the
+#: training pixels); pass it to :func:`normalize` to reproduce code that uses it.
+CIFAR10_STD_LEGACY: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
+#: Per-channel mean of the CIFAR-100 training images, pixels scaled to [0, 1].
+CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
+#: Per-channel std of the CIFAR-100 training images.
+CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
+#: Cutout square side used by DeVries & Taylor (2017): 16 for CIFAR-10, 8 for CIFAR-100.
+CUTOUT_SIZE: dict[str, int] = {"cifar10": 16, "cifar100": 8}
+
+_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+# name -> (folder the archive extracts to, archive name, train files, test files, label key,
+#          number of classes, pretty name)
+_LAYOUT: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...], bytes, int, str]] = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        "cifar-10-python.tar.gz",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        b"labels",
+        10,
+        "CIFAR-10",
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        "cifar-100-python.tar.gz",
+        ("train",),
+        ("test",),
+        b"fine_labels",
+        100,
+        "CIFAR-100",
+    ),
+}
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower().replace("-", "").replace("_", "")
+    if key not in _LAYOUT:
+        raise DatasetError(f"unknown CIFAR dataset {name!r}; allowed: {', '.join(CIFAR_NAMES)}")
+    return key
+
+
+def _how_to_obtain(name: str) -> str:
+    folder, archive, *_ = _LAYOUT[name]
+    return (
+        f"opzo never downloads data. Download {archive} (the 'python version') from {_URL} and "
+        f"extract it (tar xzf {archive}); pass the folder holding {folder}/ or {folder}/ itself "
+        f"as root."
+    )
+
+
+def _get(batch: dict, key: bytes) -> object:
+    """Look ``key`` up as bytes (official pickles) or as str (re-pickled under Python 3)."""
+    if key in batch:
+        return batch[key]
+    return batch.get(key.decode(), None)
+
+
+def _read_batch(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pickle batch, returning ``(N, 3, 32, 32)`` uint8 images and int64 labels."""
+    _, _, _, _, label_key, classes, pretty = _LAYOUT[name]
+    expected = (
+        f"a pickled dict with b'data' (N x 3072 uint8) and {label_key!r} (N labels in "
+        f"0..{classes - 1}), as in the official {pretty} python version"
+    )
+    try:
+        with path.open("rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")
+    except Exception as exc:  # corrupt pickles raise many different exception types
+        raise DatasetError(
+            f"{path}: cannot unpickle the file ({type(exc).__name__}: {exc}); expected {expected}. "
+            f"The file is probably truncated or corrupt; delete it and extract the archive "
+            f"again. " + _how_to_obtain(name)
+        ) from exc
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path}: expected {expected}, found a {type(batch).__name__}")
+    data, labels = _get(batch, b"data"), _get(batch, label_key)
+    if data is None or labels is None:
+        keys = ", ".join(repr(k) for k in batch)
+        raise DatasetError(f"{path}: expected {expected}; the dict has keys {keys}")
+    data = np.asarray(data)
+    labels = np.asarray(labels)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DatasetError(
+            f"{path}: expected b'data' of shape (N, 3072) uint8, found {data.dtype} {data.shape}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0] or labels.dtype.kind not in "iu":
+        raise DatasetError(
+            f"{path}: expected {data.shape[0]} integer labels under {label_key!r}, found "
+            f"{labels.dtype} {labels.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise DatasetError(
+            f"{path}: labels must lie in 0..{classes - 1} but range from {labels.min()} to "
+            f"{labels.max()}; is this really a {pretty} file?"
+        )
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def load_cifar(
+    name: str, root: str | os.PathLike[str], split: str = "train"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load CIFAR-10 or CIFAR-100 from the official python pickle batches.
+
+    Args:
+        name: ``"cifar10"`` or ``"cifar100"`` (``"CIFAR-10"`` etc. also accepted).
+        root: folder holding the extracted batch folder, or the batch folder itself.
+        split: ``"train"`` or ``"test"``.
+
+    Returns:
+        ``(images, labels)``: uint8 tensor ``(N, 3, 32, 32)`` (RGB) and int64 tensor ``(N,)``.
+
+    Raises:
+        DatasetError: unknown name or split, missing, truncated or invalid files; the message
+            names the folders searched, the files expected and where to get them.
+    """
+    name = _canonical(name)
+    folder_name, archive, train_files, test_files, _, _, pretty = _LAYOUT[name]
+    if split not in ("train", "test"):
+        raise DatasetError(f"unknown split {split!r}; allowed: train, test")
+    files = train_files if split == "train" else test_files
+    root = Path(root).expanduser()
+    candidates = [root / folder_name, root]
+    expected = f"{', '.join(files)} (from {archive})"
+    for folder in candidates:
+        present = [f for f in files if (folder / f).is_file()]
+        if not present:
+            continue
+        missing = [f for f in files if f not in present]
+        if missing:
+            raise DatasetError(
+                f"incomplete {pretty} {split} split in {folder.absolute()}: missing "
+                f"{', '.join(missing)}; expected {expected}. " + _how_to_obtain(name)
+            )
+        parts = [_read_batch(folder / f, name) for f in files]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        return torch.from_numpy(images), torch.from_numpy(labels)
+    searched = "; ".join(str(f.absolute()) for f in candidates)
+    hint = ""
+    if (root / archive).is_file():
+        hint = f" Found the archive {root / archive}: extract it first (tar xzf {archive})."
+    raise DatasetError(
+        f"{pretty} {split} files not found. Searched the folders: {searched}. Expected "
+        f"{expected}.{hint} " + _how_to_obtain(name)
+    )
+
+
+def load_cifar10(
+    root: str | os.PathLike[str], split: str = "train"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load CIFAR-10 (``cifar-10-batches-py``); see :func:`load_cifar`."""
+    return load_cifar("cifar10", root, split)
+
+
+def load_cifar100(
+    root: str | os.PathLike[str], split: str = "train"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load CIFAR-100 with the 100 fine labels (``cifar-100-python``); see :func:`load_cifar`."""
+    return load_cifar("cifar100", root, split)
+
+
+def _as_batch(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if images.dim() == 3:
+        return images.unsqueeze(0), True
+    if images.dim() == 4:
+        return images, False
+    raise ValueError(f"expected images (N, C, H, W) or (C, H, W), got {tuple(images.shape)}")
+
+
+def random_crop(
+    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Zero-pad each image by ``padding`` pixels on every side, then crop it back to ``H x W``.
+
+    The crop offset is drawn uniformly in ``0 .. 2 * padding`` per image and axis.
+
+    Args:
+        images: ``(N, C, H, W)`` or ``(C, H, W)``, any dtype.
+        padding: number of zero pixels added on each side (4 for CIFAR).
+        generator: source of randomness (torch's global generator when None).
+
+    Returns:
+        A new tensor of the same shape and dtype.
+    """
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    batch, squeeze = _as_batch(images)
+    n, c, h, w = batch.shape
+    padded = torch.nn.functional.pad(batch, (padding, padding, padding, padding))
+    off_y = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    off_x = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = off_y[:, None] + torch.arange(h)  # (N, H): padded rows kept for each image
+    cols = off_x[:, None] + torch.arange(w)  # (N, W)
+    width = padded.shape[-1]
+    out = torch.gather(padded, 2, rows[:, None, :, None].expand(n, c, h, width))
+    out = torch.gather(out, 3, cols[:, None, None, :].expand(n, c, h, w))
+    return out.squeeze(0) if squeeze else out
+
+
+def random_horizontal_flip(
+    images: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5
+) -> torch.Tensor:
+    """Mirror each image left-right with probability ``p``.
+
+    Args:
+        images: ``(N, C, H, W)`` or ``(C, H, W)``, any dtype.
+        generator: source of randomness (torch's global generator when None).
+        p: flip probability.
+
+    Returns:
+        A new tensor of the same shape and dtype.
+    """
+    batch, squeeze = _as_batch(images)
+    flip = torch.rand(batch.shape[0], generator=generator) < p
+    out = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    return out.squeeze(0) if squeeze else out
+
+
+def cutout(
+    images: torch.Tensor,
+    size: int,
+    generator: torch.Generator | None = None,
+    fill: float = 0.0,
+) -> torch.Tensor:
+    """Cutout (DeVries & Taylor, 2017): set one ``size x size`` square per image to ``fill``.
+
+    The square's centre is drawn uniformly over all pixels, so the square may be clipped at the
+    border (as in the original method). Use ``size=16`` for CIFAR-10 and ``size=8`` for CIFAR-100
+    (:data:`CUTOUT_SIZE`). The original applies cutout after normalisation, where ``fill=0``
+    equals the dataset mean; call it on normalised float images to reproduce that.
+
+    Args:
+        images: ``(N, C, H, W)`` or ``(C, H, W)``, any dtype.
+        size: side of the square in pixels (> 0).
+        generator: source of randomness (torch's global generator when None).
+        fill: value written into the square.
+
+    Returns:
+        A new tensor of the same shape and dtype.
+    """
+    if size <= 0:
+        raise ValueError(f"cutout size must be positive, got {size}")
+    batch, squeeze = _as_batch(images)
+    n, _, h, w = batch.shape
+    cy = torch.randint(0, h, (n,), generator=generator)
+    cx = torch.randint(0, w, (n,), generator=generator)
+    y0, x0 = cy - size // 2, cx - size // 2
+    ys, xs = torch.arange(h), torch.arange(w)
+    in_y = (ys[None, :] >= y0[:, None]) & (ys[None, :] < (y0 + size)[:, None])  # (N, H)
+    in_x = (xs[None, :] >= x0[:, None]) & (xs[None, :] < (x0 + size)[:, None])  # (N, W)
+    mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # (N, 1, H, W)
+    out = batch.masked_fill(mask, fill)
+    return out.squeeze(0) if squeeze else out
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+) -> torch.Tensor:
+    """Scale uint8 images to [0, 1] and standardise each channel: ``(x / 255 - mean) / std``.
+
+    Args:
+        images: uint8 ``(N, C, H, W)`` or ``(C, H, W)`` (floats are taken as already in [0, 1]).
+        mean: per-channel means (e.g. :data:`CIFAR10_MEAN`, :data:`CIFAR100_MEAN`).
+        std: per-channel stds (e.g. :data:`CIFAR10_STD`, :data:`CIFAR100_STD`).
+
+    Returns:
+        float32 tensor of the same shape.
+    """
+    batch, squeeze = _as_batch(images)
+    if len(mean) != batch.shape[1] or len(std) != batch.shape[1]:
+        raise ValueError(
+            f"need one mean and std per channel ({batch.shape[1]}), got {len(mean)} means and "
+            f"{len(std)} stds"
+        )
+    x = batch.to(torch.float32)
+    if batch.dtype == torch.uint8:
+        x = x / 255.0
+    m = torch.tensor(mean, dtype=torch.float32)[None, :, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+    out = (x - m) / s
+    return out.squeeze(0) if squeeze else out

@@ -1,0 +1,694 @@
+"""Readers for the neuromorphic datasets of the OPZO/OTPE papers (never downloading anything).
+
+* N-MNIST (Orchard et al. 2015): one ``.bin`` file per sample, read by :func:`read_nmnist_bin`;
+  :class:`NMNISTFolder` gives ``(30, 2, 34, 34)`` frames of 3 ms.
+* DVS128 Gesture (Amir et al. 2017) in tonic's ``.npy`` layout: :class:`DVSGesture` gives
+  ``(20, 2, 48, 48)`` frames (equal event counts, resized from 128x128).
+* CIFAR10-DVS (Li et al. 2017) in SpikingJelly's ``.npz`` layout: :class:`CIFAR10DVS` gives
+  ``(10, 2, 48, 48)`` frames with the 9000/1000 split, optional random crop and normalisation.
+* SHD / SSC (Cramer et al. 2020) HDF5 files: :class:`SpikingHeidelbergDigits` and
+  :class:`SpikingSpeechCommands` give ``(n_bins, 700)`` spike counts (h5py imported lazily).
+
+Every dataset returns ``(frames, label)`` with ``frames`` a float32 :class:`torch.Tensor` and
+``label`` an ``int``. Missing or invalid files raise :class:`~opzo.data.errors.DatasetError`
+naming the path, the expected layout and where to obtain the data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cifar import random_crop
+from .errors import DatasetError
+from .events import EVENT_DTYPE, bin_by_count, bin_by_time, bin_units_by_time, resize_frames
+
+__all__ = [
+    "CIFAR10DVS",
+    "CIFAR10DVS_CLASSES",
+    "CIFAR10DVS_SENSOR",
+    "DVSGESTURE_CLASSES",
+    "DVSGESTURE_SENSOR",
+    "NMNIST_SENSOR",
+    "SHD_UNITS",
+    "DVSGesture",
+    "NMNISTFolder",
+    "SpikingHeidelbergDigits",
+    "SpikingSpeechCommands",
+    "compute_mean_std",
+    "read_cifar10dvs_npz",
+    "read_gesture_npy",
+    "read_nmnist_bin",
+]
+
+#: N-MNIST sensor size ``(W, H, 2)``.
+NMNIST_SENSOR: tuple[int, int, int] = (34, 34, 2)
+#: DVS128 Gesture sensor size.
+DVSGESTURE_SENSOR: tuple[int, int, int] = (128, 128, 2)
+#: Number of DVS128 Gesture classes (the 10 gestures plus "other").
+DVSGESTURE_CLASSES = 11
+#: CIFAR10-DVS sensor size.
+CIFAR10DVS_SENSOR: tuple[int, int, int] = (128, 128, 2)
+#: CIFAR10-DVS class folder names; the label is the index in this tuple.
+CIFAR10DVS_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+#: Number of input units (cochlea channels) of SHD and SSC.
+SHD_UNITS = 700
+
+_NEVER = "opzo never downloads data."
+_SPLITS = ("train", "test")
+PathLike = str | os.PathLike[str]
+
+
+def _check_split(split: str, allowed: Sequence[str] = _SPLITS) -> str:
+    if split not in allowed:
+        raise DatasetError(f"unknown split {split!r}; allowed: {', '.join(allowed)}")
+    return split
+
+
+def _stem_key(path: Path) -> tuple[int, str]:
+    """Sort key: the integer at the end of the file stem (files without one go last)."""
+    match = re.search(r"(\d+)$", path.stem)
+    return (int(match.group(1)) if match else np.iinfo(np.int64).max, path.name)
+
+
+def _as_events(
+    path: Path, t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray, expected: str
+) -> np.ndarray:
+    """Assemble validated columns into an :data:`EVENT_DTYPE` array (errors name ``path``)."""
+    columns = [np.asarray(c).reshape(-1) for c in (t, x, y, p)]
+    if len({c.size for c in columns}) != 1:
+        sizes = ", ".join(f"{n}={c.size}" for n, c in zip("txyp", columns))
+        raise DatasetError(f"{path}: event columns differ in length ({sizes}); expected {expected}")
+    for name, column in zip("txyp", columns):
+        if column.dtype.kind not in "iubf":
+            raise DatasetError(
+                f"{path}: column {name} has dtype {column.dtype}; expected numbers ({expected})"
+            )
+        if column.dtype.kind == "f" and not np.isfinite(column).all():
+            raise DatasetError(f"{path}: column {name} holds NaN or inf; expected {expected}")
+    events = np.empty(columns[0].size, dtype=EVENT_DTYPE)
+    t = columns[0]
+    events["t"] = np.rint(t).astype(np.int64) if t.dtype.kind == "f" else t.astype(np.int64)
+    for name, column in zip("xyp", columns[1:]):
+        events[name] = column.astype(np.int64)
+    if events.size:
+        bad_p = (events["p"] != 0) & (events["p"] != 1)
+        if bad_p.any():
+            raise DatasetError(
+                f"{path}: polarities must be 0 or 1 but {int(bad_p.sum())} events have other "
+                f"values (e.g. {columns[3][np.flatnonzero(bad_p)[0]]}); expected {expected}"
+            )
+    return events
+
+
+def _frames_or_error(path: Path, func: Any, *args: Any) -> np.ndarray:
+    """Run a binning function, turning its ValueError into a DatasetError naming ``path``."""
+    try:
+        return func(*args)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------- N-MNIST
+
+_NMNIST_URL = "https://www.garrickorchard.com/datasets/n-mnist"
+_NMNIST_FORMAT = (
+    "an N-MNIST .bin file: 5 bytes per event (x, y, polarity bit 7 of byte 2 and a 23-bit "
+    "microsecond timestamp in the rest of bytes 2-4)"
+)
+
+
+def read_nmnist_bin(path: PathLike) -> np.ndarray:
+    """Read one N-MNIST ``.bin`` recording.
+
+    Each event takes 5 bytes ``b0..b4``: ``x = b0``, ``y = b1``, polarity = bit 7 of ``b2``, and
+    timestamp (microseconds) ``= ((b2 & 0x7F) << 16) | (b3 << 8) | b4``.
+
+    Returns:
+        :data:`~opzo.data.events.EVENT_DTYPE` array in file order (time order).
+
+    Raises:
+        DatasetError: missing file, or a length that is not a multiple of 5 (truncated file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"N-MNIST file not found: {path.absolute()}. {_NEVER} Get N-MNIST from {_NMNIST_URL}"
+        )
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % 5:
+        raise DatasetError(
+            f"{path}: length {raw.size} bytes is not a multiple of 5; expected {_NMNIST_FORMAT}. "
+            f"The file is truncated or corrupt ({raw.size % 5} trailing bytes); obtain it again "
+            f"from {_NMNIST_URL}"
+        )
+    b = raw.reshape(-1, 5).astype(np.int64)
+    events = np.empty(b.shape[0], dtype=EVENT_DTYPE)
+    events["x"] = b[:, 0]
+    events["y"] = b[:, 1]
+    events["p"] = b[:, 2] >> 7
+    events["t"] = ((b[:, 2] & 0x7F) << 16) | (b[:, 3] << 8) | b[:, 4]
+    return events
+
+
+class NMNISTFolder:
+    """N-MNIST from a folder of ``.bin`` files, as 3 ms event-count frames.
+
+    Accepted layouts (``<split>`` is ``Train`` or ``Test``, ``<digit>`` is ``0`` .. ``9``):
+    tonic's ``root/NMNIST/<split>/<digit>/*.bin`` or the official archive's
+    ``root/<split>/<digit>/*.bin``.
+
+    Each item is ``(frames, label)``: frames ``(n_frames, 2, 34, 34)`` float32 counts in bins of
+    ``bin_us`` microseconds starting at time 0 (default: the paper's 30 bins of 3 ms; later
+    events are dropped), and the digit as an int.
+
+    Attributes:
+        files: the sample files, by digit then file name.
+        targets: the label of each file.
+    """
+
+    def __init__(
+        self, root: PathLike, split: str = "train", bin_us: int = 3000, n_frames: int = 30
+    ) -> None:
+        split = _check_split(split)
+        self.bin_us, self.n_frames = int(bin_us), int(n_frames)
+        root = Path(root).expanduser()
+        folder_name = split.capitalize()
+        candidates = [root / "NMNIST" / folder_name, root / folder_name]
+        layout = (
+            f"ROOT/NMNIST/{folder_name}/<digit 0-9>/*.bin (tonic) or "
+            f"ROOT/{folder_name}/<digit 0-9>/*.bin (the official archive, unzipped)"
+        )
+        for folder in candidates:
+            if folder.is_dir():
+                self.folder = folder
+                break
+        else:
+            searched = "; ".join(str(c.absolute()) for c in candidates)
+            raise DatasetError(
+                f"N-MNIST {split} folder not found. Searched: {searched}. Expected {layout}. "
+                f"{_NEVER} Download N-MNIST from {_NMNIST_URL} and unzip {folder_name}.zip."
+            )
+        self.files: list[Path] = []
+        self.targets: list[int] = []
+        for digit in range(10):
+            sub = self.folder / str(digit)
+            if sub.is_dir():
+                found = sorted(sub.glob("*.bin"))
+                self.files += found
+                self.targets += [digit] * len(found)
+        if not self.files:
+            raise DatasetError(
+                f"no N-MNIST .bin files in {self.folder.absolute()}/<digit 0-9>/; expected "
+                f"{layout}. {_NEVER} Download N-MNIST from {_NMNIST_URL}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def events(self, index: int) -> np.ndarray:
+        """The raw events of sample ``index``."""
+        return read_nmnist_bin(self.files[index])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path = self.files[index]
+        frames = _frames_or_error(
+            path, bin_by_time, self.events(index), NMNIST_SENSOR, self.bin_us, self.n_frames
+        )
+        return torch.from_numpy(frames), self.targets[index]
+
+
+# ----------------------------------------------------------------------------- DVS Gesture
+
+_GESTURE_URL = "https://research.ibm.com/interactive/dvsgesture/"
+_GESTURE_FORMAT = (
+    "tonic's DVSGesture .npy: a 2-D array with columns (x, y, p, t), t in milliseconds, or a "
+    "structured array with fields x, y, p, t (t in microseconds)"
+)
+
+
+def _load_npy(path: Path, expected: str) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"file not found: {path.absolute()}; expected {expected}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(
+            f"{path}: cannot read the file ({exc}); expected {expected}. The file is probably "
+            f"truncated or corrupt."
+        ) from exc
+
+
+def read_gesture_npy(path: PathLike) -> np.ndarray:
+    """Read one DVS128 Gesture sample saved by tonic as ``.npy``.
+
+    A 2-D array (tonic's files) has columns ``(x, y, p, t)`` with ``t`` in milliseconds (tonic
+    multiplies it by 1000 when loading); it is converted to microseconds and rounded. A
+    structured array with fields ``x, y, p, t`` is taken to hold microseconds already.
+
+    Returns:
+        :data:`~opzo.data.events.EVENT_DTYPE` array in file order.
+
+    Raises:
+        DatasetError: missing, unreadable or wrongly shaped file.
+    """
+    path = Path(path)
+    array = _load_npy(path, _GESTURE_FORMAT)
+    names = array.dtype.names or ()
+    if names:
+        missing = [f for f in "xypt" if f not in names]
+        if missing or array.ndim != 1:
+            raise DatasetError(
+                f"{path}: structured array with fields {', '.join(names)} and shape "
+                f"{array.shape}; expected {_GESTURE_FORMAT}"
+            )
+        return _as_events(path, array["t"], array["x"], array["y"], array["p"], _GESTURE_FORMAT)
+    if array.ndim != 2 or array.shape[1] != 4 or array.dtype.kind not in "iuf":
+        raise DatasetError(
+            f"{path}: found a {array.dtype} array of shape {array.shape}; expected "
+            f"{_GESTURE_FORMAT}"
+        )
+    t_us = array[:, 3].astype(np.float64) * 1000.0
+    return _as_events(path, t_us, array[:, 0], array[:, 1], array[:, 2], _GESTURE_FORMAT)
+
+
+class DVSGesture:
+    """DVS128 Gesture in tonic's layout, as frames of equal event counts resized to 48x48.
+
+    Layout: ``root/DVSGesture/ibmGestureTrain/<user_session>/<label>.npy`` (and
+    ``ibmGestureTest``), or the same without the ``DVSGesture`` level; the label is the file
+    stem, an integer in ``0 .. 10``. Each item is ``(frames, label)`` with frames
+    ``(n_frames, 2, size, size)``: the events are split into ``n_frames`` slices of equal
+    counts (:func:`~opzo.data.events.bin_by_count`) on the 128x128 sensor, then resized with
+    :func:`~opzo.data.events.resize_frames` (``resize_mode``: ``"area"`` or ``"bilinear"``).
+
+    Attributes:
+        files: sample files, by session folder then label.
+        targets: the label of each file.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str = "train",
+        n_frames: int = 20,
+        size: int = 48,
+        resize_mode: str = "area",
+    ) -> None:
+        split = _check_split(split)
+        self.n_frames, self.size, self.resize_mode = int(n_frames), int(size), resize_mode
+        root = Path(root).expanduser()
+        folder_name = "ibmGestureTrain" if split == "train" else "ibmGestureTest"
+        candidates = [root / "DVSGesture" / folder_name, root / folder_name]
+        layout = (
+            f"ROOT/DVSGesture/{folder_name}/<user_session>/<label 0-10>.npy (tonic's layout) "
+            f"or ROOT/{folder_name}/<user_session>/<label>.npy, each .npy being {_GESTURE_FORMAT}"
+        )
+        where = (
+            f"{_NEVER} Get DVS128 Gesture from {_GESTURE_URL} and convert it with tonic "
+            f"(tonic.datasets.DVSGesture writes this layout)."
+        )
+        folder = next((c for c in candidates if c.is_dir()), None)
+        if folder is None:
+            searched = "; ".join(str(c.absolute()) for c in candidates)
+            raise DatasetError(
+                f"DVS Gesture {split} folder not found. Searched: {searched}. Expected "
+                f"{layout}. {where}"
+            )
+        self.folder = folder
+        self.files: list[Path] = []
+        self.targets: list[int] = []
+        for session in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for file in sorted(session.glob("*.npy"), key=_stem_key):
+                if not file.stem.isdigit() or int(file.stem) >= DVSGESTURE_CLASSES:
+                    raise DatasetError(
+                        f"{file}: the file name must be the label, an integer in "
+                        f"0..{DVSGESTURE_CLASSES - 1}; expected {layout}"
+                    )
+                self.files.append(file)
+                self.targets.append(int(file.stem))
+        if not self.files:
+            raise DatasetError(
+                f"no .npy samples in {folder.absolute()}/<user_session>/; expected {layout}. "
+                f"{where}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def events(self, index: int) -> np.ndarray:
+        """The raw events of sample ``index``."""
+        return read_gesture_npy(self.files[index])
+
+    def raw_frames(self, index: int) -> torch.Tensor:
+        """Frames of sample ``index`` (same as ``self[index][0]``)."""
+        path = self.files[index]
+        counts = _frames_or_error(
+            path, bin_by_count, self.events(index), DVSGESTURE_SENSOR, self.n_frames
+        )
+        return torch.from_numpy(resize_frames(counts, self.size, self.resize_mode))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.raw_frames(index), self.targets[index]
+
+
+# ----------------------------------------------------------------------------- CIFAR10-DVS
+
+_CIFAR10DVS_URL = (
+    "figshare (Li et al. 2017, https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671)"
+)
+_CIFAR10DVS_FORMAT = "an .npz archive with 1-D arrays t, x, y, p (SpikingJelly's converted events)"
+
+
+def read_cifar10dvs_npz(path: PathLike) -> np.ndarray:
+    """Read one CIFAR10-DVS sample converted by SpikingJelly (``.npz`` with ``t, x, y, p``).
+
+    Returns:
+        :data:`~opzo.data.events.EVENT_DTYPE` array in file order.
+
+    Raises:
+        DatasetError: missing, unreadable or incomplete file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"file not found: {path.absolute()}; expected {_CIFAR10DVS_FORMAT}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in "txyp" if k not in npz.files]
+            if missing:
+                raise DatasetError(
+                    f"{path}: missing arrays {', '.join(missing)} (found: "
+                    f"{', '.join(npz.files) or 'none'}); expected {_CIFAR10DVS_FORMAT}"
+                )
+            columns = {k: npz[k] for k in "txyp"}
+    except DatasetError:
+        raise
+    except Exception as exc:  # zipfile, zlib and numpy raise many types for corrupt archives
+        raise DatasetError(
+            f"{path}: cannot read the file ({type(exc).__name__}: {exc}); expected "
+            f"{_CIFAR10DVS_FORMAT}. The file is probably truncated or corrupt."
+        ) from exc
+    return _as_events(
+        path, columns["t"], columns["x"], columns["y"], columns["p"], _CIFAR10DVS_FORMAT
+    )
+
+
+class CIFAR10DVS:
+    """CIFAR10-DVS in SpikingJelly's ``.npz`` layout, with the 9000/1000 split.
+
+    Layout: ``root/<class_name>/<index>.npz`` (or under ``root/events_np/``, SpikingJelly's
+    folder), one folder per class of :data:`CIFAR10DVS_CLASSES` (label = position in that
+    alphabetical tuple). Within a class the files are sorted by the integer ending their stem
+    (e.g. ``cifar10_cat_17.npz`` -> 17); the first ``train_per_class`` (900) are the training
+    set, the rest (100) the test set.
+
+    Each item is ``(frames, label)``, frames ``(n_frames, 2, size, size)`` float32: events split
+    into ``n_frames`` slices of equal counts on the 128x128 sensor, resized to ``size`` (mode
+    ``resize_mode``); then, if ``augment``, a random crop (4 zero pixels of padding, same crop
+    for all frames, drawn from ``generator``); then, if ``mean`` and ``std`` are given,
+    ``(frames - mean) / std`` (global scalars, see :func:`compute_mean_std`). Cropping comes
+    before normalisation, so padded pixels hold zero events.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        split: str = "train",
+        n_frames: int = 10,
+        size: int = 48,
+        train_per_class: int = 900,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+        mean: float | None = None,
+        std: float | None = None,
+        resize_mode: str = "area",
+        crop_padding: int = 4,
+    ) -> None:
+        split = _check_split(split)
+        if (mean is None) != (std is None) or (std is not None and not std > 0):
+            raise ValueError(f"give both mean and a positive std, or neither (got {mean}, {std})")
+        self.n_frames, self.size, self.resize_mode = int(n_frames), int(size), resize_mode
+        self.augment, self.generator, self.crop_padding = augment, generator, int(crop_padding)
+        self.mean, self.std = mean, std
+        root = Path(root).expanduser()
+        candidates = [root, root / "events_np", root / "CIFAR10DVS", root / "CIFAR10DVS/events_np"]
+        layout = (
+            f"ROOT/<class>/<index>.npz for the classes {', '.join(CIFAR10DVS_CLASSES)} (or "
+            f"ROOT/events_np/<class>/, SpikingJelly's layout), each file {_CIFAR10DVS_FORMAT}"
+        )
+        where = (
+            f"{_NEVER} Get CIFAR10-DVS from {_CIFAR10DVS_URL} and convert the .aedat files to "
+            f".npz (spikingjelly.datasets.cifar10_dvs.CIFAR10DVS does this)."
+        )
+        folder = None
+        for candidate in candidates:
+            present = [c for c in CIFAR10DVS_CLASSES if (candidate / c).is_dir()]
+            if len(present) == len(CIFAR10DVS_CLASSES):
+                folder = candidate
+                break
+            if present:
+                missing = [c for c in CIFAR10DVS_CLASSES if c not in present]
+                raise DatasetError(
+                    f"incomplete CIFAR10-DVS folder {candidate.absolute()}: class folders "
+                    f"{', '.join(missing)} are missing; expected {layout}. {where}"
+                )
+        if folder is None:
+            searched = "; ".join(str(c.absolute()) for c in candidates)
+            raise DatasetError(
+                f"CIFAR10-DVS not found. Searched: {searched}. Expected {layout}. {where}"
+            )
+        self.folder = folder
+        self.files: list[Path] = []
+        self.targets: list[int] = []
+        for label, name in enumerate(CIFAR10DVS_CLASSES):
+            found = sorted((folder / name).glob("*.npz"), key=_stem_key)
+            if len(found) <= train_per_class:
+                raise DatasetError(
+                    f"{(folder / name).absolute()} holds {len(found)} .npz files, but the split "
+                    f"uses the first {train_per_class} of each class for training and the rest "
+                    f"for testing (the full dataset has 1000 per class: 900 train, 100 test). "
+                    f"The conversion is incomplete? Expected {layout}. {where}"
+                )
+            chosen = found[:train_per_class] if split == "train" else found[train_per_class:]
+            self.files += chosen
+            self.targets += [label] * len(chosen)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def events(self, index: int) -> np.ndarray:
+        """The raw events of sample ``index``."""
+        return read_cifar10dvs_npz(self.files[index])
+
+    def raw_frames(self, index: int) -> torch.Tensor:
+        """Resized frames of sample ``index`` without augmentation or normalisation."""
+        path = self.files[index]
+        counts = _frames_or_error(
+            path, bin_by_count, self.events(index), CIFAR10DVS_SENSOR, self.n_frames
+        )
+        return torch.from_numpy(resize_frames(counts, self.size, self.resize_mode))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        frames = self.raw_frames(index)
+        if self.augment:
+            t, c, h, w = frames.shape
+            cropped = random_crop(frames.reshape(1, t * c, h, w), self.crop_padding, self.generator)
+            frames = cropped.reshape(t, c, h, w)
+        if self.mean is not None and self.std is not None:
+            frames = (frames - self.mean) / self.std
+        return frames, self.targets[index]
+
+
+def compute_mean_std(dataset: Any) -> tuple[float, float]:
+    """Global mean and (population) std of all frame values of a dataset.
+
+    Uses ``dataset.raw_frames(i)`` when the dataset has it (no augmentation, no normalisation,
+    e.g. :class:`CIFAR10DVS`), else ``dataset[i][0]``. Accumulates in float64.
+
+    Returns:
+        ``(mean, std)`` as Python floats, to pass to :class:`CIFAR10DVS` as ``mean``, ``std``.
+
+    Raises:
+        ValueError: the dataset is empty.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("cannot compute mean and std of an empty dataset")
+    getter = getattr(dataset, "raw_frames", None)
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in range(n):
+        frames = getter(i) if getter is not None else dataset[i][0]
+        values = torch.as_tensor(frames).to(torch.float64)
+        total += float(values.sum())
+        total_sq += float((values * values).sum())
+        count += values.numel()
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    return mean, var**0.5
+
+
+# ------------------------------------------------------------------------------- SHD / SSC
+
+_SHD_URL = "https://zenkelab.org/resources/spiking-heidelberg-datasets-shd/"
+_H5_LAYOUT = (
+    "an HDF5 file with datasets spikes/times (ragged, seconds), spikes/units (ragged, 0..699) "
+    "and labels"
+)
+
+
+def _import_h5py() -> Any:
+    """Import h5py, or raise a DatasetError telling how to install it."""
+    try:
+        import h5py
+    except ImportError as exc:
+        raise DatasetError(
+            "reading SHD/SSC needs the optional package h5py, which is not installed: run "
+            "`pip install h5py`"
+        ) from exc
+    return h5py
+
+
+class SpikingHeidelbergDigits:
+    """Spiking Heidelberg Digits (SHD) from its HDF5 file, as ``(n_bins, 700)`` spike counts.
+
+    The file (``shd_train.h5`` / ``shd_test.h5``, decompressed) holds ``spikes/times``
+    (per-sample arrays of spike times in seconds), ``spikes/units`` (the matching input units,
+    0..699) and ``labels``. Each item is ``(counts, label)``: the window ``[0, duration_s)`` is
+    cut into ``n_bins`` equal bins (:func:`~opzo.data.events.bin_units_by_time`; later spikes
+    are dropped). h5py is imported only here; the file is opened on first access (and again in
+    each DataLoader worker, since the open handle is not pickled).
+
+    Args:
+        path: the ``.h5`` file, or a folder holding ``shd_<split>.h5``.
+        n_bins: number of time bins.
+        duration_s: window length in seconds.
+        split: used only when ``path`` is a folder.
+    """
+
+    n_classes = 20
+    prefix = "shd"
+    pretty = "SHD"
+    splits: tuple[str, ...] = ("train", "test")
+
+    def __init__(
+        self, path: PathLike, n_bins: int = 50, duration_s: float = 1.0, split: str = "train"
+    ) -> None:
+        self.n_bins, self.duration_s = int(n_bins), float(duration_s)
+        if self.n_bins <= 0 or not self.duration_s > 0:
+            raise ValueError(f"n_bins and duration_s must be positive, got {n_bins}, {duration_s}")
+        path = Path(path).expanduser()
+        name = f"{self.prefix}_{_check_split(split, self.splits)}.h5"
+        if path.is_dir():
+            path = path / name
+        where = f"{_NEVER} Download {name}.gz from {_SHD_URL} and decompress it (gunzip {name}.gz)."
+        if not path.is_file():
+            gz = path.with_name(path.name + ".gz")
+            hint = f" Found {gz}: decompress it first (gunzip)." if gz.is_file() else ""
+            raise DatasetError(
+                f"{self.pretty} file not found: {path.absolute()}. Expected {_H5_LAYOUT} "
+                f"(e.g. {name}).{hint} {where}"
+            )
+        self.path = path
+        h5py = _import_h5py()
+        try:
+            with h5py.File(path, "r") as f:
+                missing = [k for k in ("spikes/times", "spikes/units", "labels") if k not in f]
+                if missing:
+                    raise DatasetError(
+                        f"{path}: missing {', '.join(missing)}; expected {_H5_LAYOUT}. {where}"
+                    )
+                labels = np.asarray(f["labels"][()]).reshape(-1)
+                n_times, n_units = len(f["spikes/times"]), len(f["spikes/units"])
+        except DatasetError:
+            raise
+        except OSError as exc:
+            gz = " It looks gzip-compressed: run gunzip on it." if path.suffix == ".gz" else ""
+            raise DatasetError(
+                f"{path}: not a readable HDF5 file ({exc}); expected {_H5_LAYOUT}. The file may "
+                f"be truncated or corrupt.{gz} {where}"
+            ) from exc
+        if not (n_times == n_units == labels.size):
+            raise DatasetError(
+                f"{path}: {n_times} spike-time arrays, {n_units} unit arrays and {labels.size} "
+                f"labels; expected equal counts ({_H5_LAYOUT})"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise DatasetError(
+                f"{path}: labels range from {labels.min()} to {labels.max()}, expected "
+                f"0..{self.n_classes - 1} for {self.pretty}"
+            )
+        self.targets: list[int] = [int(v) for v in labels]
+        self._file: Any = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _h5(self) -> Any:
+        if self._file is None:
+            self._file = _import_h5py().File(self.path, "r")
+        return self._file
+
+    def spikes(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Spike times (seconds, float64) and units (int64) of sample ``index``."""
+        f = self._h5()
+        times = np.asarray(f["spikes/times"][index], dtype=np.float64)
+        units = np.asarray(f["spikes/units"][index]).astype(np.int64)
+        return times, units
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index = index % len(self)
+        times, units = self.spikes(index)
+        try:
+            counts = bin_units_by_time(times, units, SHD_UNITS, self.n_bins, self.duration_s)
+        except ValueError as exc:
+            raise DatasetError(f"{self.path}: sample {index}: {exc}") from exc
+        return torch.from_numpy(counts), self.targets[index]
+
+    def close(self) -> None:
+        """Close the HDF5 file (it is reopened on the next access)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> SpikingHeidelbergDigits:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state
+
+
+class SpikingSpeechCommands(SpikingHeidelbergDigits):
+    """Spiking Speech Commands (SSC): same format as SHD with 35 classes.
+
+    Files ``ssc_train.h5``, ``ssc_valid.h5``, ``ssc_test.h5`` (decompressed), from the same page
+    as SHD. See :class:`SpikingHeidelbergDigits`.
+    """
+
+    n_classes = 35
+    prefix = "ssc"
+    pretty = "SSC"
+    splits = ("train", "valid", "test")

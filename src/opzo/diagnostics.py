@@ -1,0 +1,105 @@
+"""Gradient diagnostics: alignment with a reference gradient, and gradient variance.
+
+* :func:`gradient_cosine` — per-layer cosine similarity between a rule's weight-gradient
+  estimate and a reference gradient on the same batch, weights and dropout masks (OPZO paper
+  appendix D.3, Fig. 4: OPZO vs spatial BP; OTPE paper Figs. 3-4: traces vs BPTT). The rule's
+  state is untouched (a deep copy runs) and the global RNG state is restored, so measuring
+  does not change the training run.
+* :class:`GradientVariance` — per-layer variance of the batch gradients over an epoch,
+  var = Σ_i ‖g_i − ḡ‖² / n with n = (number of batches) × (elements of the gradient)
+  (OPZO paper, appendix C.3.2, Fig. 2), accumulated online (Welford) without storing them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .bptt import BPTTLearner
+from .learner import OnlineLearner
+from .losses import InstantLoss
+from .network import SpikingMLP
+from .rules import SpatialBP, SpatialRule
+
+REFERENCES = ("bp", "bptt")
+
+
+def weight_names(net: SpikingMLP) -> list[str]:
+    """Names of the weight matrices, input to output (``hidden.0.weight`` … ``readout.weight``)."""
+    return [n for n, p in net.named_parameters() if n.endswith("weight")]
+
+
+def _grads_of(net: SpikingMLP, run) -> dict[str, Tensor]:
+    saved = {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = None
+    run()
+    out = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    for n, p in net.named_parameters():
+        p.grad = saved[n]
+    return out
+
+
+def gradient_cosine(net: SpikingMLP, rule: SpatialRule | None, x: Tensor, y: Tensor, T: int,
+                    loss: InstantLoss, reference: str = "bp") -> dict[str, float]:
+    """Cosine similarity, per weight matrix, of ``rule``'s gradient with the reference's.
+
+    ``rule=None`` measures BPTT itself (against ``reference="bp"`` that is OTTT's alignment
+    with the exact gradient seen from the other side).
+    """
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference {reference!r}; choose one of {REFERENCES}")
+    rng = torch.get_rng_state()
+    try:
+        batch = x.shape[0] if x.dim() == 2 else x.shape[1]
+        masks = net.dropout_masks(batch, x)
+        if rule is None:
+            ours = _grads_of(net, lambda: BPTTLearner(net, loss).accumulate(x, y, T, masks=masks))
+        else:
+            probe = OnlineLearner(net, copy.deepcopy(rule), loss)
+            ours = _grads_of(net, lambda: probe.accumulate(x, y, T, masks=masks))
+        if reference == "bp":
+            ref_learner = OnlineLearner(net, SpatialBP(), loss)
+            ref = _grads_of(net, lambda: ref_learner.accumulate(x, y, T, masks=masks))
+        else:
+            ref = _grads_of(net, lambda: BPTTLearner(net, loss).accumulate(x, y, T, masks=masks))
+    finally:
+        torch.set_rng_state(rng)
+    return {name: float(F.cosine_similarity(ours[name].flatten(), ref[name].flatten(), dim=0))
+            for name in weight_names(net)}
+
+
+class GradientVariance:
+    """Welford accumulation of var = Σ_i ‖g_i − ḡ‖² / (n_batches · numel), per weight matrix."""
+
+    def __init__(self, net: SpikingMLP) -> None:
+        self.net = net
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.mean: dict[str, Tensor] = {}
+        self.m2: dict[str, float] = {}
+
+    def update(self) -> None:
+        """Add the batch gradient now in the weights' ``.grad``."""
+        self.count += 1
+        for name, p in self.net.named_parameters():
+            if not name.endswith("weight") or p.grad is None:
+                continue
+            g = p.grad
+            if self.count == 1:
+                self.mean[name] = g.detach().clone()
+                self.m2[name] = 0.0
+                continue
+            delta = g - self.mean[name]
+            self.mean[name].add_(delta, alpha=1.0 / self.count)
+            self.m2[name] += float((delta * (g - self.mean[name])).sum())
+
+    def result(self) -> dict[str, float]:
+        """The variance per weight matrix over the batches seen since :meth:`reset`."""
+        return {name: self.m2[name] / (self.count * self.mean[name].numel())
+                for name in self.mean if self.count > 0}

@@ -1,0 +1,92 @@
+"""PNG plots of run folders: learning curves, gradient alignment and gradient variance.
+
+``opzo plot RUN [RUN ...] --out FILE.png`` draws, for every run given, the test accuracy per
+epoch; runs trained with ``--diagnostics`` add the per-layer cosine similarity with the
+reference gradient over training (OPZO paper Fig. 4) and the per-layer gradient variance per
+epoch on a log scale (Fig. 2). Needs matplotlib (``pip install "opzo[plot]"``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _label(run: Path) -> str:
+    cfg_path = run / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        return f"{cfg.get('method')} ({run.name})"
+    return run.name
+
+
+def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
+    """Draw the runs' curves into one PNG file and return its path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError:
+        raise RuntimeError(
+            "plotting needs matplotlib: pip install 'opzo[plot]' (or pip install matplotlib)"
+        ) from None
+    paths = [Path(r) for r in runs]
+    for p in paths:
+        if not (p / "metrics.jsonl").is_file():
+            raise FileNotFoundError(f"{p / 'metrics.jsonl'} not found: pass run folders "
+                                    "written by 'opzo train'")
+    diag = {p: _read_jsonl(p / "diagnostics.jsonl") for p in paths}
+    has_diag = any(diag.values())
+    ncols = 3 if has_diag else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
+    ax = axes[0][0]
+    for p in paths:
+        rows = _read_jsonl(p / "metrics.jsonl")
+        ax.plot([r["epoch"] for r in rows], [r["test_acc"] for r in rows], marker=".",
+                label=_label(p))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if has_diag:
+        ax_cos, ax_var = axes[0][1], axes[0][2]
+        for p in paths:
+            rows = diag[p]
+            cos = [r for r in rows if "cosine" in r]
+            if cos:
+                n_batches = max(r["batch"] for r in cos) + 1
+                x = [r["epoch"] - 1 + r["batch"] / n_batches for r in cos]
+                for layer in cos[0]["cosine"]:
+                    ax_cos.plot(x, [r["cosine"][layer] for r in cos],
+                                label=f"{_label(p)} {layer.removesuffix('.weight')}")
+            var = [r for r in rows if "variance" in r]
+            if var:
+                for layer in var[0]["variance"]:
+                    ax_var.semilogy([r["epoch"] for r in var],
+                                    [r["variance"][layer] for r in var], marker=".",
+                                    label=f"{_label(p)} {layer.removesuffix('.weight')}")
+        ax_cos.set_xlabel("epoch")
+        ax_cos.set_ylabel("cosine similarity")
+        ax_cos.set_title("alignment with the reference gradient")
+        ax_cos.set_ylim(-0.2, 1.05)
+        ax_cos.grid(alpha=0.3)
+        ax_cos.legend(fontsize=7)
+        ax_var.set_xlabel("epoch")
+        ax_var.set_ylabel("gradient variance")
+        ax_var.set_title("per-layer gradient variance")
+        ax_var.grid(alpha=0.3)
+        ax_var.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
