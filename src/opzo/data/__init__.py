@@ -1,5 +1,6 @@
 """Datasets, idx file I/O, input encoders and batch iteration for opzo (never downloads data)."""
 
+from . import cifar, events, neuromorphic
 from .datasets import (
     DATASET_NAMES,
     ArrayDataset,
@@ -46,4 +47,7 @@ __all__ = [
     "read_idx",
     "read_idx_bytes",
     "write_idx",
+    "cifar",
+    "events",
+    "neuromorphic",
 ]
