@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from opzo import InstantLoss, SpikingMLP
+from opzo.bptt import BPTTLearner
 from opzo.surrogate import spike_with_surrogate
 
 
@@ -42,20 +43,5 @@ def autograd_ottt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) ->
 
 
 def bptt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) -> None:
-    """Exact surrogate-gradient BPTT: the whole unrolled graph is kept (memory ∝ T)."""
-    opt.zero_grad(set_to_none=False)
-    p = net.lif
-    batch = y.shape[0]
-    u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    masks = net.dropout_masks(batch, x)
-    total = 0.0
-    for t in range(T):
-        inp = x if x.dim() == 2 else x[t]
-        for l, lin in enumerate(net.hidden):
-            u[l] = p.lam * (u[l] - p.v_th * s[l]) + lin(inp)
-            s[l] = spike_with_surrogate(u[l], p.v_th, net.surrogate)
-            inp = s[l] if masks is None else s[l] * masks[l]
-        total = total + loss.per_sample(net.readout(inp), y).mean() / T
-    total.backward()
-    opt.step()
+    """Exact surrogate-gradient BPTT (opzo's BPTTLearner): the unrolled graph is kept."""
+    BPTTLearner(net, loss).train_batch(x, y, opt, T=T)
