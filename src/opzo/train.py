@@ -121,7 +121,9 @@ class Progress:
         filled = int(width * done / max(self.total, 1))
         rate = done / max(now - self.start, 1e-9)
         bar = "=" * filled + (">" if filled < width else "") + " " * (width - filled - 1)
-        sys.stderr.write(f"\r{self.prefix} [{bar}] {done}/{self.total} {info} {rate:.1f} it/s ")
+        eta = (self.total - done) / max(rate, 1e-9)
+        sys.stderr.write(f"\r{self.prefix} [{bar}] {done}/{self.total} {info} "
+                         f"{rate:.1f} it/s eta {eta:.0f}s ")
         sys.stderr.flush()
 
     def close(self) -> None:
