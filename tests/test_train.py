@@ -166,3 +166,10 @@ def test_plot_command_writes_a_png(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     assert main(["plot", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
+
+
+def test_localzo_derivative_inside_opzo_trains(tmp_path):
+    """A combination no paper reports: OPZO spatial credit with LocalZO local derivatives."""
+    cfg = _cfg(tmp_path, "lz", surrogate="localzo", localzo_delta=0.5, localzo_m=5, epochs=4)
+    summary = run_training(cfg, tmp_path / "lz", progress=False, log=lambda *_: None)
+    assert summary["final_test_acc"] > 30  # chance is 10%; the sigmoid surrogate gets ~41

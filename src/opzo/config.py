@@ -47,9 +47,14 @@ class TrainConfig:
     lif_lambda: float = _opt(0.5, "membrane leak λ of the LIF neuron", min=0.0, max=1.0)
     v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
     reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
-    surrogate: str = _opt("sigmoid", "local derivative ψ", ("sigmoid", "fast-sigmoid"))
+    surrogate: str = _opt("sigmoid", "local derivative ψ (localzo: LocalZO's sampled derivative)",
+                          ("sigmoid", "fast-sigmoid", "localzo"))
     sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
     fast_sigmoid_k: float = _opt(25.0, "slope k of the fast-sigmoid surrogate", min=1e-9)
+    localzo_delta: float = _opt(0.05, "LocalZO smoothing δ", min=1e-9)
+    localzo_m: int = _opt(1, "LocalZO samples m per neuron and step", min=1)
+    localzo_dist: str = _opt("normal", "LocalZO distribution of z",
+                             ("normal", "uniform", "laplace", "sigmoid", "fast-sigmoid"))
     # learning rule
     method: str = _opt("opzo", "spatial credit assignment rule (bptt: exact offline reference)",
                        METHODS)

@@ -107,13 +107,17 @@ SURROGATES: dict[str, type[Surrogate]] = {
 }
 
 
-def make_surrogate(name: str, **params: float) -> Surrogate:
-    """Build a surrogate by name (``"sigmoid"`` or ``"fast-sigmoid"``)."""
+def make_surrogate(name: str, **params) -> Surrogate:
+    """Build a surrogate by name: ``"sigmoid"``, ``"fast-sigmoid"`` or ``"localzo"``."""
+    if name == "localzo":
+        from .localzo import LocalZOSurrogate
+
+        return LocalZOSurrogate(**params)
     try:
         cls = SURROGATES[name]
     except KeyError:
         raise ValueError(
-            f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}"
+            f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES) + ['localzo']}"
         ) from None
     return cls(**params)
 

@@ -39,8 +39,13 @@ CHECKPOINT = "checkpoint.pt"
 
 def build_network(cfg: TrainConfig, num_inputs: int, num_classes: int) -> SpikingMLP:
     """The SNN of the config: inputs → hidden LIF layers → readout."""
-    surrogate = (make_surrogate("sigmoid", a=cfg.sigmoid_a) if cfg.surrogate == "sigmoid"
-                 else make_surrogate("fast-sigmoid", k=cfg.fast_sigmoid_k))
+    if cfg.surrogate == "sigmoid":
+        surrogate = make_surrogate("sigmoid", a=cfg.sigmoid_a)
+    elif cfg.surrogate == "fast-sigmoid":
+        surrogate = make_surrogate("fast-sigmoid", k=cfg.fast_sigmoid_k)
+    else:
+        surrogate = make_surrogate("localzo", delta=cfg.localzo_delta, m=cfg.localzo_m,
+                                   distribution=cfg.localzo_dist)
     return SpikingMLP(
         [num_inputs, *cfg.hidden, num_classes],
         lif=LIFParams(lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset),

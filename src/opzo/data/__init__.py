@@ -1,6 +1,6 @@
 """Datasets, idx file I/O, input encoders and batch iteration for opzo (never downloads data)."""
 
-from . import cifar, events, neuromorphic
+from . import cifar, events, neuromorphic, randman
 from .datasets import (
     DATASET_NAMES,
     ArrayDataset,
@@ -50,4 +50,5 @@ __all__ = [
     "cifar",
     "events",
     "neuromorphic",
+    "randman",
 ]
