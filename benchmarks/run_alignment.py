@@ -54,6 +54,7 @@ def main() -> None:
         rows = [json.loads(x) for x in (out / "diagnostics.jsonl").read_text().splitlines()]
         cos = [r["cosine"] for r in rows if "cosine" in r]
         var = [r["variance"] for r in rows if "variance" in r]
+        rel = [r["relative_variance"] for r in rows if "relative_variance" in r]
         last_epoch = [r["cosine"] for r in rows if "cosine" in r and r["epoch"] == args.epochs]
         summary[method] = {
             "test_acc": json.loads((out / "summary.json").read_text())["final_test_acc"],
@@ -62,6 +63,7 @@ def main() -> None:
             "cosine_range_all": {k: [round(min(c[k] for c in cos), 4),
                                      round(max(c[k] for c in cos), 4)] for k in cos[0]},
             "variance_last_epoch": var[-1],
+            "relative_variance_last_epoch": rel[-1],
         }
     logs = ROOT / "benchmarks" / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -57,3 +57,7 @@ def test_gradient_variance_known_answer():
     stacked2 = 2 * stacked[:, :, :2]
     expected2 = float(((stacked2 - stacked2.mean(0)) ** 2).sum() / (5 * 4))
     assert abs(result["readout.weight"] - expected2) < 1e-6
+    rel = tracker.relative()["hidden.0.weight"]
+    spread = ((stacked - stacked.mean(0)) ** 2).sum()
+    expected_rel = float(spread / (5 * stacked.mean(0).square().sum()))
+    assert abs(rel - expected_rel) < 1e-5 * expected_rel

@@ -7,7 +7,8 @@
   does not change the training run.
 * :class:`GradientVariance` — per-layer variance of the batch gradients over an epoch,
   var = Σ_i ‖g_i − ḡ‖² / n with n = (number of batches) × (elements of the gradient)
-  (OPZO paper, appendix C.3.2, Fig. 2), accumulated online (Welford) without storing them.
+  (OPZO paper, appendix C.3.2, Fig. 2), accumulated online (Welford) without storing them,
+  and its scale-free form Σ_i ‖g_i − ḡ‖² / (n_batches ‖ḡ‖²).
 """
 
 from __future__ import annotations
@@ -103,3 +104,15 @@ class GradientVariance:
         """The variance per weight matrix over the batches seen since :meth:`reset`."""
         return {name: self.m2[name] / (self.count * self.mean[name].numel())
                 for name in self.mean if self.count > 0}
+
+    def relative(self) -> dict[str, float]:
+        """Scale-free noise-to-signal ratio Σ_i ‖g_i − ḡ‖² / (n_batches ‖ḡ‖²) per matrix.
+
+        Comparable across rules whose gradients differ in scale (OPZO's M starts at zero and
+        grows over training, so its raw variance is small early on for that reason alone).
+        """
+        out = {}
+        for name in self.mean:
+            norm2 = float(self.mean[name].square().sum())
+            out[name] = self.m2[name] / (self.count * norm2) if norm2 > 0 else float("inf")
+        return out
