@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from . import __version__
 from .bptt import BPTTLearner
 from .config import TrainConfig
 from .data import ArrayDataset, epoch_permutation, iterate_batches, load_dataset, make_encoder
@@ -185,6 +187,16 @@ def _checkpoint_on_sigterm():
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
+
+
+def _git_commit() -> str | None:
+    """The commit of the source tree opzo runs from, when it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -369,6 +381,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         "firing_rate": rows[-1]["firing_rate"] if rows else None,
         "wall_time_s": round(time.perf_counter() - t_start, 2),
         "run_dir": str(run_dir),
+        "opzo_version": __version__,
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"final test accuracy {summary['final_test_acc']:.2f}% "
