@@ -173,3 +173,31 @@ def test_localzo_derivative_inside_opzo_trains(tmp_path):
     cfg = _cfg(tmp_path, "lz", surrogate="localzo", localzo_delta=0.5, localzo_m=5, epochs=4)
     summary = run_training(cfg, tmp_path / "lz", progress=False, log=lambda *_: None)
     assert summary["final_test_acc"] > 30  # chance is 10%; the sigmoid surrogate gets ~41
+
+
+def test_nmnist_training_from_bin_files(tmp_path):
+    """N-MNIST trains from a folder of .bin files in the real format (written here)."""
+    from .test_readers import _encode_nmnist
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("Train", 6), ("Test", 2)):
+        for digit in range(10):
+            folder = tmp_path / "data" / split / str(digit)
+            folder.mkdir(parents=True)
+            for k in range(n):
+                count = 40
+                x = (torch.randint(0, 7, (count,), generator=g) + 3 * digit).tolist()
+                y = torch.randint(0, 34, (count,), generator=g).tolist()
+                p = torch.randint(0, 2, (count,), generator=g).tolist()
+                t = sorted(torch.randint(0, 15000, (count,), generator=g).tolist())
+                (folder / f"{k:05d}.bin").write_bytes(_encode_nmnist(x, y, p, t))
+    cfg = TrainConfig.from_dict(dict(dataset="nmnist", data_root=str(tmp_path / "data"), T=5,
+                                     hidden=[32], epochs=2, batch_size=16, threads=1,
+                                     limit_test=15))
+    summary = run_training(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 2 and summary["final_test_acc"] is not None
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["model"]["hidden.0.weight"].shape == (32, 2 * 34 * 34)
+    with pytest.raises(ConfigError, match="frames"):
+        TrainConfig.from_dict(dict(dataset="nmnist", data_root="x", encoding="rate"))

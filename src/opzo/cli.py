@@ -49,9 +49,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import load_dataset, make_encoder
     from .losses import InstantLoss
-    from .train import CHECKPOINT, build_network, evaluate
+    from .train import CHECKPOINT, build_network, evaluate, make_source
 
     run_dir = Path(args.run)
     ckpt = run_dir / CHECKPOINT
@@ -61,11 +60,10 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict(state["config"], source=str(ckpt))
     if args.data_root:
         cfg.data_root = args.data_root
-    test_set = load_dataset(cfg.dataset, cfg.data_root, "test")
-    net = build_network(cfg, int(test_set.images[0].numel()), test_set.classes)
+    test_set = make_source(cfg, "test")
+    net = build_network(cfg, test_set.num_inputs, test_set.classes)
     net.load_state_dict(state["model"])
-    result = evaluate(net, test_set, make_encoder(cfg.encoding, cfg.dataset), cfg,
-                      InstantLoss(cfg.loss, cfg.gamma))
+    result = evaluate(net, test_set, cfg, InstantLoss(cfg.loss, cfg.gamma))
     print(json.dumps({"run": str(run_dir), "epoch": state["epoch"], **result}, indent=2))
     return 0
 

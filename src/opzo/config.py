@@ -24,7 +24,7 @@ def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) ->
     return field(default=default, metadata=meta)
 
 
-DATASETS = ("embedded-mnist", "mnist", "fashion-mnist")
+DATASETS = ("embedded-mnist", "mnist", "fashion-mnist", "nmnist")
 METHODS = ("opzo", "bp", "dfa", "dkp", "zo", "bptt")
 
 
@@ -35,9 +35,11 @@ class TrainConfig:
     # data
     dataset: str = _opt("embedded-mnist", "dataset to train on", DATASETS)
     data_root: str | None = _opt(
-        None, "folder holding the dataset's idx files (needed for mnist, fashion-mnist)")
-    encoding: str = _opt("direct", "input encoding: direct current at every step, or "
-                         "Bernoulli rate spikes", ("direct", "rate"))
+        None, "dataset folder: the idx files of mnist / fashion-mnist, or N-MNIST's "
+        "Train/ and Test/ folders of .bin files (nmnist: 3 ms frames, the first T)")
+    encoding: str = _opt("direct", "image encoding: direct current at every step, or "
+                         "Bernoulli rate spikes (event datasets are fed as frames)",
+                         ("direct", "rate"))
     limit_train: int | None = _opt(None, "use only the first N training samples", min=1)
     limit_test: int | None = _opt(None, "use only the first N test samples", min=1)
     # network
@@ -116,11 +118,14 @@ class TrainConfig:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
                 if "max" in meta and item > meta["max"]:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
-        if self.dataset in ("mnist", "fashion-mnist") and not self.data_root:
+        if self.dataset != "embedded-mnist" and not self.data_root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
-                "its four idx files; opzo never downloads data. For a quick start use "
+                "its files; opzo never downloads data. For a quick start use "
                 "dataset 'embedded-mnist', which ships with the package.")
+        if self.dataset == "nmnist" and self.encoding != "direct":
+            raise ConfigError("nmnist is fed as event frames; the 'rate' encoding applies to "
+                              "image datasets only")
         if self.update == "step" and self.method == "bptt":
             raise ConfigError("method 'bptt' is offline: it needs update 'batch'")
         return self

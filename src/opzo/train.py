@@ -27,7 +27,9 @@ import torch
 from . import __version__
 from .bptt import BPTTLearner
 from .config import TrainConfig
-from .data import ArrayDataset, epoch_permutation, iterate_batches, load_dataset, make_encoder
+from .data import epoch_permutation, load_dataset, make_encoder
+from .data.neuromorphic import NMNISTFolder
+from .data.sources import FrameSource, ImageSource
 from .diagnostics import GradientVariance, gradient_cosine
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
@@ -169,11 +171,25 @@ class Accumulator:
                 "firing_rate": [round(r, 5) for r in rates]}
 
 
-def evaluate(net: SpikingMLP, dataset, encoder, cfg: TrainConfig, loss: InstantLoss) -> dict:
-    """Test loss, accuracy and firing rates of ``net`` on ``dataset`` (no noise, no dropout)."""
+def make_source(cfg: TrainConfig, split: str) -> ImageSource | FrameSource:
+    """The config's dataset split as a source of network inputs (limits applied)."""
+    if cfg.dataset == "nmnist":
+        assert cfg.data_root is not None
+        # the paper's preprocessing (appendix C.3.1): 3 ms frames, the first T of them
+        source: ImageSource | FrameSource = FrameSource(
+            NMNISTFolder(cfg.data_root, split, bin_us=3000, n_frames=cfg.T), classes=10)
+    else:
+        source = ImageSource(load_dataset(cfg.dataset, cfg.data_root, split),
+                             make_encoder(cfg.encoding, cfg.dataset))
+    limit = cfg.limit_train if split == "train" else cfg.limit_test
+    return source.head(limit) if limit else source
+
+
+def evaluate(net: SpikingMLP, source: ImageSource | FrameSource, cfg: TrainConfig,
+             loss: InstantLoss) -> dict:
+    """Test loss, accuracy and firing rates of ``net`` on ``source`` (no noise, no dropout)."""
     acc = Accumulator()
-    for images, labels in iterate_batches(dataset, cfg.eval_batch_size, shuffle=False):
-        x = encoder(images, cfg.T)
+    for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
         acc.add(evaluate_batch(net, x, labels, loss, T=cfg.T))
     return acc.summary()
 
@@ -214,11 +230,6 @@ def _round(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in d.items()}
 
 
-def _head(ds: ArrayDataset, n: int) -> ArrayDataset:
-    """The first ``n`` samples of a dataset."""
-    return ArrayDataset(ds.images[:n], ds.labels[:n], ds.name, ds.classes)
-
-
 class Interrupted(Exception):
     """Raised after Ctrl-C once the checkpoint is safely on disk."""
 
@@ -237,17 +248,11 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    train_set = load_dataset(cfg.dataset, cfg.data_root, "train")
-    test_set = load_dataset(cfg.dataset, cfg.data_root, "test")
-    if cfg.limit_train:
-        train_set = _head(train_set, cfg.limit_train)
-    if cfg.limit_test:
-        test_set = _head(test_set, cfg.limit_test)
-    encoder = make_encoder(cfg.encoding, cfg.dataset)
+    train_set = make_source(cfg, "train")
+    test_set = make_source(cfg, "test")
 
     torch.manual_seed(cfg.seed)
-    num_inputs = int(train_set.images[0].numel())
-    net = build_network(cfg, num_inputs, train_set.classes)
+    net = build_network(cfg, train_set.num_inputs, train_set.classes)
     loss = InstantLoss(cfg.loss, cfg.gamma)
     learner = build_learner(cfg, net, loss)
     rule = learner.rule
@@ -320,9 +325,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             order = epoch_permutation(len(train_set), cfg.seed, epoch)
             batch_index = first
             try:
-                for images, labels in iterate_batches(train_set, cfg.batch_size, shuffle=True,
-                                                      permutation=order, start_batch=first):
-                    x = encoder(images, cfg.T)
+                for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
+                                                   start_batch=first):
                     if cfg.diagnostics and batch_index % cfg.diag_every == 0:
                         cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference)
                         _append_jsonl(diag_path, {"epoch": epoch + 1, "batch": batch_index,
@@ -348,7 +352,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                 with warnings.catch_warnings():  # resumed exactly at an epoch end: no step yet
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                     scheduler.step()
-            test = evaluate(net, test_set, encoder, cfg, loss)
+            test = evaluate(net, test_set, cfg, loss)
             train = acc.summary()
             row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
                    "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
