@@ -45,11 +45,13 @@ def _grads_of(net: SpikingMLP, run) -> dict[str, Tensor]:
 
 
 def gradient_cosine(net: SpikingMLP, rule: SpatialRule | None, x: Tensor, y: Tensor, T: int,
-                    loss: InstantLoss, reference: str = "bp") -> dict[str, float]:
+                    loss: InstantLoss, reference: str = "bp", trace: str = "ottt"
+                    ) -> dict[str, float]:
     """Cosine similarity, per weight matrix, of ``rule``'s gradient with the reference's.
 
     ``rule=None`` measures BPTT itself (against ``reference="bp"`` that is OTTT's alignment
-    with the exact gradient seen from the other side).
+    with the exact gradient seen from the other side). ``trace``: the rule's temporal trace
+    (:mod:`opzo.traces`; the reference "bp" always uses OTTT's).
     """
     if reference not in REFERENCES:
         raise ValueError(f"unknown reference {reference!r}; choose one of {REFERENCES}")
@@ -60,7 +62,7 @@ def gradient_cosine(net: SpikingMLP, rule: SpatialRule | None, x: Tensor, y: Ten
         if rule is None:
             ours = _grads_of(net, lambda: BPTTLearner(net, loss).accumulate(x, y, T, masks=masks))
         else:
-            probe = OnlineLearner(net, copy.deepcopy(rule), loss)
+            probe = OnlineLearner(net, copy.deepcopy(rule), loss, trace=trace)
             ours = _grads_of(net, lambda: probe.accumulate(x, y, T, masks=masks))
         if reference == "bp":
             ref_learner = OnlineLearner(net, SpatialBP(), loss)
@@ -69,8 +71,13 @@ def gradient_cosine(net: SpikingMLP, rule: SpatialRule | None, x: Tensor, y: Ten
             ref = _grads_of(net, lambda: BPTTLearner(net, loss).accumulate(x, y, T, masks=masks))
     finally:
         torch.set_rng_state(rng)
-    return {name: float(F.cosine_similarity(ours[name].flatten(), ref[name].flatten(), dim=0))
-            for name in weight_names(net)}
+    return {name: _cosine(ours[name], ref[name]) for name in weight_names(net)}
+
+
+def _cosine(a: Tensor, b: Tensor) -> float:
+    """cos(a, b) in float64, clamped to [−1, 1] (float32 rounding can exceed 1)."""
+    c = F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0)
+    return float(c.clamp(-1.0, 1.0))
 
 
 class GradientVariance:
