@@ -336,8 +336,8 @@ def test_make_encoder() -> None:
     assert not enc_rate.static and enc_rate(images, 7).shape == (7, 5, 784)
     assert make_encoder("direct", "embedded-mnist").mean == 0.1307
     with pytest.raises(ValueError) as err:
-        make_encoder("latency", "mnist")
-    assert "direct" in str(err.value) and "rate" in str(err.value)
+        make_encoder("phase", "mnist")
+    assert all(name in str(err.value) for name in ("direct", "rate", "latency"))
 
 
 # ----------------------------------------------------------------------------- batching
@@ -392,3 +392,36 @@ def test_iterate_batches_generator_and_order() -> None:
     assert torch.equal(order, epoch_permutation(53, 2, 0))
     b0 = next(iterate_batches(ds, 10))
     assert b0[0].shape == (10, 28, 28) and b0[0].dtype == torch.uint8
+
+
+def test_latency_encoding_known_spike_times_and_one_spike_per_pixel():
+    import math
+
+    from opzo.data.encoders import latency
+
+    values = [255, 0, 51, 52, 60, 128, 200]
+    img = torch.tensor([values], dtype=torch.uint8)
+    spikes = latency(img, 100, tau=20.0, theta=0.2)
+    assert spikes.shape == (100, 1, len(values))
+    assert spikes.sum(0).max() <= 1.0  # at most one spike per pixel
+    for j, v in enumerate(values):
+        x = v / 255
+        if x <= 0.2:
+            assert spikes[:, 0, j].sum() == 0  # at or below θ: never
+        else:
+            step = math.floor(20.0 * math.log(x / (x - 0.2)))
+            assert spikes[:, 0, j].nonzero().flatten().tolist() == [step]
+    # brighter pixels spike earlier; a spike time beyond T is dropped
+    short = latency(img, 30)
+    assert short[:, 0, 3].sum() == 0 and short[:, 0, 0].sum() == 1
+
+
+def test_latency_encoder_from_make_encoder_and_bad_values():
+    from opzo.data.encoders import latency
+
+    enc = make_encoder("latency", "fashion-mnist")
+    assert not enc.static
+    x = enc(torch.full((2, 28, 28), 255, dtype=torch.uint8), 10)
+    assert x.shape == (10, 2, 784) and x.sum() == 2 * 784
+    with pytest.raises(ValueError, match="tau"):
+        latency(torch.zeros(1, 4, dtype=torch.uint8), 10, tau=0.0)

@@ -375,3 +375,27 @@ def test_abs_z_cdf_is_a_cdf():
         assert cdf[0] == pytest.approx(0.0, abs=1e-12)
         assert np.all(np.diff(cdf) >= -1e-15)
         assert cdf[-1] == pytest.approx(1.0, abs=0.02)
+
+
+def test_sparsegrad_is_expected_surrogate_cut_at_expected_threshold():
+    from opzo.localzo import SparseGradSurrogate
+
+    delta = 0.05
+    sg = SparseGradSurrogate(delta=delta, m=1, distribution="normal")
+    assert sg.threshold == pytest.approx(0.798 * delta, abs=1e-3 * delta)  # Table 1
+    u = torch.linspace(0.8, 1.2, 4001, dtype=torch.float64)
+    psi = sg(u, 1.0)
+    x = u - 1.0
+    bump = torch.exp(-x * x / (2 * delta**2)) / (delta * math.sqrt(2 * math.pi))  # eq. 9
+    inside = x.abs() < sg.threshold
+    assert torch.allclose(psi[inside], bump[inside])
+    assert (psi[~inside] == 0).all()
+    assert sg.nonzero_fraction == pytest.approx(inside.double().mean().item())
+    # the uniform's expected surrogate and threshold √3·m/(m+1)·δ (m = 5), via the general path
+    su = SparseGradSurrogate(delta=delta, m=5, distribution="uniform")
+    assert su.threshold == pytest.approx(math.sqrt(3) * 5 / 6 * delta)
+    loc = LocalZOSurrogate(delta=delta, m=5, distribution="uniform")
+    expect = loc.expected_surrogate(u, 1.0) * ((u - 1).abs() < su.threshold)
+    assert torch.allclose(su(u, 1.0), expect)
+    with pytest.raises(ValueError, match="threshold"):
+        SparseGradSurrogate(distribution="fast-sigmoid")  # E|z| diverges without z_max

@@ -64,6 +64,7 @@ __all__ = [
     "SIGMOID_KDELTA",
     "SIGMOID_TWO_J1",
     "LocalZOSurrogate",
+    "SparseGradSurrogate",
     "make_localzo",
 ]
 
@@ -480,6 +481,68 @@ class LocalZOSurrogate(Surrogate):
         if self.z_max is not None:
             cfg["z_max"] = self.z_max
         return cfg
+
+
+class SparseGradSurrogate(Surrogate):
+    """Surrogate with a back-propagation threshold: LocalZO's baseline, SparseGrad.
+
+    SparseGrad (Perez-Nieves & Goodman 2021) back-propagates only through neurons whose
+    potential is near the threshold. The LocalZO paper (section 5.2, Table 3, appendix B)
+    compares against it with the surrogate and threshold that LocalZO implies, so both methods
+    have the same expected derivative and the same expected number of active neurons:
+
+        ψ(u) = E_z[ψ_LocalZO](u) · 1{|u − V_th| < B̃_th}
+
+    with E_z[ψ_LocalZO] the expected surrogate (eq. 8; eq. 9 for the normal:
+    exp(−x²/2δ²)/(δ√(2π))) and B̃_th = δ E[max_k |z_k|] the expected back-propagation
+    threshold (eq. 21, Table 1: 0.798 δ for the normal with m = 1). Deterministic: unlike
+    LocalZO no z is drawn. ``threshold`` overrides B̃_th. The other arguments are those of
+    :class:`LocalZOSurrogate`, which defines the distribution. The fraction of neurons with
+    a non-zero derivative is tracked as :attr:`nonzero_fraction`.
+    """
+
+    name = "sparsegrad"
+
+    def __init__(self, delta: float = 0.05, m: int = 1, distribution: str = "normal",
+                 threshold: float | None = None, track_stats: bool = True, **localzo) -> None:
+        self.local = LocalZOSurrogate(delta=delta, m=m, distribution=distribution,
+                                      track_stats=False, **localzo)
+        if threshold is None:
+            threshold = self.local.expected_threshold()
+        if not 0.0 < threshold < math.inf:
+            raise ValueError(f"back-propagation threshold must be finite and > 0, got "
+                             f"{threshold} (fast-sigmoid needs z_max)")
+        self.threshold = float(threshold)
+        self.track_stats = track_stats
+        self.reset_stats()
+
+    def __call__(self, u: Tensor, v_th: float) -> Tensor:
+        local = self.local
+        x = u.detach() - v_th
+        if local.distribution == "normal" and local.p == 1:
+            d = local.delta
+            psi = x.square().mul_(-0.5 / (d * d)).exp_().mul_(1.0 / (d * math.sqrt(2 * math.pi)))
+        else:
+            psi = local.expected_surrogate(u, v_th)
+        psi = psi.masked_fill_(x.abs_() >= self.threshold, 0.0)
+        if self.track_stats:
+            self._nonzero = torch.count_nonzero(psi) + self._nonzero.to(psi.device)
+            self._total += psi.numel()
+        return psi
+
+    def reset_stats(self) -> None:
+        """Zero the counters behind :attr:`nonzero_fraction`."""
+        self._nonzero: Tensor = torch.zeros((), dtype=torch.int64)
+        self._total = 0
+
+    @property
+    def nonzero_fraction(self) -> float:
+        """Fraction of neurons (over all calls) with a non-zero derivative; 0.0 before any call."""
+        return int(self._nonzero) / self._total if self._total else 0.0
+
+    def config(self) -> dict:
+        cfg = {k: v for k, v in self.local.config().items() if k != "name"}
+        return {"name": self.name, **cfg, "threshold": self.threshold}
 
 
 def make_localzo(**kwargs) -> LocalZOSurrogate:

@@ -108,16 +108,22 @@ SURROGATES: dict[str, type[Surrogate]] = {
 
 
 def make_surrogate(name: str, **params) -> Surrogate:
-    """Build a surrogate by name: ``"sigmoid"``, ``"fast-sigmoid"`` or ``"localzo"``."""
+    """Build a surrogate by name: ``"sigmoid"``, ``"fast-sigmoid"``, ``"localzo"`` or
+    ``"sparsegrad"`` (LocalZO's expected surrogate cut at its back-propagation threshold)."""
     if name == "localzo":
         from .localzo import LocalZOSurrogate
 
         return LocalZOSurrogate(**params)
+    if name == "sparsegrad":
+        from .localzo import SparseGradSurrogate
+
+        return SparseGradSurrogate(**params)
     try:
         cls = SURROGATES[name]
     except KeyError:
         raise ValueError(
-            f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES) + ['localzo']}"
+            f"unknown surrogate {name!r}; choose one of "
+            f"{sorted(SURROGATES) + ['localzo', 'sparsegrad']}"
         ) from None
     return cls(**params)
 

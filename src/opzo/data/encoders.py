@@ -1,4 +1,4 @@
-"""Input encoders (direct current, rate) and deterministic, resumable batch iteration."""
+"""Input encoders (direct current, rate, latency) and deterministic, resumable batch iteration."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = [
     "epoch_permutation",
     "epoch_seed",
     "iterate_batches",
+    "latency",
     "make_encoder",
     "normalization_stats",
     "num_batches",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`make_encoder`.
-ENCODER_NAMES: tuple[str, ...] = ("direct", "rate")
+ENCODER_NAMES: tuple[str, ...] = ("direct", "rate", "latency")
 
 #: Global pixel mean and std (pixels scaled to [0, 1]) used by direct encoding.
 NORMALIZATION: dict[str, tuple[float, float]] = {
@@ -89,24 +90,58 @@ def rate(images: torch.Tensor, T: int, generator: torch.Generator | None = None)
     return (u < p).to(torch.float32)
 
 
+def latency(images: torch.Tensor, T: int, tau: float = 20.0, theta: float = 0.2) -> torch.Tensor:
+    """Latency (time-to-first-spike) encoding: every pixel spikes at most once, brighter earlier.
+
+    With ``x = pixel / 255`` the spike time in steps of Δt is (LocalZO paper, appendix B.3,
+    after SparseGrad, Perez-Nieves & Goodman 2021)
+
+        T(x) = τ_eff · ln(x / (x − θ))   for x > θ;   no spike for x ≤ θ,
+
+    and the pixel spikes at step ⌊T(x)⌋ if that step is < ``T``. The paper's Fashion-MNIST
+    setting uses τ_eff = 20 ms, θ = 0.2, Δt = 1 ms, T = 100 (so ``tau=20`` steps).
+
+    Returns:
+        float32 tensor ``(T, B, H*W)`` of zeros and ones, at most one 1 per pixel.
+    """
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if not tau > 0:
+        raise ValueError(f"latency time constant tau must be > 0, got {tau}")
+    if not 0.0 <= theta < 1.0:
+        raise ValueError(f"latency threshold theta must lie in [0, 1), got {theta}")
+    x = _flatten_uint8(images).to(torch.float64).div_(255.0)
+    fires = x > theta
+    safe = torch.where(fires, x, torch.ones_like(x))
+    step = torch.floor(tau * torch.log(safe / (safe - theta)))
+    fires &= step < T
+    out = torch.zeros((T, *x.shape), dtype=torch.float32, device=x.device)
+    b, f = fires.nonzero(as_tuple=True)
+    out[step[b, f].long(), b, f] = 1.0
+    return out
+
+
 class Encoder:
     """A named input encoder.
 
     Attributes:
-        name: ``"direct"`` or ``"rate"``.
+        name: ``"direct"``, ``"rate"`` or ``"latency"``.
         static: True if the output is one ``(B, F)`` tensor used at every step (direct), False if
-            it is a ``(T, B, F)`` sequence (rate).
+            it is a ``(T, B, F)`` sequence (rate, latency).
         mean: normalisation mean (direct only).
         std: normalisation std (direct only).
     """
 
-    def __init__(self, name: str, mean: float = 0.0, std: float = 1.0) -> None:
+    def __init__(self, name: str, mean: float = 0.0, std: float = 1.0, tau: float = 20.0,
+                 theta: float = 0.2) -> None:
         if name not in ENCODER_NAMES:
             raise ValueError(f"unknown encoder {name!r}; allowed names: {', '.join(ENCODER_NAMES)}")
         self.name = name
         self.static = name == "direct"
         self.mean = float(mean)
         self.std = float(std)
+        self.tau = float(tau)
+        self.theta = float(theta)
 
     def __call__(
         self, images: torch.Tensor, T: int, generator: torch.Generator | None = None
@@ -114,16 +149,20 @@ class Encoder:
         """Encode uint8 images: ``(B, F)`` if :attr:`static` else ``(T, B, F)``."""
         if self.static:
             return direct(images, self.mean, self.std)
+        if self.name == "latency":
+            return latency(images, T, self.tau, self.theta)
         return rate(images, T, generator)
 
     def __repr__(self) -> str:
         if self.static:
             return f"Encoder(name={self.name!r}, mean={self.mean}, std={self.std})"
+        if self.name == "latency":
+            return f"Encoder(name='latency', tau={self.tau}, theta={self.theta})"
         return f"Encoder(name={self.name!r})"
 
 
-def make_encoder(name: str, dataset_name: str) -> Encoder:
-    """Build an encoder by name (``"direct"`` or ``"rate"``) for a dataset.
+def make_encoder(name: str, dataset_name: str, tau: float = 20.0, theta: float = 0.2) -> Encoder:
+    """Build an encoder by name (``"direct"``, ``"rate"`` or ``"latency"``) for a dataset.
 
     The dataset name selects the normalisation statistics of direct encoding; rate encoding
     does not use it.
@@ -138,7 +177,7 @@ def make_encoder(name: str, dataset_name: str) -> Encoder:
     if key == "direct":
         mean, std = normalization_stats(dataset_name)
         return Encoder("direct", mean, std)
-    return Encoder("rate")
+    return Encoder(key, tau=tau, theta=theta)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
