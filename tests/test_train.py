@@ -127,6 +127,9 @@ def test_diagnostics_are_recorded_and_do_not_change_the_run(tmp_path):
     assert set(cos[0]["cosine"]) == {"hidden.0.weight", "readout.weight"}
     assert all(-1 <= v <= 1 for r in cos for v in r["cosine"].values())
     assert [r["epoch"] for r in var] == [1, 2] and all(v > 0 for v in var[0]["variance"].values())
+    # the scale-free form is written too (benchmarks/run_alignment.py reads it)
+    assert var[0]["relative_variance"].keys() == var[0]["variance"].keys()
+    assert all(v > 0 for v in var[0]["relative_variance"].values())
 
 
 def test_bptt_method_trains(tmp_path):
@@ -201,3 +204,22 @@ def test_nmnist_training_from_bin_files(tmp_path):
     assert ckpt["model"]["hidden.0.weight"].shape == (32, 2 * 34 * 34)
     with pytest.raises(ConfigError, match="frames"):
         TrainConfig.from_dict(dict(dataset="nmnist", data_root="x", encoding="rate"))
+
+
+def test_config_file_may_leave_the_data_root_to_the_command_line(tmp_path):
+    import argparse
+
+    from opzo.config import ConfigError, add_arguments, config_from_args
+
+    cfg_file = tmp_path / "exp.toml"
+    cfg_file.write_text('dataset = "fashion-mnist"\nencoding = "latency"\nT = 100\n')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--data-root", "/some/dir"]), str(cfg_file))
+    assert (cfg.dataset, cfg.data_root, cfg.encoding, cfg.T) == (
+        "fashion-mnist", "/some/dir", "latency", 100)
+    with pytest.raises(ConfigError, match="needs data_root"):  # still required in the end
+        config_from_args(parser.parse_args([]), str(cfg_file))
+    cfg_file.write_text('encoding = "sometimes"\n')  # a bad value in the file is still caught
+    with pytest.raises(ConfigError, match="not allowed"):
+        config_from_args(parser.parse_args(["--data-root", "/x"]), str(cfg_file))

@@ -26,6 +26,9 @@ def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) ->
 
 DATASETS = ("embedded-mnist", "mnist", "fashion-mnist", "nmnist")
 METHODS = ("opzo", "bp", "dfa", "dkp", "zo", "bptt")
+#: the temporal traces of :mod:`opzo.traces` (kept equal to ``opzo.traces.TRACES`` by a test)
+TRACES = ("ottt", "ostl", "otpe", "approx_otpe",
+          "f_ottt", "f_ostl", "f_otpe", "f_approx_otpe")
 
 
 @dataclass
@@ -37,9 +40,14 @@ class TrainConfig:
     data_root: str | None = _opt(
         None, "dataset folder: the idx files of mnist / fashion-mnist, or N-MNIST's "
         "Train/ and Test/ folders of .bin files (nmnist: 3 ms frames, the first T)")
-    encoding: str = _opt("direct", "image encoding: direct current at every step, or "
-                         "Bernoulli rate spikes (event datasets are fed as frames)",
-                         ("direct", "rate"))
+    encoding: str = _opt("direct", "image encoding: direct current at every step, Bernoulli "
+                         "rate spikes, or one spike per pixel at a latency (event datasets are "
+                         "fed as frames)",
+                         ("direct", "rate", "latency"))
+    latency_tau: float = _opt(20.0, "latency encoding: time constant τ_eff in steps (spike at "
+                              "τ_eff·ln(x/(x−θ)))", min=1e-9)
+    latency_theta: float = _opt(0.2, "latency encoding: pixels x ≤ θ (in [0, 1]) never spike",
+                                min=0.0, max=0.999)
     limit_train: int | None = _opt(None, "use only the first N training samples", min=1)
     limit_test: int | None = _opt(None, "use only the first N test samples", min=1)
     # network
@@ -49,8 +57,9 @@ class TrainConfig:
     lif_lambda: float = _opt(0.5, "membrane leak λ of the LIF neuron", min=0.0, max=1.0)
     v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
     reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
-    surrogate: str = _opt("sigmoid", "local derivative ψ (localzo: LocalZO's sampled derivative)",
-                          ("sigmoid", "fast-sigmoid", "localzo"))
+    surrogate: str = _opt("sigmoid", "local derivative ψ (localzo: LocalZO's sampled derivative; "
+                          "sparsegrad: its expected surrogate cut at the expected threshold)",
+                          ("sigmoid", "fast-sigmoid", "localzo", "sparsegrad"))
     sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
     fast_sigmoid_k: float = _opt(25.0, "slope k of the fast-sigmoid surrogate", min=1e-9)
     localzo_delta: float = _opt(0.05, "LocalZO smoothing δ", min=1e-9)
@@ -65,6 +74,9 @@ class TrainConfig:
     gamma: float = _opt(0.05, "MSE weight γ of the mixed loss", min=0.0, max=1.0)
     update: str = _opt("batch", "one optimizer step per batch (OTTT_A) or per time step "
                        "(OTTT_O)", ("batch", "step"))
+    trace: str = _opt("ottt", "temporal credit (OTPE paper): OTTT presynaptic trace, OSTL "
+                      "eligibility, OTPE, approximate OTPE; f_*: the same with the loss on "
+                      "the leaky sum of the outputs (F-OTPE)", TRACES)
     alpha: float = _opt(0.2, "noise scale α (opzo, zo)", min=1e-9)
     alpha_final: float | None = _opt(
         None, "decay α linearly to this value over the epochs (paper: 0.01); unset = fixed",
@@ -97,8 +109,13 @@ class TrainConfig:
     # output
     out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
 
-    def validate(self) -> TrainConfig:
-        """Check every value against its field's choices and bounds; return self."""
+    def validate(self, complete: bool = True) -> TrainConfig:
+        """Check every value against its field's choices and bounds; return self.
+
+        With ``complete`` (the final, merged config) also check the options that depend on
+        each other (a dataset needs its data_root, ...); a config file alone may leave those
+        to the command line.
+        """
         for f in fields(self):
             value = getattr(self, f.name)
             meta = f.metadata
@@ -118,23 +135,29 @@ class TrainConfig:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
                 if "max" in meta and item > meta["max"]:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
+        if not complete:
+            return self
         if self.dataset != "embedded-mnist" and not self.data_root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
                 "its files; opzo never downloads data. For a quick start use "
                 "dataset 'embedded-mnist', which ships with the package.")
         if self.dataset == "nmnist" and self.encoding != "direct":
-            raise ConfigError("nmnist is fed as event frames; the 'rate' encoding applies to "
-                              "image datasets only")
+            raise ConfigError(f"nmnist is fed as event frames; the {self.encoding!r} encoding "
+                              "applies to image datasets only")
         if self.update == "step" and self.method == "bptt":
             raise ConfigError("method 'bptt' is offline: it needs update 'batch'")
+        if self.trace != "ottt" and self.method == "bptt":
+            raise ConfigError("method 'bptt' is exact through time: it takes no trace "
+                              f"(got trace {self.trace!r})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = "config",
+                  complete: bool = True) -> TrainConfig:
         """Build from a mapping (keys may use '-' or '_'); unknown keys are an error."""
         known = {f.name: f for f in fields(cls)}
         kwargs: dict[str, Any] = {}
@@ -144,7 +167,7 @@ class TrainConfig:
                 raise ConfigError(
                     f"{source}: unknown key {key!r}; allowed keys: {sorted(known)}")
             kwargs[name] = _coerce(known[name], value, source)
-        return cls(**kwargs).validate()
+        return cls(**kwargs).validate(complete)
 
 
 def _field_kind(f) -> str:
@@ -256,7 +279,8 @@ def config_from_args(args: argparse.Namespace, config_file: str | None) -> Train
     if config_file:
         data.update(load_config_file(config_file))
     source = config_file or "command line"
-    merged = TrainConfig.from_dict(data, source=source).to_dict() if data else {}
+    merged = (TrainConfig.from_dict(data, source=source, complete=False).to_dict()
+              if data else {})
     for f in fields(TrainConfig):
         value = getattr(args, f.name, None)
         if value is not None:

@@ -26,7 +26,7 @@ from torch import Tensor
 from .losses import InstantLoss
 from .network import SpikingMLP
 from .rules.base import SpatialRule, StepContext
-from .traces import make_trace
+from .traces import make_output_trace, make_trace, record_for_rule
 
 UPDATE_MODES = ("batch", "step")
 
@@ -68,7 +68,7 @@ class OnlineLearner:
         self.rule = rule
         self.loss = loss or InstantLoss()
         self.trace_name = trace
-        make_trace(trace, net.lif.lam)  # validate the name now
+        make_trace(trace, net.lif)  # validate the name now
         self.update = update
         if not rule.is_bound_to(net):
             rule.bind(net)
@@ -110,9 +110,11 @@ class OnlineLearner:
         hidden = list(net.hidden)
         readout = net.readout
         traces = [
-            make_trace(self.trace_name, net.lif.lam, static_input=(static and l == 0))
+            make_trace(self.trace_name, net.lif, static_input=(static and l == 0),
+                       feeds_readout=(l == len(hidden) - 1))
             for l in range(len(hidden))
         ]
+        head = make_output_trace(self.trace_name, net.lif.lam)  # F-variants: leaky-sum output
         state = net.initial_state(batch, x)
         if masks is None:
             masks = net.dropout_masks(batch, x)
@@ -137,17 +139,18 @@ class OnlineLearner:
             o, rec = net.step(state, x_t, first_current=first, noise=noise, noise_scale=alpha,
                               noise_position=pos, masks=masks, gains=gains)
             out_sum += o
-            lb, e = self.loss.value_and_error(o, target, y)
+            lb, e = self.loss.value_and_error(head.push(o, rec.out[-1]), target, y)
             loss_sum += lb.sum()
             e.mul_(scale)
+            for l, tr in enumerate(traces):
+                tr.push(x_t if l == 0 else rec.out[l - 1], rec, l)
+            rec = record_for_rule(rec, traces)  # the traces' local derivatives, if any
             ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb.mul_(scale), record=rec,
                               net=net)
             deltas = rule.deltas(ctx)
-            for l, (lin, tr) in enumerate(zip(hidden, traces)):
-                tr.push(x_t if l == 0 else rec.out[l - 1])
-                tr.accumulate(deltas[l], lin.weight.grad, lin.bias.grad)
-            readout.weight.grad.addmm_(e.t(), rec.out[-1])
-            readout.bias.grad.add_(e.sum(0))
+            for lin, tr, delta in zip(hidden, traces, deltas):
+                tr.accumulate(delta, lin.weight.grad, lin.bias.grad)
+            head.accumulate(e, readout.weight.grad, readout.bias.grad)
             if per_step:
                 for lin, tr in zip(hidden, traces):
                     tr.flush(lin.weight.grad, lin.bias.grad)

@@ -1,30 +1,116 @@
 """Temporal credit assignment: eligibility traces that turn per-step errors into gradients.
 
-:class:`OTTTTrace` is OTTT's presynaptic trace (Xiao et al. 2022; OPZO paper section 3.1):
+The third axis of a learning method (DESIGN.md section 1). At every step t the spatial rule
+gives, for hidden layer l, δ_l[t] = g_l[t] ⊙ m_l ⊙ D_l[t]: the error g_l at the layer's
+output spikes, times the dropout mask m_l, times a local derivative D_l. A trace of layer l
+keeps what it needs of the past and turns δ_l[t] into ∇W_l and ∇b_l. Notation, per sample:
+x[t] the layer's input at step t (the previous layer's output, or the network input), u[t]
+its membrane potential, s[t] its spikes, ψ[t] = ψ(u[t]) the surrogate derivative (without
+the dropout mask), λ the membrane leak, V_th the threshold; n the layer width. The OTPE
+paper ("Estimating post-synaptic effects for online training of feed-forward SNNs",
+``shared/papers/otpe-paper.txt``) describes all of them; its Table 1 gives their cost for a
+dense n→n layer:
 
-    â[t] = λ â[t−1] + x[t]          (x[t]: the input the synapse received at step t)
-    ∇W  += δ[t]ᵀ â[t]               (δ[t] = ∂L[t]/∂u[t] of the postsynaptic layer, (B, n_out))
-    ∇b  += b̂[t] Σ_batch δ[t],  b̂[t] = λ b̂[t−1] + 1   (the bias is a synapse from a constant 1)
+===================  ============================  ============  =================
+trace                 weight gradient               D_l[t]        memory per sample
+===================  ============================  ============  =================
+``ottt``              δ[t]ᵀ â[t]                    ψ[t]          O(n)
+``ostl``              Σ_b δ_bj[t] ε_bji[t]          ψ[t]          O(n²)
+``otpe``              Σ_b (g ⊙ m)_bj R̂_bji[t]       ḡ[t]          O(n²)
+``approx_otpe``       δ[t]ᵀ ẑ[t]                    ḡ[t]          O(n)
+===================  ============================  ============  =================
 
-This is the gradient of L[t] with respect to W through the leaky membrane of the same
-neuron, with the reset and every earlier spike treated as constants. Memory is O(n): one
-trace per synapse input, independent of T.
+**The interface** (:class:`Trace`). Per step the learner calls ``push(x[t], record, l)``
+before the spatial rule runs (the trace sees u_l[t] and ψ there), then
+:func:`record_for_rule` hands the rule a step record whose ``local_grad`` multiplies by the
+trace's own local derivative D_l[t] where :meth:`Trace.local_derivative` gives one (OTPE's
+ḡ; OSTL's ψ[t], the same draw it uses for its reset term), then ``accumulate(δ_l[t], ...)``
+and, at the end of a batch (or of every step with per-step updates), ``flush``. Every spatial
+rule goes through ``record.local_grad`` for its δ's, and spatial BP passes the error to the
+layer below through δ_l, so a trace's D_l also replaces ψ in the backward pass through layer
+l, as OTPE prescribes ("backpropagating error for OTPE or Approx OTPE is similar to OSTL and
+OTTT, with the exception of using ḡ instead of the most recent time-step's surrogate
+gradients", section 3.1). No rule knows which trace it works with.
 
-A static input (the same x at every step, as with direct-current encoding) has
-â[t] = c_t x with c_t = b̂[t], so Σ_t δ[t]ᵀ â[t] = (Σ_t c_t δ[t])ᵀ x: the trace keeps the
-(B, n_out) sum and does one weight-gradient product at :meth:`flush` instead of T.
+**What each trace assumes about the layer the spikes go to.** OTPE's estimate R̂ is the
+leaky sum of past spike sensitivities because the next layer integrates its input with leak
+λ (section 3). A hidden layer feeding another LIF layer gets the OTPE trace as named. The
+last hidden layer feeds the readout o[t] = W_N x[t] + b_N, which (unlike the paper's spiking
+output layer) keeps no state: there is no post-synaptic temporal effect to estimate, and
+OTPE's estimate with a memoryless consumer is exactly OSTL's ∂s[t]/∂W (and approximate
+OTPE's is OTTT's ψ[t] â[t]), so :func:`make_trace` builds those there. With the F-variants
+(section 3.2, names ``f_…``) the loss is on the leaky sum of the outputs,
+O[t] = λ O[t−1] + o[t] (:class:`OutputTrace`), which integrates with leak λ like a LIF layer:
+then the last hidden layer gets the OTPE trace too, and F-OTPE's gradient of a network with
+one hidden layer is the exact (BPTT) gradient of that loss.
+
+**Static input.** With the same x at every step (direct-current encoding) the first
+layer's traces are per-neuron scalars times x: â[t] = b̂[t] x, ε_bji[t] = c_bj[t] x_bi,
+R̂_bji[t] = r_bj[t] x_bi, ẑ[t] = ẑ^b[t] x. They then keep O(n) state and do one
+weight-gradient product at :meth:`Trace.flush` instead of one per step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
 import torch
 from torch import Tensor
 
-TRACES = ("ottt",)
+from .network import StepRecord
+from .neuron import LIFParams
+
+#: the temporal credit rules; the ``f_`` variants take the loss on the leaky sum of outputs
+BASE_TRACES = ("ottt", "ostl", "otpe", "approx_otpe")
+TRACES = BASE_TRACES + tuple(f"f_{name}" for name in BASE_TRACES)
 
 
-class OTTTTrace:
-    """OTTT presynaptic trace of one synaptic layer (see the module docstring)."""
+class Trace:
+    """Temporal credit of one fully connected hidden layer (the interface; see module doc)."""
+
+    name = "trace"
+
+    def reset(self) -> None:
+        """Forget the past (start of a new sample batch)."""
+
+    def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
+        """Record step t: the layer's input x[t] (B, n_in) and the step record (u_l[t])."""
+        raise NotImplementedError
+
+    def local_derivative(self) -> Tensor | None:
+        """D_l[t] for the spatial rule in place of ψ(u_l[t]) (None: ψ(u_l[t]) itself)."""
+        return None
+
+    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        """Add step t's gradient given δ_l[t] = g_l[t] ⊙ m_l ⊙ D_l[t], shape (B, n)."""
+        raise NotImplementedError
+
+    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        """Write what is still pending (static input: one GEMM for all steps so far)."""
+
+    def state_nbytes(self) -> int:
+        """Bytes of the state the trace keeps between steps (not the network's input)."""
+        return 0
+
+
+def _nbytes(*tensors: Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class OTTTTrace(Trace):
+    """OTTT's presynaptic trace (Xiao et al. 2022; OPZO paper 3.1; OTPE paper 2.3.2).
+
+        â[t] = λ â[t−1] + x[t],   ∇W += δ[t]ᵀ â[t]
+        b̂[t] = λ b̂[t−1] + 1,      ∇b += b̂[t] Σ_batch δ[t]
+
+    The gradient of L[t] with respect to W through the leaky membrane of the same neuron,
+    with the reset and every earlier spike treated as constants (∂u[t]/∂u[t−1] = λ).
+    Memory O(n) per sample (OTPE paper Table 1). Static input: Σ_t δ[t]ᵀ â[t] =
+    (Σ_t b̂[t] δ[t])ᵀ x, one product at :meth:`flush`.
+    """
+
+    name = "ottt"
 
     def __init__(self, lam: float, static_input: bool = False) -> None:
         self.lam = float(lam)
@@ -32,13 +118,12 @@ class OTTTTrace:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the past (start of a new sample batch)."""
         self.a: Tensor | None = None  # â[t], or the static input x
         self.c = 0.0  # b̂[t]
         self._delta_sum: Tensor | None = None  # Σ_t c_t δ[t] (static input only)
 
-    def push(self, x: Tensor) -> None:
-        """Record the synapse's input x[t]: â[t] = λ â[t−1] + x[t]."""
+    def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
+        """â[t] = λ â[t−1] + x[t] (the record is not needed)."""
         self.c = self.lam * self.c + 1.0
         if self.static_input:
             if self.a is None:
@@ -68,7 +153,6 @@ class OTTTTrace:
             grad_b.add_(delta.sum(0), alpha=self.c)
 
     def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
-        """Write what is still pending (static input: one GEMM for all steps so far)."""
         if self._delta_sum is not None:
             assert self.a is not None
             grad_w.addmm_(self._delta_sum.t(), self.a)
@@ -76,9 +160,371 @@ class OTTTTrace:
                 grad_b.add_(self._delta_sum.sum(0))
             self._delta_sum = None
 
+    def state_nbytes(self) -> int:
+        return _nbytes(self._delta_sum) if self.static_input else _nbytes(self.a)
 
-def make_trace(name: str, lam: float, static_input: bool = False) -> OTTTTrace:
-    """Build a temporal trace by name (``"ottt"``)."""
-    if name != "ottt":
+
+def _own_path_factor(lif: LIFParams, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
+    """κ[t+1] = ∂u[t+1]/∂u[t] along the neuron's own path, with ∂s[t]/∂u[t] = ψ[t].
+
+    Subtractive reset u[t+1] = λ(u[t] − V_th s[t]) + I[t+1]:   κ = λ (1 − V_th ψ[t]).
+    Reset to zero    u[t+1] = λ u[t] (1 − s[t]) + I[t+1]:      κ = λ (1 − s[t] − u[t] ψ[t]).
+    """
+    if lif.reset == "subtract":
+        return psi.mul(-lif.lam * lif.v_th).add_(lif.lam)
+    return torch.addcmul(s, u, psi).neg_().add_(1.0).mul_(lif.lam)
+
+
+class OSTLTrace(Trace):
+    """OSTL's diagonal eligibility with the reset term (Bohnstingl et al. 2022; OTPE 2.3.1).
+
+        ε_ji[t] = ∂u_j[t]/∂W_ji along neuron j's own temporal path (reset included):
+        ε[t] = κ[t] ε[t−1] + x_i[t],    κ[t] = λ (1 − V_th ψ[t−1])            (subtractive)
+                                        κ[t] = λ (1 − s[t−1] − u[t−1] ψ[t−1])  (reset to zero)
+        ∇W_ji += Σ_b δ_bj[t] ε_bji[t],  ∇b_j += Σ_b δ_bj[t] ε^b_bj[t]   (ε^b: the same with x = 1)
+
+    OTPE paper eq. 1 and section 2.3.1: the RTRL influence ∂u/∂W restricted to its diagonal
+    (a neuron's potential depends on its own weights only), which is exact for a layer whose
+    spikes reach the loss at the same step; the error δ[t] comes spatially from the same
+    step. The spatial rule's local derivative is ψ[t] drawn here (:meth:`local_derivative`),
+    so with LocalZO the same draw serves the spike and, at t+1, the reset term, as in BPTT.
+    Memory O(n²) per sample (B·n·n_in values, stored neuron-major (n, B, n_in) so that the
+    weight gradient is one batched product); O(n) for a static input (ε_bji = ε^b_bj x_bi).
+    """
+
+    name = "ostl"
+
+    def __init__(self, lif: LIFParams, static_input: bool = False) -> None:
+        self.lif = lif
+        self.static_input = static_input
+        self.reset()
+
+    def reset(self) -> None:
+        self.eps: Tensor | None = None  # ε[t], (n, B, n_in); None for a static input
+        self.c: Tensor | None = None  # ε^b[t], (B, n); for a static input ε = c ⊗ x
+        self.kappa: Tensor | None = None  # κ[t+1], (B, n)
+        self.psi: Tensor | None = None  # ψ[t], (B, n)
+        self.x: Tensor | None = None  # the static input
+        self._pending: Tensor | None = None  # static input: Σ_t of the (B, n) factor
+
+    def _advance(self, x: Tensor, rec: StepRecord, l: int) -> None:
+        u = rec.u[l]
+        if self.c is None:
+            self.c = torch.ones_like(u)
+            if self.static_input:
+                self.x = x
+            else:
+                self.eps = x.unsqueeze(0).repeat(u.shape[1], 1, 1)
+        else:
+            assert self.kappa is not None
+            self.c.mul_(self.kappa).add_(1.0)
+            if not self.static_input:
+                assert self.eps is not None
+                torch.addcmul(x.unsqueeze(0), self.eps, self.kappa.t().unsqueeze(2),
+                              out=self.eps)
+        self.psi = rec.surrogate(u, rec.v_th)
+        self.kappa = _own_path_factor(self.lif, u, rec.spikes[l], self.psi)
+
+    def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
+        """ε[t] = κ[t] ε[t−1] + x[t]; then ψ[t] and κ[t+1] from u[t], s[t]."""
+        if rec is None:
+            raise ValueError(f"the {self.name} trace needs the step record: push(x, rec, l)")
+        self._advance(x, rec, l)
+
+    def local_derivative(self) -> Tensor | None:
+        return self.psi
+
+    def _add(self, factor: Tensor, per_synapse: Tensor | None, weight_factor: Tensor,
+             grad_w: Tensor, grad_b: Tensor | None) -> None:
+        """∇W_ji += Σ_b factor_bj P_bji with P = per_synapse, or P = weight_factor ⊗ x."""
+        if self.static_input:
+            term = factor * weight_factor
+            if self._pending is None:
+                self._pending = term
+            else:
+                self._pending.add_(term)
+            return
+        assert per_synapse is not None
+        grad_w.unsqueeze(1).baddbmm_(factor.t().unsqueeze(1), per_synapse)
+        if grad_b is not None:
+            grad_b.add_((factor * weight_factor).sum(0))
+
+    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        """∇W_ji += Σ_b δ_bj ε_bji,  ∇b_j += Σ_b δ_bj ε^b_bj."""
+        assert self.c is not None, "push() the step's input before accumulating"
+        self._add(delta, self.eps, self.c, grad_w, grad_b)
+
+    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        if self._pending is not None:
+            assert self.x is not None
+            grad_w.addmm_(self._pending.t(), self.x)
+            if grad_b is not None:
+                grad_b.add_(self._pending.sum(0))
+            self._pending = None
+
+    def state_nbytes(self) -> int:
+        return _nbytes(self.eps, self.c, self.kappa, self.psi, self._pending)
+
+
+class OTPETrace(OSTLTrace):
+    """OTPE: the post-synaptic estimate R̂ of the spikes' sensitivity (OTPE paper section 3).
+
+        R̂[t] = λ R̂[t−1] + ∂s[t]/∂W,   ∂s_j[t]/∂W_ji = ψ_j[t] ε_ji[t]   (ε: OSTL's eligibility)
+        ḡ[t] = (1/t) Σ_{t'≤t} λ^{t−t'} ψ[t']                            (section 3.1)
+        ∇W_ji += Σ_b (g ⊙ m)_bj[t] R̂_bji[t]                             (eqs. 3-4)
+
+    The next layer integrates this layer's spikes with leak λ (the paper's global time
+    constant), so ∂u_{l+1}[t]/∂W_l ≈ W_{l+1} R̂_l[t] (eq. 4) and the gradient is the error at
+    the spikes, g_l = W_{l+1}ᵀ δ_{l+1} for spatial BP (any rule's g_l otherwise), times
+    (mask ⊙) R̂. The spatial rule's local derivative at this layer is ḡ[t]
+    (:meth:`local_derivative`): errors going on to the layers below pass this layer with ḡ
+    in place of ψ[t] (end of section 3.1). The rule then gives δ = g ⊙ m ⊙ ḡ and the trace
+    takes g ⊙ m = δ / ḡ; where ḡ = 0 every ψ so far was 0, so R̂ = 0 and that term is 0.
+    Bias: the same with x = 1. Memory O(n²) per sample (ε and R̂, each B·n·n_in); O(n) for a
+    static input (R̂_bji = r_bj x_bi with r = λ r + ψ ε^b).
+    """
+
+    name = "otpe"
+
+    def reset(self) -> None:
+        super().reset()
+        self.R: Tensor | None = None  # R̂[t], (n, B, n_in); None for a static input
+        self.rb: Tensor | None = None  # R̂^b[t] (B, n); for a static input R̂ = rb ⊗ x
+        self.S: Tensor | None = None  # Σ_{t'≤t} λ^{t−t'} ψ[t'], (B, n)
+        self.count = 0
+        self.gbar: Tensor | None = None
+
+    def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
+        """ε[t] as OSTL; R̂[t] = λ R̂[t−1] + ψ[t] ε[t]; ḡ[t] = S[t]/t."""
+        super().push(x, rec, l)
+        psi, c, lam = self.psi, self.c, self.lif.lam
+        assert psi is not None and c is not None
+        psi_t = psi.t().unsqueeze(2)
+        if self.S is None:
+            self.S = psi.clone()
+            self.rb = psi * c
+            if not self.static_input:
+                assert self.eps is not None
+                self.R = self.eps * psi_t
+        else:
+            assert self.rb is not None
+            self.S.mul_(lam).add_(psi)
+            self.rb.mul_(lam).addcmul_(psi, c)
+            if self.R is not None:
+                self.R.mul_(lam).addcmul_(self.eps, psi_t)
+        self.count += 1
+        self.gbar = self.S / self.count
+
+    def local_derivative(self) -> Tensor | None:
+        return self.gbar
+
+    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        """∇W_ji += Σ_b (δ/ḡ)_bj R̂_bji,  ∇b_j += Σ_b (δ/ḡ)_bj R̂^b_bj."""
+        assert self.gbar is not None and self.rb is not None, "push() before accumulating"
+        tiny = torch.finfo(self.gbar.dtype).tiny
+        spike_error = delta / self.gbar.clamp_min(tiny)  # g ⊙ m; 0 where ḡ (and R̂) is 0
+        self._add(spike_error, self.R, self.rb, grad_w, grad_b)
+
+    def state_nbytes(self) -> int:
+        return super().state_nbytes() + _nbytes(self.R, self.rb, self.S, self.gbar)
+
+
+class ApproxOTPETrace(Trace):
+    """Approximate OTPE (OTPE paper section 3.1, eq. 5): O(n) memory.
+
+        â[t] = λ â[t−1] + x[t]          (OTTT's trace: ∂u[t]/∂W ≈ â[t])
+        ẑ[t] = λ ẑ[t−1] + â[t]          (the leaky sum of â: R̂ with ψ taken out)
+        ḡ[t] = (1/t) Σ_{t'≤t} λ^{t−t'} ψ[t']
+        ∇W += ((g ⊙ m) ⊙ ḡ)[t]ᵀ ẑ[t] = δ[t]ᵀ ẑ[t]                       (eq. 5)
+
+    Two assumptions on top of OTPE: ψ and ∂u/∂W decoupled through time (ḡ factored out of
+    R̂), and OTTT's ∂u/∂W ≈ â. The spatial rule's local derivative at this layer is ḡ[t]
+    (:meth:`local_derivative`), both for this layer's δ and for errors going on to the
+    layers below ("when the spatial gradient reaches a layer, ḡ is used in place of the
+    immediate time-step's surrogate"). Bias: b̂ = λ b̂ + 1, ẑ^b = λ ẑ^b + b̂,
+    ∇b += ẑ^b Σ_batch δ. Memory O(n) per sample (â, ẑ: B·n_in; ψ sums: B·n); for a static
+    input ẑ[t] = ẑ^b[t] x and one product at :meth:`flush`.
+    """
+
+    name = "approx_otpe"
+
+    def __init__(self, lam: float, static_input: bool = False) -> None:
+        self.lam = float(lam)
+        self.static_input = static_input
+        self.reset()
+
+    def reset(self) -> None:
+        self.a: Tensor | None = None  # â[t] (B, n_in), or the static input x
+        self.z: Tensor | None = None  # ẑ[t] (B, n_in); None for a static input
+        self.bh = 0.0  # b̂[t]
+        self.zb = 0.0  # ẑ^b[t]
+        self.S: Tensor | None = None
+        self.count = 0
+        self.gbar: Tensor | None = None
+        self._pending: Tensor | None = None  # static input: Σ_t ẑ^b[t] δ[t]
+
+    def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
+        """â, ẑ, b̂, ẑ^b one step on; ḡ[t] = S[t]/t with S = λ S + ψ(u[t])."""
+        if rec is None:
+            raise ValueError(f"the {self.name} trace needs the step record: push(x, rec, l)")
+        lam = self.lam
+        self.bh = lam * self.bh + 1.0
+        self.zb = lam * self.zb + self.bh
+        if self.static_input:
+            if self.a is None:
+                self.a = x
+        elif self.a is None:
+            self.a = x.clone()
+            self.z = x.clone()
+        else:
+            assert self.z is not None
+            torch.add(x, self.a, alpha=lam, out=self.a)
+            torch.add(self.a, self.z, alpha=lam, out=self.z)
+        psi = rec.surrogate(rec.u[l], rec.v_th)
+        if self.S is None:
+            self.S = psi.clone()
+        else:
+            self.S.mul_(lam).add_(psi)
+        self.count += 1
+        self.gbar = self.S / self.count
+
+    def local_derivative(self) -> Tensor | None:
+        return self.gbar
+
+    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        """∇W += δ[t]ᵀ ẑ[t],  ∇b += ẑ^b[t] Σ_batch δ[t]."""
+        assert self.a is not None, "push() the step's input before accumulating"
+        if self.static_input:
+            if self._pending is None:
+                self._pending = delta * self.zb
+            else:
+                self._pending.add_(delta, alpha=self.zb)
+            return
+        assert self.z is not None
+        grad_w.addmm_(delta.t(), self.z)
+        if grad_b is not None:
+            grad_b.add_(delta.sum(0), alpha=self.zb)
+
+    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        if self._pending is not None:
+            assert self.a is not None
+            grad_w.addmm_(self._pending.t(), self.a)
+            if grad_b is not None:
+                grad_b.add_(self._pending.sum(0))
+            self._pending = None
+
+    def state_nbytes(self) -> int:
+        own = _nbytes(self._pending) if self.static_input else _nbytes(self.a, self.z)
+        return own + _nbytes(self.S, self.gbar)
+
+
+def _check_name(name: str) -> tuple[str, bool]:
+    """(base trace name, leaky output?) of a trace name; ValueError if unknown."""
+    if name not in TRACES:
         raise ValueError(f"unknown temporal trace {name!r}; choose one of {TRACES}")
-    return OTTTTrace(lam, static_input)
+    leaky = name.startswith("f_")
+    return (name[2:] if leaky else name), leaky
+
+
+def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
+               feeds_readout: bool = False) -> Trace:
+    """Build the temporal trace ``name`` (one of :data:`TRACES`) of one hidden layer.
+
+    ``lif``: the network's LIF parameters (a bare float is taken as the leak λ).
+    ``static_input``: the layer sees the same input at every step (enables the fast path).
+    ``feeds_readout``: the layer's spikes go to the readout; unless the name is an F-variant
+    (leaky-sum output) the readout keeps no state, and OTPE / approximate OTPE reduce there
+    to OSTL / OTTT (see the module docstring).
+    """
+    base, leaky_output = _check_name(name)
+    if not isinstance(lif, LIFParams):
+        lif = LIFParams(lam=float(lif))
+    if feeds_readout and not leaky_output:
+        base = {"otpe": "ostl", "approx_otpe": "ottt"}.get(base, base)
+    if base == "ottt":
+        return OTTTTrace(lif.lam, static_input)
+    if base == "ostl":
+        return OSTLTrace(lif, static_input)
+    if base == "otpe":
+        return OTPETrace(lif, static_input)
+    return ApproxOTPETrace(lif.lam, static_input)
+
+
+class OutputTrace:
+    """The readout's side of a trace: what the loss is taken on, and the readout's gradient.
+
+    Plain (leak 0): the loss at step t is on o[t] = W_N x[t] + b_N, and
+    ∇W_N += e[t]ᵀ x[t], ∇b_N += Σ_batch e[t].
+
+    F-variants (OTPE paper section 3.2; leak λ): the loss at step t is on the leaky sum of
+    the outputs O[t] = λ O[t−1] + o[t] = Σ_{t'≤t} λ^{t−t'} o[t'] (softmax cross-entropy of
+    the leaky sum in the paper; here the configured instantaneous loss of O[t]), and e[t] =
+    ∂L[t]/∂O[t]. O is linear in W_N, so ∇W_N += e[t]ᵀ â[t] with OTTT's â of the readout's
+    input and ∇b_N += b̂[t] Σ_batch e[t] are exact. The spatial rule still sees the
+    instantaneous o[t] (whose dependence on this step's noise is that of O[t]).
+    """
+
+    def __init__(self, leak: float = 0.0) -> None:
+        self.leak = float(leak)
+        self.trace = OTTTTrace(self.leak) if self.leak else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.x: Tensor | None = None
+        self.out: Tensor | None = None
+        if self.trace is not None:
+            self.trace.reset()
+
+    def push(self, o: Tensor, x: Tensor) -> Tensor:
+        """Record the readout's input x[t] and output o[t]; return what the loss is on."""
+        if self.trace is None:
+            self.x = x
+            return o
+        self.trace.push(x)
+        self.out = o if self.out is None else torch.add(o, self.out, alpha=self.leak)
+        return self.out
+
+    def accumulate(self, error: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
+        """The readout's gradient for the error e[t] at what :meth:`push` returned."""
+        if self.trace is not None:
+            self.trace.accumulate(error, grad_w, grad_b)
+            return
+        assert self.x is not None, "push() the step's output first"
+        grad_w.addmm_(error.t(), self.x)
+        if grad_b is not None:
+            grad_b.add_(error.sum(0))
+
+
+def make_output_trace(name: str, lam: float) -> OutputTrace:
+    """The readout side of trace ``name``: the leaky-sum output (leak λ) for ``f_`` names."""
+    return OutputTrace(float(lam) if _check_name(name)[1] else 0.0)
+
+
+@dataclass
+class _RecordWithDerivatives(StepRecord):
+    """A step record whose ``local_grad`` uses the traces' local derivatives where given."""
+
+    derivatives: list[Tensor | None] = field(default_factory=list)
+
+    def local_grad(self, l: int, g: Tensor) -> Tensor:
+        d = self.derivatives[l]
+        if d is None:
+            return super().local_grad(l, g)
+        if self.masks is not None:
+            g = g * self.masks[l]
+        return g * d
+
+
+def record_for_rule(rec: StepRecord, traces: Sequence[Trace]) -> StepRecord:
+    """The step record the spatial rule should read: δ_l = g_l ⊙ m_l ⊙ D_l with each trace's
+    :meth:`Trace.local_derivative` D_l (ψ(u_l[t]) where a trace gives none)."""
+    derivatives = [tr.local_derivative() for tr in traces]
+    if all(d is None for d in derivatives):
+        return rec
+    values = {f.name: getattr(rec, f.name) for f in fields(rec) if f.init}
+    values["derivatives"] = derivatives
+    out = _RecordWithDerivatives(**values)
+    for f in fields(rec):
+        if not f.init:
+            setattr(out, f.name, getattr(rec, f.name))
+    return out

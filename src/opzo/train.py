@@ -47,8 +47,8 @@ def build_network(cfg: TrainConfig, num_inputs: int, num_classes: int) -> Spikin
         surrogate = make_surrogate("sigmoid", a=cfg.sigmoid_a)
     elif cfg.surrogate == "fast-sigmoid":
         surrogate = make_surrogate("fast-sigmoid", k=cfg.fast_sigmoid_k)
-    else:
-        surrogate = make_surrogate("localzo", delta=cfg.localzo_delta, m=cfg.localzo_m,
+    else:  # localzo, or sparsegrad (the same distribution's expected surrogate, thresholded)
+        surrogate = make_surrogate(cfg.surrogate, delta=cfg.localzo_delta, m=cfg.localzo_m,
                                    distribution=cfg.localzo_dist)
     return SpikingMLP(
         [num_inputs, *cfg.hidden, num_classes],
@@ -63,7 +63,7 @@ def build_learner(cfg: TrainConfig, net: SpikingMLP, loss: InstantLoss
     """The online learner with the config's rule, or the BPTT learner for ``bptt``."""
     if cfg.method == "bptt":
         return BPTTLearner(net, loss)
-    return OnlineLearner(net, build_rule(cfg), loss, update=cfg.update)
+    return OnlineLearner(net, build_rule(cfg), loss, trace=cfg.trace, update=cfg.update)
 
 
 def build_rule(cfg: TrainConfig) -> SpatialRule:
@@ -180,7 +180,8 @@ def make_source(cfg: TrainConfig, split: str) -> ImageSource | FrameSource:
             NMNISTFolder(cfg.data_root, split, bin_us=3000, n_frames=cfg.T), classes=10)
     else:
         source = ImageSource(load_dataset(cfg.dataset, cfg.data_root, split),
-                             make_encoder(cfg.encoding, cfg.dataset))
+                             make_encoder(cfg.encoding, cfg.dataset, cfg.latency_tau,
+                                          cfg.latency_theta))
     limit = cfg.limit_train if split == "train" else cfg.limit_test
     return source.head(limit) if limit else source
 
@@ -328,7 +329,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                 for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
                                                    start_batch=first):
                     if cfg.diagnostics and batch_index % cfg.diag_every == 0:
-                        cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference)
+                        cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference,
+                                              trace=cfg.trace)
                         _append_jsonl(diag_path, {"epoch": epoch + 1, "batch": batch_index,
                                                   "cosine": _round(cos)})
                     acc.add(learner.train_batch(
@@ -362,7 +364,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                 row["alpha"] = rule.noise.alpha
             _append_jsonl(metrics_path, row)
             if variance is not None:
-                _append_jsonl(diag_path, {"epoch": epoch + 1, "variance": variance.result()})
+                _append_jsonl(diag_path, {"epoch": epoch + 1, "variance": variance.result(),
+                                          "relative_variance": variance.relative()})
             checkpoint(epoch + 1, 0, Accumulator())
             log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
                 f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  ({train_time:.1f}s)")
