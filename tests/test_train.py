@@ -223,3 +223,51 @@ def test_config_file_may_leave_the_data_root_to_the_command_line(tmp_path):
     cfg_file.write_text('encoding = "sometimes"\n')  # a bad value in the file is still caught
     with pytest.raises(ConfigError, match="not allowed"):
         config_from_args(parser.parse_args(["--data-root", "/x"]), str(cfg_file))
+
+
+def test_sequence_source_batches_in_order_and_checks_T():
+    from opzo.data.sources import SequenceSource
+
+    spikes = torch.arange(4 * 10 * 3, dtype=torch.float32).view(4, 10, 3)
+    labels = torch.arange(10) % 3
+    src = SequenceSource(spikes, labels, classes=3)
+    assert (len(src), src.num_inputs) == (10, 3)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    got = list(src.batches(4, 4, permutation=perm, start_batch=1))
+    assert [x.shape for x, _ in got] == [(4, 4, 3), (4, 2, 3)]
+    assert torch.equal(got[0][0], spikes[:, perm[4:8]]) and torch.equal(got[1][1], labels[perm[8:]])
+    assert len(src.head(6)) == 6
+    with pytest.raises(ValueError, match="set T=4"):
+        next(src.batches(4, 6))
+    with pytest.raises(ValueError, match=r"\(T, N, F\)"):
+        SequenceSource(spikes, labels[:5], classes=3)
+
+
+def test_randman_config_rules():
+    from opzo.config import ConfigError, TrainConfig
+
+    cfg = TrainConfig.from_dict({"dataset": "randman-time", "T": 50})  # no data_root needed
+    assert cfg.dataset == "randman-time"
+    with pytest.raises(ConfigError, match="set T=50"):
+        TrainConfig.from_dict({"dataset": "randman-rate", "T": 20})
+    with pytest.raises(ConfigError, match="spike frames"):
+        TrainConfig.from_dict({"dataset": "randman-rate", "T": 50, "encoding": "rate"})
+
+
+def test_optimizer_choice_and_init_scale():
+    from opzo.config import TrainConfig
+    from opzo.train import build_network, make_optimizer
+
+    for name, cls in (("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
+                      ("adamax", torch.optim.Adamax), ("sgd", torch.optim.SGD)):
+        cfg = TrainConfig.from_dict({"optimizer": name, "lr": 0.01})
+        net = build_network(cfg, 4, 2)
+        opt = make_optimizer(net.parameters(), cfg)
+        assert isinstance(opt, cls) and opt.param_groups[0]["lr"] == 0.01
+    torch.manual_seed(3)
+    plain = build_network(TrainConfig.from_dict({"hidden": [5, 6]}), 4, 2)
+    torch.manual_seed(3)
+    scaled = build_network(TrainConfig.from_dict({"hidden": [5, 6], "init_scale": 8.0}), 4, 2)
+    for a, b in zip(plain.hidden, scaled.hidden):
+        assert torch.allclose(b.weight, 8.0 * a.weight) and torch.equal(a.bias, b.bias)
+    assert torch.equal(plain.readout.weight, scaled.readout.weight)

@@ -24,7 +24,10 @@ def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) ->
     return field(default=default, metadata=meta)
 
 
-DATASETS = ("embedded-mnist", "mnist", "fashion-mnist", "nmnist")
+DATASETS = ("embedded-mnist", "mnist", "fashion-mnist", "nmnist", "randman-time", "randman-rate")
+#: datasets made or shipped by the package: no data_root needed
+BUILTIN_DATASETS = ("embedded-mnist", "randman-time", "randman-rate")
+OPTIMIZERS = ("adamw", "adam", "adamax", "sgd")
 METHODS = ("opzo", "bp", "dfa", "dkp", "zo", "bptt")
 #: the temporal traces of :mod:`opzo.traces` (kept equal to ``opzo.traces.TRACES`` by a test)
 TRACES = ("ottt", "ostl", "otpe", "approx_otpe",
@@ -36,7 +39,9 @@ class TrainConfig:
     """All options of ``opzo train`` (defaults: OPZO on the embedded MNIST subset)."""
 
     # data
-    dataset: str = _opt("embedded-mnist", "dataset to train on", DATASETS)
+    dataset: str = _opt("embedded-mnist", "dataset to train on (randman-time / randman-rate: "
+                        "the OTPE paper's Randman task, generated, time- or rate-coded)",
+                        DATASETS)
     data_root: str | None = _opt(
         None, "dataset folder: the idx files of mnist / fashion-mnist, or N-MNIST's "
         "Train/ and Test/ folders of .bin files (nmnist: 3 ms frames, the first T)")
@@ -54,6 +59,8 @@ class TrainConfig:
     hidden: list[int] = _opt([800, 800], "hidden layer sizes, e.g. 800 800", min=1)
     T: int = _opt(6, "number of time steps per sample", min=1)
     dropout: float = _opt(0.2, "dropout rate (mask fixed over the T steps)", min=0.0, max=0.99)
+    init_scale: float = _opt(1.0, "hidden weights are torch's default initialisation times this "
+                             "(sparse spike inputs need > 1 for the neurons to fire)", min=0.0)
     lif_lambda: float = _opt(0.5, "membrane leak λ of the LIF neuron", min=0.0, max=1.0)
     v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
     reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
@@ -95,8 +102,10 @@ class TrainConfig:
     epochs: int = _opt(20, "number of epochs", min=1)
     batch_size: int = _opt(128, "training batch size", min=1)
     eval_batch_size: int = _opt(1000, "evaluation batch size", min=1)
-    lr: float = _opt(2e-4, "AdamW learning rate (paper: 2e-4; 2e-5 for zo)", min=0.0)
-    weight_decay: float = _opt(2e-4, "AdamW weight decay", min=0.0)
+    optimizer: str = _opt("adamw", "optimizer of the weights (the OPZO paper: AdamW; the OTPE "
+                          "paper: Adamax)", OPTIMIZERS)
+    lr: float = _opt(2e-4, "learning rate (paper: 2e-4; 2e-5 for zo)", min=0.0)
+    weight_decay: float = _opt(2e-4, "weight decay (decoupled for adamw)", min=0.0)
     schedule: str = _opt("cosine", "learning-rate schedule over epochs", ("cosine", "constant"))
     seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)")
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", min=1)
@@ -137,14 +146,18 @@ class TrainConfig:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
         if not complete:
             return self
-        if self.dataset != "embedded-mnist" and not self.data_root:
+        if self.dataset not in BUILTIN_DATASETS and not self.data_root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
                 "its files; opzo never downloads data. For a quick start use "
                 "dataset 'embedded-mnist', which ships with the package.")
-        if self.dataset == "nmnist" and self.encoding != "direct":
-            raise ConfigError(f"nmnist is fed as event frames; the {self.encoding!r} encoding "
-                              "applies to image datasets only")
+        if self.dataset in ("nmnist", "randman-time", "randman-rate") \
+                and self.encoding != "direct":
+            raise ConfigError(f"{self.dataset} is fed as spike frames; the {self.encoding!r} "
+                              "encoding applies to image datasets only")
+        if self.dataset.startswith("randman") and self.T != 50:
+            raise ConfigError(f"{self.dataset} (the OTPE paper's Randman task) has 50 time "
+                              f"steps: set T=50 (got {self.T})")
         if self.update == "step" and self.method == "bptt":
             raise ConfigError("method 'bptt' is offline: it needs update 'batch'")
         if self.trace != "ottt" and self.method == "bptt":

@@ -7,6 +7,8 @@ Two kinds feed the same training loop:
   (the same input at every step) or (T, B, F) for rate coding.
 * :class:`FrameSource` — event datasets whose samples are already (T, C, H, W) frames
   (N-MNIST binned in 3 ms frames): ``x`` is (T, B, C·H·W), read from disk batch by batch.
+* :class:`SequenceSource` — spike sequences held in memory as one (T, N, F) tensor (Randman):
+  ``x`` is (T, B, F).
 """
 
 from __future__ import annotations
@@ -102,3 +104,36 @@ class FrameSource:
             frames = torch.stack([f for f, _ in items]).to(torch.float32)  # (B, T, C, H, W)
             x = frames.flatten(2).transpose(0, 1).contiguous()  # (T, B, C·H·W)
             yield x, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
+@dataclass
+class SequenceSource:
+    """Spike sequences in memory: ``spikes`` (T, N, F) and ``labels`` (N,)."""
+
+    spikes: Tensor
+    labels: Tensor
+    classes: int
+
+    def __post_init__(self) -> None:
+        if self.spikes.dim() != 3 or self.spikes.shape[1] != self.labels.shape[0]:
+            raise ValueError(f"spikes must be (T, N, F) with N = {self.labels.shape[0]} labels; "
+                             f"got shape {tuple(self.spikes.shape)}")
+
+    @property
+    def num_inputs(self) -> int:
+        return int(self.spikes.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def head(self, n: int) -> SequenceSource:
+        return SequenceSource(self.spikes[:, :n], self.labels[:n], self.classes)
+
+    def batches(self, batch_size: int, T: int, permutation: Tensor | None = None,
+                start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        if T != self.spikes.shape[0]:
+            raise ValueError(f"the sequences hold {self.spikes.shape[0]} time steps, not T={T}: "
+                             f"set T={self.spikes.shape[0]}")
+        order = torch.arange(len(self)) if permutation is None else permutation
+        for chunk in order[start_batch * batch_size:].split(batch_size):
+            yield self.spikes[:, chunk].contiguous(), self.labels[chunk]

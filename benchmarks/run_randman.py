@@ -1,0 +1,99 @@
+"""The OTPE paper's Randman comparison (section 4.1, Figs. 2-4): temporal credit traces vs BPTT.
+
+    python benchmarks/run_randman.py                    # both codes, all traces, 2 jobs at once
+    python benchmarks/run_randman.py --summarize        # the table of finished runs
+
+Each (code, method) trains ``configs/otpe-randman.toml`` (2 hidden layers of 128, T=50) in its
+own process with one torch thread, with ``--diagnostics --diag-reference bptt``: every
+``--diag-every`` batches the per-layer cosine similarity of the method's gradient with the exact
+BPTT gradient on the same batch and weights. Methods: spatial BP with the OTTT, OSTL, OTPE and
+approximate-OTPE traces, BPTT itself, and two combinations no paper reports: OPZO with the
+approximate-OTPE trace, and OPZO with LocalZO local derivatives. Runs go to
+``benchmarks/runs/randman-<code>-<method>``; an interrupted run resumes when started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "runs"
+METHODS: dict[str, list[str]] = {
+    "ottt": ["--trace", "ottt"],
+    "ostl": ["--trace", "ostl"],
+    "otpe": ["--trace", "otpe"],
+    "approx_otpe": ["--trace", "approx_otpe"],
+    "bptt": ["--method", "bptt"],
+    "opzo+approx_otpe": ["--method", "opzo", "--trace", "approx_otpe", "--alpha", "0.2"],
+    "opzo+localzo": ["--method", "opzo", "--surrogate", "localzo", "--localzo-delta", "0.5",
+                     "--alpha", "0.2"],
+}
+CODES = ["time", "rate"]
+
+
+def run_one(code: str, method: str, args: argparse.Namespace) -> str:
+    out = RUNS / f"randman-{code}-{method}"
+    cmd = [sys.executable, "-m", "opzo.cli", "train", "--quiet"]
+    if (out / "summary.json").exists():
+        return f"{code}/{method}: already finished"
+    if (out / "checkpoint.pt").exists():
+        cmd += ["--resume", str(out)]
+    else:
+        cmd += ["--config", str(ROOT / "configs" / "otpe-randman.toml"),
+                "--dataset", f"randman-{code}", *METHODS[method],
+                "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", "1",
+                "--diagnostics", "--diag-reference", "bptt", "--diag-every",
+                str(args.diag_every), "--out", str(out)]
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "log.txt").open("a") as log:
+        code_ = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return f"{code}/{method}: exit {code_}"
+
+
+def summarize() -> None:
+    print("| code | method | final test acc | best test acc | cosine with BPTT, last epoch "
+          "(hidden.0 / hidden.1 / readout) | s/epoch |")
+    print("|---|---|---|---|---|---|")
+    for code in CODES:
+        for method in METHODS:
+            out = RUNS / f"randman-{code}-{method}"
+            if not (out / "summary.json").exists():
+                continue
+            s = json.loads((out / "summary.json").read_text())
+            rows = [json.loads(x) for x in (out / "diagnostics.jsonl").read_text().splitlines()]
+            last = max(r["epoch"] for r in rows if "cosine" in r)
+            cos = [r["cosine"] for r in rows if "cosine" in r and r["epoch"] == last]
+            names = list(cos[0])
+            mean = " / ".join(f"{statistics.mean(c[n] for c in cos):.3f}" for n in names)
+            metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            sec = statistics.median(m["epoch_time_s"] for m in metrics)
+            print(f"| {code} | {method} | {s['final_test_acc']:.2f} | {s['best_test_acc']:.2f} |"
+                  f" {mean} | {sec:.1f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--codes", nargs="+", default=CODES, choices=CODES)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--diag-every", type=int, default=21)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--summarize", action="store_true")
+    args = ap.parse_args()
+    if not args.summarize:
+        jobs = [(c, m) for c in args.codes for m in args.methods]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for line in pool.map(lambda job: run_one(*job, args), jobs):
+                print(line, flush=True)
+    summarize()
+
+
+if __name__ == "__main__":
+    main()
