@@ -3,15 +3,20 @@
 For one batch, at every time step t = 1..T (OPZO paper section 4.3, OTTT section 3.1):
 
 1. the rule may draw noise α z_l[t]; the network advances one step (eq. 1) → o[t];
-2. the output error e[t] = ∂L[t]/∂o[t] in closed form (:mod:`opzo.losses`);
-3. the rule gives δ_l[t] = ∂L[t]/∂u_l[t] for each hidden layer (spatial credit);
-4. the temporal traces turn them into weight gradients, ∇W_l += δ_l[t]ᵀ â_l[t];
-   the readout gets ∇W_N += e[t]ᵀ x_{N−1}[t], ∇b_N += Σ_b e[t].
+2. the output error e[t] = ∂L[t]/∂o[t] in closed form (:mod:`opzo.losses`; with an F-trace
+   the loss is on the leaky sum of the outputs);
+3. each layer's temporal trace records the step (:mod:`opzo.traces`) and may replace the local
+   derivative ψ(u_l[t]) the rule uses (OTPE's ḡ);
+4. the rule gives δ_l[t] = ∂L[t]/∂u_l[t] for each hidden layer (spatial credit);
+5. the traces turn them into weight gradients (OTTT: ∇W_l += δ_l[t]ᵀ â_l[t]; OSTL, OTPE,
+   approximate OTPE: their eligibilities); the readout gets ∇W_N += e[t]ᵀ x_{N−1}[t],
+   ∇b_N += Σ_b e[t].
 
 The loss is the mean over the batch and the T steps, so gradients are summed over t and divided
 by B·T. ``update="batch"`` (OTTT_A) applies one optimizer step per batch; ``update="step"``
 (OTTT_O, truly online) applies one after every time step with that step's gradient.
-Memory does not depend on T: only the current state and traces are kept.
+Memory does not depend on T: only the current state and traces are kept (O(n) per neuron for
+OTTT and approximate OTPE, O(n²) for OSTL and OTPE, OTPE paper Table 1).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ class BatchStats:
 
 
 class OnlineLearner:
-    """Trains a :class:`SpikingMLP` with a spatial rule and OTTT traces, writing ``.grad``.
+    """Trains a :class:`SpikingMLP` with a spatial rule and a temporal trace (default OTTT's),
+    writing ``.grad``.
 
     Example::
 
