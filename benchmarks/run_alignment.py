@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from opzo.config import TrainConfig  # noqa: E402
 from opzo.plots import plot_runs  # noqa: E402
-from opzo.train import run_training  # noqa: E402
+from opzo.train import make_source, run_training  # noqa: E402
 
 METHODS = ["bp", "opzo", "dfa", "zo"]
 
@@ -56,6 +56,18 @@ def main() -> None:
         var = [r["variance"] for r in rows if "variance" in r]
         rel = [r["relative_variance"] for r in rows if "relative_variance" in r]
         last_epoch = [r["cosine"] for r in rows if "cosine" in r and r["epoch"] == args.epochs]
+        entry_extra = {}
+        if method == "opzo":
+            # M starts at zero: E[M_k] = (1 − λ_M^k) J after k updates (one per step), so the
+            # gradient is scaled by that factor and its variance by its square (the same start-up
+            # bias Adam corrects in its moments). Undo it to compare the variance with BP's.
+            batches = -(-len(make_source(cfg, "train")) // cfg.batch_size)
+            k = args.epochs * batches * cfg.T
+            c = 1.0 - cfg.lambda_m ** k
+            entry_extra = {"momentum_updates": k, "momentum_scale": round(c, 5),
+                           # the readout's gradient e xᵀ does not go through M
+                           "variance_bias_corrected": {n: v / c**2 for n, v in var[-1].items()
+                                                       if n.startswith("hidden")}}
         summary[method] = {
             "test_acc": json.loads((out / "summary.json").read_text())["final_test_acc"],
             "cosine_mean_last_epoch": {k: round(statistics.mean(c[k] for c in last_epoch), 4)
@@ -64,6 +76,7 @@ def main() -> None:
                                      round(max(c[k] for c in cos), 4)] for k in cos[0]},
             "variance_last_epoch": var[-1],
             "relative_variance_last_epoch": rel[-1],
+            **entry_extra,
         }
     logs = ROOT / "benchmarks" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
