@@ -1,13 +1,15 @@
-"""Conv synaptic ops: sWS against its formula, explicit gradients against autograd."""
+"""Synaptic ops and layers: sWS against its formula, explicit gradients against autograd."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from opzo.layers import ScaledWSConv2d, avg_pool, avg_pool_input_grad
+from opzo.layers import ConvLayer, DenseLayer, ScaledWSConv2d, avg_pool, avg_pool_input_grad
 
 
 def _conv(cin=3, cout=5, k=3, seed=0) -> ScaledWSConv2d:
@@ -119,3 +121,67 @@ def test_conv_rejects_wrong_input_shapes_with_a_clear_message():
         conv.output_shape((2, 8, 8))
     with pytest.raises(ValueError, match=">= 1"):
         ScaledWSConv2d(0, 4)
+
+
+def test_floor_mode_pooling_transpose_equals_autograd():
+    """7x7 pooled 2x2 keeps 3x3 (PyTorch's floor mode); the dropped row/column get 0."""
+    x = torch.rand(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+    y = avg_pool(x, 2, floor=True)
+    assert y.shape == (2, 3, 3, 2)
+    d = torch.randn_like(y)
+    (y * d).sum().backward()
+    g = avg_pool_input_grad(d, 2, input_hw=(7, 5))
+    assert torch.allclose(g, x.grad)
+    assert g[..., 6, :].abs().sum() == 0 and g[..., :, 4].abs().sum() == 0
+    # a rectangular window (global pooling of a 7x5 map)
+    x.grad = None
+    y = avg_pool(x, (7, 5))
+    (y * 2.0).sum().backward()
+    assert torch.allclose(avg_pool_input_grad(torch.full_like(y, 2.0), (7, 5)), x.grad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ConvLayer((3, 7, 7), 4, 3, pool=2),
+    lambda: ConvLayer((2, 6, 6), 5, 1),
+    lambda: DenseLayer((3, 5, 5), 6, pool=2),
+    lambda: DenseLayer(8, 6),
+])
+def test_layer_maps_equal_autograd_of_the_layer_forward(make):
+    """input_grad = Pᵀ opᵀ and accumulate_grad(δ, P x) = ∂⟨δ, op(P x)⟩/∂params, on flat
+    tensors, against autograd of the layer's own forward (pooling included)."""
+    torch.manual_seed(0)
+    layer = make().double()
+    with torch.no_grad():
+        layer.bias.normal_()
+        if hasattr(layer, "gain"):
+            layer.gain.uniform_(0.5, 2.0)
+    n_in = math.prod(layer.in_shape)
+    x = torch.rand(3, n_in, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (3, layer.out_features)
+    assert torch.equal(out, layer.op(layer.op_input(x)))
+    delta = torch.randn_like(out)
+    (out * delta).sum().backward()
+    auto = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    with torch.no_grad():
+        assert torch.allclose(layer.input_grad(delta), x.grad, atol=1e-12)
+        for p in layer.parameters():
+            p.grad = None
+        layer.accumulate_grad(delta, layer.op_input(x), 1.0)
+        for n, p in layer.named_parameters():
+            assert torch.allclose(p.grad, auto[n], atol=1e-12), n
+        # the bias trace scales only the bias gradient
+        for p in layer.parameters():
+            p.grad = None
+        layer.accumulate_grad(delta, layer.op_input(x), 2.5)
+        assert torch.allclose(layer.bias.grad, 2.5 * auto["bias"], atol=1e-12)
+        assert torch.allclose(layer.weight.grad, auto["weight"], atol=1e-12)
+
+
+def test_layer_shape_errors_are_clear():
+    with pytest.raises(ValueError, match=r"needs a feature map \(C, H, W\)"):
+        DenseLayer(10, 4, pool=2)
+    with pytest.raises(ValueError, match="does not fit a 1x1"):
+        ConvLayer((2, 1, 1), 4, 3, pool=2)
+    with pytest.raises(ValueError, match="does not fit"):
+        ConvLayer((2, 2, 2), 4, 5, padding=0)

@@ -28,15 +28,39 @@ form, so no autograd graph is needed:
 with G = ∂L/∂Ŵ_c.
 
 :func:`avg_pool_input_grad` is the transpose of non-overlapping average pooling.
+
+**Network layers.** :class:`DenseLayer` and :class:`ConvLayer` are the hidden layers (and
+:class:`DenseLayer` the readout) of :class:`~opzo.network.SpikingNet`. Each one is
+
+    [optional k×k average pooling of its input] → synaptic op (Linear, or sWS Conv2d)
+
+and sees every per-layer tensor flattened, (B, n) with n = C·H·W for a feature map (a
+contiguous view of (B, C, H, W)), so the learning rules, noise and traces handle FC and conv
+layers alike. Each offers the explicit maps the online rules need (no autograd graph):
+
+* ``op_input(x)``: the pooled input P x (identity without pooling), what the op sees and what
+  OTTT's presynaptic trace is kept on: pooling is linear and the same at every step, so the
+  trace of the pooled spikes is the pooled trace, â_P[t] = P â[t];
+* ``op(x_p)`` and ``forward(x)`` = op(op_input(x)): the synaptic current I = op(P x; W) + b;
+* ``input_grad(δ)`` = Pᵀ opᵀ(δ): spatial BP's g_{l−1} = ∂⟨δ_l, I_l⟩/∂x_{l−1};
+* ``accumulate_grad(δ, â, b̂)``: adds the gradient of ⟨δ, op(â; W) + b̂ b⟩ to ``.grad``
+  (FC: ∇W += δᵀ â, ∇b += b̂ Σ_batch δ; conv: the conv weight-gradient of δ against â chained
+  through the standardization, see above).
+
+Pooling uses PyTorch's floor mode (``nn.AvgPool2d``'s default, also used by OTTT's code): a
+7×7 map pooled 2×2 gives 3×3, the last row and column are dropped (they receive no gradient).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ScaledWSConv2d", "avg_pool", "avg_pool_input_grad"]
+__all__ = ["ConvLayer", "DenseLayer", "ScaledWSConv2d", "avg_pool", "avg_pool_input_grad"]
 
 
 class ScaledWSConv2d(nn.Module):
@@ -145,15 +169,192 @@ class ScaledWSConv2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}, eps={self.eps}")
 
 
-def avg_pool(x: Tensor, k: int = 2) -> Tensor:
-    """Non-overlapping k x k average pooling ("AP2" in the paper's network strings)."""
-    if x.shape[-1] % k or x.shape[-2] % k:
-        raise ValueError(f"average pooling {k}x{k} needs H and W divisible by {k}, got "
-                         f"{tuple(x.shape[-2:])}")
-    return F.avg_pool2d(x, k)
+def _pair(k: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(k, int):
+        return (k, k)
+    kh, kw = (int(v) for v in k)
+    return (kh, kw)
 
 
-def avg_pool_input_grad(delta: Tensor, k: int = 2) -> Tensor:
-    """Transpose of :func:`avg_pool`: each input pixel gets δ of its window divided by k²."""
-    return delta.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1).div_(k * k)
+def avg_pool(x: Tensor, k: int | Sequence[int] = 2, *, floor: bool = False) -> Tensor:
+    """Non-overlapping k x k average pooling ("AP2" in the paper's network strings).
 
+    ``k`` may be a pair (k_h, k_w). By default H and W must be divisible by k; with
+    ``floor=True`` the remainder rows and columns are dropped (PyTorch's floor mode).
+    """
+    kh, kw = _pair(k)
+    if not floor and (x.shape[-2] % kh or x.shape[-1] % kw):
+        raise ValueError(f"average pooling {kh}x{kw} needs H and W divisible by {kh} and "
+                         f"{kw}, got {tuple(x.shape[-2:])}")
+    return F.avg_pool2d(x, (kh, kw))
+
+
+def avg_pool_input_grad(delta: Tensor, k: int | Sequence[int] = 2,
+                        input_hw: Sequence[int] | None = None) -> Tensor:
+    """Transpose of :func:`avg_pool`: each input pixel gets δ of its window divided by k².
+
+    ``input_hw`` (H, W) of the pooled input, when floor mode dropped rows or columns: they
+    get zero.
+    """
+    kh, kw = _pair(k)
+    g = delta.repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1).div_(kh * kw)
+    if input_hw is not None:
+        pad_h, pad_w = int(input_hw[0]) - g.shape[-2], int(input_hw[1]) - g.shape[-1]
+        if pad_h or pad_w:
+            g = F.pad(g, (0, pad_w, 0, pad_h))
+    return g
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+class _InputPooling:
+    """Optional average pooling P of what a layer receives, on flattened (B, n) tensors."""
+
+    in_shape: tuple[int, ...]
+    op_in_shape: tuple[int, ...]
+    pool: tuple[int, int] | None
+
+    @staticmethod
+    def _pooled_shape(in_shape: tuple[int, ...], pool: int | Sequence[int] | None
+                      ) -> tuple[tuple[int, int] | None, tuple[int, ...]]:
+        if pool is None:
+            return None, in_shape
+        kh, kw = _pair(pool)
+        if len(in_shape) != 3:
+            raise ValueError(f"average pooling needs a feature map (C, H, W) as input, got "
+                             f"shape {in_shape}")
+        c, h, w = in_shape
+        if min(kh, kw) < 1 or h // kh < 1 or w // kw < 1:
+            raise ValueError(f"average pooling {kh}x{kw} does not fit a {h}x{w} feature map")
+        return (kh, kw), (c, h // kh, w // kw)
+
+    def op_input(self, x: Tensor) -> Tensor:
+        """P x, flattened: the input the synaptic op sees (``x`` itself without pooling)."""
+        if self.pool is None:
+            return x
+        return F.avg_pool2d(x.reshape(x.shape[0], *self.in_shape), self.pool).flatten(1)
+
+    def op_input_grad(self, g: Tensor) -> Tensor:
+        """Pᵀ g, flattened (``g`` itself without pooling)."""
+        if self.pool is None:
+            return g
+        g = g.reshape(g.shape[0], *self.op_in_shape)
+        return avg_pool_input_grad(g, self.pool, self.in_shape[1:]).flatten(1)
+
+    def _pool_token(self) -> str:
+        if self.pool is None:
+            return ""
+        kh, kw = self.pool
+        return f"AP{kh}-" if kh == kw else f"AP{kh}x{kw}-"
+
+
+class DenseLayer(_InputPooling, nn.Linear):
+    """A fully connected synaptic layer on a flattened (optionally pooled) input.
+
+    ``in_shape``: the per-sample shape of what it receives ((n,) for a vector, (C, H, W) for a
+    feature map, flattened in C, H, W order); ``pool``: average pooling of a feature map
+    before flattening. Parameters as :class:`torch.nn.Linear` (same initialisation, same
+    names ``weight``, ``bias``).
+    """
+
+    is_dense = True
+
+    def __init__(self, in_shape: int | Sequence[int], out_features: int,
+                 pool: int | Sequence[int] | None = None, bias: bool = True) -> None:
+        shape = (int(in_shape),) if isinstance(in_shape, int) else tuple(int(d) for d in in_shape)
+        pool_k, op_in_shape = self._pooled_shape(shape, pool)
+        super().__init__(_numel(op_in_shape), int(out_features), bias=bias)
+        self.in_shape = shape
+        self.pool = pool_k
+        self.op_in_shape = op_in_shape
+        self.out_shape: tuple[int, ...] = (int(out_features),)
+
+    @property
+    def token(self) -> str:
+        """This layer in the network-string notation (pooling included), e.g. ``AP2-800``."""
+        return f"{self._pool_token()}{self.out_features}"
+
+    def op(self, x: Tensor) -> Tensor:
+        """I = W x + b for the (pooled) input x."""
+        return F.linear(x, self.weight, self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """I = W P x + b (autograd-differentiable; the BPTT reference uses it)."""
+        return F.linear(self.op_input(x), self.weight, self.bias)
+
+    def input_grad(self, delta: Tensor) -> Tensor:
+        """Pᵀ Wᵀ δ (as a row batch: (δ W) then the pooling transpose)."""
+        return self.op_input_grad(delta @ self.weight)
+
+    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:
+        """∇W += δᵀ â and ∇b += b̂ Σ_batch δ (``trace`` = â of the pooled input)."""
+        if self.weight.grad is None:
+            self.weight.grad = torch.zeros_like(self.weight)
+        self.weight.grad.addmm_(delta.t(), trace)
+        if self.bias is not None:
+            if self.bias.grad is None:
+                self.bias.grad = torch.zeros_like(self.bias)
+            self.bias.grad.add_(delta.sum(0), alpha=bias_trace)
+
+
+class ConvLayer(_InputPooling, ScaledWSConv2d):
+    """A scale-standardized convolution ("<n>C<k>") on a flattened (optionally pooled) map.
+
+    ``in_shape`` (C, H, W) of what it receives; ``pool``: average pooling before the
+    convolution (an "AP2" token in front of it). Stride 1 and "same" padding k // 2 by
+    default. Parameters as :class:`ScaledWSConv2d` (``weight``, ``bias``, ``gain``).
+    """
+
+    is_dense = False
+
+    def __init__(self, in_shape: Sequence[int], out_channels: int, kernel_size: int = 3,
+                 pool: int | Sequence[int] | None = None, stride: int = 1,
+                 padding: int | None = None) -> None:
+        shape = tuple(int(d) for d in in_shape)
+        if len(shape) != 3:
+            raise ValueError(f"a convolution needs a feature map (C, H, W) as input, got "
+                             f"shape {shape}")
+        pool_k, op_in_shape = self._pooled_shape(shape, pool)
+        super().__init__(shape[0], out_channels, kernel_size, stride=stride, padding=padding)
+        self.in_shape = shape
+        self.pool = pool_k
+        self.op_in_shape = op_in_shape
+        out_shape = self.output_shape(op_in_shape)
+        if min(out_shape[1:]) < 1:
+            raise ValueError(f"a {kernel_size}x{kernel_size} convolution does not fit a "
+                             f"{op_in_shape[1]}x{op_in_shape[2]} feature map")
+        self.out_shape = out_shape
+
+    @property
+    def out_features(self) -> int:
+        return _numel(self.out_shape)
+
+    @property
+    def token(self) -> str:
+        """This layer in the network-string notation (pooling included), e.g. ``AP2-256C3``."""
+        return f"{self._pool_token()}{self.out_channels}C{self.kernel_size}"
+
+    def op(self, x: Tensor) -> Tensor:
+        """I = conv(x, Ŵ) + b for the (pooled) input x, (B, C·H·W) in and out."""
+        x4 = x.reshape(x.shape[0], *self.op_in_shape)
+        return ScaledWSConv2d.forward(self, x4).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        """I = conv(P x, Ŵ) + b, flattened (autograd-differentiable, through Ŵ as well)."""
+        return self.op(self.op_input(x))
+
+    def input_grad(self, delta: Tensor) -> Tensor:  # type: ignore[override]
+        """Pᵀ convᵀ(δ, Ŵ), flattened."""
+        b = delta.shape[0]
+        g = ScaledWSConv2d.input_grad(self, delta.reshape(b, *self.out_shape),
+                                      (b, *self.op_in_shape))
+        return self.op_input_grad(g.flatten(1))
+
+    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:
+        """Gradient of ⟨δ, conv(â, Ŵ) + b̂ b⟩ to W, γ and b (``trace`` = â of the pooled
+        input, flattened)."""
+        b = delta.shape[0]
+        ScaledWSConv2d.accumulate_grad(self, delta.reshape(b, *self.out_shape),
+                                       trace.reshape(b, *self.op_in_shape), bias_trace)
