@@ -71,3 +71,105 @@ def bptt_autograd_grads(net: SpikingMLP, x, y, T: int, loss: InstantLoss):
         total = total + loss.per_sample(net.readout(inp), y).mean() / T
     total.backward()
     return {name: q.grad.clone() for name, q in net.named_parameters()}
+
+
+# ---------------------------------------------------------------------------------------
+# networks with conv layers and pooling: the ops written out again, independently of the
+# layers' explicit maps (op_input, input_grad, accumulate_grad) and of their forward
+
+
+def sws_weight(conv):
+    """Ŵ = γ (W − mean W) / √(Σ (W − mean W)² + ε) per output channel, by autograd."""
+    w = conv.weight
+    v = w - w.mean(dim=(1, 2, 3), keepdim=True)
+    return conv.gain * v / (v.square().sum(dim=(1, 2, 3), keepdim=True) + conv.eps).sqrt()
+
+
+def layer_op(layer, x, bias_factor=1.0):
+    """The synaptic current of a DenseLayer / ConvLayer for a flat input x (pooling included),
+    with the bias multiplied by ``bias_factor`` (b̂ for the detached-trace rewriting)."""
+    b = x.shape[0]
+    if layer.pool is not None:
+        x = F.avg_pool2d(x.reshape(b, *layer.in_shape), layer.pool).flatten(1)
+    if hasattr(layer, "gain"):
+        out = F.conv2d(x.reshape(b, *layer.op_in_shape), sws_weight(layer),
+                       stride=layer.stride, padding=layer.padding)
+        out = out + (layer.bias * bias_factor)[None, :, None, None]
+        return out.flatten(1)
+    return F.linear(x, layer.weight) + layer.bias * bias_factor
+
+
+def _lif_value(lif, u_prev, s_prev, current):
+    if lif.reset == "subtract":
+        return lif.lam * (u_prev - lif.v_th * s_prev) + current
+    return lif.lam * u_prev * (1.0 - s_prev) + current
+
+
+def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt", masks=None):
+    """OTTT (``kind="ottt"``) or approximate OTPE (``"approx_otpe"``) with spatial BP, by
+    autograd, for any network of DenseLayer / ConvLayer layers (flat inputs).
+
+    As :func:`ottt_autograd_grads`, u_l[t] is rewritten as const + op(A_l[t]; W_l) + b_l A^b
+    with the trace A = â (OTTT) or ẑ = λ ẑ + â (approximate OTPE) kept on the layer's raw
+    input (before its pooling: the op pools it) and attached to the current input only; the
+    spike's derivative is ψ(u) (OTTT) or ḡ (approximate OTPE, except at the layer feeding the
+    memoryless readout, where it is OTTT's).
+    """
+    for p in net.parameters():
+        p.grad = None
+    lif, sur = net.lif, net.surrogate
+    lam = lif.lam
+    n = len(net.hidden)
+    static = x.dim() == 2
+    batch = y.shape[0]
+    u_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
+    s_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
+    a_prev = [0.0] * n
+    z_prev = [0.0] * n
+    psi_sum = [0.0] * n
+    b_hat = z_b = 0.0
+    total = 0.0
+    for t in range(T):
+        b_hat = lam * b_hat + 1.0
+        z_b = lam * z_b + b_hat
+        inp = x if static else x[t]
+        for l, layer in enumerate(net.hidden):
+            with torch.no_grad():
+                u_val = _lif_value(lif, u_prev[l], s_prev[l], layer_op(layer, inp))
+                s_val = (u_val > lif.v_th).to(u_val.dtype)
+                psi = sur(u_val, lif.v_th)
+                a_val = lam * a_prev[l] + inp
+                z_val = lam * z_prev[l] + a_val
+            psi_sum[l] = lam * psi_sum[l] + psi
+            estimate = kind == "approx_otpe" and l < n - 1
+            a, ab, d = (z_val, z_b, psi_sum[l] / (t + 1)) if estimate else (a_val, b_hat, psi)
+            a_attached = (a - inp).detach() + inp
+            attached = layer_op(layer, a_attached, ab)
+            u = (u_val - attached).detach() + attached
+            s = s_val + d * (u - u.detach())
+            u_prev[l], s_prev[l], a_prev[l], z_prev[l] = u_val, s_val, a_val, z_val
+            inp = s if masks is None else s * masks[l]
+        o = layer_op(net.readout, inp)
+        total = total + loss.per_sample(o, y).mean() / T
+    total.backward()
+    return {name: p.grad.clone() for name, p in net.named_parameters()}
+
+
+def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss):
+    """Exact surrogate-gradient BPTT with the ops of :func:`layer_op` (any layer types)."""
+    for p in net.parameters():
+        p.grad = None
+    static = x.dim() == 2
+    batch = y.shape[0]
+    u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    total = 0.0
+    for t in range(T):
+        inp = x if static else x[t]
+        for l, layer in enumerate(net.hidden):
+            u[l] = _lif_value(net.lif, u[l], s[l], layer_op(layer, inp))
+            s[l] = spike_with_surrogate(u[l], net.lif.v_th, net.surrogate)
+            inp = s[l]
+        total = total + loss.per_sample(layer_op(net.readout, inp), y).mean() / T
+    total.backward()
+    return {name: q.grad.clone() for name, q in net.named_parameters()}

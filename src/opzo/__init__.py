@@ -1,14 +1,15 @@
 """opzo: online, backprop-free training of spiking neural networks.
 
 The centre is OPZO (online pseudo-zeroth-order training); around it stand spatial BP (OTTT),
-DFA, DKP and single-point ZO, all interchangeable :mod:`opzo.rules`.
+DFA, DKP and single-point ZO, all interchangeable :mod:`opzo.rules`, on fully connected or
+convolutional networks (:class:`SpikingNet`, :class:`SpikingMLP`).
 """
 
 from __future__ import annotations
 
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
-from .network import SpikingMLP
+from .network import NETS, SpikingMLP, SpikingNet, parse_net
 from .neuron import LIFParams, lif_step
 from .rules import DFA, DKP, OPZO, RULES, ZO, NoiseSampler, SpatialBP
 from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, make_surrogate
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DFA",
     "DKP",
+    "NETS",
     "OPZO",
     "RULES",
     "ZO",
@@ -30,7 +32,9 @@ __all__ = [
     "SigmoidSurrogate",
     "SpatialBP",
     "SpikingMLP",
+    "SpikingNet",
     "evaluate_batch",
     "lif_step",
     "make_surrogate",
+    "parse_net",
 ]

@@ -4,7 +4,9 @@ The same network, loss and surrogate as the online rules, but the whole unrolled
 kept and differentiated by autograd, through the layers *and* through time (membrane leak,
 reset and the spikes of earlier steps). Memory grows linearly with T. Used as a training
 baseline and as the exact reference gradient for alignment measurements (OTPE paper,
-section 4).
+section 4). It runs the network's own layer objects (their ``forward`` is differentiable,
+through the pooling and the weight standardization of conv layers), so FC and conv networks
+are handled alike.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from .learner import BatchStats
 from .losses import InstantLoss
-from .network import SpikingMLP
+from .network import SpikingNet
 from .surrogate import spike_with_surrogate
 
 
@@ -29,7 +31,7 @@ class BPTTLearner:
 
     name = "bptt"
 
-    def __init__(self, net: SpikingMLP, loss: InstantLoss | None = None) -> None:
+    def __init__(self, net: SpikingNet, loss: InstantLoss | None = None) -> None:
         self.net = net
         self.loss = loss or InstantLoss()
         self.rule = None
@@ -38,7 +40,7 @@ class BPTTLearner:
                    masks: list[Tensor] | None = None) -> BatchStats:
         """Add the exact BPTT gradient of one batch to every parameter's ``.grad``."""
         net, lif = self.net, self.net.lif
-        T = net.check_input(x, T)
+        x, T = net.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
         if masks is None:
@@ -50,8 +52,8 @@ class BPTTLearner:
         with torch.enable_grad():
             for t in range(T):
                 inp = x if static else x[t]
-                for l, lin in enumerate(net.hidden):
-                    current = lin(inp)
+                for l, layer in enumerate(net.hidden):
+                    current = layer(inp)
                     if lif.reset == "subtract":
                         u[l] = lif.lam * (u[l] - lif.v_th * s[l]) + current
                     else:

@@ -3,6 +3,7 @@
     opzo train                                   # OPZO on the embedded MNIST subset
     opzo train --method bp --dataset mnist --data-root ../shared/data/mnist --epochs 50
     opzo train --config configs/mnist-opzo.toml --data-root /data/mnist
+    opzo train --net conv5 --width 0.25          # the paper's 5-layer conv net, 1/4 channels
     opzo train --resume runs/<run>               # continue an interrupted run
     opzo eval runs/<run>                         # test accuracy of a run's checkpoint
     opzo plot runs/a runs/b --out curves.png     # learning curves (+ diagnostics) as a PNG
@@ -61,7 +62,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data_root:
         cfg.data_root = args.data_root
     test_set = make_source(cfg, "test")
-    net = build_network(cfg, test_set.num_inputs, test_set.classes)
+    net = build_network(cfg, test_set.input_shape, test_set.classes)
     net.load_state_dict(state["model"])
     result = evaluate(net, test_set, cfg, InstantLoss(cfg.loss, cfg.gamma))
     print(json.dumps({"run": str(run_dir), "epoch": state["epoch"], **result}, indent=2))
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train", help="train an SNN online",
-        description="Train a fully connected SNN online with a spatial credit rule. Every "
+        description="Train a fully connected or convolutional SNN (--net) online with a "
+        "spatial credit rule. Every "
         "option can also be a key of a TOML/YAML --config file (use _ or -); options given "
         "on the command line override the file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

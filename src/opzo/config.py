@@ -56,7 +56,16 @@ class TrainConfig:
     limit_train: int | None = _opt(None, "use only the first N training samples", min=1)
     limit_test: int | None = _opt(None, "use only the first N test samples", min=1)
     # network
-    hidden: list[int] = _opt([800, 800], "hidden layer sizes, e.g. 800 800", min=1)
+    hidden: list[int] = _opt([800, 800], "hidden layer sizes of the fully connected net, e.g. "
+                             "800 800 (ignored when 'net' is given)", min=1)
+    net: str | None = _opt(
+        None, "network string as in the OPZO paper, e.g. 128C3-AP2-256C3-AP2-512C3-FC "
+        "(<n>C<k>: conv with n channels and a k x k kernel, scaled weight standardization; "
+        "AP<k>: average pooling; GAP: global average pooling; <n>: fully connected hidden "
+        "layer; FC: the readout, last), or a name: conv5, conv9 (the paper's 5- and 9-layer "
+        "conv nets); unset = fully connected from 'hidden'")
+    width: float = _opt(1.0, "multiplies the channels (and neurons) of every hidden layer of "
+                        "'net' (e.g. 0.25 for a CPU-sized conv5)", min=1e-6)
     T: int = _opt(6, "number of time steps per sample", min=1)
     dropout: float = _opt(0.2, "dropout rate (mask fixed over the T steps)", min=0.0, max=0.99)
     init_scale: float = _opt(1.0, "hidden weights are torch's default initialisation times this "
@@ -144,6 +153,26 @@ class TrainConfig:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
                 if "max" in meta and item > meta["max"]:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
+        tokens = None
+        if self.net is not None:
+            from .network import parse_net  # late import: the network pulls in torch
+
+            try:
+                tokens = parse_net(self.net, self.width)
+            except ValueError as exc:
+                raise ConfigError(f"option 'net': {exc}") from None
+        elif self.width != 1.0:
+            raise ConfigError("option 'width' scales the layers of 'net'; for the fully "
+                              "connected net give the sizes with 'hidden' directly")
+        if tokens is not None and any(t.kind == "conv" for t in tokens):
+            if self.trace.removeprefix("f_") in ("ostl", "otpe"):
+                raise ConfigError(
+                    f"trace {self.trace!r} keeps one eligibility per synapse and is implemented "
+                    "for fully connected layers only; use 'ottt' or 'approx_otpe' (or their "
+                    "f_ variants) with a convolutional 'net'")
+            if self.dataset.startswith("randman"):
+                raise ConfigError(f"{self.dataset} gives vectors of input neurons, not images: "
+                                  "a convolutional 'net' needs image or frame datasets")
         if not complete:
             return self
         if self.dataset not in BUILTIN_DATASETS and not self.data_root:

@@ -22,18 +22,18 @@ from torch import Tensor
 from .bptt import BPTTLearner
 from .learner import OnlineLearner
 from .losses import InstantLoss
-from .network import SpikingMLP
+from .network import SpikingNet
 from .rules import SpatialBP, SpatialRule
 
 REFERENCES = ("bp", "bptt")
 
 
-def weight_names(net: SpikingMLP) -> list[str]:
+def weight_names(net: SpikingNet) -> list[str]:
     """Names of the weight matrices, input to output (``hidden.0.weight`` … ``readout.weight``)."""
     return [n for n, p in net.named_parameters() if n.endswith("weight")]
 
 
-def _grads_of(net: SpikingMLP, run) -> dict[str, Tensor]:
+def _grads_of(net: SpikingNet, run) -> dict[str, Tensor]:
     saved = {n: None if p.grad is None else p.grad.clone() for n, p in net.named_parameters()}
     for p in net.parameters():
         p.grad = None
@@ -44,7 +44,7 @@ def _grads_of(net: SpikingMLP, run) -> dict[str, Tensor]:
     return out
 
 
-def gradient_cosine(net: SpikingMLP, rule: SpatialRule | None, x: Tensor, y: Tensor, T: int,
+def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Tensor, T: int,
                     loss: InstantLoss, reference: str = "bp", trace: str = "ottt"
                     ) -> dict[str, float]:
     """Cosine similarity, per weight matrix, of ``rule``'s gradient with the reference's.
@@ -55,6 +55,7 @@ def gradient_cosine(net: SpikingMLP, rule: SpatialRule | None, x: Tensor, y: Ten
     """
     if reference not in REFERENCES:
         raise ValueError(f"unknown reference {reference!r}; choose one of {REFERENCES}")
+    x, T = net.prepare_input(x, T)  # flattened: (B, F) static or (T, B, F)
     rng = torch.get_rng_state()
     try:
         batch = x.shape[0] if x.dim() == 2 else x.shape[1]
@@ -83,7 +84,7 @@ def _cosine(a: Tensor, b: Tensor) -> float:
 class GradientVariance:
     """Welford accumulation of var = Σ_i ‖g_i − ḡ‖² / (n_batches · numel), per weight matrix."""
 
-    def __init__(self, net: SpikingMLP) -> None:
+    def __init__(self, net: SpikingNet) -> None:
         self.net = net
         self.reset()
 

@@ -8,9 +8,12 @@ For one batch, at every time step t = 1..T (OPZO paper section 4.3, OTTT section
 3. each layer's temporal trace records the step (:mod:`opzo.traces`) and may replace the local
    derivative ψ(u_l[t]) the rule uses (OTPE's ḡ);
 4. the rule gives δ_l[t] = ∂L[t]/∂u_l[t] for each hidden layer (spatial credit);
-5. the traces turn them into weight gradients (OTTT: ∇W_l += δ_l[t]ᵀ â_l[t]; OSTL, OTPE,
-   approximate OTPE: their eligibilities); the readout gets ∇W_N += e[t]ᵀ x_{N−1}[t],
-   ∇b_N += Σ_b e[t].
+5. the traces turn them into weight gradients (OTTT: ∇W_l += δ_l[t]ᵀ â_l[t], for a conv layer
+   the conv weight-gradient of δ_l[t] against â_l[t]; OSTL, OTPE, approximate OTPE: their
+   eligibilities); the readout gets ∇W_N += e[t]ᵀ x_{N−1}[t], ∇b_N += Σ_b e[t].
+
+Nothing here depends on the layer type: per-layer tensors are flattened (B, n_l) and each
+layer object applies its own op, transpose and weight gradient (:mod:`opzo.layers`).
 
 The loss is the mean over the batch and the T steps, so gradients are summed over t and divided
 by B·T. ``update="batch"`` (OTTT_A) applies one optimizer step per batch; ``update="step"``
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .losses import InstantLoss
-from .network import SpikingMLP
+from .network import SpikingNet
 from .rules.base import SpatialRule, StepContext
 from .traces import make_output_trace, make_trace, record_for_rule
 
@@ -49,8 +52,8 @@ class BatchStats:
 
 
 class OnlineLearner:
-    """Trains a :class:`SpikingMLP` with a spatial rule and a temporal trace (default OTTT's),
-    writing ``.grad``.
+    """Trains a :class:`~opzo.network.SpikingNet` (FC or conv) with a spatial rule and a
+    temporal trace (default OTTT's), writing ``.grad``.
 
     Example::
 
@@ -58,11 +61,13 @@ class OnlineLearner:
         learner = OnlineLearner(net, OPZO())
         opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=2e-4)
         stats = learner.train_batch(x, y, opt, T=6)   # x: (B, 784) static or (T, B, 784)
+
+    A conv net takes (B, C, H, W) or (T, B, C, H, W) inputs (or the same flattened).
     """
 
     def __init__(
         self,
-        net: SpikingMLP,
+        net: SpikingNet,
         rule: SpatialRule,
         loss: InstantLoss | None = None,
         trace: str = "ottt",
@@ -74,7 +79,8 @@ class OnlineLearner:
         self.rule = rule
         self.loss = loss or InstantLoss()
         self.trace_name = trace
-        make_trace(trace, net.lif)  # validate the name now
+        for l, layer in enumerate(net.hidden):  # validate the name and the layers now
+            make_trace(trace, net.lif, feeds_readout=(l == len(net.hidden) - 1), layer=layer)
         self.update = update
         if not rule.is_bound_to(net):
             rule.bind(net)
@@ -100,7 +106,7 @@ class OnlineLearner:
         (default: drawn afresh when the network is in training mode).
         """
         net, rule = self.net, self.rule
-        T = net.check_input(x, T)
+        x, T = net.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
         if y.shape != (batch,):
@@ -117,7 +123,7 @@ class OnlineLearner:
         readout = net.readout
         traces = [
             make_trace(self.trace_name, net.lif, static_input=(static and l == 0),
-                       feeds_readout=(l == len(hidden) - 1))
+                       feeds_readout=(l == len(hidden) - 1), layer=hidden[l])
             for l in range(len(hidden))
         ]
         head = make_output_trace(self.trace_name, net.lif.lam)  # F-variants: leaky-sum output
@@ -127,9 +133,10 @@ class OnlineLearner:
         gain = net.surrogate.gain()
         gains = None if masks is None else [m * gain for m in masks]
         rule.start_batch()
-        first = None
-        if static and not per_step:
-            first = F.linear(x, hidden[0].weight, hidden[0].bias)
+        first = first_in = None
+        if static and not per_step:  # the first layer's current is the same at every step
+            first_in = hidden[0].op_input(x)
+            first = hidden[0].op(first_in)
         scale = 1.0 / (batch * T)
         out_sum = torch.zeros(batch, net.num_outputs, dtype=x.dtype, device=x.device)
         loss_sum = x.new_zeros(())
@@ -142,32 +149,33 @@ class OnlineLearner:
                 alpha, pos = rule.noise.alpha, rule.noise.position
             else:
                 alpha, pos = 0.0, "after"
-            o, rec = net.step(state, x_t, first_current=first, noise=noise, noise_scale=alpha,
-                              noise_position=pos, masks=masks, gains=gains)
+            o, rec = net.step(state, x_t, first_current=first, first_input=first_in, noise=noise,
+                              noise_scale=alpha, noise_position=pos, masks=masks, gains=gains)
+            assert rec.inputs is not None and rec.readout_in is not None
             out_sum += o
-            lb, e = self.loss.value_and_error(head.push(o, rec.out[-1]), target, y)
+            lb, e = self.loss.value_and_error(head.push(o, rec.readout_in), target, y)
             loss_sum += lb.sum()
             e.mul_(scale)
-            for l, tr in enumerate(traces):
-                tr.push(x_t if l == 0 else rec.out[l - 1], rec, l)
+            for l, tr in enumerate(traces):  # what each op saw (after its pooling)
+                tr.push(rec.inputs[l], rec, l)
             rec = record_for_rule(rec, traces)  # the traces' local derivatives, if any
             ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb.mul_(scale), record=rec,
                               net=net)
             deltas = rule.deltas(ctx)
-            for lin, tr, delta in zip(hidden, traces, deltas):
-                tr.accumulate(delta, lin.weight.grad, lin.bias.grad)
-            head.accumulate(e, readout.weight.grad, readout.bias.grad)
+            for layer, tr, delta in zip(hidden, traces, deltas):
+                tr.accumulate(delta, layer)
+            head.accumulate(e, readout)
             if per_step:
-                for lin, tr in zip(hidden, traces):
-                    tr.flush(lin.weight.grad, lin.bias.grad)
+                for layer, tr in zip(hidden, traces):
+                    tr.flush(layer)
                 assert optimizer is not None
                 with torch.enable_grad():
                     optimizer.step()
                 rule.optimizer_step()
                 for p in net.parameters():
                     p.grad.zero_()
-        for lin, tr in zip(hidden, traces):
-            tr.flush(lin.weight.grad, lin.bias.grad)
+        for layer, tr in zip(hidden, traces):
+            tr.flush(layer)
 
         correct = int((out_sum.argmax(1) == y).sum())
         loss_value = float(loss_sum) / T
@@ -212,22 +220,26 @@ class OnlineLearner:
 
 
 @torch.no_grad()
-def evaluate_batch(net: SpikingMLP, x: Tensor, y: Tensor, loss: InstantLoss,
+def evaluate_batch(net: SpikingNet, x: Tensor, y: Tensor, loss: InstantLoss,
                    T: int | None = None) -> BatchStats:
     """Inference (no noise, no dropout) on one batch: loss of Σ_t o[t]/T terms and accuracy."""
     was_training = net.training
     net.eval()
     try:
-        T = net.check_input(x, T)
+        x, T = net.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
         state = net.initial_state(batch, x)
-        first = F.linear(x, net.hidden[0].weight, net.hidden[0].bias) if static else None
+        first = first_in = None
+        if static:
+            first_in = net.hidden[0].op_input(x)
+            first = net.hidden[0].op(first_in)
         out_sum = None
         loss_sum = 0.0
         spikes = [0.0 for _ in net.hidden]
         for t in range(T):
-            o, rec = net.step(state, x if static else x[t], first_current=first)
+            o, rec = net.step(state, x if static else x[t], first_current=first,
+                              first_input=first_in)
             out_sum = o if out_sum is None else out_sum + o
             loss_sum += float(loss.per_sample(o, y).sum())
             for l, s in enumerate(rec.spikes):

@@ -1,13 +1,39 @@
-"""A fully connected feed-forward SNN with a one-step forward that learning rules hook into.
+"""A feed-forward SNN (fully connected or convolutional) with a one-step forward that
+learning rules hook into.
 
 Layers (OPZO paper, section 3.1 and appendix C.3.2):
 
-* hidden layer l = 1..N−1: synaptic current I_l[t] = W_l x_{l−1}[t] + b_l, LIF neuron of eq. 1,
-  spikes s_l[t]; what it delivers to the next layer is x_l[t] = (s_l[t] + α z_l[t]) ⊙ m_l
-  where α z_l is optional perturbation noise ("after the neuron", OPZO section 4.4) and m_l a
-  dropout mask drawn once per sample and kept over all time steps (0 or 1/(1 − p));
-  with noise "before the neuron" α z_l is added to I_l[t] instead.
-* readout: a non-spiking layer o[t] = W_N x_{N−1}[t] + b_N; classification uses Σ_t o[t].
+* hidden layer l = 1..N−1: synaptic current I_l[t] = op_l(P_l x_{l−1}[t]; W_l) + b_l, with
+  op_l a fully connected layer (W x) or a convolution with scaled weight standardization
+  (conv(x, Ŵ), :mod:`opzo.layers`) and P_l an optional average pooling of its input; LIF
+  neuron of eq. 1, spikes s_l[t]; what it delivers to the next layer is
+  x_l[t] = (s_l[t] + α z_l[t]) ⊙ m_l where α z_l is optional perturbation noise ("after the
+  neuron", OPZO section 4.4) and m_l a dropout mask drawn once per sample and kept over all
+  time steps (0 or 1/(1 − p)); with noise "before the neuron" α z_l is added to I_l[t].
+* readout: a non-spiking layer o[t] = W_N flatten(P_N x_{N−1}[t]) + b_N; classification uses
+  Σ_t o[t].
+
+Every per-layer tensor a learning rule sees is flattened to (B, n_l), n_l = C·H·W for a
+feature map (a contiguous view of (B, C, H, W)): the noise z_l, the spikes, potentials, masks,
+the errors g_l and δ_l, and the rows of DFA's B_l and OPZO's M_l, which are therefore dense
+over all C·H·W neurons of a conv layer (OPZO paper, section 4.2 and appendix C.3). So every
+rule and trace works on conv networks with no conv-specific code; the layers reshape inside.
+
+Networks are written as in the OPZO paper (appendix C.3.2), tokens joined by "-":
+
+* ``<n>C<k>``: a convolution to n channels with a k×k kernel, stride 1, "same" padding,
+  scaled weight standardization, then LIF neurons;
+* ``AP<k>``: k×k average pooling of the spikes of the layer before it (it is the input
+  transform of the next op; floor mode for sizes not divisible by k);
+* ``GAP``: global average pooling (the whole H×W map to 1×1);
+* ``<n>``: a fully connected hidden layer of n LIF neurons (flattens a feature map);
+* ``FC``: the readout, last.
+
+``conv5`` = ``128C3-AP2-256C3-AP2-512C3-FC`` and ``conv9`` =
+``64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-FC`` are the paper's 5- and
+9-layer networks; ``width`` multiplies every hidden layer's channels (and neurons) so that they
+train on a CPU (0.25: ``32C3-AP2-64C3-AP2-128C3-FC``). The FC network 784-800-800-10 is
+``800-800-FC`` on input shape (784,), or :class:`SpikingMLP` ``([784, 800, 800, 10])``.
 
 The network owns only the inference parameters. Learning rules read what one step produced
 (:class:`StepRecord`) and write ``.grad``; their own state lives in the rule.
@@ -15,17 +41,106 @@ The network owns only the inference parameters. Learning rules read what one ste
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import ConvLayer, DenseLayer
 from .neuron import LIFParams, lif_step
 from .surrogate import SigmoidSurrogate, Surrogate
 
 NOISE_POSITIONS = ("after", "before")
+
+#: the OPZO paper's convolutional networks (appendix C.3.2) by name
+NETS: dict[str, str] = {
+    "conv5": "128C3-AP2-256C3-AP2-512C3-FC",
+    "conv9": "64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-FC",
+}
+
+_TOKEN_HELP = ("use <n>C<k> (convolution: n channels, k x k kernel), AP<k> (k x k average "
+               "pooling), GAP (global average pooling), <n> (fully connected hidden layer) "
+               "and FC (the readout, last), joined by '-', e.g. 128C3-AP2-256C3-AP2-512C3-FC; "
+               f"or a name: {', '.join(NETS)}")
+
+
+@dataclass(frozen=True)
+class LayerToken:
+    """One token of a network string: ``kind`` is ``conv`` (``size`` channels, ``kernel``),
+    ``pool`` (``kernel``), ``gap``, ``dense`` (``size`` neurons) or ``readout``."""
+
+    kind: str
+    size: int = 0
+    kernel: int = 0
+
+    def __str__(self) -> str:
+        return {"conv": f"{self.size}C{self.kernel}", "pool": f"AP{self.kernel}",
+                "gap": "GAP", "dense": f"{self.size}", "readout": "FC"}[self.kind]
+
+
+def parse_net(spec: str, width: float = 1.0) -> list[LayerToken]:
+    """Parse a network string (or the name ``conv5`` / ``conv9``) into tokens.
+
+    ``width`` multiplies the channels of every ``<n>C<k>`` and the neurons of every ``<n>``
+    hidden layer (rounded, at least 1). Raises ValueError naming what is allowed.
+    """
+    if not width > 0:
+        raise ValueError(f"width (channel multiplier) must be > 0, got {width}")
+    text = str(spec).strip()
+    text = NETS.get(text.lower(), text)
+    if not text:
+        raise ValueError(f"empty network string; {_TOKEN_HELP}")
+    tokens: list[LayerToken] = []
+    for raw in text.split("-"):
+        tok = raw.strip().upper()
+        if not tok:
+            raise ValueError(f"empty layer token in {spec!r} (two '-' in a row?); {_TOKEN_HELP}")
+        if m := re.fullmatch(r"(\d+)C(\d+)", tok):
+            n, k = int(m[1]), int(m[2])
+            if n < 1 or k < 1:
+                raise ValueError(f"layer token {raw!r}: channels and kernel must be >= 1")
+            tokens.append(LayerToken("conv", max(1, round(n * width)), k))
+        elif m := re.fullmatch(r"AP(\d+)", tok):
+            if int(m[1]) < 1:
+                raise ValueError(f"layer token {raw!r}: the pooling size must be >= 1")
+            tokens.append(LayerToken("pool", kernel=int(m[1])))
+        elif tok == "GAP":
+            tokens.append(LayerToken("gap"))
+        elif tok.isdigit():
+            if int(tok) < 1:
+                raise ValueError(f"layer token {raw!r}: a layer needs >= 1 neuron")
+            tokens.append(LayerToken("dense", max(1, round(int(tok) * width))))
+        elif tok == "FC":
+            tokens.append(LayerToken("readout"))
+        else:
+            raise ValueError(f"unknown layer token {raw.strip()!r} in {spec!r}; {_TOKEN_HELP}")
+    if tokens[-1].kind != "readout" or sum(t.kind == "readout" for t in tokens) != 1:
+        raise ValueError(f"{spec!r}: the readout 'FC' must appear once, as the last token; "
+                         f"{_TOKEN_HELP}")
+    if not any(t.kind in ("conv", "dense") for t in tokens):
+        raise ValueError(f"{spec!r} has no hidden layer: put at least one <n>C<k> or <n> "
+                         "before FC")
+    seen_dense = False
+    for prev, tok in zip([None, *tokens], tokens):
+        if tok.kind in ("pool", "gap") and prev is not None and prev.kind in ("pool", "gap"):
+            raise ValueError(f"{spec!r}: two pooling tokens in a row ({prev}-{tok}); pooling "
+                             "applies to the input of the next layer, use one")
+        if tok.kind in ("pool", "gap") and seen_dense:
+            raise ValueError(f"{spec!r}: pooling ({tok}) after a fully connected layer; "
+                             "pooling applies to feature maps")
+        if tok.kind == "conv" and seen_dense:
+            raise ValueError(f"{spec!r}: a convolution ({tok}) cannot follow a fully connected "
+                             "layer")
+        seen_dense = seen_dense or tok.kind == "dense"
+    return tokens
+
+
+def net_string(tokens: Sequence[LayerToken]) -> str:
+    """The canonical network string of parsed tokens (inverse of :func:`parse_net`)."""
+    return "-".join(str(t) for t in tokens)
 
 
 @dataclass
@@ -42,7 +157,7 @@ class StepRecord:
 
     ``u``: membrane potentials u_l[t]; ``spikes``: s_l[t]; ``out``: x_l[t], what the layer
     delivered to the next one (spikes, plus noise and dropout); ``masks``: the dropout masks
-    (or None).
+    (or None). All (B, n_l), flattened.
     """
 
     u: list[Tensor]
@@ -52,6 +167,11 @@ class StepRecord:
     surrogate: Surrogate
     v_th: float
     gains: list[Tensor] | None = None  # m_l · surrogate.gain(), precomputed per batch
+    #: what each hidden layer's synaptic op saw at this step (its input after pooling,
+    #: flattened): the presynaptic traces are kept on it
+    inputs: list[Tensor] | None = None
+    #: what the readout's linear map saw (x_{N−1}[t] after its pooling, flattened)
+    readout_in: Tensor | None = None
 
     def local_grad(self, l: int, g: Tensor) -> Tensor:
         """δ_l = g ⊙ m_l ⊙ ψ(u_l[t]): an error g at layer l's output x_l taken to its potential.
@@ -73,42 +193,107 @@ class StepRecord:
         return self.local_grad(l, torch.ones_like(self.u[l]))
 
 
-class SpikingMLP(nn.Module):
-    """Fully connected SNN ``sizes[0] → sizes[1] → … → sizes[-1]`` (last layer a readout).
+class SpikingNet(nn.Module):
+    """A feed-forward SNN from a network string (see the module docstring).
 
-    Example: ``SpikingMLP([784, 800, 800, 10], dropout=0.2)`` is the OPZO paper's MNIST net.
+    Example: ``SpikingNet("conv5", input_shape=(1, 28, 28), num_outputs=10, width=0.25)`` is
+    the paper's 5-layer conv net with a quarter of the channels, ``32C3-AP2-64C3-AP2-128C3-FC``.
+    Inputs: (B, *input_shape) or (B, F) flattened, static over T steps, or (T, B, *input_shape)
+    / (T, B, F) per step (F = the product of ``input_shape``).
+
+    ``hidden``: the hidden layers (:class:`~opzo.layers.DenseLayer` or
+    :class:`~opzo.layers.ConvLayer`, each with its input pooling); ``readout``: a
+    :class:`~opzo.layers.DenseLayer` (with its pooling and flattening).
     """
 
     def __init__(
         self,
-        sizes: Sequence[int],
+        spec: str | Sequence[LayerToken],
+        input_shape: int | Sequence[int],
+        num_outputs: int,
+        *,
+        width: float = 1.0,
         lif: LIFParams | None = None,
         surrogate: Surrogate | None = None,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        sizes = [int(n) for n in sizes]
-        if len(sizes) < 3 or any(n <= 0 for n in sizes):
-            raise ValueError(
-                "sizes must list the input, at least one hidden layer and the output, all "
-                f"positive, e.g. [784, 800, 800, 10]; got {sizes}"
-            )
+        tokens = parse_net(spec, width) if isinstance(spec, str) else list(spec)
+        shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(
+            int(d) for d in input_shape)
+        if not shape or any(d < 1 for d in shape):
+            raise ValueError(f"input_shape must be positive sizes, e.g. (1, 28, 28) or (784,); "
+                             f"got {input_shape}")
+        if int(num_outputs) < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout rate must lie in [0, 1), got {dropout}")
-        self.sizes = sizes
+        self.input_shape = shape
+        self.spec = net_string(tokens)
         self.lif = lif or LIFParams()
         self.surrogate = surrogate or SigmoidSurrogate()
         self.dropout = float(dropout)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-2], sizes[1:-1]))
-        self.readout = nn.Linear(sizes[-2], sizes[-1])
+        hidden: list[nn.Module] = []
+        pool: tuple[int, int] | None = None
+        current = shape
+        readout: DenseLayer | None = None
+        for tok in tokens:
+            if tok.kind in ("pool", "gap"):
+                if len(current) != 3:
+                    raise ValueError(f"{self.spec}: pooling ({tok}) needs a feature map, the "
+                                     f"input there has shape {current}")
+                pool = (tok.kernel, tok.kernel) if tok.kind == "pool" else (current[1],
+                                                                           current[2])
+                continue
+            try:
+                if tok.kind == "conv":
+                    if len(current) != 3:
+                        raise ValueError(
+                            f"a convolution ({tok}) needs an image-shaped input (C, H, W); "
+                            f"this network's input has shape {current}: pass input_shape "
+                            "(C, H, W)")
+                    layer: DenseLayer | ConvLayer = ConvLayer(current, tok.size, tok.kernel,
+                                                              pool=pool)
+                elif tok.kind == "dense":
+                    layer = DenseLayer(current, tok.size, pool=pool)
+                else:
+                    readout = DenseLayer(current, int(num_outputs), pool=pool)
+                    break
+            except ValueError as exc:
+                raise ValueError(f"{self.spec} on input {shape}: {exc}") from None
+            hidden.append(layer)
+            current = layer.out_shape
+            pool = None
+        assert readout is not None
+        self.hidden = nn.ModuleList(hidden)
+        self.readout = readout
 
     @property
     def hidden_sizes(self) -> list[int]:
-        return self.sizes[1:-1]
+        """n_l = C·H·W (or the width) of every hidden layer."""
+        return [int(layer.out_features) for layer in self.hidden]
+
+    @property
+    def num_inputs(self) -> int:
+        return math.prod(self.input_shape)
 
     @property
     def num_outputs(self) -> int:
-        return self.sizes[-1]
+        return int(self.readout.out_features)
+
+    @property
+    def sizes(self) -> list[int]:
+        """[F, n_1, …, n_{N−1}, m]: input features, neurons per hidden layer, outputs."""
+        return [self.num_inputs, *self.hidden_sizes, self.num_outputs]
+
+    @property
+    def is_convolutional(self) -> bool:
+        return any(not layer.is_dense for layer in self.hidden)
+
+    def describe(self) -> str:
+        """E.g. ``32C3-AP2-64C3-FC on (1, 28, 28): 25088-12544-10`` (neurons per layer)."""
+        sizes = "-".join(str(n) for n in self.sizes[1:])
+        return f"{self.spec} on {self.input_shape}: {sizes}"
 
     def initial_state(self, batch: int, like: Tensor) -> NetState:
         """Zero potentials and no spikes for every hidden layer."""
@@ -126,24 +311,44 @@ class SpikingMLP(nn.Module):
             masks.append(torch.lt(r, keep, out=r).mul_(1.0 / keep))
         return masks
 
-    def check_input(self, x: Tensor, T: int | None) -> int:
-        """Validate an input of shape (B, F) (static over T steps) or (T, B, F); return T."""
-        f = self.sizes[0]
+    def _input_error(self, x: Tensor) -> ValueError:
+        f = self.num_inputs
+        if len(self.input_shape) == 1:
+            return ValueError(f"input must be (B, {f}) static or (T, B, {f}) per step; got "
+                              f"shape {tuple(x.shape)}")
+        s = ", ".join(str(d) for d in self.input_shape)
+        return ValueError(f"input must be (B, {s}) or (B, {f}) static, or (T, B, {s}) or "
+                          f"(T, B, {f}) per step; got shape {tuple(x.shape)}")
+
+    def prepare_input(self, x: Tensor, T: int | None) -> tuple[Tensor, int]:
+        """Validate an input and return it flattened, (B, F) static or (T, B, F), and T.
+
+        Accepted: (B, *input_shape) or (B, F) static over T steps, (T, B, *input_shape) or
+        (T, B, F) one input per step.
+        """
+        f, dims = self.num_inputs, len(self.input_shape)
+        if (dims > 1 and x.dim() in (dims + 1, dims + 2)
+                and tuple(x.shape[-dims:]) == self.input_shape):
+            x = x.reshape(*x.shape[:-dims], f)
+        elif dims > 1 and x.dim() not in (2, 3):
+            raise self._input_error(x)
         if x.dim() == 2:
             if x.shape[1] != f:
                 raise ValueError(f"input has {x.shape[1]} features, the network expects {f}")
             if T is None or T < 1:
                 raise ValueError("a static input of shape (B, F) needs the number of steps T >= 1")
-            return int(T)
+            return x, int(T)
         if x.dim() == 3:
             if x.shape[2] != f:
                 raise ValueError(f"input has {x.shape[2]} features, the network expects {f}")
             if T is not None and T != x.shape[0]:
                 raise ValueError(f"T={T} disagrees with the input's {x.shape[0]} time steps")
-            return int(x.shape[0])
-        raise ValueError(
-            f"input must be (B, {f}) static or (T, B, {f}) per step; got shape {tuple(x.shape)}"
-        )
+            return x, int(x.shape[0])
+        raise self._input_error(x)
+
+    def check_input(self, x: Tensor, T: int | None) -> int:
+        """Validate an input (see :meth:`prepare_input`); return T."""
+        return self.prepare_input(x, T)[1]
 
     def step(
         self,
@@ -151,6 +356,7 @@ class SpikingMLP(nn.Module):
         x_t: Tensor,
         *,
         first_current: Tensor | None = None,
+        first_input: Tensor | None = None,
         noise: list[Tensor] | None = None,
         noise_scale: float = 1.0,
         noise_position: str = "after",
@@ -159,19 +365,24 @@ class SpikingMLP(nn.Module):
     ) -> tuple[Tensor, StepRecord]:
         """Advance every layer by one time step; return the readout o[t] and the record.
 
-        ``first_current`` may carry W_1 x + b_1 precomputed for a static input (it is the
-        same at every step). ``noise`` holds z_l per hidden layer; α = ``noise_scale``.
+        ``x_t`` is flattened, (B, F). ``first_current`` may carry the first layer's current
+        op_1(P_1 x) + b_1 precomputed for a static input (it is the same at every step), and
+        ``first_input`` its op input P_1 x. ``noise`` holds z_l per hidden layer;
+        α = ``noise_scale``.
         """
         inp = x_t
         us: list[Tensor] = []
         spikes: list[Tensor] = []
         outs: list[Tensor] = []
+        ins: list[Tensor] = []
         after = noise_position == "after"
-        for l, lin in enumerate(self.hidden):
+        for l, layer in enumerate(self.hidden):
             if l == 0 and first_current is not None:
                 current, scratch = first_current, False
+                op_in = layer.op_input(inp) if first_input is None else first_input
             else:
-                current, scratch = F.linear(inp, lin.weight, lin.bias), True
+                op_in = layer.op_input(inp)
+                current, scratch = layer.op(op_in), True
             if noise is not None and not after:
                 current = torch.add(current, noise[l], alpha=noise_scale)
                 scratch = True
@@ -186,23 +397,54 @@ class SpikingMLP(nn.Module):
             us.append(u)
             spikes.append(s)
             outs.append(out)
+            ins.append(op_in)
             inp = out
-        o = F.linear(inp, self.readout.weight, self.readout.bias)
-        return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains)
+        r_in = self.readout.op_input(inp)
+        o = self.readout.op(r_in)
+        return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains,
+                             inputs=ins, readout_in=r_in)
 
     def forward(self, x: Tensor, T: int | None = None) -> Tensor:
-        """Inference: Σ_t o[t] over T steps for ``x`` of shape (B, F) (static) or (T, B, F)."""
-        T = self.check_input(x, T)
+        """Inference: Σ_t o[t] over T steps for a static or per-step input (see
+        :meth:`prepare_input`)."""
+        x, T = self.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
         state = self.initial_state(batch, x)
         masks = self.dropout_masks(batch, x)
-        first = F.linear(x, self.hidden[0].weight, self.hidden[0].bias) if static else None
+        first = first_in = None
+        if static:
+            first_in = self.hidden[0].op_input(x)
+            first = self.hidden[0].op(first_in)
         total = None
         for t in range(T):
-            o, _ = self.step(
-                state, x if static else x[t], first_current=first, masks=masks
-            )
+            o, _ = self.step(state, x if static else x[t], first_current=first,
+                             first_input=first_in, masks=masks)
             total = o if total is None else total + o
         assert total is not None
         return total
+
+
+class SpikingMLP(SpikingNet):
+    """Fully connected SNN ``sizes[0] → sizes[1] → … → sizes[-1]`` (last layer a readout).
+
+    Example: ``SpikingMLP([784, 800, 800, 10], dropout=0.2)`` is the OPZO paper's MNIST net;
+    it is ``SpikingNet("800-800-FC", input_shape=784, num_outputs=10, dropout=0.2)``.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        lif: LIFParams | None = None,
+        surrogate: Surrogate | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        sizes = [int(n) for n in sizes]
+        if len(sizes) < 3 or any(n <= 0 for n in sizes):
+            raise ValueError(
+                "sizes must list the input, at least one hidden layer and the output, all "
+                f"positive, e.g. [784, 800, 800, 10]; got {sizes}"
+            )
+        tokens = [LayerToken("dense", n) for n in sizes[1:-1]] + [LayerToken("readout")]
+        super().__init__(tokens, (sizes[0],), sizes[-1], lif=lif, surrogate=surrogate,
+                         dropout=dropout)

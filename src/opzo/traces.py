@@ -44,6 +44,18 @@ O[t] = λ O[t−1] + o[t] (:class:`OutputTrace`), which integrates with leak λ 
 then the last hidden layer gets the OTPE trace too, and F-OTPE's gradient of a network with
 one hidden layer is the exact (BPTT) gradient of that loss.
 
+**Layers.** A trace works on flattened (B, n) tensors and writes the gradient through the
+layer object it is given (:mod:`opzo.layers`): ``layer.accumulate_grad(δ, â, b̂)`` adds the
+gradient of ⟨δ, op(â; W) + b̂ b⟩, which is δᵀ â for a fully connected layer and the conv
+weight-gradient of δ against â (chained through the weight standardization) for a conv
+layer. The input x[t] pushed to a trace is what the layer's op saw (after the layer's input
+pooling; pooling is linear, so pooling the trace equals the trace of the pooled spikes).
+OTTT and approximate OTPE keep presynaptic traces (one value per input neuron) and so work
+on every layer type. OSTL and OTPE keep one eligibility per synapse W_ji (per sample); a
+convolution shares each weight among all positions of a map, so theirs would be a different
+object (a per-sample sum over positions of the position-wise eligibilities): they are
+implemented for fully connected layers only, and :func:`make_trace` says so for a conv layer.
+
 **Static input.** With the same x at every step (direct-current encoding) the first
 layer's traces are per-neuron scalars times x: â[t] = b̂[t] x, ε_bji[t] = c_bj[t] x_bi,
 R̂_bji[t] = r_bj[t] x_bi, ẑ[t] = ẑ^b[t] x. They then keep O(n) state and do one
@@ -58,8 +70,12 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
+from .layers import ConvLayer, DenseLayer
 from .network import StepRecord
 from .neuron import LIFParams
+
+#: a hidden layer a trace writes gradients through (see :mod:`opzo.layers`)
+SynapticLayer = DenseLayer | ConvLayer
 
 #: the temporal credit rules; the ``f_`` variants take the loss on the leaky sum of outputs
 BASE_TRACES = ("ottt", "ostl", "otpe", "approx_otpe")
@@ -67,7 +83,7 @@ TRACES = BASE_TRACES + tuple(f"f_{name}" for name in BASE_TRACES)
 
 
 class Trace:
-    """Temporal credit of one fully connected hidden layer (the interface; see module doc)."""
+    """Temporal credit of one hidden layer (the interface; see the module docstring)."""
 
     name = "trace"
 
@@ -82,11 +98,12 @@ class Trace:
         """D_l[t] for the spatial rule in place of ψ(u_l[t]) (None: ψ(u_l[t]) itself)."""
         return None
 
-    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
-        """Add step t's gradient given δ_l[t] = g_l[t] ⊙ m_l ⊙ D_l[t], shape (B, n)."""
+    def accumulate(self, delta: Tensor, layer: SynapticLayer) -> None:
+        """Add step t's gradient given δ_l[t] = g_l[t] ⊙ m_l ⊙ D_l[t], shape (B, n), to the
+        ``.grad`` of ``layer``'s parameters."""
         raise NotImplementedError
 
-    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
+    def flush(self, layer: SynapticLayer) -> None:
         """Write what is still pending (static input: one GEMM for all steps so far)."""
 
     def state_nbytes(self) -> int:
@@ -96,6 +113,16 @@ class Trace:
 
 def _nbytes(*tensors: Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _grads(layer: SynapticLayer) -> tuple[Tensor, Tensor | None]:
+    """(∇W, ∇b) of a fully connected layer, created as zeros if missing."""
+    w, b = layer.weight, layer.bias
+    if w.grad is None:
+        w.grad = torch.zeros_like(w)
+    if b is not None and b.grad is None:
+        b.grad = torch.zeros_like(b)
+    return w.grad, None if b is None else b.grad
 
 
 class OTTTTrace(Trace):
@@ -139,8 +166,8 @@ class OTTTTrace(Trace):
         assert self.a is not None, "push() an input first"
         return self.a * self.c if self.static_input else self.a
 
-    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
-        """∇W += δ[t]ᵀ â[t] and ∇b += b̂[t] Σ_batch δ[t]."""
+    def accumulate(self, delta: Tensor, layer: SynapticLayer) -> None:
+        """∇W += δ[t]ᵀ â[t] (conv: the conv weight-gradient) and ∇b += b̂[t] Σ_batch δ[t]."""
         assert self.a is not None, "push() the step's input before accumulating"
         if self.static_input:
             if self._delta_sum is None:
@@ -148,16 +175,12 @@ class OTTTTrace(Trace):
             else:
                 self._delta_sum.add_(delta, alpha=self.c)
             return
-        grad_w.addmm_(delta.t(), self.a)
-        if grad_b is not None:
-            grad_b.add_(delta.sum(0), alpha=self.c)
+        layer.accumulate_grad(delta, self.a, self.c)
 
-    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
+    def flush(self, layer: SynapticLayer) -> None:
         if self._delta_sum is not None:
             assert self.a is not None
-            grad_w.addmm_(self._delta_sum.t(), self.a)
-            if grad_b is not None:
-                grad_b.add_(self._delta_sum.sum(0))
+            layer.accumulate_grad(self._delta_sum, self.a, 1.0)
             self._delta_sum = None
 
     def state_nbytes(self) -> int:
@@ -249,17 +272,15 @@ class OSTLTrace(Trace):
         if grad_b is not None:
             grad_b.add_((factor * weight_factor).sum(0))
 
-    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
+    def accumulate(self, delta: Tensor, layer: SynapticLayer) -> None:
         """∇W_ji += Σ_b δ_bj ε_bji,  ∇b_j += Σ_b δ_bj ε^b_bj."""
         assert self.c is not None, "push() the step's input before accumulating"
-        self._add(delta, self.eps, self.c, grad_w, grad_b)
+        self._add(delta, self.eps, self.c, *_grads(layer))
 
-    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
+    def flush(self, layer: SynapticLayer) -> None:
         if self._pending is not None:
             assert self.x is not None
-            grad_w.addmm_(self._pending.t(), self.x)
-            if grad_b is not None:
-                grad_b.add_(self._pending.sum(0))
+            layer.accumulate_grad(self._pending, self.x, 1.0)
             self._pending = None
 
     def state_nbytes(self) -> int:
@@ -318,12 +339,12 @@ class OTPETrace(OSTLTrace):
     def local_derivative(self) -> Tensor | None:
         return self.gbar
 
-    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
+    def accumulate(self, delta: Tensor, layer: SynapticLayer) -> None:
         """∇W_ji += Σ_b (δ/ḡ)_bj R̂_bji,  ∇b_j += Σ_b (δ/ḡ)_bj R̂^b_bj."""
         assert self.gbar is not None and self.rb is not None, "push() before accumulating"
         tiny = torch.finfo(self.gbar.dtype).tiny
         spike_error = delta / self.gbar.clamp_min(tiny)  # g ⊙ m; 0 where ḡ (and R̂) is 0
-        self._add(spike_error, self.R, self.rb, grad_w, grad_b)
+        self._add(spike_error, self.R, self.rb, *_grads(layer))
 
     def state_nbytes(self) -> int:
         return super().state_nbytes() + _nbytes(self.R, self.rb, self.S, self.gbar)
@@ -391,8 +412,8 @@ class ApproxOTPETrace(Trace):
     def local_derivative(self) -> Tensor | None:
         return self.gbar
 
-    def accumulate(self, delta: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
-        """∇W += δ[t]ᵀ ẑ[t],  ∇b += ẑ^b[t] Σ_batch δ[t]."""
+    def accumulate(self, delta: Tensor, layer: SynapticLayer) -> None:
+        """∇W += δ[t]ᵀ ẑ[t] (conv: the conv weight-gradient),  ∇b += ẑ^b[t] Σ_batch δ[t]."""
         assert self.a is not None, "push() the step's input before accumulating"
         if self.static_input:
             if self._pending is None:
@@ -401,16 +422,12 @@ class ApproxOTPETrace(Trace):
                 self._pending.add_(delta, alpha=self.zb)
             return
         assert self.z is not None
-        grad_w.addmm_(delta.t(), self.z)
-        if grad_b is not None:
-            grad_b.add_(delta.sum(0), alpha=self.zb)
+        layer.accumulate_grad(delta, self.z, self.zb)
 
-    def flush(self, grad_w: Tensor, grad_b: Tensor | None) -> None:
+    def flush(self, layer: SynapticLayer) -> None:
         if self._pending is not None:
             assert self.a is not None
-            grad_w.addmm_(self._pending.t(), self.a)
-            if grad_b is not None:
-                grad_b.add_(self._pending.sum(0))
+            layer.accumulate_grad(self._pending, self.a, 1.0)
             self._pending = None
 
     def state_nbytes(self) -> int:
@@ -427,20 +444,27 @@ def _check_name(name: str) -> tuple[str, bool]:
 
 
 def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
-               feeds_readout: bool = False) -> Trace:
+               feeds_readout: bool = False, layer: SynapticLayer | None = None) -> Trace:
     """Build the temporal trace ``name`` (one of :data:`TRACES`) of one hidden layer.
 
     ``lif``: the network's LIF parameters (a bare float is taken as the leak λ).
     ``static_input``: the layer sees the same input at every step (enables the fast path).
     ``feeds_readout``: the layer's spikes go to the readout; unless the name is an F-variant
     (leaky-sum output) the readout keeps no state, and OTPE / approximate OTPE reduce there
-    to OSTL / OTTT (see the module docstring).
+    to OSTL / OTTT (see the module docstring). ``layer``: the layer it will serve (checked:
+    OSTL and OTPE need a fully connected one).
     """
     base, leaky_output = _check_name(name)
     if not isinstance(lif, LIFParams):
         lif = LIFParams(lam=float(lif))
     if feeds_readout and not leaky_output:
         base = {"otpe": "ostl", "approx_otpe": "ottt"}.get(base, base)
+    if base in ("ostl", "otpe") and layer is not None and not getattr(layer, "is_dense", True):
+        what = getattr(layer, "token", type(layer).__name__)
+        raise ValueError(
+            f"the {name!r} trace keeps one eligibility per synapse and is implemented for fully "
+            f"connected layers only; layer {what} is a convolution. Use trace 'ottt' or "
+            "'approx_otpe' (or their f_ variants) on convolutional networks")
     if base == "ottt":
         return OTTTTrace(lif.lam, static_input)
     if base == "ostl":
@@ -484,15 +508,13 @@ class OutputTrace:
         self.out = o if self.out is None else torch.add(o, self.out, alpha=self.leak)
         return self.out
 
-    def accumulate(self, error: Tensor, grad_w: Tensor, grad_b: Tensor | None) -> None:
-        """The readout's gradient for the error e[t] at what :meth:`push` returned."""
+    def accumulate(self, error: Tensor, readout: DenseLayer) -> None:
+        """Add the readout's gradient for the error e[t] at what :meth:`push` returned."""
         if self.trace is not None:
-            self.trace.accumulate(error, grad_w, grad_b)
+            self.trace.accumulate(error, readout)
             return
         assert self.x is not None, "push() the step's output first"
-        grad_w.addmm_(error.t(), self.x)
-        if grad_b is not None:
-            grad_b.add_(error.sum(0))
+        readout.accumulate_grad(error, self.x, 1.0)
 
 
 def make_output_trace(name: str, lam: float) -> OutputTrace:

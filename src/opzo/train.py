@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from .data.sources import FrameSource, ImageSource, SequenceSource
 from .diagnostics import GradientVariance, gradient_cosine
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
-from .network import SpikingMLP
+from .network import SpikingMLP, SpikingNet
 from .neuron import LIFParams
 from .rules import DFA, DKP, OPZO, ZO, NoiseSampler, SpatialBP, SpatialRule
 from .surrogate import make_surrogate
@@ -44,8 +45,14 @@ from .surrogate import make_surrogate
 CHECKPOINT = "checkpoint.pt"
 
 
-def build_network(cfg: TrainConfig, num_inputs: int, num_classes: int) -> SpikingMLP:
-    """The SNN of the config: inputs → hidden LIF layers → readout."""
+def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classes: int
+                  ) -> SpikingNet:
+    """The SNN of the config: inputs → hidden LIF layers → readout.
+
+    ``input_shape``: the source's ``input_shape`` ((1, H, W) for images, (C, H, W) for
+    frames, (F,) for vectors; a bare int is (F,)). With ``cfg.net`` the network of that string
+    (scaled by ``cfg.width``), else the fully connected net of ``cfg.hidden``.
+    """
     if cfg.surrogate == "sigmoid":
         surrogate = make_surrogate("sigmoid", a=cfg.sigmoid_a)
     elif cfg.surrogate == "fast-sigmoid":
@@ -53,20 +60,25 @@ def build_network(cfg: TrainConfig, num_inputs: int, num_classes: int) -> Spikin
     else:  # localzo, or sparsegrad (the same distribution's expected surrogate, thresholded)
         surrogate = make_surrogate(cfg.surrogate, delta=cfg.localzo_delta, m=cfg.localzo_m,
                                    distribution=cfg.localzo_dist)
-    net = SpikingMLP(
-        [num_inputs, *cfg.hidden, num_classes],
-        lif=LIFParams(lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset),
-        surrogate=surrogate,
-        dropout=cfg.dropout,
-    )
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
+    lif = LIFParams(lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset)
+    net: SpikingNet
+    if cfg.net is not None:
+        net = SpikingNet(cfg.net, shape, num_classes, width=cfg.width, lif=lif,
+                         surrogate=surrogate, dropout=cfg.dropout)
+    else:
+        net = SpikingMLP([math.prod(shape), *cfg.hidden, num_classes], lif=lif,
+                         surrogate=surrogate, dropout=cfg.dropout)
     if cfg.init_scale != 1.0:
         with torch.no_grad():
-            for lin in net.hidden:
-                lin.weight.mul_(cfg.init_scale)
+            for layer in net.hidden:
+                # a standardized conv weight ignores its scale: scale its gain instead
+                gain = getattr(layer, "gain", None)
+                (gain if gain is not None else layer.weight).mul_(cfg.init_scale)
     return net
 
 
-def build_learner(cfg: TrainConfig, net: SpikingMLP, loss: InstantLoss
+def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss
                   ) -> OnlineLearner | BPTTLearner:
     """The online learner with the config's rule, or the BPTT learner for ``bptt``."""
     if cfg.method == "bptt":
@@ -218,7 +230,7 @@ def make_source(cfg: TrainConfig, split: str) -> ImageSource | FrameSource | Seq
     return source.head(limit) if limit else source
 
 
-def evaluate(net: SpikingMLP, source: ImageSource | FrameSource, cfg: TrainConfig,
+def evaluate(net: SpikingNet, source: ImageSource | FrameSource, cfg: TrainConfig,
              loss: InstantLoss) -> dict:
     """Test loss, accuracy and firing rates of ``net`` on ``source`` (no noise, no dropout)."""
     acc = Accumulator()
@@ -285,7 +297,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     test_set = make_source(cfg, "test")
 
     torch.manual_seed(cfg.seed)
-    net = build_network(cfg, train_set.num_inputs, train_set.classes)
+    net = build_network(cfg, train_set.input_shape, train_set.classes)
     loss = InstantLoss(cfg.loss, cfg.gamma)
     learner = build_learner(cfg, net, loss)
     rule = learner.rule
@@ -341,7 +353,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
 
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
     log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test), "
-        f"net {net.sizes}, T={cfg.T}, {cfg.epochs} epochs -> {run_dir}")
+        f"net {net.describe()}, T={cfg.T}, {cfg.epochs} epochs -> {run_dir}")
     seen = start_batch
     t_start = time.perf_counter()
     previous_handler = _checkpoint_on_sigterm()

@@ -1,6 +1,6 @@
 """Input sources: a dataset split turned into batches of network inputs ``(x, y)``.
 
-Two kinds feed the same training loop:
+Three kinds feed the same training loop:
 
 * :class:`ImageSource` — static images (MNIST, Fashion-MNIST, the embedded subset) passed
   through an :class:`~opzo.data.encoders.Encoder`: ``x`` is (B, F) for direct-current coding
@@ -9,6 +9,10 @@ Two kinds feed the same training loop:
   (N-MNIST binned in 3 ms frames): ``x`` is (T, B, C·H·W), read from disk batch by batch.
 * :class:`SequenceSource` — spike sequences held in memory as one (T, N, F) tensor (Randman):
   ``x`` is (T, B, F).
+
+Inputs are delivered flattened (F = C·H·W, in C, H, W order); each source's ``input_shape``
+says what they are, (1, H, W) for grey images, (C, H, W) for frames, (F,) for sequences, and
+the network is built for it (a conv net views its flat input as (B, C, H, W)).
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ class ImageSource:
     @property
     def num_inputs(self) -> int:
         return int(self.data.images[0].numel())
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(1, H, W): one grey channel."""
+        return (1, *(int(d) for d in self.data.images.shape[1:]))
 
     @property
     def classes(self) -> int:
@@ -87,6 +96,11 @@ class FrameSource:
             n *= d
         return n
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one frame."""
+        return tuple(int(d) for d in self._shape[1:])
+
     def __len__(self) -> int:
         return len(self._index())
 
@@ -122,6 +136,11 @@ class SequenceSource:
     @property
     def num_inputs(self) -> int:
         return int(self.spikes.shape[2])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(F,): a vector of input neurons."""
+        return (self.num_inputs,)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

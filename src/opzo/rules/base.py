@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..network import NOISE_POSITIONS, SpikingMLP, StepRecord
+from ..network import NOISE_POSITIONS, SpikingNet, StepRecord
 
 NOISE_DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
 
@@ -38,7 +38,7 @@ class StepContext:
     error: Tensor
     loss: Tensor
     record: StepRecord
-    net: SpikingMLP
+    net: SpikingNet
 
 
 class SpatialRule:
@@ -48,12 +48,12 @@ class SpatialRule:
     #: the perturbation injected in the forward pass, or None for a noise-free rule
     noise: NoiseSampler | None = None
 
-    def bind(self, net: SpikingMLP) -> None:
+    def bind(self, net: SpikingNet) -> None:
         """Allocate state for ``net`` (called once, before the first step)."""
         self.sizes = list(net.hidden_sizes)
         self.num_outputs = net.num_outputs
 
-    def is_bound_to(self, net: SpikingMLP) -> bool:
+    def is_bound_to(self, net: SpikingNet) -> bool:
         """True when the rule already holds state shaped for ``net`` (e.g. a deep copy)."""
         return (getattr(self, "sizes", None) == list(net.hidden_sizes)
                 and getattr(self, "num_outputs", None) == net.num_outputs)

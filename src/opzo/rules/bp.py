@@ -4,7 +4,10 @@
 
 i.e. the instantaneous gradient of OTTT (Xiao et al. 2022), layer by layer with surrogate
 derivatives. Needs weight transport (the forward weights are read for the backward pass).
-Implemented explicitly (no autograd graph); tests check it against autograd.
+"W_lᵀ δ" is each layer's ``input_grad``: the transposed matrix for a fully connected layer,
+the transposed convolution with the standardized weight Ŵ for a conv layer, followed by the
+transpose of the layer's input pooling (:mod:`opzo.layers`). Implemented explicitly (no
+autograd graph); tests check it against autograd, FC and conv.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ class SpatialBP(SpatialRule):
         net, rec = ctx.net, ctx.record
         n = len(net.hidden)
         out: list[Tensor] = [ctx.error] * n
-        g = ctx.error @ net.readout.weight
+        g = net.readout.input_grad(ctx.error)
         for l in range(n - 1, -1, -1):
             delta = rec.local_grad(l, g)
             out[l] = delta
             if l > 0:
-                g = delta @ net.hidden[l].weight
+                g = net.hidden[l].input_grad(delta)
         return out

@@ -4,7 +4,9 @@
 
 with F_l of shape (n_l, m). The F_l of all layers are stacked into one (Σ n_l, m) matrix, so
 the feedback to all layers is one product per step (stored transposed, (m, Σ n_l), so that
-product reads contiguous memory). What differs is F:
+product reads contiguous memory). For a conv layer n_l = C·H·W: F_l is dense over every
+neuron of every feature map (each neuron is perturbed and fed back on its own, as in the FC
+case), and g_l comes out flattened like the layer's spikes. What differs is F:
 
 * :class:`DFA` — fixed random F (Nøkland 2016), Kaiming-uniform initialised.
 * :class:`DKP` — F learned from zero (Webster et al. 2020, Kolen-Pollack style): its gradient
@@ -21,14 +23,14 @@ import math
 import torch
 from torch import Tensor
 
-from ..network import SpikingMLP
+from ..network import SpikingNet
 from .base import NoiseSampler, SpatialRule, StepContext
 
 
 class DirectFeedbackRule(SpatialRule):
     """g_l = F_l e for all layers at once; subclasses define how F is made and updated."""
 
-    def bind(self, net: SpikingMLP) -> None:
+    def bind(self, net: SpikingNet) -> None:
         super().bind(net)
         w = net.readout.weight
         #: Fᵀ, shape (m, Σ n_l)
@@ -67,7 +69,7 @@ class DFA(DirectFeedbackRule):
 
     name = "dfa"
 
-    def bind(self, net: SpikingMLP) -> None:
+    def bind(self, net: SpikingNet) -> None:
         super().bind(net)
         for block in self.feedback_blocks():
             # same law as torch.nn.Linear's default init, fan-in = m outputs
@@ -84,7 +86,7 @@ class DKP(DirectFeedbackRule):
         self.weight_decay = float(weight_decay)
         self.lam = lam
 
-    def bind(self, net: SpikingMLP) -> None:
+    def bind(self, net: SpikingNet) -> None:
         super().bind(net)
         self.trace_lam = net.lif.lam if self.lam is None else float(self.lam)
         self.feedback_t.grad = torch.zeros_like(self.feedback_t)
