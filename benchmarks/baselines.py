@@ -1,20 +1,26 @@
 """Autograd baselines for the benchmarks: OTTT through autograd, and BPTT.
 
 These are what one writes without opzo's explicit rules: the same network and loss, gradients
-by ``loss.backward()``. They train the same :class:`opzo.SpikingMLP` parameters.
+by ``loss.backward()``. They train the same :class:`opzo.SpikingNet` parameters (FC or conv:
+the layers' own differentiable ``forward`` is used).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from opzo import InstantLoss, SpikingMLP
+from opzo import InstantLoss, SpikingNet
 from opzo.bptt import BPTTLearner
 from opzo.surrogate import spike_with_surrogate
 
 
-def autograd_ottt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) -> None:
+def _bias_per_neuron(layer) -> torch.Tensor:
+    """The layer's bias as one value per output neuron (a conv bias repeated over H·W)."""
+    per_map = layer.out_features // layer.bias.numel()
+    return layer.bias if per_map == 1 else layer.bias.repeat_interleave(per_map)
+
+
+def autograd_ottt_step(net: SpikingNet, x, y, T: int, loss: InstantLoss, opt) -> None:
     """OTTT with autograd: one backward per time step through the layers (traces detached)."""
     opt.zero_grad(set_to_none=False)
     p, lam = net.lif, net.lif.lam
@@ -27,11 +33,12 @@ def autograd_ottt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) ->
     for t in range(T):
         b_hat = lam * b_hat + 1.0
         inp = x if x.dim() == 2 else x[t]
-        for l, lin in enumerate(net.hidden):
+        for l, layer in enumerate(net.hidden):
             a[l] = inp if a[l] is None else lam * a[l] + inp
             with torch.no_grad():
-                u_val = lam * (u[l] - p.v_th * s[l]) + F.linear(inp, lin.weight, lin.bias)
-            attached = F.linear(a[l], lin.weight) + lin.bias * b_hat
+                u_val = lam * (u[l] - p.v_th * s[l]) + layer(inp)
+            # op(â; W) + b̂ b = layer(â) + (b̂ − 1) b
+            attached = layer(a[l]) + _bias_per_neuron(layer) * (b_hat - 1.0)
             ul = (u_val - attached).detach() + attached
             sl = spike_with_surrogate(ul, p.v_th, net.surrogate)
             u[l], s[l] = u_val, sl.detach()
@@ -42,6 +49,6 @@ def autograd_ottt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) ->
     opt.step()
 
 
-def bptt_step(net: SpikingMLP, x, y, T: int, loss: InstantLoss, opt) -> None:
+def bptt_step(net: SpikingNet, x, y, T: int, loss: InstantLoss, opt) -> None:
     """Exact surrogate-gradient BPTT (opzo's BPTTLearner): the unrolled graph is kept."""
     BPTTLearner(net, loss).train_batch(x, y, opt, T=T)

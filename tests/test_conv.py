@@ -492,3 +492,29 @@ def test_conv_resume_equals_uninterrupted(tmp_path, method):
         assert torch.equal(full["model"][k], cut["model"][k]), k
     if method == "opzo":
         assert torch.equal(full["rule"]["feedback_t"], cut["rule"]["feedback_t"])
+
+
+def test_nmnist_frames_train_a_conv_net(tmp_path):
+    """Event frames reach a conv net as 2x34x34 maps (the source declares the shape)."""
+    from .test_readers import _encode_nmnist
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("Train", 2), ("Test", 1)):
+        for digit in range(10):
+            folder = tmp_path / "data" / split / str(digit)
+            folder.mkdir(parents=True)
+            for k in range(n):
+                count = 30
+                x = (torch.randint(0, 7, (count,), generator=g) + 3 * digit).tolist()
+                y = torch.randint(0, 34, (count,), generator=g).tolist()
+                p = torch.randint(0, 2, (count,), generator=g).tolist()
+                t = sorted(torch.randint(0, 9000, (count,), generator=g).tolist())
+                (folder / f"{k:05d}.bin").write_bytes(_encode_nmnist(x, y, p, t))
+    cfg = TrainConfig.from_dict(dict(dataset="nmnist", data_root=str(tmp_path / "data"), T=3,
+                                     net="4C3-AP2-FC", epochs=1, batch_size=10, threads=1))
+    assert make_source(cfg, "test").input_shape == (2, 34, 34)
+    summary = run_training(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert summary["final_test_acc"] is not None
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["model"]["hidden.0.weight"].shape == (4, 2, 3, 3)
+    assert ckpt["model"]["readout.weight"].shape == (10, 4 * 17 * 17)
