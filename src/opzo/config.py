@@ -161,7 +161,9 @@ class TrainConfig:
                 tokens = parse_net(self.net, self.width)
             except ValueError as exc:
                 raise ConfigError(f"option 'net': {exc}") from None
-        elif self.width != 1.0:
+        if not complete:
+            return self
+        if self.net is None and self.width != 1.0:
             raise ConfigError("option 'width' scales the layers of 'net'; for the fully "
                               "connected net give the sizes with 'hidden' directly")
         if tokens is not None and any(t.kind == "conv" for t in tokens):
@@ -173,8 +175,6 @@ class TrainConfig:
             if self.dataset.startswith("randman"):
                 raise ConfigError(f"{self.dataset} gives vectors of input neurons, not images: "
                                   "a convolutional 'net' needs image or frame datasets")
-        if not complete:
-            return self
         if self.dataset not in BUILTIN_DATASETS and not self.data_root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
