@@ -201,6 +201,8 @@ class SpikingNet(nn.Module):
     Inputs: (B, *input_shape) or (B, F) flattened, static over T steps, or (T, B, *input_shape)
     / (T, B, F) per step (F = the product of ``input_shape``).
 
+    ``spec``: a network string or name (parsed by :func:`parse_net` with ``width``), or
+    tokens as :func:`parse_net` returns them (taken as they are; ``width`` is not applied).
     ``hidden``: the hidden layers (:class:`~opzo.layers.DenseLayer` or
     :class:`~opzo.layers.ConvLayer`, each with its input pooling); ``readout``: a
     :class:`~opzo.layers.DenseLayer` (with its pooling and flattening).
