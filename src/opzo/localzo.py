@@ -510,8 +510,11 @@ class SparseGradSurrogate(Surrogate):
         if threshold is None:
             threshold = self.local.expected_threshold()
         if not 0.0 < threshold < math.inf:
-            raise ValueError(f"back-propagation threshold must be finite and > 0, got "
-                             f"{threshold} (fast-sigmoid needs z_max)")
+            raise ValueError(
+                f"back-propagation threshold must be finite and > 0, got {threshold}: the "
+                f"{distribution} distribution's E|z| is infinite unless |z| is truncated "
+                "(pass z_max=... from Python, or use the normal, uniform, laplace or sigmoid "
+                "distribution)")
         self.threshold = float(threshold)
         self.track_stats = track_stats
         self.reset_stats()

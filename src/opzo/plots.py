@@ -57,33 +57,47 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if has_diag:
+        # one colour per run (as in the accuracy panel), one line style per layer
+        from matplotlib.lines import Line2D
+
         ax_cos, ax_var = axes[0][1], axes[0][2]
-        for p in paths:
+        colours = [line.get_color() for line in ax.get_lines()]
+        styles = ["-", "--", ":", "-."]
+        layers: list[str] = []
+        for p, colour in zip(paths, colours):
             rows = diag[p]
             cos = [r for r in rows if "cosine" in r]
+            var = [r for r in rows if "variance" in r]
+            names = list(cos[0]["cosine"]) if cos else list(var[0]["variance"]) if var else []
+            for layer in names:
+                if layer not in layers:
+                    layers.append(layer)
             if cos:
                 n_batches = max(r["batch"] for r in cos) + 1
                 x = [r["epoch"] - 1 + r["batch"] / n_batches for r in cos]
                 for layer in cos[0]["cosine"]:
-                    ax_cos.plot(x, [r["cosine"][layer] for r in cos],
-                                label=f"{_label(p)} {layer.removesuffix('.weight')}")
-            var = [r for r in rows if "variance" in r]
+                    ax_cos.plot(x, [r["cosine"][layer] for r in cos], color=colour,
+                                linestyle=styles[layers.index(layer) % len(styles)])
             if var:
                 for layer in var[0]["variance"]:
                     ax_var.semilogy([r["epoch"] for r in var],
                                     [r["variance"][layer] for r in var], marker=".",
-                                    label=f"{_label(p)} {layer.removesuffix('.weight')}")
+                                    color=colour,
+                                    linestyle=styles[layers.index(layer) % len(styles)])
+        layer_keys = [Line2D([], [], color="0.3", linestyle=styles[i % len(styles)],
+                             label=name.removesuffix(".weight"))
+                      for i, name in enumerate(layers)]
         ax_cos.set_xlabel("epoch")
         ax_cos.set_ylabel("cosine similarity")
         ax_cos.set_title("alignment with the reference gradient")
         ax_cos.set_ylim(-0.2, 1.05)
         ax_cos.grid(alpha=0.3)
-        ax_cos.legend(fontsize=7)
+        ax_cos.legend(handles=layer_keys, fontsize=8, title="layer", title_fontsize=8)
         ax_var.set_xlabel("epoch")
         ax_var.set_ylabel("gradient variance")
         ax_var.set_title("per-layer gradient variance")
         ax_var.grid(alpha=0.3)
-        ax_var.legend(fontsize=7)
+        ax_var.legend(handles=layer_keys, fontsize=8, title="layer", title_fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
