@@ -47,7 +47,8 @@ def run_one(method: str, args: argparse.Namespace) -> str:
 
 def summarize() -> None:
     rows = []
-    for summary in sorted(RUNS.glob("*/summary.json")):
+    table_runs = [*RUNS.glob("mnist-e*/summary.json"), *RUNS.glob("fashion-mnist-e*/summary.json")]
+    for summary in sorted(table_runs):
         s = json.loads(summary.read_text())
         lines = (summary.parent / "metrics.jsonl").read_text().splitlines()
         metrics = [json.loads(x) for x in lines if x.strip()]
