@@ -25,11 +25,13 @@ from opzo.bptt import BPTTLearner
 from opzo.neuron import LIFParams
 from opzo.surrogate import FastSigmoidSurrogate, SigmoidSurrogate, make_surrogate
 from opzo.traces import (
+    GBAR_MODES,
     TRACES,
     ApproxOTPETrace,
     OSTLTrace,
     OTPETrace,
     OTTTTrace,
+    leaky_mean,
     make_output_trace,
     make_trace,
 )
@@ -368,6 +370,45 @@ def test_gbar_is_the_papers_leaky_mean_of_surrogates(cls):
         tr.push(torch.rand(3, 5, dtype=torch.float64), _Record(u, sur), 0)
     want = sum(lam ** (T - 1 - t) * sur(u, 1.0) for t, u in enumerate(us)) / T
     assert torch.allclose(tr.local_derivative(), want, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls", [OTPETrace, ApproxOTPETrace])
+def test_normalised_gbar_is_a_weighted_mean_of_surrogates(cls):
+    """gbar="normalised": ḡ[T] = Σ_t λ^{T−t} ψ(u[t]) / Σ_t λ^{T−t} (weights summing to 1)."""
+    lam, T = 0.7, 6
+    sur = SigmoidSurrogate(0.5)
+    tr = cls(LIFParams(lam=lam), gbar="normalised") if cls is OTPETrace else cls(
+        lam, gbar="normalised")
+    us = [torch.randn(3, 4, dtype=torch.float64) + 1.0 for _ in range(T)]
+    for u in us:
+        tr.push(torch.rand(3, 5, dtype=torch.float64), _Record(u, sur), 0)
+    weights = [lam ** (T - 1 - t) for t in range(T)]
+    want = sum(w * sur(u, 1.0) for w, u in zip(weights, us)) / sum(weights)
+    assert torch.allclose(tr.local_derivative(), want, atol=1e-14)
+    # a constant ψ gives ḡ = ψ exactly (a mean), where the paper's form gives ψ (1 − λ^T)/((1 − λ)T)
+    assert torch.allclose(leaky_mean(torch.full((2,), 3.0), 4, 1.0, "normalised"),
+                          torch.full((2,), 0.75))
+    with pytest.raises(ValueError, match="normalisation"):
+        cls(LIFParams(), gbar="mean") if cls is OTPETrace else cls(0.5, gbar="mean")
+
+
+def test_gbar_option_reaches_the_traces_from_the_config():
+    """--otpe-gbar normalised changes approx-OTPE's gradient (and not OTTT's)."""
+    from opzo.config import TrainConfig
+    from opzo.train import build_learner
+
+    x, y = _data(DEEP, static=False, T=5)
+    grads = {}
+    for trace in ("approx_otpe", "ottt"):
+        for mode in GBAR_MODES:
+            net = _net(DEEP)
+            cfg = TrainConfig.from_dict({"method": "bp", "trace": trace, "otpe_gbar": mode})
+            learner = build_learner(cfg, net, LOSS)
+            assert learner.gbar == mode
+            learner.accumulate(x, y, 5)
+            grads[trace, mode] = net.hidden[0].weight.grad.clone()
+    assert not torch.allclose(grads["approx_otpe", "paper"], grads["approx_otpe", "normalised"])
+    assert torch.equal(grads["ottt", "paper"], grads["ottt", "normalised"])
 
 
 @pytest.mark.parametrize("trace", TRACES)

@@ -93,6 +93,9 @@ class TrainConfig:
     trace: str = _opt("ottt", "temporal credit (OTPE paper): OTTT presynaptic trace, OSTL "
                       "eligibility, OTPE, approximate OTPE; f_*: the same with the loss on "
                       "the leaky sum of the outputs (F-OTPE)", TRACES)
+    otpe_gbar: str = _opt("paper", "OTPE / approx_otpe: the leaky mean ḡ of surrogate "
+                          "derivatives as printed in the paper ((1/t) Σ λ^(t−t') ψ) or "
+                          "normalised to a weighted mean", ("paper", "normalised"))
     alpha: float = _opt(0.2, "noise scale α (opzo, zo)", min=1e-9)
     alpha_final: float | None = _opt(
         None, "decay α linearly to this value over the epochs (paper: 0.01); unset = fixed",

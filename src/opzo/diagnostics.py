@@ -45,13 +45,14 @@ def _grads_of(net: SpikingNet, run) -> dict[str, Tensor]:
 
 
 def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Tensor, T: int,
-                    loss: InstantLoss, reference: str = "bp", trace: str = "ottt"
-                    ) -> dict[str, float]:
+                    loss: InstantLoss, reference: str = "bp", trace: str = "ottt",
+                    gbar: str = "paper") -> dict[str, float]:
     """Cosine similarity, per weight matrix, of ``rule``'s gradient with the reference's.
 
     ``rule=None`` measures BPTT itself (against ``reference="bp"`` that is OTTT's alignment
     with the exact gradient seen from the other side). ``trace``: the rule's temporal trace
-    (:mod:`opzo.traces`; the reference "bp" always uses OTTT's).
+    (:mod:`opzo.traces`; the reference "bp" always uses OTTT's) and ``gbar`` its ḡ
+    normalisation (OTPE traces).
     """
     if reference not in REFERENCES:
         raise ValueError(f"unknown reference {reference!r}; choose one of {REFERENCES}")
@@ -63,7 +64,7 @@ def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Ten
         if rule is None:
             ours = _grads_of(net, lambda: BPTTLearner(net, loss).accumulate(x, y, T, masks=masks))
         else:
-            probe = OnlineLearner(net, copy.deepcopy(rule), loss, trace=trace)
+            probe = OnlineLearner(net, copy.deepcopy(rule), loss, trace=trace, gbar=gbar)
             ours = _grads_of(net, lambda: probe.accumulate(x, y, T, masks=masks))
         if reference == "bp":
             ref_learner = OnlineLearner(net, SpatialBP(), loss)

@@ -72,6 +72,7 @@ class OnlineLearner:
         loss: InstantLoss | None = None,
         trace: str = "ottt",
         update: str = "batch",
+        gbar: str = "paper",
     ) -> None:
         if update not in UPDATE_MODES:
             raise ValueError(f"unknown update mode {update!r}; choose one of {UPDATE_MODES}")
@@ -79,8 +80,10 @@ class OnlineLearner:
         self.rule = rule
         self.loss = loss or InstantLoss()
         self.trace_name = trace
+        self.gbar = gbar  # OTPE's ḡ normalisation (opzo.traces.leaky_mean)
         for l, layer in enumerate(net.hidden):  # validate the name and the layers now
-            make_trace(trace, net.lif, feeds_readout=(l == len(net.hidden) - 1), layer=layer)
+            make_trace(trace, net.lif, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
+                       gbar=gbar)
         self.update = update
         if not rule.is_bound_to(net):
             rule.bind(net)
@@ -123,7 +126,7 @@ class OnlineLearner:
         readout = net.readout
         traces = [
             make_trace(self.trace_name, net.lif, static_input=(static and l == 0),
-                       feeds_readout=(l == len(hidden) - 1), layer=hidden[l])
+                       feeds_readout=(l == len(hidden) - 1), layer=hidden[l], gbar=self.gbar)
             for l in range(len(hidden))
         ]
         head = make_output_trace(self.trace_name, net.lif.lam)  # F-variants: leaky-sum output

@@ -80,6 +80,24 @@ SynapticLayer = DenseLayer | ConvLayer
 #: the temporal credit rules; the ``f_`` variants take the loss on the leaky sum of outputs
 BASE_TRACES = ("ottt", "ostl", "otpe", "approx_otpe")
 TRACES = BASE_TRACES + tuple(f"f_{name}" for name in BASE_TRACES)
+#: how OTPE's leaky mean of surrogate derivatives ḡ is normalised (see :func:`leaky_mean`)
+GBAR_MODES = ("paper", "normalised")
+
+
+def leaky_mean(S: Tensor, count: int, lam: float, mode: str = "paper") -> Tensor:
+    """ḡ[t] from S[t] = Σ_{t'≤t} λ^{t−t'} ψ[t'] after ``count`` = t steps.
+
+    ``"paper"``: ḡ = S / t, the OTPE paper's ḡ = (1/T) Σ_t λ^{T−t} ψ_t (section 3.1) as
+    printed; the weights sum to (1 − λ^t)/((1 − λ) t), so ḡ shrinks like 1/t.
+    ``"normalised"``: ḡ = S / Σ_{k<t} λ^k, a weighted mean (weights summing to 1). On Randman
+    it aligns approximate OTPE far better with BPTT (benchmarks/RESULTS.md, section 6).
+    """
+    if mode == "paper":
+        return S / count
+    if mode == "normalised":
+        norm = float(count) if lam == 1.0 else (1.0 - lam**count) / (1.0 - lam)
+        return S / norm
+    raise ValueError(f"unknown ḡ normalisation {mode!r}; choose one of {GBAR_MODES}")
 
 
 class Trace:
@@ -294,6 +312,8 @@ class OTPETrace(OSTLTrace):
         ḡ[t] = (1/t) Σ_{t'≤t} λ^{t−t'} ψ[t']                            (section 3.1)
         ∇W_ji += Σ_b (g ⊙ m)_bj[t] R̂_bji[t]                             (eqs. 3-4)
 
+    (``gbar="normalised"``: ḡ as a weighted mean instead, see :func:`leaky_mean`.)
+
     The next layer integrates this layer's spikes with leak λ (the paper's global time
     constant), so ∂u_{l+1}[t]/∂W_l ≈ W_{l+1} R̂_l[t] (eq. 4) and the gradient is the error at
     the spikes, g_l = W_{l+1}ᵀ δ_{l+1} for spatial BP (any rule's g_l otherwise), times
@@ -306,6 +326,11 @@ class OTPETrace(OSTLTrace):
     """
 
     name = "otpe"
+
+    def __init__(self, lif: LIFParams, static_input: bool = False, gbar: str = "paper") -> None:
+        leaky_mean(torch.zeros(()), 1, 0.5, gbar)  # validate the mode now
+        self.gbar_mode = gbar
+        super().__init__(lif, static_input)
 
     def reset(self) -> None:
         super().reset()
@@ -334,7 +359,7 @@ class OTPETrace(OSTLTrace):
             if self.R is not None:
                 self.R.mul_(lam).addcmul_(self.eps, psi_t)
         self.count += 1
-        self.gbar = self.S / self.count
+        self.gbar = leaky_mean(self.S, self.count, lam, self.gbar_mode)
 
     def local_derivative(self) -> Tensor | None:
         return self.gbar
@@ -355,7 +380,7 @@ class ApproxOTPETrace(Trace):
 
         â[t] = λ â[t−1] + x[t]          (OTTT's trace: ∂u[t]/∂W ≈ â[t])
         ẑ[t] = λ ẑ[t−1] + â[t]          (the leaky sum of â: R̂ with ψ taken out)
-        ḡ[t] = (1/t) Σ_{t'≤t} λ^{t−t'} ψ[t']
+        ḡ[t] = (1/t) Σ_{t'≤t} λ^{t−t'} ψ[t']      (``gbar="normalised"``: see leaky_mean)
         ∇W += ((g ⊙ m) ⊙ ḡ)[t]ᵀ ẑ[t] = δ[t]ᵀ ẑ[t]                       (eq. 5)
 
     Two assumptions on top of OTPE: ψ and ∂u/∂W decoupled through time (ḡ factored out of
@@ -369,7 +394,9 @@ class ApproxOTPETrace(Trace):
 
     name = "approx_otpe"
 
-    def __init__(self, lam: float, static_input: bool = False) -> None:
+    def __init__(self, lam: float, static_input: bool = False, gbar: str = "paper") -> None:
+        leaky_mean(torch.zeros(()), 1, 0.5, gbar)  # validate the mode now
+        self.gbar_mode = gbar
         self.lam = float(lam)
         self.static_input = static_input
         self.reset()
@@ -407,7 +434,7 @@ class ApproxOTPETrace(Trace):
         else:
             self.S.mul_(lam).add_(psi)
         self.count += 1
-        self.gbar = self.S / self.count
+        self.gbar = leaky_mean(self.S, self.count, lam, self.gbar_mode)
 
     def local_derivative(self) -> Tensor | None:
         return self.gbar
@@ -444,7 +471,8 @@ def _check_name(name: str) -> tuple[str, bool]:
 
 
 def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
-               feeds_readout: bool = False, layer: SynapticLayer | None = None) -> Trace:
+               feeds_readout: bool = False, layer: SynapticLayer | None = None,
+               gbar: str = "paper") -> Trace:
     """Build the temporal trace ``name`` (one of :data:`TRACES`) of one hidden layer.
 
     ``lif``: the network's LIF parameters (a bare float is taken as the leak λ).
@@ -452,8 +480,10 @@ def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
     ``feeds_readout``: the layer's spikes go to the readout; unless the name is an F-variant
     (leaky-sum output) the readout keeps no state, and OTPE / approximate OTPE reduce there
     to OSTL / OTTT (see the module docstring). ``layer``: the layer it will serve (checked:
-    OSTL and OTPE need a fully connected one).
+    OSTL and OTPE need a fully connected one). ``gbar``: OTPE's ḡ normalisation
+    (:func:`leaky_mean`).
     """
+    leaky_mean(torch.zeros(()), 1, 0.5, gbar)  # validate the mode for every trace name
     base, leaky_output = _check_name(name)
     if not isinstance(lif, LIFParams):
         lif = LIFParams(lam=float(lif))
@@ -470,8 +500,8 @@ def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
     if base == "ostl":
         return OSTLTrace(lif, static_input)
     if base == "otpe":
-        return OTPETrace(lif, static_input)
-    return ApproxOTPETrace(lif.lam, static_input)
+        return OTPETrace(lif, static_input, gbar)
+    return ApproxOTPETrace(lif.lam, static_input, gbar)
 
 
 class OutputTrace:

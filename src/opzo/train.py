@@ -83,7 +83,8 @@ def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss
     """The online learner with the config's rule, or the BPTT learner for ``bptt``."""
     if cfg.method == "bptt":
         return BPTTLearner(net, loss)
-    return OnlineLearner(net, build_rule(cfg), loss, trace=cfg.trace, update=cfg.update)
+    return OnlineLearner(net, build_rule(cfg), loss, trace=cfg.trace, update=cfg.update,
+                         gbar=cfg.otpe_gbar)
 
 
 def build_rule(cfg: TrainConfig) -> SpatialRule:
@@ -374,7 +375,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                                                    start_batch=first):
                     if cfg.diagnostics and batch_index % cfg.diag_every == 0:
                         cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference,
-                                              trace=cfg.trace)
+                                              trace=cfg.trace, gbar=cfg.otpe_gbar)
                         _append_jsonl(diag_path, {"epoch": epoch + 1, "batch": batch_index,
                                                   "cosine": _round(cos)})
                     acc.add(learner.train_batch(
