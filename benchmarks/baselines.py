@@ -7,6 +7,10 @@ the layers' own differentiable ``forward`` is used).
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
+
 import torch
 
 from opzo import InstantLoss, SpikingNet
@@ -52,3 +56,24 @@ def autograd_ottt_step(net: SpikingNet, x, y, T: int, loss: InstantLoss, opt) ->
 def bptt_step(net: SpikingNet, x, y, T: int, loss: InstantLoss, opt) -> None:
     """Exact surrogate-gradient BPTT (opzo's BPTTLearner): the unrolled graph is kept."""
     BPTTLearner(net, loss).train_batch(x, y, opt, T=T)
+
+
+def round_robin_medians(calls: dict[str, Callable[[], object]], rounds: int,
+                        warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin in one run.
+
+    Every round calls each function once, the order rotated by one each round, so machine noise
+    hits all of them alike; ``warmup`` untimed calls of each come first. Ratios of these medians
+    are what the benchmarks report (never lone absolute times).
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    names = list(calls)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}

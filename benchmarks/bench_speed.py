@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import autograd_ottt_step, bptt_step  # noqa: E402
+from baselines import autograd_ottt_step, bptt_step, round_robin_medians  # noqa: E402
 
 from opzo import (  # noqa: E402
     OPZO,
@@ -123,18 +122,7 @@ def main() -> None:
         opt = make_optimizer(net.parameters(), cfg)
         calls[name] = (lambda n=net, o=opt, f=fn: f(n, x, y, args.T, loss, o))
 
-    for fn in calls.values():  # warm-up
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    names = list(calls)
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = round_robin_medians(calls, args.rounds)
     base = med["inference"]
     result = {
         "date": time.strftime("%Y-%m-%d"),

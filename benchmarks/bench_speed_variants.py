@@ -21,12 +21,11 @@ oversubscribes the two cores that the GEMMs already use.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
+from baselines import round_robin_medians  # benchmarks/ is on sys.path when run as a script
 
 from opzo import OPZO, InstantLoss, NoiseSampler, OnlineLearner, SpikingMLP
 
@@ -143,17 +142,7 @@ def main() -> None:
     blk = fresh()
     blk_opt, M_t = adamw(blk), torch.zeros(SIZES[-1], sum(SIZES[1:-1]))
     calls["time-blocked"] = lambda: time_blocked_step(blk, blk_opt, M_t, x, y, args.T)
-    for fn in calls.values():
-        fn()
-        fn()
-    names = list(calls)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            calls[name]()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = round_robin_medians(calls, args.rounds)
     print(f"FC {SIZES}, T={args.T}, batch {args.batch}, {args.rounds} rounds, "
           f"{torch.get_num_threads()} threads; median step time / inference forward:")
     for k, v in med.items():

@@ -24,12 +24,12 @@ import argparse
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from baselines import round_robin_medians  # benchmarks/ is on sys.path when run as a script
 
 from opzo import RULES, InstantLoss, OnlineLearner, SpikingMLP
 from opzo.bptt import BPTTLearner
@@ -102,23 +102,13 @@ def main() -> None:
         bptt = BPTTLearner(bptt_net, loss)
         bptt_opt = torch.optim.SGD(bptt_net.parameters(), lr=1e-3)
         calls["bptt"] = (lambda lr=bptt, o=bptt_opt, x=x, y=y: lr.train_batch(x, y, o))
-        for fn in calls.values():  # warm-up
-            fn()
-        times: dict[str, list[float]] = {k: [] for k in calls}
-        names = list(calls)
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for name in order:
-                t0 = time.perf_counter()
-                calls[name]()
-                times[name].append(time.perf_counter() - t0)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = round_robin_medians(calls, args.rounds, warmup=1)
         ratios = {k: round(v / med["ottt"], 3) for k, v in med.items()}
         memory = {name: trace_state_per_sample(fresh_net(), name, x) for name in TRACE_NAMES}
         result["step_time_ratio_to_ottt"][n] = ratios
         result["state_bytes_per_sample"][n] = memory
         print(f"\nwidth n = {n}: step time / OTTT's, trace state per sample")
-        for name in names:
+        for name in calls:
             mem = f"{memory[name] / 1024:10.1f} KiB" if name in memory else "    (∝ T)"
             print(f"  {name:14s} {ratios[name]:6.2f}x  {mem}")
     if len(args.widths) > 1:
