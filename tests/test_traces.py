@@ -312,27 +312,18 @@ def test_f_otpe_is_exact_bptt_of_the_leaky_sum_loss(reset, static):
 # each trace equals autograd of its own approximation (deep nets)
 
 
-@pytest.mark.parametrize("trace", ["ostl", "otpe", "f_ostl", "f_otpe"])
+@pytest.mark.parametrize("trace", TRACES)
 @pytest.mark.parametrize("static", [True, False])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_ostl_and_otpe_equal_their_autograd_construction(trace, reset, static):
+def test_each_trace_equals_autograd_of_its_approximation(trace, reset, static):
+    """OSTL / OTPE against their eligibility construction, OTTT / approximate OTPE against
+    autograd with the stated parts detached (and the f_ variants with the leaky-sum loss)."""
     net = _net(DEEP, reset=reset, dropout=0.3)
     x, y = _data(DEEP, static)
     masks = _masks(net, 6)
     kind = trace.removeprefix("f_")
-    ref = eligibility_reference(net, x, y, 5, LOSS, kind, masks, leaky=trace.startswith("f_"))
-    _assert_close(_ours(net, trace, x, y, 5, LOSS, masks), ref)
-
-
-@pytest.mark.parametrize("trace", ["ottt", "approx_otpe", "f_ottt", "f_approx_otpe"])
-@pytest.mark.parametrize("static", [True, False])
-@pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_ottt_and_approx_otpe_equal_detached_autograd(trace, reset, static):
-    net = _net(DEEP, reset=reset, dropout=0.3)
-    x, y = _data(DEEP, static)
-    masks = _masks(net, 6)
-    kind = trace.removeprefix("f_")
-    ref = presynaptic_reference(net, x, y, 5, LOSS, kind, masks, leaky=trace.startswith("f_"))
+    reference = eligibility_reference if kind in ("ostl", "otpe") else presynaptic_reference
+    ref = reference(net, x, y, 5, LOSS, kind, masks, leaky=trace.startswith("f_"))
     _assert_close(_ours(net, trace, x, y, 5, LOSS, masks), ref)
 
 
