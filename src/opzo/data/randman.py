@@ -198,7 +198,8 @@ def make_spiking_dataset(
             do). Note that each class is min-max standardised over its own draw, so spike
             times of two draws are not on the same scale: a classifier fitted on one draw
             scores ~34% on another (10 classes, α = 1), against ~99.9% on held-out samples of
-            the same draw. Split one draw for a train/test pair.
+            the same draw (``benchmarks/randman_draws.py``). Split one draw for a train/test
+            pair.
 
     Returns:
         ``data`` float64 of shape ``(N, nb_units · nb_spikes, 2)`` = [time, unit] with
