@@ -53,24 +53,9 @@ def ottt_autograd_grads(net: SpikingMLP, x, y, T: int, loss: InstantLoss, masks=
 
 
 def bptt_autograd_grads(net: SpikingMLP, x, y, T: int, loss: InstantLoss):
-    """Exact surrogate-gradient BPTT of the same loss (through time and layers)."""
-    for p in net.parameters():
-        p.grad = None
-    static = x.dim() == 2
-    batch = y.shape[0]
-    u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    total = 0.0
-    p = net.lif
-    for t in range(T):
-        inp = x if static else x[t]
-        for l, lin in enumerate(net.hidden):
-            u[l] = p.lam * (u[l] - p.v_th * s[l]) + lin(inp)
-            s[l] = spike_with_surrogate(u[l], p.v_th, net.surrogate)
-            inp = s[l]
-        total = total + loss.per_sample(net.readout(inp), y).mean() / T
-    total.backward()
-    return {name: q.grad.clone() for name, q in net.named_parameters()}
+    """Exact surrogate-gradient BPTT of the same loss (through time and layers): the unroll of
+    :func:`bptt_layers_autograd_grads`, which covers fully connected layers too."""
+    return bptt_layers_autograd_grads(net, x, y, T, loss)
 
 
 # ---------------------------------------------------------------------------------------
