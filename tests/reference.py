@@ -90,9 +90,16 @@ def _lif_value(lif, u_prev, s_prev, current):
     return lif.lam * u_prev * (1.0 - s_prev) + current
 
 
-def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt", masks=None):
+def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt", masks=None,
+                               local=None):
     """OTTT (``kind="ottt"``) or approximate OTPE (``"approx_otpe"``) with spatial BP, by
     autograd, for any network of DenseLayer / ConvLayer layers (flat inputs).
+
+    ``local``: {layer l: (readout, weight, reaches_below)} adds weight · L(readout(x_l[t]), y)
+    per step (local learning, OPZO paper appendix C.1). With ``reaches_below`` False its
+    gradient reaches only layer l's own synapses (the layer's input is detached for that
+    loss), with True it flows down through the layers below too (IGL under spatial BP). The
+    readouts' gradients are returned as ``local.<l>.weight`` / ``local.<l>.bias``.
 
     As :func:`ottt_autograd_grads`, u_l[t] is rewritten as const + op(A_l[t]; W_l) + b_l A^b
     with the trace A = â (OTTT) or ẑ = λ ẑ + â (approximate OTPE) kept on the layer's raw
@@ -100,7 +107,8 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
     spike's derivative is ψ(u) (OTTT) or ḡ (approximate OTPE, except at the layer feeding the
     memoryless readout, where it is OTTT's).
     """
-    for p in net.parameters():
+    local = local or {}
+    for p in [*net.parameters(), *(q for r, _, _ in local.values() for q in r.parameters())]:
         p.grad = None
     lif, sur = net.lif, net.surrogate
     lam = lif.lam
@@ -133,11 +141,23 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
             u = (u_val - attached).detach() + attached
             s = s_val + d * (u - u.detach())
             u_prev[l], s_prev[l], a_prev[l], z_prev[l] = u_val, s_val, a_val, z_val
+            if l in local:
+                readout, weight, reaches_below = local[l]
+                s_loc = s
+                if not reaches_below:  # the same spikes, differentiable in layer l's W only
+                    att = layer_op(layer, a_attached.detach(), ab)
+                    u_loc = (u_val - att).detach() + att
+                    s_loc = s_val + d * (u_loc - u_loc.detach())
+                x_loc = s_loc if masks is None else s_loc * masks[l]
+                total = total + weight * loss.per_sample(readout.op(x_loc), y).mean() / T
             inp = s if masks is None else s * masks[l]
         o = layer_op(net.readout, inp)
         total = total + loss.per_sample(o, y).mean() / T
     total.backward()
-    return {name: p.grad.clone() for name, p in net.named_parameters()}
+    grads = {name: p.grad.clone() for name, p in net.named_parameters()}
+    for l, (readout, _, _) in local.items():
+        grads.update({f"local.{l}.{k}": p.grad.clone() for k, p in readout.named_parameters()})
+    return grads
 
 
 def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss):

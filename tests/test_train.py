@@ -47,12 +47,16 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert a != c
 
 
-@pytest.mark.parametrize("method,stop", [("opzo", 3), ("opzo", 4), ("dkp", 5), ("zo", 2)])
-def test_resume_equals_uninterrupted(tmp_path, method, stop):
+LL_IGL = {"local_learning": True, "igl_layer": 2, "hidden": [48, 32]}
+
+
+@pytest.mark.parametrize("method,stop,extra", [("opzo", 3, {}), ("opzo", 4, {}), ("dkp", 5, {}),
+                                               ("zo", 2, {}), ("opzo", 3, LL_IGL)])
+def test_resume_equals_uninterrupted(tmp_path, method, stop, extra):
     quiet = dict(progress=False, log=lambda *_: None)
-    cfg = _cfg(tmp_path, "full", method=method, dropout=0.2)
+    cfg = _cfg(tmp_path, "full", method=method, dropout=0.2, **extra)
     run_training(cfg, tmp_path / "full", **quiet)
-    cfg2 = _cfg(tmp_path, "cut", method=method, dropout=0.2)
+    cfg2 = _cfg(tmp_path, "cut", method=method, dropout=0.2, **extra)
     with pytest.raises(Interrupted):
         run_training(cfg2, tmp_path / "cut", stop_after_batches=stop, **quiet)
     torch.manual_seed(1234)  # whatever happens in between must not matter
@@ -62,6 +66,10 @@ def test_resume_equals_uninterrupted(tmp_path, method, stop):
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     for k in full["model"]:
         assert torch.equal(full["model"][k], cut["model"][k]), k
+    if extra:  # the local readouts resume too
+        for l, r in full["rule"]["readouts"].items():
+            for k, v in r.items():
+                assert torch.equal(v, cut["rule"]["readouts"][l][k]), (l, k)
 
 
 def test_config_errors_name_what_is_allowed(tmp_path):
@@ -73,6 +81,10 @@ def test_config_errors_name_what_is_allowed(tmp_path):
         TrainConfig.from_dict({"T": 0})
     with pytest.raises(ConfigError, match="expects int"):
         TrainConfig.from_dict({"epochs": "many"})
+    with pytest.raises(ConfigError, match="2 hidden layers; choose 2..2"):
+        TrainConfig.from_dict({"hidden": [10, 10], "igl_layer": 3})
+    with pytest.raises(ConfigError, match="bptt"):
+        TrainConfig.from_dict({"method": "bptt", "local_learning": True})
     with pytest.raises(ConfigError, match="data_root"):
         TrainConfig.from_dict({"dataset": "mnist"})
 

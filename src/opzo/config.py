@@ -110,6 +110,15 @@ class TrainConfig:
     lambda_m: float = _opt(0.99999, "momentum λ_M of OPZO's feedback matrices",
                            min=0.0, max=0.999999999)
     feedback_lr: float = _opt(2e-4, "learning rate of DKP's feedback matrices", min=0.0)
+    local_learning: bool = _opt(False, "local learning (LL, OPZO paper appendix C.1): a linear "
+                                "readout per hidden layer with its own loss, its error fed back "
+                                "through the readout and added to the rule's signal")
+    ll_scale: float = _opt(0.01, "weight of each local loss (paper: 0.01)", min=0.0)
+    igl_layer: int | None = _opt(
+        None, "intermediate global learning (IGL): this hidden layer (counted from 1; the "
+        "paper uses 4, the 4th conv of conv9) acts as an output for the layers below it, "
+        "which get the rule's feedback from its readout; unset = off", min=2)
+    igl_scale: float = _opt(1.0, "weight of the IGL layer's readout loss", min=0.0)
     # optimisation
     epochs: int = _opt(20, "number of epochs", min=1)
     batch_size: int = _opt(128, "training batch size", min=1)
@@ -192,6 +201,15 @@ class TrainConfig:
                               f"steps: set T=50 (got {self.T})")
         if self.update == "step" and self.method == "bptt":
             raise ConfigError("method 'bptt' is offline: it needs update 'batch'")
+        if self.method == "bptt" and (self.local_learning or self.igl_layer is not None):
+            raise ConfigError("local learning and IGL add to an online spatial rule; method "
+                              "'bptt' takes neither")
+        if self.igl_layer is not None:
+            n_hidden = (len(self.hidden) if tokens is None
+                        else sum(t.kind in ("conv", "dense") for t in tokens))
+            if self.igl_layer > n_hidden:
+                raise ConfigError(f"option 'igl_layer' = {self.igl_layer}: the network has "
+                                  f"{n_hidden} hidden layers; choose 2..{n_hidden}")
         if self.trace != "ottt" and self.method == "bptt":
             raise ConfigError("method 'bptt' is exact through time: it takes no trace "
                               f"(got trace {self.trace!r})")

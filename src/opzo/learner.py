@@ -88,10 +88,26 @@ class OnlineLearner:
         if not rule.is_bound_to(net):
             rule.bind(net)
 
+    def _parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters and the rule's own (local readouts)."""
+        return [*self.net.parameters(), *self.rule.parameters()]
+
     def _ensure_grads(self) -> None:
-        for p in self.net.parameters():
+        for p in self._parameters():
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """The rule's own parameters must be in the optimizer, or they would never learn."""
+        extra = self.rule.parameters()
+        if not extra:
+            return
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if any(id(p) not in held for p in extra):
+            raise ValueError(
+                f"rule {self.rule.name!r} trains parameters of its own (local readouts) that "
+                "the optimizer does not hold: build it from "
+                "[*net.parameters(), *rule.parameters()]")
 
     @torch.no_grad()
     def accumulate(
@@ -121,6 +137,8 @@ class OnlineLearner:
         per_step = self.update == "step"
         if per_step and optimizer is None:
             raise ValueError('update="step" needs the optimizer to step after every time step')
+        if optimizer is not None:
+            self._check_optimizer(optimizer)
         self._ensure_grads()
         hidden = list(net.hidden)
         readout = net.readout
@@ -163,7 +181,7 @@ class OnlineLearner:
                 tr.push(rec.inputs[l], rec, l)
             rec = record_for_rule(rec, traces)  # the traces' local derivatives, if any
             ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb.mul_(scale), record=rec,
-                              net=net)
+                              net=net, target=target, labels=y, loss_fn=self.loss, scale=scale)
             deltas = rule.deltas(ctx)
             for layer, tr, delta in zip(hidden, traces, deltas):
                 tr.accumulate(delta, layer)
@@ -175,7 +193,7 @@ class OnlineLearner:
                 with torch.enable_grad():
                     optimizer.step()
                 rule.optimizer_step()
-                for p in net.parameters():
+                for p in self._parameters():
                     p.grad.zero_()
         for layer, tr in zip(hidden, traces):
             tr.flush(layer)
@@ -208,9 +226,10 @@ class OnlineLearner:
         """
         net = self.net
         net.train()
+        self._check_optimizer(optimizer)
         if self.update == "step":
             self._ensure_grads()
-            for p in net.parameters():
+            for p in self._parameters():
                 p.grad.zero_()
             return self.accumulate(x, y, T, optimizer)
         optimizer.zero_grad(set_to_none=False)

@@ -39,7 +39,7 @@ from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
 from .network import SpikingMLP, SpikingNet
 from .neuron import LIFParams
-from .rules import DFA, DKP, OPZO, ZO, NoiseSampler, SpatialBP, SpatialRule
+from .rules import DFA, DKP, OPZO, ZO, LocalLearning, NoiseSampler, SpatialBP, SpatialRule
 from .surrogate import make_surrogate
 
 CHECKPOINT = "checkpoint.pt"
@@ -88,7 +88,17 @@ def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss
 
 
 def build_rule(cfg: TrainConfig) -> SpatialRule:
-    """The spatial credit rule of the config, with its options."""
+    """The spatial credit rule of the config, with its options (wrapped in
+    :class:`~opzo.rules.LocalLearning` for ``local_learning`` / ``igl_layer``)."""
+    rule = _global_rule(cfg)
+    if cfg.local_learning or cfg.igl_layer is not None:
+        igl = None if cfg.igl_layer is None else cfg.igl_layer - 1  # the option counts from 1
+        return LocalLearning(rule, cfg.ll_scale, local=cfg.local_learning, igl_layer=igl,
+                             igl_scale=cfg.igl_scale)
+    return rule
+
+
+def _global_rule(cfg: TrainConfig) -> SpatialRule:
     def noise() -> NoiseSampler:
         return NoiseSampler(alpha=cfg.alpha, alpha_final=cfg.alpha_final,
                             distribution=cfg.noise, position=cfg.noise_position,
@@ -304,7 +314,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     rule = learner.rule
     variance = GradientVariance(net) if cfg.diagnostics else None
     diag_path = run_dir / "diagnostics.jsonl"
-    optimizer = make_optimizer(net.parameters(), cfg)
+    # the rule's own parameters (local readouts) learn with the model's optimizer
+    extra = rule.parameters() if rule is not None else []
+    optimizer = make_optimizer([*net.parameters(), *extra], cfg)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
                  if cfg.schedule == "cosine" else None)
 

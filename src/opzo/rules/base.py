@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..losses import InstantLoss
 from ..network import NOISE_POSITIONS, SpikingNet, StepRecord
 
 NOISE_DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
@@ -30,6 +31,8 @@ class StepContext:
 
     ``error``: e[t] of the batch-and-time-mean loss, i.e. ∂L_b[t]/∂o / (B·T), shape (B, m);
     ``loss``: L_b[t] / (B·T) per sample, shape (B,); ``output``: õ[t] (with the noise).
+    ``labels`` (B,), ``target`` (one-hot, (B, m)), ``loss_fn`` and ``scale`` = 1/(B·T) let a
+    rule compute further losses of its own (local learning's readouts).
     """
 
     t: int
@@ -39,6 +42,10 @@ class StepContext:
     loss: Tensor
     record: StepRecord
     net: SpikingNet
+    target: Tensor | None = None
+    labels: Tensor | None = None
+    loss_fn: InstantLoss | None = None
+    scale: float = 1.0
 
 
 class SpatialRule:
@@ -57,6 +64,11 @@ class SpatialRule:
         """True when the rule already holds state shaped for ``net`` (e.g. a deep copy)."""
         return (getattr(self, "sizes", None) == list(net.hidden_sizes)
                 and getattr(self, "num_outputs", None) == net.num_outputs)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable tensors the rule owns besides the model (local readouts); the model's
+        optimizer must hold them too. None for the plain rules."""
+        return []
 
     def start_batch(self) -> None:
         """A new batch begins (membrane state and traces were reset)."""
