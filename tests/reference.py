@@ -122,13 +122,16 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
     psi_sum = [0.0] * n
     b_hat = z_b = 0.0
     total = 0.0
+    skips = net.skips
     for t in range(T):
         b_hat = lam * b_hat + 1.0
         z_b = lam * z_b + b_hat
         inp = x if static else x[t]
+        outs = []  # what each layer delivered at this step (residual shortcuts read them)
         for l, layer in enumerate(net.hidden):
+            short = 0.0 if skips[l] is None else outs[skips[l]]
             with torch.no_grad():
-                u_val = _lif_value(lif, u_prev[l], s_prev[l], layer_op(layer, inp))
+                u_val = _lif_value(lif, u_prev[l], s_prev[l], layer_op(layer, inp) + short)
                 s_val = (u_val > lif.v_th).to(u_val.dtype)
                 psi = sur(u_val, lif.v_th)
                 a_val = lam * a_prev[l] + inp
@@ -137,7 +140,7 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
             estimate = kind == "approx_otpe" and l < n - 1
             a, ab, d = (z_val, z_b, psi_sum[l] / (t + 1)) if estimate else (a_val, b_hat, psi)
             a_attached = (a - inp).detach() + inp
-            attached = layer_op(layer, a_attached, ab)
+            attached = layer_op(layer, a_attached, ab) + short
             u = (u_val - attached).detach() + attached
             s = s_val + d * (u - u.detach())
             u_prev[l], s_prev[l], a_prev[l], z_prev[l] = u_val, s_val, a_val, z_val
@@ -151,6 +154,7 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
                 x_loc = s_loc if masks is None else s_loc * masks[l]
                 total = total + weight * loss.per_sample(readout.op(x_loc), y).mean() / T
             inp = s if masks is None else s * masks[l]
+            outs.append(inp)
         o = layer_op(net.readout, inp)
         total = total + loss.per_sample(o, y).mean() / T
     total.backward()
@@ -172,7 +176,8 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss):
     for t in range(T):
         inp = x if static else x[t]
         for l, layer in enumerate(net.hidden):
-            u[l] = _lif_value(net.lif, u[l], s[l], layer_op(layer, inp))
+            short = 0.0 if net.skips[l] is None else s[net.skips[l]]
+            u[l] = _lif_value(net.lif, u[l], s[l], layer_op(layer, inp) + short)
             s[l] = spike_with_surrogate(u[l], net.lif.v_th, net.surrogate)
             inp = s[l]
         total = total + loss.per_sample(layer_op(net.readout, inp), y).mean() / T

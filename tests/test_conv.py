@@ -31,6 +31,7 @@ from opzo.bptt import BPTTLearner
 from opzo.cli import main
 from opzo.config import ConfigError, TrainConfig
 from opzo.layers import ConvLayer, DenseLayer
+from opzo.network import net_string
 from opzo.neuron import LIFParams
 from opzo.rules.base import StepContext
 from opzo.surrogate import FastSigmoidSurrogate
@@ -48,6 +49,9 @@ NETS_UNDER_TEST = [
     ("AP2-4C3-AP2-5-FC", (1, 10, 10)),
     ("3C3-5C1-GAP-FC", (1, 5, 5)),
     ("4C3-AP2-FC", (1, 6, 6)),
+    # residual shortcuts: around one conv, around two layers, and fully connected
+    ("3C3-3C3+-AP2-4C3-4C3-4C3+2-FC", (1, 6, 6)),
+    ("6-6+-6+2-FC", (5,)),
 ]
 
 
@@ -165,6 +169,49 @@ def test_malformed_network_strings_say_what_is_allowed(spec, match):
         parse_net(spec)
 
 
+def test_residual_networks_parse_and_shortcuts_need_equal_shapes():
+    tokens = parse_net("8C3-8C3+-AP2-16C3-16C3-16C3+2-10-10+-FC")
+    assert [t.skip for t in tokens] == [0, 1, 0, 0, 0, 2, 0, 1, 0]
+    assert net_string(tokens) == "8C3-8C3+-AP2-16C3-16C3-16C3+2-10-10+-FC"
+    net = SpikingNet("8C3-8C3+-AP2-16C3-16C3-16C3+2-10-10+-FC", (1, 8, 8), 3)
+    assert net.skips == [None, 0, None, None, 2, None, 5]
+    assert SpikingNet("conv9r", (1, 28, 28), 10).skips == [None, None, None, 2, None, 4,
+                                                            None, 6]
+    # ResNet-18 / -34: 17 / 33 conv layers, then the readout; every block has a shortcut
+    r18 = SpikingNet("resnet18", (3, 32, 32), 10, width=0.125)
+    r34 = SpikingNet("resnet34", (3, 32, 32), 10, width=0.125)
+    assert len(r18.hidden) == 17 and len(r34.hidden) == 33
+    assert sum(j is not None for j in r18.skips) == 8
+    assert sum(j is not None for j in r34.skips) == 16
+    assert r18.readout.in_features == 64  # 512 x 0.125 channels after global pooling
+    with pytest.raises(ValueError, match="a shortcut needs equal shapes"):
+        SpikingNet("8C3-16C3+-FC", (1, 8, 8), 3)
+    with pytest.raises(ValueError, match="a shortcut needs equal shapes"):
+        SpikingNet("8C3-AP2-8C3+-FC", (1, 8, 8), 3)
+    with pytest.raises(ValueError, match="only 1 hidden layers precede it"):
+        parse_net("8C3-8C3+2-FC")
+    with pytest.raises(ValueError, match="only 0 hidden layers"):
+        parse_net("8C3+-FC")
+
+
+def test_residual_shortcut_adds_the_source_spikes_to_the_current():
+    """I_l = op_l(x_{l−1}) + b_l + x_j: with zero weights and biases, layer 2 integrates
+    exactly what layer 0 delivered."""
+    net = SpikingNet("4-4-4+2-FC", (3,), 2).double()
+    with torch.no_grad():
+        net.hidden[0].weight.fill_(2.0)
+        net.hidden[0].bias.zero_()
+        for layer in net.hidden[1:]:
+            layer.weight.zero_()
+            layer.bias.zero_()
+    x = torch.ones(1, 3, dtype=torch.float64)
+    state = net.initial_state(1, x)
+    _, rec = net.step(state, x)
+    assert torch.equal(rec.spikes[0], torch.ones(1, 4, dtype=torch.float64))
+    assert torch.equal(rec.u[1], torch.zeros(1, 4, dtype=torch.float64))
+    assert torch.equal(rec.u[2], rec.out[0])
+
+
 def test_network_shape_errors_are_clear():
     with pytest.raises(ValueError, match=r"needs an image-shaped input \(C, H, W\)"):
         SpikingNet("8C3-FC", 784, 10)
@@ -262,9 +309,10 @@ def test_per_synapse_traces_refuse_conv_layers(trace):
     assert make_trace(trace, LIFParams(), layer=DenseLayer((3, 2, 2), 5)) is not None
 
 
+@pytest.mark.parametrize("spec,shape", [("AP2-4C3-AP2-5-FC", (1, 10, 10)),
+                                        ("3C3-3C3+-AP2-4C3-4C3-4C3+2-FC", (1, 6, 6))])
 @pytest.mark.parametrize("static", [True, False])
-def test_bptt_learner_on_conv_net_equals_plain_autograd_unroll(static):
-    spec, shape = "AP2-4C3-AP2-5-FC", (1, 10, 10)
+def test_bptt_learner_on_conv_net_equals_plain_autograd_unroll(static, spec, shape):
     net = _conv_net(spec, shape)
     x, y = _data(shape, static, T=4)
     loss = InstantLoss("mix", 0.2)

@@ -52,14 +52,18 @@ class BPTTLearner:
         with torch.enable_grad():
             for t in range(T):
                 inp = x if static else x[t]
+                outs: list[Tensor] = []
                 for l, layer in enumerate(net.hidden):
                     current = layer(inp)
+                    if net.skips[l] is not None:  # residual shortcut
+                        current = current + outs[net.skips[l]]
                     if lif.reset == "subtract":
                         u[l] = lif.lam * (u[l] - lif.v_th * s[l]) + current
                     else:
                         u[l] = lif.lam * u[l] * (1.0 - s[l]) + current
                     s[l] = spike_with_surrogate(u[l], lif.v_th, net.surrogate)
                     inp = s[l] if masks is None else s[l] * masks[l]
+                    outs.append(inp)
                 o = net.readout(inp)
                 out_sum = out_sum + o.detach()
                 total = total + self.loss.per_sample(o, y).sum()

@@ -62,8 +62,10 @@ class TrainConfig:
         None, "network string as in the OPZO paper, e.g. 128C3-AP2-256C3-AP2-512C3-FC "
         "(<n>C<k>: conv with n channels and a k x k kernel, scaled weight standardization; "
         "AP<k>: average pooling; GAP: global average pooling; <n>: fully connected hidden "
-        "layer; FC: the readout, last), or a name: conv5, conv9 (the paper's 5- and 9-layer "
-        "conv nets); unset = fully connected from 'hidden'")
+        "layer; FC: the readout, last; a hidden token ending in + or +k adds the spikes of k "
+        "layers back to its current: residual), or a name: conv5, conv9 (the paper's 5- and "
+        "9-layer conv nets), conv9r, resnet18, resnet34 (residual, appendix D.5); unset = "
+        "fully connected from 'hidden'")
     width: float = _opt(1.0, "multiplies the channels (and neurons) of every hidden layer of "
                         "'net' (e.g. 0.25 for a CPU-sized conv5)", min=1e-6)
     T: int = _opt(6, "number of time steps per sample", min=1)

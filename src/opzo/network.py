@@ -27,12 +27,27 @@ Networks are written as in the OPZO paper (appendix C.3.2), tokens joined by "-"
   transform of the next op; floor mode for sizes not divisible by k);
 * ``GAP``: global average pooling (the whole H×W map to 1×1);
 * ``<n>``: a fully connected hidden layer of n LIF neurons (flattens a feature map);
-* ``FC``: the readout, last.
+* ``FC``: the readout, last;
+* a ``+`` after a hidden token makes it residual: the layer adds the spikes its input layer
+  delivered to its synaptic current, I_l = op_l(x_{l−1}) + b_l + x_{l−1} (an identity
+  shortcut around one layer); ``+2`` takes them from two layers back, I_l = op_l(x_{l−1}) +
+  b_l + x_{l−2} (around a block of two layers, as in a ResNet basic block), ``+k`` from k
+  back. The source's output and the layer's output must have the same shape (no pooling or
+  channel change in between). The shortcut is on the current, so every rule and trace works
+  unchanged (it has no weights; spatial BP passes δ_l back along it, a direct-feedback rule
+  needs nothing, its feedback goes to every layer anyway).
 
 ``conv5`` = ``128C3-AP2-256C3-AP2-512C3-FC`` and ``conv9`` =
 ``64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-FC`` are the paper's 5- and
-9-layer networks; ``width`` multiplies every hidden layer's channels (and neurons) so that they
-train on a CPU (0.25: ``32C3-AP2-64C3-AP2-128C3-FC``). The FC network 784-800-800-10 is
+9-layer networks. Their residual variants (OPZO paper, appendix D.5 and Table 12, which do not
+spell out the architecture; these are our reading): ``conv9r`` puts a one-layer shortcut on
+the second conv of each equal-width pair; ``resnet18`` / ``resnet34`` are ResNet-18 / -34
+made of these layers (a 3x3 stem, basic blocks of two convs with a two-layer shortcut, [2, 2,
+2, 2] / [3, 4, 6, 3] blocks at 64, 128, 256, 512 channels, each stage after the first
+entered by 2x2 average pooling, its first block's shortcut around its second conv only since
+the channels change there; global average pooling before the readout). ``width`` multiplies
+every hidden layer's channels (and neurons) so that they train on a CPU (0.25:
+``32C3-AP2-64C3-AP2-128C3-FC``; Table 12's "smaller channels"). The FC network 784-800-800-10 is
 ``800-800-FC`` on input shape (784,), or :class:`SpikingMLP` ``([784, 800, 800, 10])``.
 
 The network owns only the inference parameters. Learning rules read what one step produced
@@ -56,29 +71,59 @@ from .surrogate import SigmoidSurrogate, Surrogate
 NOISE_POSITIONS = ("after", "before")
 
 #: the OPZO paper's convolutional networks (appendix C.3.2) by name
+def _resnet(blocks: Sequence[int], channels: Sequence[int] = (64, 128, 256, 512)) -> str:
+    """A ResNet of basic blocks in network-string form (see the module docstring)."""
+    parts = [f"{channels[0]}C3"]
+    for stage, (n, c) in enumerate(zip(blocks, channels)):
+        for b in range(n):
+            first = b == 0 and stage > 0  # the channels change: no shortcut around the block
+            parts.append(("AP2-" if first else "") + f"{c}C3-{c}C3" + ("+" if first else "+2"))
+    return "-".join([*parts, "GAP", "FC"])
+
+
 NETS: dict[str, str] = {
     "conv5": "128C3-AP2-256C3-AP2-512C3-FC",
     "conv9": "64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-FC",
+    "conv9r": "64C3-128C3-AP2-256C3-256C3+-AP2-512C3-512C3+-AP2-512C3-512C3+-FC",
+    "resnet18": _resnet((2, 2, 2, 2)),
+    "resnet34": _resnet((3, 4, 6, 3)),
 }
 
 _TOKEN_HELP = ("use <n>C<k> (convolution: n channels, k x k kernel), AP<k> (k x k average "
                "pooling), GAP (global average pooling), <n> (fully connected hidden layer) "
                "and FC (the readout, last), joined by '-', e.g. 128C3-AP2-256C3-AP2-512C3-FC; "
+               "a hidden token ending in + or +k adds the spikes of k layers back to its current "
+               "(residual); "
                f"or a name: {', '.join(NETS)}")
 
 
 @dataclass(frozen=True)
 class LayerToken:
     """One token of a network string: ``kind`` is ``conv`` (``size`` channels, ``kernel``),
-    ``pool`` (``kernel``), ``gap``, ``dense`` (``size`` neurons) or ``readout``."""
+    ``pool`` (``kernel``), ``gap``, ``dense`` (``size`` neurons) or ``readout``; ``skip``: for
+    a residual hidden layer, how many layers back its shortcut comes from (0: none)."""
 
     kind: str
     size: int = 0
     kernel: int = 0
+    skip: int = 0
 
     def __str__(self) -> str:
-        return {"conv": f"{self.size}C{self.kernel}", "pool": f"AP{self.kernel}",
+        text = {"conv": f"{self.size}C{self.kernel}", "pool": f"AP{self.kernel}",
                 "gap": "GAP", "dense": f"{self.size}", "readout": "FC"}[self.kind]
+        if self.skip:
+            text += "+" if self.skip == 1 else f"+{self.skip}"
+        return text
+
+
+def _skip(text: str | None, raw: str) -> int:
+    """The shortcut span of a '+' / '+k' suffix (0 without one)."""
+    if text is None:
+        return 0
+    span = int(text[1:]) if len(text) > 1 else 1
+    if span < 1:
+        raise ValueError(f"layer token {raw!r}: a shortcut comes from >= 1 layer back")
+    return span
 
 
 def parse_net(spec: str, width: float = 1.0) -> list[LayerToken]:
@@ -98,21 +143,22 @@ def parse_net(spec: str, width: float = 1.0) -> list[LayerToken]:
         tok = raw.strip().upper()
         if not tok:
             raise ValueError(f"empty layer token in {spec!r} (two '-' in a row?); {_TOKEN_HELP}")
-        if m := re.fullmatch(r"(\d+)C(\d+)", tok):
+        if m := re.fullmatch(r"(\d+)C(\d+)(\+\d*)?", tok):
             n, k = int(m[1]), int(m[2])
             if n < 1 or k < 1:
                 raise ValueError(f"layer token {raw!r}: channels and kernel must be >= 1")
-            tokens.append(LayerToken("conv", max(1, round(n * width)), k))
+            tokens.append(LayerToken("conv", max(1, round(n * width)), k, _skip(m[3], raw)))
         elif m := re.fullmatch(r"AP(\d+)", tok):
             if int(m[1]) < 1:
                 raise ValueError(f"layer token {raw!r}: the pooling size must be >= 1")
             tokens.append(LayerToken("pool", kernel=int(m[1])))
         elif tok == "GAP":
             tokens.append(LayerToken("gap"))
-        elif tok.isdigit():
-            if int(tok) < 1:
+        elif m := re.fullmatch(r"(\d+)(\+\d*)?", tok):
+            if int(m[1]) < 1:
                 raise ValueError(f"layer token {raw!r}: a layer needs >= 1 neuron")
-            tokens.append(LayerToken("dense", max(1, round(int(tok) * width))))
+            tokens.append(LayerToken("dense", max(1, round(int(m[1]) * width)),
+                                     skip=_skip(m[2], raw)))
         elif tok == "FC":
             tokens.append(LayerToken("readout"))
         else:
@@ -123,6 +169,13 @@ def parse_net(spec: str, width: float = 1.0) -> list[LayerToken]:
     if not any(t.kind in ("conv", "dense") for t in tokens):
         raise ValueError(f"{spec!r} has no hidden layer: put at least one <n>C<k> or <n> "
                          "before FC")
+    n_hidden = 0
+    for tok in tokens:
+        if tok.skip and tok.skip > n_hidden:
+            raise ValueError(f"{spec!r}: the shortcut of {tok} comes from {tok.skip} layers back, "
+                             f"but only {n_hidden} hidden layers precede it (shortcuts start "
+                             "at a hidden layer, not at the network input)")
+        n_hidden += tok.kind in ("conv", "dense")
     seen_dense = False
     for prev, tok in zip([None, *tokens], tokens):
         if tok.kind in ("pool", "gap") and prev is not None and prev.kind in ("pool", "gap"):
@@ -236,6 +289,7 @@ class SpikingNet(nn.Module):
         self.surrogate = surrogate or SigmoidSurrogate()
         self.dropout = float(dropout)
         hidden: list[nn.Module] = []
+        skips: list[int | None] = []
         pool: tuple[int, int] | None = None
         current = shape
         readout: DenseLayer | None = None
@@ -263,12 +317,23 @@ class SpikingNet(nn.Module):
                     break
             except ValueError as exc:
                 raise ValueError(f"{self.spec} on input {shape}: {exc}") from None
+            if tok.skip:
+                j = len(hidden) - tok.skip
+                if hidden[j].out_shape != layer.out_shape:
+                    raise ValueError(
+                        f"{self.spec}: the shortcut of {tok} (hidden layer {len(hidden) + 1}) "
+                        f"comes from hidden layer {j + 1}, whose output has shape "
+                        f"{hidden[j].out_shape}, but this layer's has {layer.out_shape}: a "
+                        "shortcut needs equal shapes (no pooling or channel change between)")
+            skips.append(len(hidden) - tok.skip if tok.skip else None)
             hidden.append(layer)
             current = layer.out_shape
             pool = None
         assert readout is not None
         self.hidden = nn.ModuleList(hidden)
         self.readout = readout
+        #: per hidden layer, the hidden layer its residual shortcut comes from (or None)
+        self.skips = skips
 
     @property
     def hidden_sizes(self) -> list[int]:
@@ -385,6 +450,10 @@ class SpikingNet(nn.Module):
             else:
                 op_in = layer.op_input(inp)
                 current, scratch = layer.op(op_in), True
+            j = self.skips[l]
+            if j is not None:  # residual shortcut: x_j joins the current
+                current = current.add_(outs[j]) if scratch else current + outs[j]
+                scratch = True
             if noise is not None and not after:
                 current = torch.add(current, noise[l], alpha=noise_scale)
                 scratch = True

@@ -7,7 +7,8 @@ derivatives. Needs weight transport (the forward weights are read for the backwa
 "W_lᵀ δ" is each layer's ``input_grad``: the transposed matrix for a fully connected layer,
 the transposed convolution with the standardized weight Ŵ for a conv layer, followed by the
 transpose of the layer's input pooling (:mod:`opzo.layers`). Implemented explicitly (no
-autograd graph); tests check it against autograd, FC and conv.
+autograd graph); tests check it against autograd, FC and conv. A residual shortcut from layer
+j into layer l's current adds δ_l to the error at x_j.
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ class SpatialBP(SpatialRule):
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         net, rec = ctx.net, ctx.record
         n = len(net.hidden)
+        skips = net.skips
         out: list[Tensor] = [ctx.error] * n
-        g = net.readout.input_grad(ctx.error)
+        #: the error at each layer's output x_l, complete once every layer above has run
+        g: list[Tensor | None] = [None] * n
+        g[n - 1] = net.readout.input_grad(ctx.error)
         for l in range(n - 1, -1, -1):
-            delta = rec.local_grad(l, g)
+            gl = g[l]
+            assert gl is not None
+            delta = rec.local_grad(l, gl)
             out[l] = delta
             if l > 0:
-                g = net.hidden[l].input_grad(delta)
+                below = net.hidden[l].input_grad(delta)
+                g[l - 1] = below if g[l - 1] is None else g[l - 1] + below
+            j = skips[l]
+            if j is not None:  # a residual shortcut x_j → I_l passes δ_l back unchanged
+                g[j] = delta if g[j] is None else g[j] + delta
         return out

@@ -71,6 +71,7 @@ class _CutNetwork:
         self.lif = net.lif
         self.surrogate = net.surrogate
         self.hidden_sizes = net.hidden_sizes[: k + 1]
+        self.skips = net.skips[: k + 1]
         self.num_outputs = int(readout.out_features)
 
 
