@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from runner import train_into
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"
@@ -56,20 +55,9 @@ def run_dir(name: str, epochs: int) -> Path:
 
 
 def run_one(name: str, args: argparse.Namespace) -> str:
-    out = run_dir(name, args.epochs)
-    cmd = [sys.executable, "-m", "opzo.cli", "train", "--quiet"]
-    if (out / "checkpoint.pt").exists():
-        if (out / "summary.json").exists():
-            return f"{name}: already finished"
-        cmd += ["--resume", str(out)]
-    else:
-        cmd += [*COMMON, *EXPERIMENTS[name], "--data-root", args.data_root,
-                "--epochs", str(args.epochs), "--seed", str(args.seed), "--out", str(out)]
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with (out / "log.txt").open("a") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return f"{name}: exit {code} after {time.time() - t0:.0f}s"
+    return train_into(run_dir(name, args.epochs),
+                      [*COMMON, *EXPERIMENTS[name], "--data-root", args.data_root,
+                       "--epochs", str(args.epochs), "--seed", str(args.seed)], ROOT)
 
 
 def summarize(epochs: int) -> None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from runner import train_into
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"
@@ -38,22 +38,12 @@ CODES = ["time", "rate"]
 
 
 def run_one(code: str, method: str, args: argparse.Namespace) -> str:
-    out = RUNS / f"randman-{code}-{method}"
-    cmd = [sys.executable, "-m", "opzo.cli", "train", "--quiet"]
-    if (out / "summary.json").exists():
-        return f"{code}/{method}: already finished"
-    if (out / "checkpoint.pt").exists():
-        cmd += ["--resume", str(out)]
-    else:
-        cmd += ["--config", str(ROOT / "configs" / "otpe-randman.toml"),
-                "--dataset", f"randman-{code}", *METHODS[method],
-                "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", "1",
-                "--diagnostics", "--diag-reference", "bptt", "--diag-every",
-                str(args.diag_every), "--out", str(out)]
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "log.txt").open("a") as log:
-        code_ = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return f"{code}/{method}: exit {code_}"
+    return train_into(RUNS / f"randman-{code}-{method}",
+                      ["--config", str(ROOT / "configs" / "otpe-randman.toml"),
+                       "--dataset", f"randman-{code}", *METHODS[method],
+                       "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", "1",
+                       "--diagnostics", "--diag-reference", "bptt", "--diag-every",
+                       str(args.diag_every)], ROOT)
 
 
 def summarize() -> None:

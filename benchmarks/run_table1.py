@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from runner import train_into
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"
@@ -27,22 +26,11 @@ PUBLISHED = {"mnist": {"bp": 98.38, "dfa": 98.05, "dkp": 98.15, "zo": 86.53, "op
 
 
 def run_one(method: str, args: argparse.Namespace) -> str:
-    out = RUNS / f"{args.dataset}-e{args.epochs}-{method}"
-    cmd = [sys.executable, "-m", "opzo.cli", "train", "--quiet"]
-    if (out / "checkpoint.pt").exists():
-        if (out / "summary.json").exists():
-            return f"{method}: already finished"
-        cmd += ["--resume", str(out)]
-    else:
-        cmd += ["--config", str(ROOT / "configs" / f"table1-{method}.toml"),
-                "--dataset", args.dataset, "--data-root", args.data_root,
-                "--epochs", str(args.epochs), "--threads", str(args.threads),
-                "--seed", str(args.seed), "--out", str(out)]
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with (out / "log.txt").open("a") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return f"{method}: exit {code} after {time.time() - t0:.0f}s"
+    return train_into(RUNS / f"{args.dataset}-e{args.epochs}-{method}",
+                      ["--config", str(ROOT / "configs" / f"table1-{method}.toml"),
+                       "--dataset", args.dataset, "--data-root", args.data_root,
+                       "--epochs", str(args.epochs), "--threads", str(args.threads),
+                       "--seed", str(args.seed)], ROOT)
 
 
 def summarize() -> None:
