@@ -24,9 +24,15 @@ def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) ->
     return field(default=default, metadata=meta)
 
 
-DATASETS = ("embedded-mnist", "mnist", "fashion-mnist", "nmnist", "randman-time", "randman-rate")
+DATASETS = ("embedded-mnist", "mnist", "fashion-mnist", "cifar10", "cifar100", "nmnist",
+            "dvs-gesture", "cifar10-dvs", "shd", "ssc", "randman-time", "randman-rate")
 #: datasets made or shipped by the package: no data_root needed
 BUILTIN_DATASETS = ("embedded-mnist", "randman-time", "randman-rate")
+#: datasets fed as spike frames or spike counts: the image encodings do not apply
+EVENT_DATASETS = ("nmnist", "dvs-gesture", "cifar10-dvs", "shd", "ssc",
+                  "randman-time", "randman-rate")
+#: datasets whose samples are vectors of input neurons (F,): fully connected nets only
+VECTOR_DATASETS = ("shd", "ssc", "randman-time", "randman-rate")
 OPTIMIZERS = ("adamw", "adam", "adamax", "sgd")
 METHODS = ("opzo", "bp", "dfa", "dkp", "zo", "bptt")
 #: the temporal traces of :mod:`opzo.traces` (kept equal to ``opzo.traces.TRACES`` by a test)
@@ -39,20 +45,35 @@ class TrainConfig:
     """All options of ``opzo train`` (defaults: OPZO on the embedded MNIST subset)."""
 
     # data
-    dataset: str = _opt("embedded-mnist", "dataset to train on (randman-time / randman-rate: "
-                        "the OTPE paper's Randman task, generated, time- or rate-coded)",
-                        DATASETS)
+    dataset: str = _opt(
+        "embedded-mnist", "dataset to train on (randman-time / randman-rate: the OTPE paper's "
+        "Randman task, generated, time- or rate-coded; cifar10 / cifar100: colour images, "
+        "input (3, 32, 32); nmnist, dvs-gesture, cifar10-dvs: event frames, T is the number "
+        "of frames (paper: 30, 20, 10); shd / ssc: 700 input units in T time bins over the "
+        "first second (OTPE paper: 50), fully connected nets only)", DATASETS)
     data_root: str | None = _opt(
-        None, "dataset folder: the idx files of mnist / fashion-mnist, or N-MNIST's "
-        "Train/ and Test/ folders of .bin files (nmnist: 3 ms frames, the first T)")
+        None, "dataset folder (never downloaded). mnist / fashion-mnist: the four idx files "
+        "(optionally .gz). cifar10: cifar-10-batches-py/ (data_batch_1..5, test_batch) or "
+        "that folder itself; cifar100: cifar-100-python/ (train, test). nmnist: Train/ and "
+        "Test/ with <digit>/*.bin (3 ms frames, the first T). dvs-gesture: tonic's "
+        "DVSGesture/ibmGestureTrain|ibmGestureTest/<session>/<label>.npy (the recording cut "
+        "into T frames of equal event counts, 48x48). cifar10-dvs: SpikingJelly's "
+        "<class>/<index>.npz for the 10 classes (or events_np/<class>/; T frames of equal "
+        "event counts, 48x48, the first 900 per class train, the last 100 test). shd / ssc: "
+        "shd_train.h5 and shd_test.h5 (ssc_train.h5, ssc_test.h5), decompressed; needs "
+        "h5py (pip install 'opzo[h5]')")
     encoding: str = _opt("direct", "image encoding: direct current at every step, Bernoulli "
-                         "rate spikes, or one spike per pixel at a latency (event datasets are "
-                         "fed as frames)",
+                         "rate spikes, or one spike per pixel at a latency (image datasets "
+                         "only; event datasets are fed as frames)",
                          ("direct", "rate", "latency"))
     latency_tau: float = _opt(20.0, "latency encoding: time constant τ_eff in steps (spike at "
                               "τ_eff·ln(x/(x−θ)))", min=1e-9)
     latency_theta: float = _opt(0.2, "latency encoding: pixels x ≤ θ (in [0, 1]) never spike",
                                 min=0.0, max=0.999)
+    augment: bool = _opt(True, "training-split augmentation of cifar10 / cifar100 (random "
+                         "crop with 4 pixels of padding, horizontal flip, cutout) and "
+                         "cifar10-dvs (random crop), drawn per batch from (seed, epoch, batch) "
+                         "(OPZO paper appendix C.3.1)")
     limit_train: int | None = _opt(None, "use only the first N training samples", min=1)
     limit_test: int | None = _opt(None, "use only the first N test samples", min=1)
     # network
@@ -68,7 +89,8 @@ class TrainConfig:
         "fully connected from 'hidden'")
     width: float = _opt(1.0, "multiplies the channels (and neurons) of every hidden layer of "
                         "'net' (e.g. 0.25 for a CPU-sized conv5)", min=1e-6)
-    T: int = _opt(6, "number of time steps per sample", min=1)
+    T: int = _opt(6, "number of time steps per sample (event datasets: the number of frames "
+                  "or time bins each sample is cut into)", min=1)
     dropout: float = _opt(0.2, "dropout rate (mask fixed over the T steps)", min=0.0, max=0.99)
     init_scale: float = _opt(1.0, "hidden weights are torch's default initialisation times this "
                              "(sparse spike inputs need > 1 for the neurons to fire)", min=0.0)
@@ -186,16 +208,16 @@ class TrainConfig:
                     f"trace {self.trace!r} keeps one eligibility per synapse and is implemented "
                     "for fully connected layers only; use 'ottt' or 'approx_otpe' (or their "
                     "f_ variants) with a convolutional 'net'")
-            if self.dataset.startswith("randman"):
+            if self.dataset in VECTOR_DATASETS:
                 raise ConfigError(f"{self.dataset} gives vectors of input neurons, not images: "
-                                  "a convolutional 'net' needs image or frame datasets")
+                                  "a convolutional 'net' needs image or frame datasets; use a "
+                                  "fully connected net ('hidden', or a 'net' of <n> layers)")
         if self.dataset not in BUILTIN_DATASETS and not self.data_root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
                 "its files; opzo never downloads data. For a quick start use "
                 "dataset 'embedded-mnist', which ships with the package.")
-        if self.dataset in ("nmnist", "randman-time", "randman-rate") \
-                and self.encoding != "direct":
+        if self.dataset in EVENT_DATASETS and self.encoding != "direct":
             raise ConfigError(f"{self.dataset} is fed as spike frames; the {self.encoding!r} "
                               "encoding applies to image datasets only")
         if self.dataset.startswith("randman") and self.T != 50:

@@ -30,10 +30,26 @@ from torch import Tensor
 from . import __version__
 from .bptt import BPTTLearner
 from .config import TrainConfig
-from .data import epoch_permutation, load_dataset, make_encoder
-from .data.neuromorphic import NMNISTFolder
+from .data import DatasetError, Encoder, epoch_permutation, load_dataset, make_encoder
+from .data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CUTOUT_SIZE,
+    load_cifar,
+)
+from .data.neuromorphic import (
+    CIFAR10DVS,
+    DVSGESTURE_CLASSES,
+    DVSGesture,
+    NMNISTFolder,
+    SpikingHeidelbergDigits,
+    SpikingSpeechCommands,
+    cached_mean_std,
+)
 from .data.randman import otpe_preset
-from .data.sources import FrameSource, ImageSource, SequenceSource
+from .data.sources import ColorImageSource, FrameSource, ImageSource, SequenceSource
 from .diagnostics import GradientVariance, gradient_cosine
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
@@ -221,9 +237,59 @@ def _randman(time_code: bool) -> tuple[Tensor, Tensor]:
     return otpe_preset(time_code=time_code, seed=RANDMAN_SEED)
 
 
-def make_source(cfg: TrainConfig, split: str) -> ImageSource | FrameSource | SequenceSource:
-    """The config's dataset split as a source of network inputs (limits applied)."""
-    source: ImageSource | FrameSource | SequenceSource
+#: frame size of DVS128 Gesture and CIFAR10-DVS (OPZO paper appendix C.3.1: 48x48)
+EVENT_FRAME_SIZE = 48
+#: CIFAR10-DVS samples per class in the training split (the common 9000/1000 split); tests
+#: lower it to split a handful of files
+CIFAR10DVS_TRAIN_PER_CLASS = 900
+#: SHD / SSC: the T time bins cover the first second of each recording (later spikes dropped)
+HEIDELBERG_DURATION_S = 1.0
+#: per-channel normalisation of the colour image datasets
+CIFAR_STATS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "cifar100": (CIFAR100_MEAN, CIFAR100_STD)}
+
+Source = ImageSource | ColorImageSource | FrameSource | SequenceSource
+
+
+def _cifar10dvs(cfg: TrainConfig, split: str) -> FrameSource:
+    """CIFAR10-DVS as the OPZO paper preprocesses it (appendix C.3.1): T frames of equal event
+    counts, 48x48, the 9000/1000 split, normalised by the global mean and std of all frames of
+    the training split, random crop (4 pixels of padding) on the training split."""
+    assert cfg.data_root is not None
+    common = dict(n_frames=cfg.T, size=EVENT_FRAME_SIZE,
+                  train_per_class=CIFAR10DVS_TRAIN_PER_CLASS)
+    mean, std = cached_mean_std(CIFAR10DVS(cfg.data_root, "train", **common))
+    if not std > 0:
+        raise DatasetError(f"CIFAR10-DVS training frames in {cfg.data_root} are all equal "
+                           f"(mean {mean}, std 0): cannot normalise them")
+    augment = split == "train" and cfg.augment
+    # the reader's own generator is replaced per batch by FrameSource (augment_seed); a fixed
+    # one here keeps the first read (the frame shape) off torch's global generator
+    data = CIFAR10DVS(cfg.data_root, split, augment=augment, mean=mean, std=std,
+                      generator=torch.Generator().manual_seed(cfg.seed), **common)
+    return FrameSource(data, classes=10, augment_seed=cfg.seed if augment else None)
+
+
+def _heidelberg(cfg: TrainConfig, split: str) -> FrameSource:
+    """SHD / SSC: the 700 input units' spike counts in T bins over the first second."""
+    assert cfg.data_root is not None
+    cls = SpikingHeidelbergDigits if cfg.dataset == "shd" else SpikingSpeechCommands
+    if Path(cfg.data_root).expanduser().is_file():
+        raise DatasetError(
+            f"{cls.pretty} data_root must be the folder holding {cls.prefix}_train.h5 and "
+            f"{cls.prefix}_test.h5, not the file {cfg.data_root}")
+    data = cls(cfg.data_root, n_bins=cfg.T, duration_s=HEIDELBERG_DURATION_S, split=split)
+    return FrameSource(data, classes=cls.n_classes)
+
+
+def make_source(cfg: TrainConfig, split: str) -> Source:
+    """The config's dataset split as a source of network inputs (limits applied).
+
+    Preprocessing as in the OPZO paper, appendix C.3.1 (N-MNIST, DVS Gesture, CIFAR10-DVS,
+    CIFAR-10/100) and the OTPE paper, appendix A.1 (SHD binned in time steps); event datasets
+    are cut into ``cfg.T`` frames or bins. Datasets are read from ``cfg.data_root`` and never
+    downloaded: a missing file raises :class:`~opzo.data.DatasetError` naming it.
+    """
+    source: Source
     if cfg.dataset.startswith("randman"):
         spikes, labels = _randman(cfg.dataset == "randman-time")
         part = slice(None, RANDMAN_TRAIN) if split == "train" else slice(RANDMAN_TRAIN, None)
@@ -233,6 +299,25 @@ def make_source(cfg: TrainConfig, split: str) -> ImageSource | FrameSource | Seq
         # the paper's preprocessing (appendix C.3.1): 3 ms frames, the first T of them
         source = FrameSource(
             NMNISTFolder(cfg.data_root, split, bin_us=3000, n_frames=cfg.T), classes=10)
+    elif cfg.dataset == "dvs-gesture":
+        assert cfg.data_root is not None
+        # appendix C.3.1: the recording integrated into T (paper: 20) frames, 48x48
+        source = FrameSource(DVSGesture(cfg.data_root, split, n_frames=cfg.T,
+                                        size=EVENT_FRAME_SIZE), classes=DVSGESTURE_CLASSES)
+    elif cfg.dataset == "cifar10-dvs":
+        source = _cifar10dvs(cfg, split)
+    elif cfg.dataset in ("shd", "ssc"):
+        source = _heidelberg(cfg, split)
+    elif cfg.dataset in CIFAR_STATS:
+        assert cfg.data_root is not None
+        images, labels = load_cifar(cfg.dataset, cfg.data_root, split)
+        mean, std = CIFAR_STATS[cfg.dataset]
+        augment = split == "train" and cfg.augment
+        source = ColorImageSource(
+            images, labels, classes=10 if cfg.dataset == "cifar10" else 100,
+            encoder=Encoder(cfg.encoding, tau=cfg.latency_tau, theta=cfg.latency_theta),
+            mean=mean, std=std, augment_seed=cfg.seed if augment else None,
+            crop_padding=4, cutout_size=CUTOUT_SIZE[cfg.dataset])
     else:
         source = ImageSource(load_dataset(cfg.dataset, cfg.data_root, split),
                              make_encoder(cfg.encoding, cfg.dataset, cfg.latency_tau,
@@ -241,7 +326,7 @@ def make_source(cfg: TrainConfig, split: str) -> ImageSource | FrameSource | Seq
     return source.head(limit) if limit else source
 
 
-def evaluate(net: SpikingNet, source: ImageSource | FrameSource, cfg: TrainConfig,
+def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig,
              loss: InstantLoss) -> dict:
     """Test loss, accuracy and firing rates of ``net`` on ``source`` (no noise, no dropout)."""
     acc = Accumulator()
@@ -384,7 +469,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             batch_index = first
             try:
                 for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
-                                                   start_batch=first):
+                                                   start_batch=first, epoch=epoch):
                     if cfg.diagnostics and batch_index % cfg.diag_every == 0:
                         cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference,
                                               trace=cfg.trace, gbar=cfg.otpe_gbar)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from .datasets import ArrayDataset, canonical_dataset_name
@@ -13,6 +14,8 @@ __all__ = [
     "ENCODER_NAMES",
     "NORMALIZATION",
     "Encoder",
+    "batch_generator",
+    "batch_seed",
     "direct",
     "epoch_permutation",
     "epoch_seed",
@@ -195,6 +198,34 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """
     generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(n, generator=generator)
+
+
+#: Mixed into :func:`batch_seed` so that its streams differ from every other use of the seed.
+_BATCH_SEED_SALT = 0x0A06
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """Seed of the random draws that belong to one training batch (data augmentation).
+
+    A function of ``(seed, epoch, batch)`` alone, hashed with :class:`numpy.random.SeedSequence`
+    so that neighbouring batches and epochs get unrelated streams. A run resumed mid-epoch
+    draws for its remaining batches exactly what the uninterrupted run drew, whatever else
+    (noise, dropout) consumed torch's global generator in between; and every method sees
+    the same augmented images for the same seed.
+    """
+    if seed < 0 or epoch < 0 or batch < 0:
+        raise ValueError(
+            f"seed, epoch and batch must be >= 0, got seed={seed}, epoch={epoch}, batch={batch}"
+        )
+    state = np.random.SeedSequence([seed, epoch, batch, _BATCH_SEED_SALT]).generate_state(
+        1, np.uint64
+    )
+    return int(state[0])
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """A fresh CPU :class:`torch.Generator` seeded with :func:`batch_seed`."""
+    return torch.Generator().manual_seed(batch_seed(seed, epoch, batch))
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

@@ -16,6 +16,8 @@ naming the path, the expected layout and where to obtain the data.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -41,6 +43,7 @@ __all__ = [
     "NMNISTFolder",
     "SpikingHeidelbergDigits",
     "SpikingSpeechCommands",
+    "cached_mean_std",
     "compute_mean_std",
     "read_cifar10dvs_npz",
     "read_gesture_npy",
@@ -542,6 +545,51 @@ def compute_mean_std(dataset: Any) -> tuple[float, float]:
     mean = total / count
     var = max(total_sq / count - mean * mean, 0.0)
     return mean, var**0.5
+
+
+def _cache_dir() -> Path:
+    """``$OPZO_CACHE_DIR``, else ``$XDG_CACHE_HOME/opzo``, else ``~/.cache/opzo``."""
+    if os.environ.get("OPZO_CACHE_DIR"):
+        return Path(os.environ["OPZO_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "opzo"
+
+
+def cached_mean_std(dataset: Any) -> tuple[float, float]:
+    """:func:`compute_mean_std` of a file-backed dataset, remembered in a small JSON file.
+
+    The statistics of the full CIFAR10-DVS training split take minutes to compute (every
+    sample is read and binned), and every run (and ``opzo eval``) needs them. The key hashes
+    the dataset's class, its preprocessing (``n_frames``, ``size``, ``resize_mode``) and the
+    name, size and modification time of each of its ``files``, so changed or added files are
+    noticed. The file lives in :func:`_cache_dir` (``$OPZO_CACHE_DIR`` overrides it); when it
+    cannot be written the statistics are simply computed again next time.
+
+    Returns:
+        ``(mean, std)`` as :func:`compute_mean_std` returns them.
+    """
+    key = hashlib.sha256()
+    params = {k: getattr(dataset, k, None) for k in ("n_frames", "size", "resize_mode")}
+    key.update(json.dumps([type(dataset).__name__, params]).encode())
+    for file in dataset.files:
+        stat = Path(file).stat()
+        key.update(f"{Path(file).absolute()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    path = _cache_dir() / f"mean-std-{type(dataset).__name__.lower()}-{key.hexdigest()[:20]}.json"
+    try:
+        cached = json.loads(path.read_text())
+        return float(cached["mean"]), float(cached["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    mean, std = compute_mean_std(dataset)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"mean": mean, "std": std, "samples": len(dataset),
+                                   "params": params}) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return mean, std
 
 
 # ------------------------------------------------------------------------------- SHD / SSC
