@@ -86,8 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a fully connected or convolutional SNN (--net) online with a "
         "spatial credit rule. Every "
         "option can also be a key of a TOML/YAML --config file (use _ or -); options given "
-        "on the command line override the file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "on the command line override the file.")  # each option's help states its default
     train.add_argument("--config", help="TOML or YAML file whose keys mirror these options")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
