@@ -225,12 +225,19 @@ class StepRecord:
     inputs: list[Tensor] | None = None
     #: what the readout's linear map saw (x_{N−1}[t] after its pooling, flattened)
     readout_in: Tensor | None = None
+    #: per hidden layer, a local derivative D_l[t] that replaces ψ(u_l[t]) (a temporal
+    #: trace's, e.g. OTPE's ḡ; set by :func:`opzo.traces.record_for_rule`), or None
+    derivatives: list[Tensor | None] | None = None
 
     def local_grad(self, l: int, g: Tensor) -> Tensor:
-        """δ_l = g ⊙ m_l ⊙ ψ(u_l[t]): an error g at layer l's output x_l taken to its potential.
+        """δ_l = g ⊙ m_l ⊙ ψ(u_l[t]): an error g at layer l's output x_l taken to its potential
+        (with D_l[t] in place of ψ where ``derivatives`` gives one).
 
         This is the local factor of the three-factor update (OPZO paper eq. 7).
         """
+        d = self.derivatives[l] if self.derivatives is not None else None
+        if d is not None:
+            return (g if self.masks is None else g * self.masks[l]) * d
         if self.gains is not None:
             g = g * self.gains[l]
         else:

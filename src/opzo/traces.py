@@ -65,7 +65,6 @@ weight-gradient product at :meth:`Trace.flush` instead of one per step.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -552,31 +551,10 @@ def make_output_trace(name: str, lam: float) -> OutputTrace:
     return OutputTrace(float(lam) if _check_name(name)[1] else 0.0)
 
 
-@dataclass
-class _RecordWithDerivatives(StepRecord):
-    """A step record whose ``local_grad`` uses the traces' local derivatives where given."""
-
-    derivatives: list[Tensor | None] = field(default_factory=list)
-
-    def local_grad(self, l: int, g: Tensor) -> Tensor:
-        d = self.derivatives[l]
-        if d is None:
-            return super().local_grad(l, g)
-        if self.masks is not None:
-            g = g * self.masks[l]
-        return g * d
-
-
 def record_for_rule(rec: StepRecord, traces: Sequence[Trace]) -> StepRecord:
     """The step record the spatial rule should read: δ_l = g_l ⊙ m_l ⊙ D_l with each trace's
     :meth:`Trace.local_derivative` D_l (ψ(u_l[t]) where a trace gives none)."""
     derivatives = [tr.local_derivative() for tr in traces]
-    if all(d is None for d in derivatives):
-        return rec
-    values = {f.name: getattr(rec, f.name) for f in fields(rec) if f.init}
-    values["derivatives"] = derivatives
-    out = _RecordWithDerivatives(**values)
-    for f in fields(rec):
-        if not f.init:
-            setattr(out, f.name, getattr(rec, f.name))
-    return out
+    if any(d is not None for d in derivatives):
+        rec.derivatives = derivatives
+    return rec

@@ -32,7 +32,7 @@ use them.
 from __future__ import annotations
 
 import copy
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from torch import Tensor, nn
 
@@ -77,16 +77,8 @@ class _CutNetwork:
 
 def _cut_record(rec: StepRecord, k: int) -> StepRecord:
     """The step record of layers 0..k only (every per-layer list cut after k)."""
-    values = {}
-    for f in fields(rec):
-        if f.init:
-            v = getattr(rec, f.name)
-            values[f.name] = v[: k + 1] if isinstance(v, list) else v
-    out = type(rec)(**values)
-    for f in fields(rec):
-        if not f.init:
-            setattr(out, f.name, getattr(rec, f.name))
-    return out
+    return replace(rec, **{f.name: getattr(rec, f.name)[: k + 1] for f in fields(rec)
+                           if isinstance(getattr(rec, f.name), list)})
 
 
 class LocalLearning(SpatialRule):
