@@ -358,6 +358,7 @@ def test_missing_data_is_a_clean_cli_error(tmp_path: Path, capsys, name: str,
     assert str(root) in err and "never downloads" in err
     for text in expected:
         assert text in err, text
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 def test_config_rules_for_the_new_datasets() -> None:

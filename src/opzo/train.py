@@ -384,13 +384,14 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
+    # the data first: a missing dataset must not leave an empty run folder behind
     train_set = make_source(cfg, "train")
     test_set = make_source(cfg, "test")
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
     net = build_network(cfg, train_set.input_shape, train_set.classes)
