@@ -540,3 +540,26 @@ def test_config_trace_option_reaches_the_learner(tmp_path):
         TrainConfig(trace="eprop").validate()
     with pytest.raises(ConfigError, match="bptt"):
         TrainConfig(method="bptt", trace="otpe").validate()
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_bptt_learner_with_an_output_leak_is_exact_for_the_f_loss(static):
+    """BPTTLearner(output_leak=λ) is the F-variants' reference: the exact gradient of the
+    loss on O[t] = λ O[t−1] + o[t]; F-OTPE on one hidden layer matches it, so the diagnostics'
+    cosine of F-OTPE with BPTT is 1."""
+    from opzo.diagnostics import gradient_cosine
+
+    sizes = (7, 9, 4)
+    net = _net(sizes, dropout=0.0)
+    x, y = _data(sizes, static)
+    lam = net.lif.lam
+    for p in net.parameters():
+        p.grad = None
+    BPTTLearner(net, LOSS, output_leak=lam).accumulate(x, y, T=5)
+    ours = {n: p.grad.clone() for n, p in net.named_parameters()}
+    _assert_close(ours, bptt_reference(net, x, y, 5, LOSS, output_leak=lam))
+    cos = gradient_cosine(net, SpatialBP(), x, y, 5, LOSS, reference="bptt", trace="f_otpe")
+    assert all(c > 1 - 1e-9 for c in cos.values()), cos
+    # against the plain-loss BPTT it would not be exact (the test can fail)
+    plain = bptt_reference(net, x, y, 5, LOSS)
+    assert _differ(plain["hidden.0.weight"], ours["hidden.0.weight"])

@@ -26,14 +26,20 @@ class BPTTLearner:
     """Drop-in alternative to :class:`~opzo.learner.OnlineLearner` that trains by BPTT.
 
     The loss is the same mean over batch and time steps of the instantaneous losses, so its
-    gradient is directly comparable with the online rules' estimates.
+    gradient is directly comparable with the online rules' estimates. With ``output_leak`` λ
+    the loss at step t is on the leaky sum of the outputs O[t] = λ O[t−1] + o[t] (the
+    F-variants' loss, OTPE paper section 3.2), the exact reference for the ``f_`` traces.
     """
 
     name = "bptt"
 
-    def __init__(self, net: SpikingNet, loss: InstantLoss | None = None) -> None:
+    def __init__(self, net: SpikingNet, loss: InstantLoss | None = None,
+                 output_leak: float = 0.0) -> None:
+        if not 0.0 <= output_leak <= 1.0:
+            raise ValueError(f"output_leak must lie in [0, 1], got {output_leak}")
         self.net = net
         self.loss = loss or InstantLoss()
+        self.output_leak = float(output_leak)
         self.rule = None
 
     def accumulate(self, x: Tensor, y: Tensor, T: int | None = None,
@@ -49,6 +55,7 @@ class BPTTLearner:
         s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
         total = x.new_zeros(())
         out_sum = x.new_zeros(batch, net.num_outputs)
+        leaky: Tensor | None = None  # O[t] with an output leak
         with torch.enable_grad():
             for t in range(T):
                 inp = x if static else x[t]
@@ -66,6 +73,9 @@ class BPTTLearner:
                     outs.append(inp)
                 o = net.readout(inp)
                 out_sum = out_sum + o.detach()
+                if self.output_leak:
+                    leaky = o if leaky is None else self.output_leak * leaky + o
+                    o = leaky
                 total = total + self.loss.per_sample(o, y).sum()
             (total / (batch * T)).backward()
         loss_value = float(total.detach()) / T

@@ -51,8 +51,9 @@ def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Ten
 
     ``rule=None`` measures BPTT itself (against ``reference="bp"`` that is OTTT's alignment
     with the exact gradient seen from the other side). ``trace``: the rule's temporal trace
-    (:mod:`opzo.traces`; the reference "bp" always uses OTTT's) and ``gbar`` its ḡ
-    normalisation (OTPE traces).
+    (:mod:`opzo.traces`; the reference "bp" uses OTTT's, BPTT the exact gradient) and ``gbar``
+    its ḡ normalisation (OTPE traces). For an ``f_`` trace both references take the same loss
+    on the leaky sum of the outputs (``f_ottt``; BPTT with that output leak).
     """
     if reference not in REFERENCES:
         raise ValueError(f"unknown reference {reference!r}; choose one of {REFERENCES}")
@@ -61,16 +62,20 @@ def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Ten
     try:
         batch = x.shape[0] if x.dim() == 2 else x.shape[1]
         masks = net.dropout_masks(batch, x)
+        # the F-variants' loss is on the leaky sum of the outputs: so is their reference's
+        leaky = trace.startswith("f_")
+        exact = BPTTLearner(net, loss, output_leak=net.lif.lam if leaky else 0.0)
         if rule is None:
-            ours = _grads_of(net, lambda: BPTTLearner(net, loss).accumulate(x, y, T, masks=masks))
+            ours = _grads_of(net, lambda: exact.accumulate(x, y, T, masks=masks))
         else:
             probe = OnlineLearner(net, copy.deepcopy(rule), loss, trace=trace, gbar=gbar)
             ours = _grads_of(net, lambda: probe.accumulate(x, y, T, masks=masks))
         if reference == "bp":
-            ref_learner = OnlineLearner(net, SpatialBP(), loss)
+            ref_learner = OnlineLearner(net, SpatialBP(), loss,
+                                        trace="f_ottt" if leaky else "ottt")
             ref = _grads_of(net, lambda: ref_learner.accumulate(x, y, T, masks=masks))
         else:
-            ref = _grads_of(net, lambda: BPTTLearner(net, loss).accumulate(x, y, T, masks=masks))
+            ref = _grads_of(net, lambda: exact.accumulate(x, y, T, masks=masks))
     finally:
         torch.set_rng_state(rng)
     return {name: _cosine(ours[name], ref[name]) for name in weight_names(net)}
