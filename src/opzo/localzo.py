@@ -134,7 +134,63 @@ def _sigmoid_inverse_table(
     return table_t, xi_max / (_TABLE_POINTS - 1), gamma, total, t, cdf
 
 
-class LocalZOSurrogate(Surrogate):
+class SparsityStats:
+    """Counts the local derivatives ψ that are non-zero (the sparsity SparseGrad exploits).
+
+    ``_count(psi)`` adds one evaluation; :attr:`nonzero_fraction` is the fraction of neurons
+    with a non-zero derivative over all evaluations since :meth:`reset_stats`. Counting stays
+    on ψ's device (no host synchronisation per call).
+    """
+
+    track_stats: bool = True
+
+    def _count(self, psi: Tensor) -> None:
+        self._nonzero = torch.count_nonzero(psi) + self._nonzero.to(psi.device)
+        self._total += psi.numel()
+        self._calls += 1
+
+    def reset_stats(self) -> None:
+        """Zero the counters behind :attr:`nonzero_fraction`."""
+        self._nonzero: Tensor = torch.zeros((), dtype=torch.int64)
+        self._total = 0
+        self._calls = 0
+
+    @property
+    def nonzero_count(self) -> int:
+        """Number of ψ values that were non-zero since :meth:`reset_stats`."""
+        return int(self._nonzero)
+
+    @property
+    def total_count(self) -> int:
+        """Number of ψ values computed since :meth:`reset_stats`."""
+        return self._total
+
+    @property
+    def calls(self) -> int:
+        """Number of calls (ψ evaluations) since :meth:`reset_stats`."""
+        return self._calls
+
+    @property
+    def nonzero_fraction(self) -> float:
+        """Fraction of neurons (over all calls) with a non-zero derivative; 0.0 before any call.
+
+        ``1 −`` this is the backward sparsity of the LocalZO paper's section 5.2 / Figure 2
+        ("active neurons").
+        """
+        return self.nonzero_count / self._total if self._total else 0.0
+
+    def stats_state(self) -> tuple[int, int, int]:
+        """The counters (non-zero, total, calls), e.g. for a checkpoint."""
+        return (self.nonzero_count, self._total, self._calls)
+
+    def load_stats_state(self, state: tuple[int, int, int]) -> None:
+        """Restore counters saved by :meth:`stats_state`."""
+        nonzero, total, calls = state
+        self._nonzero = torch.tensor(int(nonzero), dtype=torch.int64)
+        self._total, self._calls = int(total), int(calls)
+
+
+class LocalZOSurrogate(SparsityStats, Surrogate):
     """LocalZO local derivative ψ(u) (LocalZO paper, sections 3-4, Algorithm 1, appendix A).
 
     ``ψ(u) = c · (1/m) Σ_{k=1}^m 1{|u − V_th| < δ|z_k|} |z_k|^{α_p} / (2δ)`` with fresh
@@ -326,10 +382,7 @@ class LocalZOSurrogate(Surrogate):
             psi = psi.sum(0)
         psi.mul_(self.scale / (2.0 * self.delta * m))
         if self.track_stats:
-            # accumulated on psi's device: no host synchronisation per call
-            self._nonzero = torch.count_nonzero(psi) + self._nonzero.to(psi.device)
-            self._total += psi.numel()
-            self._calls += 1
+            self._count(psi)
         return psi
 
     def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
@@ -338,36 +391,6 @@ class LocalZOSurrogate(Surrogate):
         if psi.shape == g.shape and psi.dtype == g.dtype:
             return psi.mul_(g)
         return g * psi
-
-    # -------------------------------------------------------------- sparsity
-    def reset_stats(self) -> None:
-        """Zero the counters behind :attr:`nonzero_fraction`."""
-        self._nonzero: Tensor = torch.zeros((), dtype=torch.int64)
-        self._total = 0
-        self._calls = 0
-
-    @property
-    def nonzero_count(self) -> int:
-        """Number of ψ values that were non-zero since :meth:`reset_stats`."""
-        return int(self._nonzero)
-
-    @property
-    def total_count(self) -> int:
-        """Number of ψ values computed since :meth:`reset_stats`."""
-        return self._total
-
-    @property
-    def calls(self) -> int:
-        """Number of calls (ψ evaluations) since :meth:`reset_stats`."""
-        return self._calls
-
-    @property
-    def nonzero_fraction(self) -> float:
-        """Fraction of neurons (over all calls) with a non-zero derivative; 0.0 before any call.
-
-        ``1 −`` this is the backward sparsity of section 5.2 / Figure 2 ("active neurons").
-        """
-        return self.nonzero_count / self._total if self._total else 0.0
 
     # ------------------------------------------------------------ analytics
     def expected_surrogate(self, u: Tensor, v_th: float) -> Tensor:
@@ -483,7 +506,7 @@ class LocalZOSurrogate(Surrogate):
         return cfg
 
 
-class SparseGradSurrogate(Surrogate):
+class SparseGradSurrogate(SparsityStats, Surrogate):
     """Surrogate with a back-propagation threshold: LocalZO's baseline, SparseGrad.
 
     SparseGrad (Perez-Nieves & Goodman 2021) back-propagates only through neurons whose
@@ -529,19 +552,8 @@ class SparseGradSurrogate(Surrogate):
             psi = local.expected_surrogate(u, v_th)
         psi = psi.masked_fill_(x.abs_() >= self.threshold, 0.0)
         if self.track_stats:
-            self._nonzero = torch.count_nonzero(psi) + self._nonzero.to(psi.device)
-            self._total += psi.numel()
+            self._count(psi)
         return psi
-
-    def reset_stats(self) -> None:
-        """Zero the counters behind :attr:`nonzero_fraction`."""
-        self._nonzero: Tensor = torch.zeros((), dtype=torch.int64)
-        self._total = 0
-
-    @property
-    def nonzero_fraction(self) -> float:
-        """Fraction of neurons (over all calls) with a non-zero derivative; 0.0 before any call."""
-        return int(self._nonzero) / self._total if self._total else 0.0
 
     def config(self) -> dict:
         cfg = {k: v for k, v in self.local.config().items() if k != "name"}

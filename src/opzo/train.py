@@ -52,6 +52,7 @@ from .data.randman import otpe_preset
 from .data.sources import ColorImageSource, FrameSource, ImageSource, SequenceSource
 from .diagnostics import GradientVariance, gradient_cosine
 from .learner import BatchStats, OnlineLearner, evaluate_batch
+from .localzo import SparsityStats
 from .losses import InstantLoss
 from .network import SpikingMLP, SpikingNet
 from .neuron import LIFParams
@@ -407,6 +408,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                  if cfg.schedule == "cosine" else None)
 
     start_epoch, start_batch, partial = 0, 0, Accumulator()
+    state_stats = None  # the sparsity counters of a LocalZO / SparseGrad ψ, mid-epoch
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         if not ckpt_path.is_file():
@@ -423,6 +425,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         torch.set_rng_state(state["rng"])
         start_epoch, start_batch = state["epoch"], state["batch"]
         partial = Accumulator(**state["partial"])
+        state_stats = state.get("surrogate_stats")
         if variance is not None and state.get("variance"):
             variance.count, variance.mean, variance.m2 = state["variance"]
         # keep only the lines written before the checkpoint's position
@@ -447,6 +450,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             "rng": torch.get_rng_state(),
             "epoch": epoch, "batch": batch,
             "partial": acc.__dict__.copy(),
+            "surrogate_stats": (net.surrogate.stats_state()
+                                if batch and isinstance(net.surrogate, SparsityStats) else None),
             "config": cfg.to_dict(),
         }, ckpt_path)
 
@@ -464,6 +469,10 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                 variance.reset()
             acc = partial if epoch == start_epoch else Accumulator()
             first = start_batch if epoch == start_epoch else 0
+            if isinstance(net.surrogate, SparsityStats):  # LocalZO / SparseGrad, per epoch
+                net.surrogate.reset_stats()
+                if first > 0 and state_stats is not None:
+                    net.surrogate.load_stats_state(state_stats)
             bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
             t0 = time.perf_counter()
             order = epoch_permutation(len(train_set), cfg.seed, epoch)
@@ -505,13 +514,20 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(train_time, 3)}
             if rule is not None and rule.noise is not None:
                 row["alpha"] = rule.noise.alpha
+            if isinstance(net.surrogate, SparsityStats) and net.surrogate.track_stats:
+                # LocalZO paper section 5.2: the fraction of neurons with a non-zero local
+                # derivative in training (1 − the backward sparsity SparseGrad exploits)
+                row["nonzero_grad_fraction"] = round(net.surrogate.nonzero_fraction, 6)
             _append_jsonl(metrics_path, row)
             if variance is not None:
                 _append_jsonl(diag_path, {"epoch": epoch + 1, "variance": variance.result(),
                                           "relative_variance": variance.relative()})
             checkpoint(epoch + 1, 0, Accumulator())
+            sparsity = (f"  ψ≠0 {row['nonzero_grad_fraction']:.1%}"
+                        if "nonzero_grad_fraction" in row else "")
             log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
-                f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  ({train_time:.1f}s)")
+                f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  ({train_time:.1f}s)"
+                f"{sparsity}")
     except KeyboardInterrupt:
         # interrupted outside the batch loop (evaluation, logging): the checkpoint written
         # after the last finished epoch stands
