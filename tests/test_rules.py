@@ -325,3 +325,26 @@ def test_bptt_learner_equals_plain_autograd_unroll():
         p.grad = None
     OnlineLearner(net, SpatialBP(), loss).accumulate(x, y, T=4)
     assert not torch.allclose(_grads(net)["hidden.0.weight"], ref["hidden.0.weight"], atol=1e-6)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.5])
+def test_bptt_learner_on_sparse_and_dense_spike_inputs_equals_the_unroll(density):
+    """Per-step inputs: the first layer's currents of all steps come from one product, a
+    sparse one when the input is mostly zeros (latency codes); the gradient is unchanged."""
+    from opzo.bptt import SPARSE_INPUT_DENSITY, BPTTLearner
+
+    from .reference import bptt_autograd_grads
+
+    net = _net()
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(30, 5, 12, generator=g, dtype=torch.float64) < density).double()
+    assert (float(x.mean()) < SPARSE_INPUT_DENSITY) == (density < SPARSE_INPUT_DENSITY)
+    y = torch.randint(0, 5, (5,), generator=g)
+    loss = InstantLoss("mix", 0.2)
+    for p in net.parameters():
+        p.grad = None
+    BPTTLearner(net, loss).accumulate(x, y, T=30)
+    ref = bptt_autograd_grads(net, x, y, 30, loss)
+    for k in ref:
+        assert torch.allclose(_grads(net)[k], ref[k], atol=1e-12), k
+    assert ref["hidden.0.weight"].abs().sum() > 0

@@ -21,6 +21,9 @@ from .losses import InstantLoss
 from .network import SpikingNet
 from .surrogate import spike_with_surrogate
 
+#: per-step inputs with fewer non-zeros than this fraction go through a sparse product
+SPARSE_INPUT_DENSITY = 0.05
+
 
 class BPTTLearner:
     """Drop-in alternative to :class:`~opzo.learner.OnlineLearner` that trains by BPTT.
@@ -57,11 +60,12 @@ class BPTTLearner:
         out_sum = x.new_zeros(batch, net.num_outputs)
         leaky: Tensor | None = None  # O[t] with an output leak
         with torch.enable_grad():
+            first = self._first_currents(x, T, batch)
             for t in range(T):
                 inp = x if static else x[t]
                 outs: list[Tensor] = []
                 for l, layer in enumerate(net.hidden):
-                    current = layer(inp)
+                    current = layer(inp) if l > 0 else (first if static else first[t])
                     if net.skips[l] is not None:  # residual shortcut
                         current = current + outs[net.skips[l]]
                     if lif.reset == "subtract":
@@ -83,6 +87,26 @@ class BPTTLearner:
             raise FloatingPointError("training loss became NaN/inf: lower the learning rate")
         return BatchStats(loss_sum=loss_value, correct=int((out_sum.argmax(1) == y).sum()),
                           count=batch)
+
+    def _first_currents(self, x: Tensor, T: int, batch: int) -> Tensor | tuple[Tensor, ...]:
+        """The first layer's synaptic current, computed for all steps at once (it does not
+        depend on the network's state): once for a static input (B, F); for per-step inputs
+        (T, B, F) one product over all T·B rows, through a sparse matrix when the input is
+        mostly zeros (spike inputs: latency codes are ~99% zeros), one (B, n_1) per step
+        (``unbind``: its backward stacks the T gradients once, where indexing step by step
+        would fill a (T, B, n_1) gradient per step)."""
+        layer = self.net.hidden[0]
+        if x.dim() == 2:
+            return layer(x)
+        flat = x.reshape(T * batch, -1)
+        if layer.is_dense and layer.pool is None:
+            nonzero = int(torch.count_nonzero(flat))
+            if nonzero < SPARSE_INPUT_DENSITY * flat.numel():
+                current = torch.sparse.mm(flat.to_sparse(), layer.weight.t())
+                if layer.bias is not None:
+                    current = current + layer.bias
+                return current.reshape(T, batch, -1).unbind(0)
+        return layer(flat).reshape(T, batch, -1).unbind(0)
 
     def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
                     T: int | None = None, on_grad: Callable[[], None] | None = None
