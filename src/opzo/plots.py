@@ -22,7 +22,12 @@ def _label(run: Path) -> str:
     cfg_path = run / "config.json"
     if cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text())
-        return f"{cfg.get('method')} ({run.name})"
+        method = str(cfg.get("method"))
+        if cfg.get("local_learning"):
+            method += "+LL"
+        if cfg.get("igl_layer") is not None:
+            method += f"+IGL{cfg['igl_layer']}"
+        return f"{method} ({run.name})"
     return run.name
 
 
@@ -52,6 +57,7 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
         ax.plot([r["epoch"] for r in rows], [r["test_acc"] for r in rows], marker=".",
                 label=_label(p))
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("test accuracy")
     ax.grid(alpha=0.3)
