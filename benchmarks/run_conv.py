@@ -2,7 +2,7 @@
 
     python benchmarks/run_conv.py                       # every experiment below, 2 at a time
     python benchmarks/run_conv.py --only bp opzo        # some of them
-    python benchmarks/run_conv.py --summarize           # the table of finished runs
+    python benchmarks/run_conv.py --summarize --plot    # the table of runs, and PNG curves
 
 The paper's conv results are on CIFAR and DVS data we do not have offline; this reproduces
 their ordering on full Fashion-MNIST with CPU-sized nets: the 5-layer net at width 0.25
@@ -84,6 +84,18 @@ def summarize(epochs: int) -> None:
               f" {'yes' if done else 'no'} |")
 
 
+def plot(epochs: int) -> None:
+    """Test accuracy per epoch of the finished conv5 and conv9 runs, one PNG per net."""
+    from opzo.plots import plot_runs
+
+    for net in ("conv5", "conv9"):
+        runs = [run_dir(n, epochs) for n in EXPERIMENTS
+                if n.startswith(net) and (run_dir(n, epochs) / "metrics.jsonl").exists()]
+        if runs:
+            out = ROOT / "benchmarks" / "logs" / f"fashion-{net}-e{epochs}.png"
+            print(f"wrote {plot_runs(runs, out)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "fashion-mnist"))
@@ -92,12 +104,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--summarize", action="store_true")
+    ap.add_argument("--plot", action="store_true", help="also draw the accuracy curves (PNG)")
     args = ap.parse_args()
     if not args.summarize:
         with ThreadPoolExecutor(args.jobs) as pool:
             for line in pool.map(lambda n: run_one(n, args), args.only):
                 print(line, flush=True)
     summarize(args.epochs)
+    if args.plot:
+        plot(args.epochs)
 
 
 if __name__ == "__main__":
