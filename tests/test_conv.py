@@ -55,16 +55,6 @@ NETS_UNDER_TEST = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These nets are tiny: one thread is faster than two, and much faster than two threads
-    competing with other processes for the cores (OpenMP waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _grads(net):
     return {name: p.grad.clone() for name, p in net.named_parameters()}
 
@@ -560,20 +550,9 @@ def test_conv_resume_equals_uninterrupted(tmp_path, method):
 
 def test_nmnist_frames_train_a_conv_net(tmp_path):
     """Event frames reach a conv net as 2x34x34 maps (the source declares the shape)."""
-    from .test_readers import _encode_nmnist
+    from .test_readers import _write_nmnist_tree
 
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("Train", 2), ("Test", 1)):
-        for digit in range(10):
-            folder = tmp_path / "data" / split / str(digit)
-            folder.mkdir(parents=True)
-            for k in range(n):
-                count = 30
-                x = (torch.randint(0, 7, (count,), generator=g) + 3 * digit).tolist()
-                y = torch.randint(0, 34, (count,), generator=g).tolist()
-                p = torch.randint(0, 2, (count,), generator=g).tolist()
-                t = sorted(torch.randint(0, 9000, (count,), generator=g).tolist())
-                (folder / f"{k:05d}.bin").write_bytes(_encode_nmnist(x, y, p, t))
+    _write_nmnist_tree(tmp_path / "data", {"Train": 2, "Test": 1}, count=30, t_max=9000)
     cfg = TrainConfig.from_dict(dict(dataset="nmnist", data_root=str(tmp_path / "data"), T=3,
                                      net="4C3-AP2-FC", epochs=1, batch_size=10, threads=1))
     assert make_source(cfg, "test").input_shape == (2, 34, 34)

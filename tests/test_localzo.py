@@ -22,15 +22,6 @@ V_TH = 1.0
 U = V_TH + torch.tensor([-0.2, -0.12, -0.07, -0.03, -0.01, 0.0, 0.004, 0.02, 0.05, 0.09, 0.15])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # small tensors: intra-op threads only add overhead on a busy 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -23,15 +23,6 @@ SMALL = {"nb_classes": 3, "nb_units": 12, "nb_steps": 20, "dim_manifold": 2,
          "nb_samples": 30, "alpha": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add overhead on a busy 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_spectrum_size():
     assert spectrum_size(2.0) == 32
     assert spectrum_size(1.0) == 1000

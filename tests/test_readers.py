@@ -53,15 +53,6 @@ NMNIST_SAMPLE = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids thread start-up and contention costs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------ events
 
 
@@ -164,6 +155,22 @@ def _encode_nmnist(x: list[int], y: list[int], p: list[int], t: list[int]) -> by
     for xi, yi, pi, ti in zip(x, y, p, t):
         out += bytes([xi, yi, (pi << 7) | ((ti >> 16) & 0x7F), (ti >> 8) & 0xFF, ti & 0xFF])
     return bytes(out)
+
+
+def _write_nmnist_tree(root: Path, per_split: dict[str, int], count: int, t_max: int) -> None:
+    """A tiny N-MNIST tree root/<split>/<digit>/<k>.bin whose events sit in a band of x that
+    depends on the digit (so the classes are learnable)."""
+    g = torch.Generator().manual_seed(0)
+    for split, n in per_split.items():
+        for digit in range(10):
+            folder = root / split / str(digit)
+            folder.mkdir(parents=True)
+            for k in range(n):
+                x = (torch.randint(0, 7, (count,), generator=g) + 3 * digit).tolist()
+                y = torch.randint(0, 34, (count,), generator=g).tolist()
+                p = torch.randint(0, 2, (count,), generator=g).tolist()
+                t = sorted(torch.randint(0, t_max, (count,), generator=g).tolist())
+                (folder / f"{k:05d}.bin").write_bytes(_encode_nmnist(x, y, p, t))
 
 
 def test_read_nmnist_bin_round_trip(tmp_path: Path) -> None:

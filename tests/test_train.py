@@ -198,20 +198,9 @@ def test_localzo_derivative_inside_opzo_trains(tmp_path):
 
 def test_nmnist_training_from_bin_files(tmp_path):
     """N-MNIST trains from a folder of .bin files in the real format (written here)."""
-    from .test_readers import _encode_nmnist
+    from .test_readers import _write_nmnist_tree
 
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("Train", 6), ("Test", 2)):
-        for digit in range(10):
-            folder = tmp_path / "data" / split / str(digit)
-            folder.mkdir(parents=True)
-            for k in range(n):
-                count = 40
-                x = (torch.randint(0, 7, (count,), generator=g) + 3 * digit).tolist()
-                y = torch.randint(0, 34, (count,), generator=g).tolist()
-                p = torch.randint(0, 2, (count,), generator=g).tolist()
-                t = sorted(torch.randint(0, 15000, (count,), generator=g).tolist())
-                (folder / f"{k:05d}.bin").write_bytes(_encode_nmnist(x, y, p, t))
+    _write_nmnist_tree(tmp_path / "data", {"Train": 6, "Test": 2}, count=40, t_max=15000)
     cfg = TrainConfig.from_dict(dict(dataset="nmnist", data_root=str(tmp_path / "data"), T=5,
                                      hidden=[32], epochs=2, batch_size=16, threads=1,
                                      limit_test=15))

@@ -40,15 +40,6 @@ from .test_readers import _gesture_events, _images, _write_cifar10dvs, _write_h5
 QUIET = dict(progress=False, log=lambda *_: None)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids thread start-up and contention costs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _cfg(**kw) -> TrainConfig:
     base = dict(threads=1, epochs=1, eval_batch_size=64)
     base.update(kw)
