@@ -249,19 +249,11 @@ def evaluate_batch(net: SpikingNet, x: Tensor, y: Tensor, loss: InstantLoss,
     net.eval()
     try:
         x, T = net.prepare_input(x, T)
-        static = x.dim() == 2
-        batch = x.shape[0] if static else x.shape[1]
-        state = net.initial_state(batch, x)
-        first = first_in = None
-        if static:
-            first_in = net.hidden[0].op_input(x)
-            first = net.hidden[0].op(first_in)
+        batch = x.shape[0] if x.dim() == 2 else x.shape[1]
         out_sum = None
         loss_sum = 0.0
         spikes = [0.0 for _ in net.hidden]
-        for t in range(T):
-            o, rec = net.step(state, x if static else x[t], first_current=first,
-                              first_input=first_in)
+        for o, rec in net.run(x, T):
             out_sum = o if out_sum is None else out_sum + o
             loss_sum += float(loss.per_sample(o, y).sum())
             for l, s in enumerate(rec.spikes):

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -482,9 +482,11 @@ class SpikingNet(nn.Module):
         return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains,
                              inputs=ins, readout_in=r_in)
 
-    def forward(self, x: Tensor, T: int | None = None) -> Tensor:
-        """Inference: Σ_t o[t] over T steps for a static or per-step input (see
-        :meth:`prepare_input`)."""
+    def run(self, x: Tensor, T: int | None = None) -> Iterator[tuple[Tensor, StepRecord]]:
+        """Run the network forward from rest over T steps without noise, yielding o[t] and the
+        step record at every step (dropout masks are drawn in training mode only). The input
+        is static or per-step (see :meth:`prepare_input`); a static input's first-layer
+        current is computed once."""
         x, T = self.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
@@ -494,10 +496,15 @@ class SpikingNet(nn.Module):
         if static:
             first_in = self.hidden[0].op_input(x)
             first = self.hidden[0].op(first_in)
-        total = None
         for t in range(T):
-            o, _ = self.step(state, x if static else x[t], first_current=first,
-                             first_input=first_in, masks=masks)
+            yield self.step(state, x if static else x[t], first_current=first,
+                            first_input=first_in, masks=masks)
+
+    def forward(self, x: Tensor, T: int | None = None) -> Tensor:
+        """Inference: Σ_t o[t] over T steps for a static or per-step input (see
+        :meth:`prepare_input`)."""
+        total = None
+        for o, _ in self.run(x, T):
             total = o if total is None else total + o
         assert total is not None
         return total
