@@ -3,6 +3,7 @@
     python benchmarks/bench_speed.py                  # FC 784-800-800-10, T=6, batch 128
     python benchmarks/bench_speed.py --rounds 30 --json benchmarks/logs/speed.json
     python benchmarks/bench_speed.py --net conv5 --width 0.25 --batch 32   # conv, 1x28x28
+    python benchmarks/bench_speed.py --net conv5 --width 0.25 --local-learning  # and +LL
 
 ``gemm-floor`` times only the unavoidable matrix products of a training step (the forward
 products plus one weight-gradient product each): the floor the issue's "about 2x" refers to.
@@ -33,6 +34,7 @@ from opzo import (  # noqa: E402
     OPZO,
     RULES,
     InstantLoss,
+    LocalLearning,
     NoiseSampler,
     OnlineLearner,
     SpikingMLP,
@@ -53,6 +55,9 @@ def main() -> None:
                     help="a network string or name (conv5, conv9) instead of --sizes")
     ap.add_argument("--width", type=float, default=1.0, help="channel multiplier of --net")
     ap.add_argument("--input-shape", type=int, nargs="+", default=[1, 28, 28])
+    ap.add_argument("--local-learning", action="store_true",
+                    help="also time bp, dfa and opzo with local learning (LL, a readout per "
+                         "hidden layer)")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -112,10 +117,14 @@ def main() -> None:
     variants = {name: cls for name, cls in RULES.items()}
     variants["opzo-rademacher"] = lambda: OPZO(NoiseSampler(distribution="rademacher"))
     variants["opzo-antithetic"] = lambda: OPZO(NoiseSampler(antithetic=True))
+    if args.local_learning:
+        for name in ("bp", "dfa", "opzo"):
+            variants[f"{name}+ll"] = (lambda c=RULES[name]: LocalLearning(c()))
     for name, make in variants.items():
         net = fresh_net()
-        learner = OnlineLearner(net, make(), loss)
-        opt = make_optimizer(net.parameters(), cfg)
+        rule = make()
+        learner = OnlineLearner(net, rule, loss)
+        opt = make_optimizer([*net.parameters(), *rule.parameters()], cfg)
         calls[name] = (lambda lr=learner, o=opt: lr.train_batch(x, y, o, T=args.T))
     for name, fn in (("autograd-ottt", autograd_ottt_step), ("bptt", bptt_step)):
         net = fresh_net()

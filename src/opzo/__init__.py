@@ -1,8 +1,9 @@
 """opzo: online, backprop-free training of spiking neural networks.
 
 The centre is OPZO (online pseudo-zeroth-order training); around it stand spatial BP (OTTT),
-DFA, DKP and single-point ZO, all interchangeable :mod:`opzo.rules`, on fully connected or
-convolutional networks (:class:`SpikingNet`, :class:`SpikingMLP`).
+DFA, DKP and single-point ZO, all interchangeable :mod:`opzo.rules` (each optionally with local
+learning, :class:`LocalLearning`), on fully connected, convolutional or residual networks
+(:class:`SpikingNet`, :class:`SpikingMLP`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
 from .network import NETS, SpikingMLP, SpikingNet, parse_net
 from .neuron import LIFParams, lif_step
-from .rules import DFA, DKP, OPZO, RULES, ZO, NoiseSampler, SpatialBP
+from .rules import DFA, DKP, OPZO, RULES, ZO, LocalLearning, NoiseSampler, SpatialBP
 from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, make_surrogate
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "FastSigmoidSurrogate",
     "InstantLoss",
     "LIFParams",
+    "LocalLearning",
     "NoiseSampler",
     "OnlineLearner",
     "SigmoidSurrogate",
