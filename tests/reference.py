@@ -90,8 +90,19 @@ def _lif_value(lif, u_prev, s_prev, current):
     return lif.lam * u_prev * (1.0 - s_prev) + current
 
 
+def leaky_readout(net, inp, hist, lam: float, leaky: bool):
+    """What the loss is on: o[t] (plain), or with ``leaky`` O[t] = λ O[t−1] + o[t] whose past
+    reaches the readout's W_N, b_N only (the F-variants, OTPE paper section 3.2). Returns it
+    and the history to pass on."""
+    o = layer_op(net.readout, inp)
+    if not leaky:
+        return o, None
+    past = layer_op(net.readout, inp.detach())
+    return (o if hist is None else lam * hist + o), (past if hist is None else lam * hist + past)
+
+
 def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt", masks=None,
-                               local=None):
+                               local=None, leaky=False):
     """OTTT (``kind="ottt"``) or approximate OTPE (``"approx_otpe"``) with spatial BP, by
     autograd, for any network of DenseLayer / ConvLayer layers (flat inputs).
 
@@ -105,7 +116,8 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
     with the trace A = â (OTTT) or ẑ = λ ẑ + â (approximate OTPE) kept on the layer's raw
     input (before its pooling: the op pools it) and attached to the current input only; the
     spike's derivative is ψ(u) (OTTT) or ḡ (approximate OTPE, except at the layer feeding the
-    memoryless readout, where it is OTTT's).
+    memoryless readout, where it is OTTT's). ``leaky``: the loss is on the leaky sum of the
+    outputs (F-variants; then the last hidden layer gets the estimate too).
     """
     local = local or {}
     for p in [*net.parameters(), *(q for r, _, _ in local.values() for q in r.parameters())]:
@@ -121,6 +133,7 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
     z_prev = [0.0] * n
     psi_sum = [0.0] * n
     b_hat = z_b = 0.0
+    hist = None
     total = 0.0
     skips = net.skips
     for t in range(T):
@@ -137,7 +150,7 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
                 a_val = lam * a_prev[l] + inp
                 z_val = lam * z_prev[l] + a_val
             psi_sum[l] = lam * psi_sum[l] + psi
-            estimate = kind == "approx_otpe" and l < n - 1
+            estimate = kind == "approx_otpe" and (l < n - 1 or leaky)
             a, ab, d = (z_val, z_b, psi_sum[l] / (t + 1)) if estimate else (a_val, b_hat, psi)
             a_attached = (a - inp).detach() + inp
             attached = layer_op(layer, a_attached, ab) + short
@@ -155,8 +168,8 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
                 total = total + weight * loss.per_sample(readout.op(x_loc), y).mean() / T
             inp = s if masks is None else s * masks[l]
             outs.append(inp)
-        o = layer_op(net.readout, inp)
-        total = total + loss.per_sample(o, y).mean() / T
+        out, hist = leaky_readout(net, inp, hist, lam, leaky)
+        total = total + loss.per_sample(out, y).mean() / T
     total.backward()
     grads = {name: p.grad.clone() for name, p in net.named_parameters()}
     for l, (readout, _, _) in local.items():
@@ -164,22 +177,29 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
     return grads
 
 
-def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss):
-    """Exact surrogate-gradient BPTT with the ops of :func:`layer_op` (any layer types)."""
+def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
+                               output_leak: float = 0.0):
+    """Exact surrogate-gradient BPTT with the ops of :func:`layer_op` (any layer types) of
+    (1/T) Σ_t mean_b L(O[t]), O[t] = output_leak · O[t−1] + o[t]."""
     for p in net.parameters():
         p.grad = None
     static = x.dim() == 2
     batch = y.shape[0]
     u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
     s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    out = None
     total = 0.0
     for t in range(T):
         inp = x if static else x[t]
+        outs = []
         for l, layer in enumerate(net.hidden):
-            short = 0.0 if net.skips[l] is None else s[net.skips[l]]
+            short = 0.0 if net.skips[l] is None else outs[net.skips[l]]
             u[l] = _lif_value(net.lif, u[l], s[l], layer_op(layer, inp) + short)
             s[l] = spike_with_surrogate(u[l], net.lif.v_th, net.surrogate)
-            inp = s[l]
-        total = total + loss.per_sample(layer_op(net.readout, inp), y).mean() / T
+            inp = s[l] if masks is None else s[l] * masks[l]
+            outs.append(inp)
+        o = layer_op(net.readout, inp)
+        out = o if out is None else output_leak * out + o
+        total = total + loss.per_sample(out, y).mean() / T
     total.backward()
     return {name: q.grad.clone() for name, q in net.named_parameters()}

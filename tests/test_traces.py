@@ -36,6 +36,8 @@ from opzo.traces import (
     make_trace,
 )
 
+from .reference import bptt_layers_autograd_grads, leaky_readout, presynaptic_autograd_grads
+
 RULES = {"bp": SpatialBP, "dfa": DFA, "dkp": DKP, "zo": ZO, "opzo": OPZO}
 
 
@@ -60,24 +62,7 @@ def _collect(net):
 
 def bptt_reference(net, x, y, T, loss, masks=None, output_leak=0.0):
     """Exact BPTT of (1/T) Σ_t mean_b L(O[t]), O[t] = output_leak·O[t−1] + o[t]."""
-    _zero_grads(net)
-    lif, sur = net.lif, net.surrogate
-    batch = y.shape[0]
-    u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    out = None
-    total = 0.0
-    for t in range(T):
-        inp = x if x.dim() == 2 else x[t]
-        for l, lin in enumerate(net.hidden):
-            u[l] = _lif(lif, u[l], s[l], lin(inp))
-            s[l] = _spike(u[l], lif.v_th, sur)
-            inp = s[l] if masks is None else s[l] * masks[l]
-        o = net.readout(inp)
-        out = o if out is None else output_leak * out + o
-        total = total + loss.per_sample(out, y).mean() / T
-    total.backward()
-    return _collect(net)
+    return bptt_layers_autograd_grads(net, x, y, T, loss, masks=masks, output_leak=output_leak)
 
 
 def _spike(u, v_th, sur):
@@ -89,17 +74,6 @@ def _spike(u, v_th, sur):
 def _with_derivative(value, u, d):
     """A tensor equal to ``value`` whose derivative with respect to u is d (elementwise)."""
     return value + d * (u - u.detach())
-
-
-def _leaky_readout(net, inp, hist, lam, leaky):
-    """Readout o[t] (plain) or O[t] = λ O[t−1] + o[t] whose past reaches W_N, b_N only."""
-    o = net.readout(inp)
-    if not leaky:
-        return o, None
-    out = o if hist is None else lam * hist + o
-    o_detached_input = net.readout(inp.detach())
-    new_hist = o_detached_input if hist is None else lam * hist + o_detached_input
-    return out, new_hist
 
 
 def eligibility_reference(net, x, y, T, loss, kind, masks=None, leaky=False):
@@ -133,7 +107,7 @@ def eligibility_reference(net, x, y, T, loss, kind, masks=None, leaky=False):
             value = _with_derivative(s.detach() + (p - p.detach()), cross, d)
             u_own[l], s_own[l] = u, s
             inp = value if masks is None else value * masks[l]
-        out, hist = _leaky_readout(net, inp, hist, lam, leaky)
+        out, hist = leaky_readout(net, inp, hist, lam, leaky)
         total = total + loss.per_sample(out, y).mean() / T
     total.backward()
     return _collect(net)
@@ -141,44 +115,7 @@ def eligibility_reference(net, x, y, T, loss, kind, masks=None, leaky=False):
 
 def presynaptic_reference(net, x, y, T, loss, kind, masks=None, leaky=False):
     """OTTT (kind "ottt") or approximate OTPE ("approx_otpe") with spatial BP, by autograd."""
-    _zero_grads(net)
-    lif, sur = net.lif, net.surrogate
-    lam = lif.lam
-    n = len(net.hidden)
-    batch = y.shape[0]
-    u_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
-    s_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
-    a_prev = [0.0] * n
-    z_prev = [0.0] * n
-    psi_sum = [0.0] * n
-    b_hat = z_b = 0.0
-    hist = None
-    total = 0.0
-    for t in range(T):
-        b_hat = lam * b_hat + 1.0
-        z_b = lam * z_b + b_hat
-        inp = x if x.dim() == 2 else x[t]
-        for l, lin in enumerate(net.hidden):
-            with torch.no_grad():
-                u_val = _lif(lif, u_prev[l], s_prev[l], F.linear(inp, lin.weight, lin.bias))
-                s_val = (u_val > lif.v_th).to(u_val.dtype)
-                psi = sur(u_val, lif.v_th)
-                a_val = lam * a_prev[l] + inp
-                z_val = lam * z_prev[l] + a_val
-            psi_sum[l] = lam * psi_sum[l] + psi
-            gbar = psi_sum[l] / (t + 1)
-            estimate = kind == "approx_otpe" and (l < n - 1 or leaky)
-            a, ab, d = (z_val, z_b, gbar) if estimate else (a_val, b_hat, psi)
-            a_attached = (a - inp).detach() + inp  # ∂/∂x[t] of â[t] and of ẑ[t] is 1
-            attached = F.linear(a_attached, lin.weight) + lin.bias * ab
-            u = (u_val - attached).detach() + attached
-            s = _with_derivative(s_val, u, d)
-            u_prev[l], s_prev[l], a_prev[l], z_prev[l] = u_val, s_val, a_val, z_val
-            inp = s if masks is None else s * masks[l]
-        out, hist = _leaky_readout(net, inp, hist, lam, leaky)
-        total = total + loss.per_sample(out, y).mean() / T
-    total.backward()
-    return _collect(net)
+    return presynaptic_autograd_grads(net, x, y, T, loss, kind=kind, masks=masks, leaky=leaky)
 
 
 # ---------------------------------------------------------------------------------------
