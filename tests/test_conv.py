@@ -487,21 +487,6 @@ def test_config_net_and_width_options():
     assert make_source(TrainConfig(limit_test=10), "test").input_shape == (1, 28, 28)
 
 
-def test_config_file_may_leave_the_net_to_the_command_line(tmp_path):
-    import argparse
-
-    from opzo.config import add_arguments, config_from_args
-
-    cfg_file = tmp_path / "exp.toml"
-    cfg_file.write_text('width = 0.5\ntrace = "approx_otpe"\n')
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["--net", "conv5"]), str(cfg_file))
-    assert (cfg.net, cfg.width, cfg.trace) == ("conv5", 0.5, "approx_otpe")
-    with pytest.raises(ConfigError, match="'width' scales the layers of 'net'"):
-        config_from_args(parser.parse_args([]), str(cfg_file))
-
-
 def _conv_cfg(tmp_path, name, **kw):
     base = dict(net="4C3-AP2-8C3-FC", T=2, epochs=2, batch_size=32, limit_train=96,
                 limit_test=50, eval_batch_size=50, threads=1, out=str(tmp_path / name))

@@ -213,23 +213,31 @@ def test_nmnist_training_from_bin_files(tmp_path):
         TrainConfig.from_dict(dict(dataset="nmnist", data_root="x", encoding="rate"))
 
 
-def test_config_file_may_leave_the_data_root_to_the_command_line(tmp_path):
+@pytest.mark.parametrize("text,argv,expect,missing", [
+    # the data folder on the command line; without it the merged config is incomplete
+    ('dataset = "fashion-mnist"\nencoding = "latency"\nT = 100\n', ["--data-root", "/some/dir"],
+     {"dataset": "fashion-mnist", "data_root": "/some/dir", "encoding": "latency", "T": 100},
+     "needs data_root"),
+    # the network on the command line; a width alone scales nothing
+    ('width = 0.5\ntrace = "approx_otpe"\n', ["--net", "conv5"],
+     {"net": "conv5", "width": 0.5, "trace": "approx_otpe"}, "'width' scales the layers of 'net'"),
+])
+def test_config_file_may_leave_options_to_the_command_line(tmp_path, text, argv, expect, missing):
     import argparse
 
-    from opzo.config import ConfigError, add_arguments, config_from_args
+    from opzo.config import add_arguments, config_from_args
 
     cfg_file = tmp_path / "exp.toml"
-    cfg_file.write_text('dataset = "fashion-mnist"\nencoding = "latency"\nT = 100\n')
+    cfg_file.write_text(text)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["--data-root", "/some/dir"]), str(cfg_file))
-    assert (cfg.dataset, cfg.data_root, cfg.encoding, cfg.T) == (
-        "fashion-mnist", "/some/dir", "latency", 100)
-    with pytest.raises(ConfigError, match="needs data_root"):  # still required in the end
+    cfg = config_from_args(parser.parse_args(argv), str(cfg_file))
+    assert {k: getattr(cfg, k) for k in expect} == expect
+    with pytest.raises(ConfigError, match=missing):  # still required in the end
         config_from_args(parser.parse_args([]), str(cfg_file))
     cfg_file.write_text('encoding = "sometimes"\n')  # a bad value in the file is still caught
     with pytest.raises(ConfigError, match="not allowed"):
-        config_from_args(parser.parse_args(["--data-root", "/x"]), str(cfg_file))
+        config_from_args(parser.parse_args(argv), str(cfg_file))
 
 
 def test_sequence_source_batches_in_order_and_checks_T():
