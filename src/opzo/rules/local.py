@@ -47,7 +47,6 @@ class _SharedNoise:
     def __init__(self) -> None:
         self.z: Tensor | None = None
         self.alpha = 1.0
-        self.position = "after"
 
     def reset(self) -> None:
         self.z = None
@@ -191,7 +190,6 @@ class LocalLearning(SpatialRule):
                 assert self.noise is not None and self.noise.z is not None
                 view.z = self.noise.z[:, : self.igl_columns]
                 view.alpha = self.noise.alpha
-                view.position = self.noise.position
             sub = StepContext(t=ctx.t, T=ctx.T, output=igl_out, error=igl_err, loss=igl_loss,
                               record=_cut_record(rec, k), net=self.cut,  # type: ignore[arg-type]
                               target=ctx.target, labels=ctx.labels, loss_fn=ctx.loss_fn,
