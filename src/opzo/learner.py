@@ -85,6 +85,7 @@ class OnlineLearner:
             make_trace(trace, net.lif, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
                        gbar=gbar)
         self.update = update
+        self._checked_optimizer: torch.optim.Optimizer | None = None
         if not rule.is_bound_to(net):
             rule.bind(net)
 
@@ -98,9 +99,10 @@ class OnlineLearner:
                 p.grad = torch.zeros_like(p)
 
     def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """The rule's own parameters must be in the optimizer, or they would never learn."""
+        """The rule's own parameters must be in the optimizer, or they would never learn
+        (checked once per optimizer)."""
         extra = self.rule.parameters()
-        if not extra:
+        if not extra or optimizer is self._checked_optimizer:
             return
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if any(id(p) not in held for p in extra):
@@ -108,6 +110,7 @@ class OnlineLearner:
                 f"rule {self.rule.name!r} trains parameters of its own (local readouts) that "
                 "the optimizer does not hold: build it from "
                 "[*net.parameters(), *rule.parameters()]")
+        self._checked_optimizer = optimizer
 
     @torch.no_grad()
     def accumulate(

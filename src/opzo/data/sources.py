@@ -27,7 +27,7 @@ uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -149,9 +149,7 @@ class ColorImageSource:
 
     def head(self, n: int) -> ColorImageSource:
         """The first ``n`` samples (same encoding and augmentation)."""
-        return ColorImageSource(self.images[:n], self.labels[:n], self.classes, self.encoder,
-                                self.mean, self.std, self.augment_seed, self.crop_padding,
-                                self.cutout_size)
+        return replace(self, images=self.images[:n], labels=self.labels[:n])
 
     def encode(self, images: Tensor, T: int, generator: torch.Generator | None = None
                ) -> Tensor:
