@@ -5,8 +5,11 @@
     python benchmarks/bench_speed.py --net conv5 --width 0.25 --batch 32   # conv, 1x28x28
     python benchmarks/bench_speed.py --net conv5 --width 0.25 --local-learning  # and +LL
 
-``opzo`` draws its Gaussian noise with the native Philox kernel (the default);
-``opzo-torch-normal`` with torch's ``normal_``, as before the kernel existed.
+Networks run on opzo's native kernels (the default ``kernels="native"``: one fused pass per
+layer and step, dropout masks from Philox) and ``opzo`` draws its Gaussian noise with the
+native Philox kernel (the default); ``opzo-torch-normal`` draws it with torch's ``normal_``;
+``inference-torch`` and ``opzo-torch`` run everything on torch ops (``kernels="torch"``,
+torch's ``normal_``), as before the native kernels existed.
 ``gemm-floor`` times only the unavoidable matrix products of a training step (the forward
 products plus one weight-gradient product each): the floor the issue's "about 2x" refers to.
 Methods are timed round-robin (one call of each per round, order rotated) so machine noise
@@ -80,21 +83,26 @@ def main() -> None:
     loss = InstantLoss("mix", 0.05)
     cfg = TrainConfig()
 
-    def fresh_net() -> SpikingNet:
+    def fresh_net(kernels: str = "native") -> SpikingNet:
         torch.manual_seed(0)
         if args.net:
             return SpikingNet(args.net, tuple(args.input_shape), 10, width=args.width,
-                              dropout=0.2)
-        net = SpikingMLP(args.sizes, dropout=0.2)
+                              dropout=0.2, kernels=kernels)
+        net = SpikingMLP(args.sizes, dropout=0.2, kernels=kernels)
         with torch.no_grad():
             net.hidden[0].weight.mul_(3.0)  # a realistic firing rate on this input
         return net
 
     inf_net = fresh_net().eval()
+    inf_torch = fresh_net("torch").eval()
 
     def inference() -> None:
         with torch.no_grad():
             inf_net(x, T=args.T)
+
+    def inference_torch() -> None:
+        with torch.no_grad():
+            inf_torch(x, T=args.T)
 
     gemm_net = fresh_net()
     grads = [torch.zeros_like(p) for p in gemm_net.parameters()]
@@ -113,18 +121,20 @@ def main() -> None:
                     torch.nn.functional.linear(h[i - 1], lin.weight, lin.bias)
                     grads[2 * i].addmm_(d[i].t(), h[i - 1])
 
-    calls = {"inference": inference}
+    calls = {"inference": inference, "inference-torch": inference_torch}
     if not args.net:
         calls["gemm-floor"] = gemm_floor
-    variants = {name: cls for name, cls in RULES.items()}
-    variants["opzo-torch-normal"] = lambda: OPZO(NoiseSampler(rng="torch"))
-    variants["opzo-rademacher"] = lambda: OPZO(NoiseSampler(distribution="rademacher"))
-    variants["opzo-antithetic"] = lambda: OPZO(NoiseSampler(antithetic=True))
+    variants = {name: (cls, "native") for name, cls in RULES.items()}
+    variants["opzo-torch-normal"] = (lambda: OPZO(NoiseSampler(rng="torch")), "native")
+    variants["opzo-torch"] = (lambda: OPZO(NoiseSampler(rng="torch")), "torch")
+    variants["opzo-rademacher"] = (lambda: OPZO(NoiseSampler(distribution="rademacher")),
+                                   "native")
+    variants["opzo-antithetic"] = (lambda: OPZO(NoiseSampler(antithetic=True)), "native")
     if args.local_learning:
         for name in ("bp", "dfa", "opzo"):
-            variants[f"{name}+ll"] = (lambda c=RULES[name]: LocalLearning(c()))
-    for name, make in variants.items():
-        net = fresh_net()
+            variants[f"{name}+ll"] = (lambda c=RULES[name]: LocalLearning(c()), "native")
+    for name, (make, kernels) in variants.items():
+        net = fresh_net(kernels)
         rule = make()
         learner = OnlineLearner(net, rule, loss)
         opt = make_optimizer([*net.parameters(), *rule.parameters()], cfg)

@@ -117,7 +117,7 @@ def test_missing_compiler_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(native, "_tried", True)
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_error", "no C compiler found")
-    monkeypatch.setattr(base, "_warned_native", False)
+    monkeypatch.setattr(native, "_warned", False)
     s = base.NoiseSampler(alpha=1.0)
     torch.manual_seed(4)
     with pytest.warns(UserWarning, match="no C compiler found"):

@@ -97,6 +97,11 @@ class TrainConfig:
     lif_lambda: float = _opt(0.5, "membrane leak λ of the LIF neuron", min=0.0, max=1.0)
     v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
     reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
+    kernels: str = _opt("native", "how each step's neuron update, noise, dropout and local "
+                        "derivative run: native (one fused C pass per layer, dropout masks "
+                        "from the Philox generator; compiled on first use) or torch (torch "
+                        "ops and torch's generator: the streams of the results recorded "
+                        "before 2026-11-24)", ("native", "torch"))
     surrogate: str = _opt("sigmoid", "local derivative ψ (localzo: LocalZO's sampled derivative; "
                           "sparsegrad: its expected surrogate cut at the expected threshold)",
                           ("sigmoid", "fast-sigmoid", "localzo", "sparsegrad"))

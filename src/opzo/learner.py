@@ -174,7 +174,8 @@ class OnlineLearner:
             else:
                 alpha, pos = 0.0, "after"
             o, rec = net.step(state, x_t, first_current=first, first_input=first_in, noise=noise,
-                              noise_scale=alpha, noise_position=pos, masks=masks, gains=gains)
+                              noise_scale=alpha, noise_position=pos, masks=masks, gains=gains,
+                              local_derivative=True)
             assert rec.inputs is not None and rec.readout_in is not None
             out_sum += o
             lb, e = self.loss.value_and_error(head.push(o, rec.readout_in), target, y)

@@ -50,6 +50,13 @@ every hidden layer's channels (and neurons) so that they train on a CPU (0.25:
 ``32C3-AP2-64C3-AP2-128C3-FC``; Table 12's "smaller channels"). The FC network 784-800-800-10 is
 ``800-800-FC`` on input shape (784,), or :class:`SpikingMLP` ``([784, 800, 800, 10])``.
 
+Kernels: with ``kernels="native"`` (the default) each hidden layer's elementwise work of a
+step (LIF update, spike, noise, dropout and, for training, the local derivative m_l ⊙ ψ(u_l))
+runs as one fused native pass (:func:`opzo.native.lif_step`) and the dropout masks come from
+the native Philox generator, on float32 CPU tensors outside autograd; its forward values equal
+the torch ops' bit for bit. ``kernels="torch"`` runs torch ops only and draws the masks with
+torch's generator (the streams of figures recorded before 2026-11-24).
+
 The network owns only the inference parameters. Learning rules read what one step produced
 (:class:`StepRecord`) and write ``.grad``; their own state lives in the rule.
 """
@@ -64,9 +71,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import native
 from .layers import ConvLayer, DenseLayer
 from .neuron import LIFParams, lif_step
-from .surrogate import SigmoidSurrogate, Surrogate
+from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, Surrogate
+
+#: how a step's elementwise work and the dropout masks are computed (see the module docstring)
+KERNELS = ("native", "torch")
 
 NOISE_POSITIONS = ("after", "before")
 
@@ -228,6 +239,9 @@ class StepRecord:
     #: per hidden layer, a local derivative D_l[t] that replaces ψ(u_l[t]) (a temporal
     #: trace's, e.g. OTPE's ḡ; set by :func:`opzo.traces.record_for_rule`), or None
     derivatives: list[Tensor | None] | None = None
+    #: per hidden layer, m_l ⊙ ψ(u_l[t]) computed by the fused native step (None: computed
+    #: from u_l[t] when asked)
+    dpsi: list[Tensor] | None = None
 
     def local_grad(self, l: int, g: Tensor) -> Tensor:
         """δ_l = g ⊙ m_l ⊙ ψ(u_l[t]): an error g at layer l's output x_l taken to its potential
@@ -238,6 +252,8 @@ class StepRecord:
         d = self.derivatives[l] if self.derivatives is not None else None
         if d is not None:
             return (g if self.masks is None else g * self.masks[l]) * d
+        if self.dpsi is not None:
+            return g * self.dpsi[l]
         if self.gains is not None:
             g = g * self.gains[l]
         else:
@@ -278,6 +294,7 @@ class SpikingNet(nn.Module):
         lif: LIFParams | None = None,
         surrogate: Surrogate | None = None,
         dropout: float = 0.0,
+        kernels: str = "native",
     ) -> None:
         super().__init__()
         tokens = parse_net(spec, width) if isinstance(spec, str) else list(spec)
@@ -290,6 +307,9 @@ class SpikingNet(nn.Module):
             raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout rate must lie in [0, 1), got {dropout}")
+        if kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {kernels!r}; choose one of {KERNELS}")
+        self.kernels = kernels
         self.input_shape = shape
         self.spec = net_string(tokens)
         self.lif = lif or LIFParams()
@@ -380,10 +400,34 @@ class SpikingNet(nn.Module):
             return None
         keep = 1.0 - self.dropout
         masks = []
+        fused = self._native(like)
         for n in self.hidden_sizes:
-            r = like.new_empty(batch, n).uniform_()
-            masks.append(torch.lt(r, keep, out=r).mul_(1.0 / keep))
+            r = like.new_empty(batch, n)
+            if fused:
+                masks.append(native.philox_keep_mask_(r, keep, 1.0 / keep))
+            else:
+                r.uniform_()
+                masks.append(torch.lt(r, keep, out=r).mul_(1.0 / keep))
         return masks
+
+    def _native(self, like: Tensor) -> bool:
+        """Whether this step runs on the native kernels: asked for, float32 on the CPU, no
+        autograd graph to build, and the library loaded (else a warning, once)."""
+        return (self.kernels == "native" and like.dtype == torch.float32
+                and like.device.type == "cpu"
+                and not (torch.is_grad_enabled() and any(p.requires_grad
+                                                         for p in self.parameters()))
+                and native.ready("the fused neuron step"))
+
+    def _native_surrogate(self) -> tuple[str, float, float] | None:
+        """(name, parameter, gain) of the surrogate for the fused kernel, None if it has no
+        native form (then ψ is computed by torch when a rule asks for it)."""
+        sg = self.surrogate
+        if type(sg) is SigmoidSurrogate:
+            return "sigmoid", 1.0 / sg.a, 1.0 / sg.a
+        if type(sg) is FastSigmoidSurrogate:
+            return "fast-sigmoid", sg.k, 1.0
+        return None
 
     def _input_error(self, x: Tensor) -> ValueError:
         f = self.num_inputs
@@ -436,20 +480,29 @@ class SpikingNet(nn.Module):
         noise_position: str = "after",
         masks: list[Tensor] | None = None,
         gains: list[Tensor] | None = None,
+        local_derivative: bool = False,
     ) -> tuple[Tensor, StepRecord]:
         """Advance every layer by one time step; return the readout o[t] and the record.
 
         ``x_t`` is flattened, (B, F). ``first_current`` may carry the first layer's current
         op_1(P_1 x) + b_1 precomputed for a static input (it is the same at every step), and
         ``first_input`` its op input P_1 x. ``noise`` holds z_l per hidden layer;
-        α = ``noise_scale``.
+        α = ``noise_scale``. ``local_derivative``: a learning rule will ask for
+        m_l ⊙ ψ(u_l[t]); the fused native step then computes it in the same pass.
         """
         inp = x_t
         us: list[Tensor] = []
         spikes: list[Tensor] = []
         outs: list[Tensor] = []
         ins: list[Tensor] = []
+        dpsis: list[Tensor] = []
         after = noise_position == "after"
+        fused = self._native(x_t)
+        lif = self.lif
+        threads = torch.get_num_threads()
+        surr = self._native_surrogate() if fused and local_derivative else None
+        code, surr_param, surr_gain = (0, 1.0, 1.0) if surr is None else (
+            native.SURROGATE_CODES[surr[0]], surr[1], surr[2])
         for l, layer in enumerate(self.hidden):
             if l == 0 and first_current is not None:
                 current, scratch = first_current, False
@@ -461,17 +514,28 @@ class SpikingNet(nn.Module):
             if j is not None:  # residual shortcut: x_j joins the current
                 current = current.add_(outs[j]) if scratch else current + outs[j]
                 scratch = True
-            if noise is not None and not after:
-                current = torch.add(current, noise[l], alpha=noise_scale)
-                scratch = True
-            u, s = lif_step(state.u[l], state.s[l], current, self.lif, current_is_scratch=scratch)
+            mask = None if masks is None else masks[l]
+            if fused and _contiguous(current, state.u[l], state.s[l], mask):
+                flat = current.reshape(current.shape[0], -1)
+                u, s, out, d = native.lif_step_unchecked(
+                    flat, state.u[l], state.s[l], lif.lam, lif.v_th, lif.reset == "zero",
+                    None if noise is None else noise[l], noise_scale, not after, mask,
+                    code, surr_param, surr_gain, flat if scratch else None, threads)
+                if d is not None:
+                    dpsis.append(d)
+            else:
+                if noise is not None and not after:
+                    current = torch.add(current, noise[l], alpha=noise_scale)
+                    scratch = True
+                u, s = lif_step(state.u[l], state.s[l], current, self.lif,
+                                current_is_scratch=scratch)
+                out = s
+                if noise is not None and after:
+                    out = torch.add(s, noise[l], alpha=noise_scale)
+                if mask is not None:
+                    out = out * mask if out is s else out.mul_(mask)
             state.u[l] = u
             state.s[l] = s
-            out = s
-            if noise is not None and after:
-                out = torch.add(s, noise[l], alpha=noise_scale)
-            if masks is not None:
-                out = out * masks[l] if out is s else out.mul_(masks[l])
             us.append(u)
             spikes.append(s)
             outs.append(out)
@@ -480,7 +544,8 @@ class SpikingNet(nn.Module):
         r_in = self.readout.op_input(inp)
         o = self.readout.op(r_in)
         return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains,
-                             inputs=ins, readout_in=r_in)
+                             inputs=ins, readout_in=r_in,
+                             dpsi=dpsis if len(dpsis) == len(self.hidden) else None)
 
     def run(self, x: Tensor, T: int | None = None) -> Iterator[tuple[Tensor, StepRecord]]:
         """Run the network forward from rest over T steps without noise, yielding o[t] and the
@@ -510,6 +575,10 @@ class SpikingNet(nn.Module):
         return total
 
 
+def _contiguous(*tensors: Tensor | None) -> bool:
+    return all(t is None or t.is_contiguous() for t in tensors)
+
+
 class SpikingMLP(SpikingNet):
     """Fully connected SNN ``sizes[0] → sizes[1] → … → sizes[-1]`` (last layer a readout).
 
@@ -523,6 +592,7 @@ class SpikingMLP(SpikingNet):
         lif: LIFParams | None = None,
         surrogate: Surrogate | None = None,
         dropout: float = 0.0,
+        kernels: str = "native",
     ) -> None:
         sizes = [int(n) for n in sizes]
         if len(sizes) < 3 or any(n <= 0 for n in sizes):
@@ -532,4 +602,4 @@ class SpikingMLP(SpikingNet):
             )
         tokens = [LayerToken("dense", n) for n in sizes[1:-1]] + [LayerToken("readout")]
         super().__init__(tokens, (sizes[0],), sizes[-1], lif=lif, surrogate=surrogate,
-                         dropout=dropout)
+                         dropout=dropout, kernels=kernels)

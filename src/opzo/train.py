@@ -82,10 +82,10 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
     net: SpikingNet
     if cfg.net is not None:
         net = SpikingNet(cfg.net, shape, num_classes, width=cfg.width, lif=lif,
-                         surrogate=surrogate, dropout=cfg.dropout)
+                         surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
     else:
         net = SpikingMLP([math.prod(shape), *cfg.hidden, num_classes], lif=lif,
-                         surrogate=surrogate, dropout=cfg.dropout)
+                         surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
     if cfg.init_scale != 1.0:
         with torch.no_grad():
             for layer in net.hidden:

@@ -13,6 +13,12 @@ the CPU, so a changed source or another machine gets its own build. With no comp
 noise sampler warns once). The numbers are reproducible: each call takes its 64-bit Philox
 key from torch's default generator, so ``torch.manual_seed`` fixes them and a checkpoint of
 torch's RNG state resumes them.
+
+:func:`philox_keep_mask_` draws dropout masks from the same generator, and :func:`lif_step`
+runs one time step of a layer of LIF neurons with its noise, dropout and local derivative in
+one pass (``lif_step.c``; :mod:`opzo.network` uses it for float32 CPU tensors outside
+autograd). Both split their work over torch's thread count (``parallel.h``); results do not
+depend on the number of threads.
 """
 
 from __future__ import annotations
@@ -24,14 +30,22 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("philox_normal.c")
-#: -ffp-contract=off: no fused multiply-adds, so every CPU gives the same numbers
+HERE = Path(__file__).parent
+#: compiled into one library; the header is hashed with them
+SOURCES = [HERE / "philox_normal.c", HERE / "lif_step.c"]
+HEADERS = [HERE / "parallel.h"]
+#: -ffp-contract=off: no fused multiply-adds the source does not ask for (fmaf), so every CPU
+#: gives the same numbers
 FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
+#: parallel loops with the OpenMP runtime torch has loaded; the library is built without them
+#: (serial loops) where the compiler has no OpenMP
+OPENMP_FLAGS = ["-fopenmp"]
 ARCH_FLAGS = ["-march=native"]
 
 _lib: ctypes.CDLL | None = None
@@ -59,32 +73,59 @@ def _compiler() -> str | None:
     return None
 
 
-def _build() -> ctypes.CDLL:
+def base_flags() -> list[str]:
+    """The compiler flags of every build (without OpenMP)."""
+    return FLAGS + (ARCH_FLAGS if platform.machine() in ("x86_64", "AMD64") else [])
+
+
+def build(flag_sets: list[list[str]] | None = None, directory: Path | None = None
+          ) -> ctypes.CDLL:
+    """Compile the library (or take it from the cache) and load it.
+
+    ``flag_sets`` are tried in order until one compiles (default: with OpenMP, then
+    without); ``directory`` defaults to :func:`cache_dir`. Tests build variants with other
+    flags (no AVX-512, no OpenMP) to check that every code path gives the same numbers.
+    """
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
-    source = SOURCE.read_bytes()
-    flags = FLAGS + (ARCH_FLAGS if platform.machine() in ("x86_64", "AMD64") else [])
-    digest = hashlib.sha256(source + " ".join([cc, *flags]).encode()
-                            + _cpu_fingerprint().encode()).hexdigest()[:16]
-    target = cache_dir() / f"opzo_native_{digest}.so"
-    if not target.is_file():
+    source = b"".join(p.read_bytes() for p in [*SOURCES, *HEADERS])
+    if flag_sets is None:  # serial loops if OpenMP does not build
+        flag_sets = [base_flags() + OPENMP_FLAGS, base_flags()]
+    directory = cache_dir() if directory is None else Path(directory)
+    failure = ""
+    for flags in flag_sets:
+        digest = hashlib.sha256(source + " ".join([cc, *flags]).encode()
+                                + _cpu_fingerprint().encode()).hexdigest()[:16]
+        target = directory / f"opzo_native_{digest}.so"
+        if target.is_file():
+            break
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"],
+            proc = subprocess.run([cc, *flags, "-o", tmp, *map(str, SOURCES), "-lm"],
                                   capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{cc} failed on {SOURCE}:\n{proc.stderr.strip()}")
-            os.replace(tmp, target)  # atomic: concurrent builds never see half a file
+            if proc.returncode == 0:
+                os.replace(tmp, target)  # atomic: concurrent builds never see half a file
+                break
+            failure = proc.stderr.strip()
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    else:
+        names = ", ".join(p.name for p in SOURCES)
+        raise RuntimeError(f"{cc} failed on {names} in {HERE}:\n{failure}")
     lib = ctypes.CDLL(str(target))
-    lib.opzo_philox_normal.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64]
+    i64, f32, ptr, cint = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
+    lib.opzo_philox_normal.argtypes = [ptr, i64, ctypes.c_uint64, cint]
     lib.opzo_philox_normal.restype = None
-    lib.opzo_philox4x32_10.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.opzo_philox_keep_mask.argtypes = [ptr, i64, ctypes.c_uint64, f32, f32, cint]
+    lib.opzo_philox_keep_mask.restype = None
+    lib.opzo_lif_step.argtypes = [i64, i64, ptr, ptr, ptr, ptr, i64, f32, cint, ptr, f32, f32,
+                                  cint, cint, f32, f32, ptr, ptr, ptr, ptr, cint]
+    lib.opzo_lif_step.restype = None
+    lib.opzo_philox4x32_10.argtypes = [ptr, ptr, ptr]
     lib.opzo_philox4x32_10.restype = None
     return lib
 
@@ -99,7 +140,7 @@ def load() -> ctypes.CDLL | None:
             _error = "disabled by OPZO_NATIVE=0"
         else:
             try:
-                _lib = _build()
+                _lib = build()
             except (OSError, RuntimeError) as exc:
                 _error = str(exc)
     return _lib
@@ -113,6 +154,22 @@ def error() -> str | None:
     """Why the native library is unavailable (None if it loaded)."""
     load()
     return _error
+
+
+_warned = False
+
+
+def ready(what: str) -> bool:
+    """Whether the library loaded; if not, warns once (naming ``what`` falls back to torch's
+    slower ops) and returns False."""
+    global _warned
+    if available():
+        return True
+    if not _warned:
+        _warned = True
+        warnings.warn(f"opzo's native kernels are unavailable ({_error}); {what} uses "
+                      "torch's slower ops instead", stacklevel=3)
+    return False
 
 
 def _require() -> ctypes.CDLL:
@@ -134,17 +191,115 @@ def philox4x32_10(counter: tuple[int, int, int, int], key: tuple[int, int]
     return tuple(out)  # type: ignore[return-value]
 
 
-def philox_normal_(t: Tensor, key: int | None = None) -> Tensor:
+def _check_float32(t: Tensor, what: str) -> None:
+    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"{what} takes contiguous float32 CPU tensors; got {t.dtype} on "
+                         f"{t.device}, contiguous={t.is_contiguous()}")
+
+
+def _key(key: int | None) -> int:
+    """A 64-bit Philox key: the given one, or 63 random bits from torch's generator."""
+    if key is None:
+        key = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    return key & (2**64 - 1)
+
+
+def _threads(threads: int | None) -> int:
+    return max(1, int(torch.get_num_threads() if threads is None else threads))
+
+
+def philox_normal_(t: Tensor, key: int | None = None, threads: int | None = None) -> Tensor:
     """Fill the contiguous float32 CPU tensor ``t`` with N(0, 1) numbers in place.
 
     ``key`` (64 bits) selects the stream; by default it is drawn from torch's default
-    generator. Element 4i + j comes from Philox counter i, word pair j // 2.
+    generator. Element 4i + j comes from Philox counter i, word pair j // 2. ``threads``
+    (default: torch's thread count) does not change the numbers.
     """
     lib = _require()
-    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError("philox_normal_ fills contiguous float32 CPU tensors; got "
-                         f"{t.dtype} on {t.device}, contiguous={t.is_contiguous()}")
-    if key is None:  # 63 random bits
-        key = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
-    lib.opzo_philox_normal(t.data_ptr(), t.numel(), key & (2**64 - 1))
+    _check_float32(t, "philox_normal_")
+    lib.opzo_philox_normal(t.data_ptr(), t.numel(), _key(key), _threads(threads))
     return t
+
+
+def philox_keep_mask_(t: Tensor, keep: float, scale: float = 1.0, key: int | None = None,
+                      threads: int | None = None) -> Tensor:
+    """Fill ``t`` (contiguous float32, CPU) with a dropout mask in place: each element is
+    ``scale`` with probability ``keep`` and 0 otherwise, independently (element 4i + j is
+    kept when the open uniform (w + 0.5)/2^24 of the top 24 bits of word j of Philox counter
+    i is below ``keep``). Key and threads as in :func:`philox_normal_`."""
+    lib = _require()
+    _check_float32(t, "philox_keep_mask_")
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep probability must lie in [0, 1], got {keep}")
+    lib.opzo_philox_keep_mask(t.data_ptr(), t.numel(), _key(key), float(keep), float(scale),
+                              _threads(threads))
+    return t
+
+
+#: surrogate codes of lif_step.c
+SURROGATE_CODES = {"sigmoid": 1, "fast-sigmoid": 2}
+
+
+def lif_step(current: Tensor, u: Tensor, s: Tensor, *, lam: float, v_th: float,
+             reset_zero: bool = False, noise: Tensor | None = None, alpha: float = 0.0,
+             noise_before: bool = False, mask: Tensor | None = None,
+             surrogate: str | None = None, surrogate_param: float = 1.0, gain: float = 1.0,
+             u_out: Tensor | None = None, threads: int | None = None
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """One fused LIF step on (B, n) float32 CPU tensors (``lif_step.c``; OPZO paper eq. 1):
+
+        I = current (+ α z before the neuron),  u' = λu + I − λV_th s  (or − λ u s: reset
+        to zero),  s' = H(u' − V_th),  x = (s' (+ α z after the neuron)) ⊙ mask,
+        dpsi = mask ⊙ gain · ψ̃(u')   (with ``surrogate``: "sigmoid", parameter 1/a, gain 1/a,
+        ψ̃ = σ(1 − σ) of (u' − V_th)/a; "fast-sigmoid", parameter k, ψ̃ = 1/(k|u' − V_th| + 1)²)
+
+    Returns (u', s', x, dpsi or None). ``noise`` may be a column block of a wider tensor (rows
+    of stride ``noise.stride(0)``); every other tensor must be contiguous. ``u_out`` receives
+    u' (it may be ``current`` itself); by default a new tensor.
+    """
+    _require()
+    rows, cols = current.shape
+    for name, t in (("current", current), ("u", u), ("s", s), ("mask", mask),
+                    ("u_out", u_out)):
+        if t is None:
+            continue
+        _check_float32(t, f"lif_step's {name}")
+        if t.shape != (rows, cols):
+            raise ValueError(f"lif_step: {name} has shape {tuple(t.shape)}, expected "
+                             f"{(rows, cols)}")
+    if noise is not None and (noise.dtype != torch.float32 or noise.device.type != "cpu"
+                              or noise.shape != (rows, cols) or noise.stride(1) != 1):
+        raise ValueError("lif_step: noise must be a float32 CPU (B, n) tensor with "
+                         "contiguous rows")
+    if surrogate is not None and surrogate not in SURROGATE_CODES:
+        raise ValueError(f"lif_step has no native surrogate {surrogate!r}; choose one of "
+                         f"{sorted(SURROGATE_CODES)}")
+    return lif_step_unchecked(current, u, s, lam, v_th, reset_zero, noise, alpha,
+                              noise_before, mask, SURROGATE_CODES.get(surrogate or "", 0),
+                              surrogate_param, gain, u_out, _threads(threads))
+
+
+def lif_step_unchecked(current: Tensor, u: Tensor, s: Tensor, lam: float, v_th: float,
+                       reset_zero: bool, noise: Tensor | None, alpha: float,
+                       noise_before: bool, mask: Tensor | None, code: int,
+                       surrogate_param: float, gain: float, u_out: Tensor | None,
+                       threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`lif_step` without the checks, for the network's inner loop (its caller has
+    made sure of dtype, device, shapes and contiguity; ``code`` is a SURROGATE_CODES value
+    or 0; ``threads`` >= 1)."""
+    assert _lib is not None
+    rows, cols = current.shape
+    u_new = torch.empty_like(current) if u_out is None else u_out
+    s_new = torch.empty_like(current)
+    plain = noise is None and mask is None  # x = s'
+    out = s_new if plain else torch.empty_like(current)
+    dpsi = torch.empty_like(current) if code else None
+    _lib.opzo_lif_step(rows, cols, current.data_ptr(), u.data_ptr(), s.data_ptr(),
+                       None if noise is None else noise.data_ptr(),
+                       0 if noise is None else noise.stride(0), alpha, noise_before,
+                       None if mask is None else mask.data_ptr(), lam, v_th, reset_zero, code,
+                       surrogate_param, gain, u_new.data_ptr(), s_new.data_ptr(),
+                       None if plain else out.data_ptr(),
+                       None if dpsi is None else dpsi.data_ptr(), threads)
+    return u_new, s_new, out, dpsi
+

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "parallel.h"
+
 #define LANES 64
 
 static inline float bits_to_float(uint32_t b) {
@@ -54,6 +56,57 @@ void opzo_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t o
     out[3] = x3;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* hi and lo 32 bits of the 32x32-bit products x * m in each of 16 lanes: vpmuludq on the
+ * even lanes and on the odd lanes shifted down (compilers vectorise the portable form below
+ * with a slow 64x64-bit multiply instead). */
+static inline void mul_hilo_16(__m512i x, __m512i m, __m512i *hi, __m512i *lo) {
+    const __m512i even = _mm512_mul_epu32(x, m);
+    const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), m);
+    *hi = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(even, 32), odd);
+    *lo = _mm512_mask_blend_epi32((__mmask16)0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+/* Philox4x32-10 on LANES counters (first + lane, 0, 0, 0) with key (k0, k1): 16 counters
+ * per AVX-512 register, the same words as philox_round. */
+static void philox_block(uint64_t first, uint32_t k0, uint32_t k1,
+                         uint32_t w0[LANES], uint32_t w1[LANES],
+                         uint32_t w2[LANES], uint32_t w3[LANES]) {
+    const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u);
+    const __m512i m1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                           15);
+    for (int j = 0; j < LANES; j += 16) {
+        const uint64_t c = first + (uint64_t)j;
+        /* the counter's low word per lane, and its high word (carry past 2^32 per lane) */
+        const __m512i low = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)c), lane);
+        const __mmask16 carry = _mm512_cmplt_epu32_mask(low, _mm512_set1_epi32((int)(uint32_t)c));
+        __m512i x0 = low;
+        __m512i x1 = _mm512_mask_add_epi32(_mm512_set1_epi32((int)(uint32_t)(c >> 32)), carry,
+                                           _mm512_set1_epi32((int)(uint32_t)(c >> 32)),
+                                           _mm512_set1_epi32(1));
+        __m512i x2 = _mm512_setzero_si512();
+        __m512i x3 = _mm512_setzero_si512();
+        for (uint32_t r = 0; r < 10; r++) {
+            const __m512i a = _mm512_set1_epi32((int)(k0 + r * 0x9E3779B9u));
+            const __m512i b = _mm512_set1_epi32((int)(k1 + r * 0xBB67AE85u));
+            __m512i hi0, lo0, hi1, lo1;
+            mul_hilo_16(x0, m0, &hi0, &lo0);
+            mul_hilo_16(x2, m1, &hi1, &lo1);
+            x0 = _mm512_xor_si512(_mm512_xor_si512(hi1, x1), a);
+            x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), b);
+            x1 = lo1;
+            x3 = lo0;
+        }
+        _mm512_storeu_si512((void *)(w0 + j), x0);
+        _mm512_storeu_si512((void *)(w1 + j), x1);
+        _mm512_storeu_si512((void *)(w2 + j), x2);
+        _mm512_storeu_si512((void *)(w3 + j), x3);
+    }
+}
+#else
 /* Philox4x32-10 on LANES counters (first + lane, 0, 0, 0) with key (k0, k1). */
 static void philox_block(uint64_t first, uint32_t k0, uint32_t k1,
                          uint32_t w0[LANES], uint32_t w1[LANES],
@@ -71,6 +124,7 @@ static void philox_block(uint64_t first, uint32_t k0, uint32_t k1,
             philox_round(&w0[j], &w1[j], &w2[j], &w3[j], a, b);
     }
 }
+#endif
 
 /* A uniform number in (0, 1) from the top 24 bits: (k + 0.5) / 2^24. */
 static inline float open_uniform(uint32_t w) {
@@ -113,15 +167,22 @@ static inline void sincos_turn(float u, float *sn, float *cs) {
     *cs = ((k + 1) & 2) ? -c : c;
 }
 
-/* Fill out[0..n) with N(0, 1) numbers from counters 0, 1, ... under key. */
-void opzo_philox_normal(float *out, int64_t n, uint64_t key) {
-    const uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+/* Normals of counters [first_block * LANES, ...) for out[begin, end), begin a multiple of
+ * 4 * LANES: the numbers of one block of LANES counters at a time. */
+struct normal_job {
+    float *out;
+    int64_t n;
+    uint32_t k0, k1;
+};
+
+static void normal_range(void *ctx, int64_t begin, int64_t end) {
+    const struct normal_job *job = (const struct normal_job *)ctx;
     uint32_t w0[LANES], w1[LANES], w2[LANES], w3[LANES];
     float z[4 * LANES];
-    int64_t done = 0;
-    uint64_t counter = 0;
-    while (done < n) {
-        philox_block(counter, k0, k1, w0, w1, w2, w3);
+    int64_t done = begin;
+    uint64_t counter = (uint64_t)(begin / 4);
+    while (done < end) {
+        philox_block(counter, job->k0, job->k1, w0, w1, w2, w3);
         for (int j = 0; j < LANES; j++) {
             const float r0 = sqrtf(-2.0f * fast_log(open_uniform(w0[j])));
             const float r1 = sqrtf(-2.0f * fast_log(open_uniform(w2[j])));
@@ -133,10 +194,51 @@ void opzo_philox_normal(float *out, int64_t n, uint64_t key) {
             z[4 * j + 2] = r1 * c1;
             z[4 * j + 3] = r1 * s1;
         }
-        const int64_t left = n - done;
+        const int64_t left = end - done;
         const int64_t take = left < 4 * LANES ? left : 4 * LANES;
-        memcpy(out + done, z, (size_t)take * sizeof(float));
+        memcpy(job->out + done, z, (size_t)take * sizeof(float));
         done += take;
         counter += LANES;
     }
+}
+
+/* Fill out[0..n) with N(0, 1) numbers from counters 0, 1, ... under key, on up to
+ * `threads` threads (the numbers do not depend on the thread count). */
+void opzo_philox_normal(float *out, int64_t n, uint64_t key, int threads) {
+    struct normal_job job = {out, n, (uint32_t)key, (uint32_t)(key >> 32)};
+    opzo_parallel_for(n, 4 * LANES, 32768, threads, normal_range, &job);
+}
+
+/* Dropout keep-masks: out[4i + j] = scale if u < keep else 0, with u the open uniform of
+ * word j of counter i under key (P(kept) = keep up to 2^-24). */
+struct mask_job {
+    float *out;
+    uint32_t k0, k1;
+    float keep, scale;
+};
+
+static void mask_range(void *ctx, int64_t begin, int64_t end) {
+    const struct mask_job *job = (const struct mask_job *)ctx;
+    const float keep = job->keep, scale = job->scale;
+    uint32_t w[4][LANES];
+    float m[4 * LANES];
+    int64_t done = begin;
+    uint64_t counter = (uint64_t)(begin / 4);
+    while (done < end) {
+        philox_block(counter, job->k0, job->k1, w[0], w[1], w[2], w[3]);
+        for (int j = 0; j < LANES; j++)
+            for (int q = 0; q < 4; q++)
+                m[4 * j + q] = (float)(open_uniform(w[q][j]) < keep) * scale;
+        const int64_t left = end - done;
+        const int64_t take = left < 4 * LANES ? left : 4 * LANES;
+        memcpy(job->out + done, m, (size_t)take * sizeof(float));
+        done += take;
+        counter += LANES;
+    }
+}
+
+void opzo_philox_keep_mask(float *out, int64_t n, uint64_t key, float keep, float scale,
+                           int threads) {
+    struct mask_job job = {out, (uint32_t)key, (uint32_t)(key >> 32), keep, scale};
+    opzo_parallel_for(n, 4 * LANES, 65536, threads, mask_range, &job);
 }

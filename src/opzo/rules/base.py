@@ -14,7 +14,6 @@ lives in the rule and is saved with :meth:`SpatialRule.state_dict`.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -176,7 +175,7 @@ class NoiseSampler:
             return _random_signs(batch, total, like)
         z = like.new_empty(batch, total)
         if self.rng == "philox" and z.dtype == torch.float32 and z.device.type == "cpu" \
-                and _native_ready():
+                and native.ready("the Gaussian noise"):
             native.philox_normal_(z)
         else:
             z.normal_()
@@ -210,22 +209,6 @@ class NoiseSampler:
 
 
 _SHIFTS: dict[torch.device, Tensor] = {}
-
-
-_warned_native = False
-
-
-def _native_ready() -> bool:
-    """Whether the native Philox kernel loaded; warns once (and uses torch's generator) if
-    it did not."""
-    global _warned_native
-    if native.available():
-        return True
-    if not _warned_native:
-        _warned_native = True
-        warnings.warn(f"opzo's native Gaussian kernel is unavailable ({native.error()}); "
-                      "drawing the noise with torch's slower normal_ instead", stacklevel=3)
-    return False
 
 
 def _random_signs(batch: int, total: int, like: Tensor) -> Tensor:

@@ -1,0 +1,255 @@
+"""The fused native neuron step, the native dropout masks, and the network's use of them.
+
+The fused step must give the torch ops' forward values bit for bit (u, s, x), and the local
+derivative m ⊙ ψ(u) to float rounding; the network must train to the same gradients on either
+kernel set; every compiled code path (AVX-512 or not, OpenMP or not, any thread count) must
+give the same numbers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from opzo import DFA, OPZO, InstantLoss, NoiseSampler, OnlineLearner, SpikingMLP, SpikingNet, native
+from opzo.neuron import LIFParams, lif_step
+from opzo.surrogate import FastSigmoidSurrogate, SigmoidSurrogate
+
+pytestmark = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("cc", "gcc")), reason="no C compiler on this machine")
+
+
+def _torch_step(cur, u, s, lif, z, alpha, before, mask):
+    """The unfused reference: the network's torch ops, in its order."""
+    c = cur.clone()
+    if z is not None and before:
+        c = torch.add(c, z, alpha=alpha)
+    un, sn = lif_step(u, s, c, lif, current_is_scratch=True)
+    out = sn
+    if z is not None and not before:
+        out = torch.add(sn, z, alpha=alpha)
+    if mask is not None:
+        out = out * mask
+    return un, sn, out
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 13), (7, 300), (64, 801)])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("noise", [None, "after", "before"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_forward_equals_torch_ops_bit_for_bit(rows, cols, reset, noise, masked):
+    torch.manual_seed(rows * cols)
+    lif = LIFParams(lam=0.7, v_th=0.9, reset=reset)
+    cur = torch.randn(rows, cols)
+    u = torch.randn(rows, cols)
+    s = (u > lif.v_th).float()
+    wide = torch.randn(rows, cols + 9)  # z is a column block of a wider draw, as in OPZO
+    z = wide[:, 4:4 + cols] if noise else None
+    mask = (torch.rand(rows, cols) < 0.8).float() / 0.8 if masked else None
+    ref = _torch_step(cur, u, s, lif, z, 0.3, noise == "before", mask)
+    got = native.lif_step(cur, u, s, lam=lif.lam, v_th=lif.v_th, reset_zero=reset == "zero",
+                          noise=z, alpha=0.3, noise_before=noise == "before", mask=mask)
+    for name, a, b in zip(("u", "s", "x"), ref, got[:3]):
+        assert torch.equal(a, b), f"{name} differs by {(a - b).abs().max()}"
+    assert got[3] is None
+    if noise is None and not masked:
+        assert got[2] is got[1]  # x is the spikes themselves
+
+
+@pytest.mark.parametrize("surrogate", [SigmoidSurrogate(0.25), SigmoidSurrogate(1.3),
+                                       FastSigmoidSurrogate(25.0)])
+def test_fused_local_derivative_matches_the_surrogate(surrogate):
+    torch.manual_seed(1)
+    rows, cols = 5, 333
+    cur = torch.randn(rows, cols) * 3
+    cur[0, :6] = torch.tensor([-200.0, 200.0, 1.0, 0.75, 1e-30, -1e30])  # extremes: no NaN
+    u = torch.zeros(rows, cols)
+    s = torch.zeros(rows, cols)
+    mask = (torch.rand(rows, cols) < 0.5).float() * 2.0
+    name = "sigmoid" if isinstance(surrogate, SigmoidSurrogate) else "fast-sigmoid"
+    param = 1.0 / surrogate.a if name == "sigmoid" else surrogate.k
+    un, _, _, dpsi = native.lif_step(cur, u, s, lam=0.5, v_th=1.0, mask=mask, surrogate=name,
+                                     surrogate_param=param, gain=surrogate.gain())
+    assert torch.equal(un, cur)  # from rest, u' = I
+    want = mask * surrogate(un.double(), 1.0).float()
+    assert torch.isfinite(dpsi).all()
+    assert torch.allclose(dpsi, want, rtol=1e-6, atol=1e-12), (dpsi - want).abs().max()
+
+
+def test_fused_step_rejects_bad_input():
+    a = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="float32"):
+        native.lif_step(a.double(), a, a, lam=0.5, v_th=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        native.lif_step(a, torch.zeros(2, 4), a, lam=0.5, v_th=1.0)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        native.lif_step(a, a, a, lam=0.5, v_th=1.0, noise=torch.zeros(3, 2).t())
+    with pytest.raises(ValueError, match="no native surrogate"):
+        native.lif_step(a, a, a, lam=0.5, v_th=1.0, surrogate="localzo")
+
+
+def _mask_reference(key: int, n: int, keep: float, scale: float) -> list[float]:
+    """Element 4i + j: ``scale`` if (w_j >> 8 + ½)/2²⁴ < keep for the words w of counter
+    (i, 0, 0, 0), else 0 (Python arithmetic on the scalar generator)."""
+    out: list[float] = []
+    k = (key & 0xFFFFFFFF, key >> 32)
+    i = 0
+    while len(out) < n:
+        for w in native.philox4x32_10((i & 0xFFFFFFFF, i >> 32, 0, 0), k):
+            out.append(scale if ((w >> 8) + 0.5) / 2**24 < keep else 0.0)
+        i += 1
+    return out[:n]
+
+
+def test_keep_mask_equals_scalar_reference_and_has_its_rate():
+    key = 0xFEDCBA9876543210
+    n = 4 * 64 * 3 + 5
+    got = native.philox_keep_mask_(torch.empty(n), 0.8, 1.25, key=key)
+    assert got.tolist() == _mask_reference(key, n, 0.8, 1.25)
+    big = native.philox_keep_mask_(torch.empty(1_000_000), 0.8, 1.0)
+    assert set(big.unique().tolist()) == {0.0, 1.0}
+    # binomial: sd of the mean is 4e-4; 5 sd
+    assert abs(float(big.mean()) - 0.8) < 2e-3
+    with pytest.raises(ValueError, match="keep probability"):
+        native.philox_keep_mask_(torch.empty(4), 1.5)
+
+
+def test_numbers_do_not_depend_on_the_thread_count():
+    n = 3 * 65536 + 1000  # enough for several threads
+    for fill in (native.philox_normal_,
+                 lambda t, key, threads: native.philox_keep_mask_(t, 0.7, 2.0, key=key,
+                                                                  threads=threads)):
+        one = fill(torch.empty(n), key=99, threads=1)
+        for threads in (2, 3, 8):
+            assert torch.equal(one, fill(torch.empty(n), key=99, threads=threads))
+    torch.manual_seed(0)
+    cur, u = torch.randn(300, 1000), torch.randn(300, 1000)
+    s = (u > 1).float()
+    mask = (torch.rand(300, 1000) < 0.8).float()
+    z = torch.randn(300, 1000)
+    runs = [native.lif_step(cur, u, s, lam=0.5, v_th=1.0, noise=z, alpha=0.2, mask=mask,
+                            surrogate="sigmoid", surrogate_param=4.0, gain=4.0, threads=t)
+            for t in (1, 2, 5)]
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other))
+
+
+def _call(lib: ctypes.CDLL, fill: str, n: int) -> torch.Tensor:
+    t = torch.empty(n)
+    if fill == "normal":
+        lib.opzo_philox_normal(t.data_ptr(), n, 1234567, 2)
+    else:
+        lib.opzo_philox_keep_mask(t.data_ptr(), n, 1234567, 0.6, 1.5, 2)
+    return t
+
+
+def test_every_build_gives_the_same_numbers(tmp_path):
+    """The AVX-512 Philox path, the portable loops and the serial build agree exactly."""
+    base = native.base_flags()
+    variants = [base + ["-fopenmp"], base + ["-mno-avx512f"], base, ["-O1", "-shared", "-fPIC",
+                                                                      "-fno-math-errno",
+                                                                      "-ffp-contract=off"]]
+    libs = [native.build([flags], tmp_path) for flags in variants]
+    n = 4 * 64 * 5 + 3
+    for fill in ("normal", "mask"):
+        first = _call(libs[0], fill, n)
+        for lib in libs[1:]:
+            other = _call(lib, fill, n)
+            if fill == "mask":
+                assert torch.equal(first, other)
+            else:  # the same words; the portable build may round the polynomials otherwise
+                assert torch.allclose(first, other, rtol=1e-6, atol=1e-6)
+
+
+def _net(kernels: str, spec: str | None = None) -> SpikingNet:
+    torch.manual_seed(0)
+    if spec is None:
+        net = SpikingMLP([20, 30, 25, 4], dropout=0.3, kernels=kernels)
+    else:
+        net = SpikingNet(spec, (2, 6, 6), 4, dropout=0.3, kernels=kernels)
+    with torch.no_grad():
+        for layer in net.hidden:
+            layer.weight.mul_(3.0)
+    return net
+
+
+@pytest.mark.parametrize("spec", [None, "4C3-AP2-6C3-FC", "4C3-4C3+-FC"])
+def test_network_forward_is_the_same_on_both_kernel_sets(spec):
+    nets = {k: _net(k, spec).eval() for k in ("native", "torch")}
+    x = torch.rand(5, nets["torch"].num_inputs)
+    with torch.no_grad():
+        outs = {k: net(x, T=4) for k, net in nets.items()}
+        spikes = {k: [rec.spikes for _, rec in net.run(x, T=4)] for k, net in nets.items()}
+    assert torch.equal(outs["native"], outs["torch"])
+    for a, b in zip(spikes["native"], spikes["torch"]):
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("rule", ["opzo", "dfa"])
+@pytest.mark.parametrize("spec", [None, "4C3-AP2-6C3-FC"])
+def test_training_gradients_agree_on_both_kernel_sets(rule, spec):
+    """Same masks, same noise: the fused step's local derivative gives the gradients of the
+    torch ops (to float rounding of ψ)."""
+    grads = {}
+    for kernels in ("native", "torch"):
+        net = _net(kernels, spec)
+        r = OPZO(NoiseSampler(alpha=0.2, rng="torch")) if rule == "opzo" else DFA()
+        learner = OnlineLearner(net, r, InstantLoss("mix", 0.05))
+        torch.manual_seed(7)
+        x = torch.rand(6, net.num_inputs)
+        y = torch.randint(0, 4, (6,))
+        masks = [(torch.rand(6, n) < 0.7).float() / 0.7 for n in net.hidden_sizes]
+        torch.manual_seed(8)
+        learner.accumulate(x, y, T=3, masks=masks)
+        grads[kernels] = [p.grad.clone() for p in net.parameters()]
+    for a, b in zip(grads["native"], grads["torch"]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (a - b).abs().max()
+
+
+def test_native_masks_are_drawn_from_philox_and_seeded():
+    net = _net("native").train()
+    torch.manual_seed(3)
+    a = net.dropout_masks(8, torch.zeros(1))
+    torch.manual_seed(3)
+    b = net.dropout_masks(8, torch.zeros(1))
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    scale = float(torch.tensor(1.0 / 0.7))  # in float32
+    assert set(torch.cat([m.flatten() for m in a]).unique().tolist()) <= {0.0, scale}
+    torch.manual_seed(3)
+    c = _net("torch").train().dropout_masks(8, torch.zeros(1))
+    assert not all(torch.equal(p, q) for p, q in zip(a, c))  # a different generator
+
+
+def test_autograd_and_other_dtypes_use_torch_ops():
+    net = _net("native")
+    x = torch.rand(3, 20)
+    _, rec = net.step(net.initial_state(3, x), x)  # grad enabled: the graph must exist
+    assert all(u.requires_grad for u in rec.u)
+    with torch.no_grad():
+        net64 = _net("native").double().eval()
+        ref64 = _net("torch").double().eval()
+        assert torch.equal(net64(x.double(), T=3), ref64(x.double(), T=3))
+
+
+def test_missing_library_falls_back_to_torch_ops_with_one_warning(monkeypatch):
+    monkeypatch.setattr(native, "_tried", True)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", "no C compiler found")
+    monkeypatch.setattr(native, "_warned", False)
+    x = torch.rand(3, 20)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="no C compiler found"):
+            a = _net("native").eval()(x, T=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _net("native").eval()(x, T=3)
+        assert torch.equal(a, _net("torch").eval()(x, T=3))
+
+
+def test_unknown_kernels_is_an_error():
+    with pytest.raises(ValueError, match="unknown kernels 'gpu'"):
+        SpikingMLP([4, 3, 2], kernels="gpu")
