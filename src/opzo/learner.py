@@ -133,7 +133,7 @@ class OnlineLearner:
         batch = x.shape[0] if static else x.shape[1]
         if y.shape != (batch,):
             raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
-        if not torch.isfinite(x).all():
+        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # sum: one pass
             raise ValueError("input contains NaN or infinite values")
         if y.min() < 0 or y.max() >= net.num_outputs:
             raise ValueError(f"labels must lie in 0..{net.num_outputs - 1}")
@@ -154,8 +154,10 @@ class OnlineLearner:
         state = net.initial_state(batch, x)
         if masks is None:
             masks = net.dropout_masks(batch, x)
-        gain = net.surrogate.gain()
-        gains = None if masks is None else [m * gain for m in masks]
+        gains = None  # m_l · gain for the local derivative, unless the fused step gives it
+        if masks is not None and not (net.uses_native_kernels(x) and net.native_local_derivative):
+            gain = net.surrogate.gain()
+            gains = [m * gain for m in masks]
         rule.start_batch()
         first = first_in = None
         if static and not per_step:  # the first layer's current is the same at every step

@@ -400,7 +400,7 @@ class SpikingNet(nn.Module):
             return None
         keep = 1.0 - self.dropout
         masks = []
-        fused = self._native(like)
+        fused = self.uses_native_kernels(like)
         for n in self.hidden_sizes:
             r = like.new_empty(batch, n)
             if fused:
@@ -410,14 +410,20 @@ class SpikingNet(nn.Module):
                 masks.append(torch.lt(r, keep, out=r).mul_(1.0 / keep))
         return masks
 
-    def _native(self, like: Tensor) -> bool:
-        """Whether this step runs on the native kernels: asked for, float32 on the CPU, no
-        autograd graph to build, and the library loaded (else a warning, once)."""
+    def uses_native_kernels(self, like: Tensor) -> bool:
+        """Whether a step on tensors like ``like`` runs on the native kernels: asked for,
+        float32 on the CPU, no autograd graph to build, and the library loaded (else a
+        warning, once)."""
         return (self.kernels == "native" and like.dtype == torch.float32
                 and like.device.type == "cpu"
                 and not (torch.is_grad_enabled() and any(p.requires_grad
                                                          for p in self.parameters()))
                 and native.ready("the fused neuron step"))
+
+    @property
+    def native_local_derivative(self) -> bool:
+        """Whether the fused step can compute m ⊙ ψ(u) for this network's surrogate."""
+        return self._native_surrogate() is not None
 
     def _native_surrogate(self) -> tuple[str, float, float] | None:
         """(name, parameter, gain) of the surrogate for the fused kernel, None if it has no
@@ -497,7 +503,7 @@ class SpikingNet(nn.Module):
         ins: list[Tensor] = []
         dpsis: list[Tensor] = []
         after = noise_position == "after"
-        fused = self._native(x_t)
+        fused = self.uses_native_kernels(x_t)
         lif = self.lif
         threads = torch.get_num_threads()
         surr = self._native_surrogate() if fused and local_derivative else None
