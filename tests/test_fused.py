@@ -61,15 +61,16 @@ def test_fused_forward_equals_torch_ops_bit_for_bit(rows, cols, reset, noise, ma
 
 
 @pytest.mark.parametrize("surrogate", [SigmoidSurrogate(0.25), SigmoidSurrogate(1.3),
-                                       FastSigmoidSurrogate(25.0)])
+                                       SigmoidSurrogate(10.0), FastSigmoidSurrogate(25.0)])
 def test_fused_local_derivative_matches_the_surrogate(surrogate):
     torch.manual_seed(1)
     rows, cols = 5, 333
     cur = torch.randn(rows, cols) * 3
-    cur[0, :6] = torch.tensor([-200.0, 200.0, 1.0, 0.75, 1e-30, -1e30])  # extremes: no NaN
+    cur[0, :7] = torch.tensor([-200.0, 200.0, 1.0, 0.75, 1e-30, -1e30, 1.0 + 87.5 * 0.25])
     u = torch.zeros(rows, cols)
     s = torch.zeros(rows, cols)
     mask = (torch.rand(rows, cols) < 0.5).float() * 2.0
+    mask[0] = 1.0
     name = "sigmoid" if isinstance(surrogate, SigmoidSurrogate) else "fast-sigmoid"
     param = 1.0 / surrogate.a if name == "sigmoid" else surrogate.k
     un, _, _, dpsi = native.lif_step(cur, u, s, lam=0.5, v_th=1.0, mask=mask, surrogate=name,
@@ -77,6 +78,8 @@ def test_fused_local_derivative_matches_the_surrogate(surrogate):
     assert torch.equal(un, cur)  # from rest, u' = I
     want = mask * surrogate(un.double(), 1.0).float()
     assert torch.isfinite(dpsi).all()
+    tiny = torch.finfo(torch.float32).tiny
+    assert not ((dpsi != 0) & (dpsi.abs() < tiny)).any()  # no (slow) subnormal numbers
     assert torch.allclose(dpsi, want, rtol=1e-6, atol=1e-12), (dpsi - want).abs().max()
 
 

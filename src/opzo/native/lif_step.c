@@ -28,10 +28,12 @@
 
 enum { SURR_NONE = 0, SURR_SIGMOID = 1, SURR_FAST_SIGMOID = 2 };
 
-/* e^y for y in [-87, 0]: y = n ln 2 + r with |r| <= ln(2)/2, e^r by its Taylor series to r^7
- * (relative error below 3e-8), times 2^n built in the exponent bits. */
+/* e^y for y <= 0: y = n ln 2 + r with |r| <= ln(2)/2, e^r by its Taylor series to r^7
+ * (relative error below 3e-8), times 2^n built in the exponent bits; 0 below y = -80
+ * (e^-80 < 2e-35), so that no product with it is a subnormal number (slow on x86). */
 static inline float exp_nonpositive(float y) {
-    y = y < -87.0f ? -87.0f : y;
+    const int tiny = y < -80.0f;
+    y = tiny ? -80.0f : y;
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     const float nf = (y * 1.44269504f + shifter) - shifter;
     const float r = (y - nf * 0.693145752f) - nf * 1.42860677e-6f;
@@ -41,7 +43,7 @@ static inline float exp_nonpositive(float y) {
     uint32_t bits = (uint32_t)(n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return tiny ? 0.0f : p * scale;
 }
 
 struct lif_args {
