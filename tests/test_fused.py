@@ -145,6 +145,8 @@ def _call(lib: ctypes.CDLL, fill: str, n: int) -> torch.Tensor:
     t = torch.empty(n)
     if fill == "normal":
         lib.opzo_philox_normal(t.data_ptr(), n, 1234567, 2)
+    elif fill == "signs":
+        lib.opzo_philox_signs(t.data_ptr(), n, 1234567, 2)
     else:
         lib.opzo_philox_keep_mask(t.data_ptr(), n, 1234567, 0.6, 1.5, 2)
     return t
@@ -157,12 +159,12 @@ def test_every_build_gives_the_same_numbers(tmp_path):
                                                                       "-fno-math-errno",
                                                                       "-ffp-contract=off"]]
     libs = [native.build([flags], tmp_path) for flags in variants]
-    n = 4 * 64 * 5 + 3
-    for fill in ("normal", "mask"):
+    n = 128 * 64 * 3 + 3
+    for fill in ("normal", "mask", "signs"):
         first = _call(libs[0], fill, n)
         for lib in libs[1:]:
             other = _call(lib, fill, n)
-            if fill == "mask":
+            if fill != "normal":
                 assert torch.equal(first, other)
             else:  # the same words; the portable build may round the polynomials otherwise
                 assert torch.allclose(first, other, rtol=1e-6, atol=1e-6)
@@ -256,3 +258,30 @@ def test_missing_library_falls_back_to_torch_ops_with_one_warning(monkeypatch):
 def test_unknown_kernels_is_an_error():
     with pytest.raises(ValueError, match="unknown kernels 'gpu'"):
         SpikingMLP([4, 3, 2], kernels="gpu")
+
+
+def _signs_reference(key: int, n: int) -> list[float]:
+    """Element i: +1 if bit i mod 32 of word (i // 32) mod 4 of counter i // 128 is set."""
+    k = (key & 0xFFFFFFFF, key >> 32)
+    out: list[float] = []
+    i = 0
+    while len(out) < n:
+        for w in native.philox4x32_10((i & 0xFFFFFFFF, i >> 32, 0, 0), k):
+            out += [1.0 if (w >> b) & 1 else -1.0 for b in range(32)]
+        i += 1
+    return out[:n]
+
+
+def test_rademacher_signs_equal_scalar_reference_and_are_fair():
+    key = 0x1122334455667788
+    n = 128 * 64 + 77  # past one block of counters
+    assert native.philox_signs_(torch.empty(n), key=key).tolist() == _signs_reference(key, n)
+    big = native.philox_signs_(torch.empty(2_000_000))
+    assert set(big.unique().tolist()) == {-1.0, 1.0}
+    assert abs(float(big.mean())) < 5 * 2_000_000 ** -0.5
+    assert torch.equal(native.philox_signs_(torch.empty(300_001), key=5, threads=1),
+                       native.philox_signs_(torch.empty(300_001), key=5, threads=3))
+    # the sampler uses them by default, torch's randint with rng="torch"
+    torch.manual_seed(2)
+    z = NoiseSampler(distribution="rademacher").sample(0, 4, [5, 3], torch.zeros(1))
+    assert set(torch.cat(z, dim=1).unique().tolist()) <= {-1.0, 1.0}

@@ -144,10 +144,11 @@ class TrainConfig:
     noise_position: str = _opt("after", "inject noise after the neuron (spikes) or before it "
                                "(membrane potential)", ("after", "before"))
     antithetic: bool = _opt(False, "use z and -z on alternate time steps (opzo, zo)")
-    noise_rng: str = _opt("philox", "generator of the Gaussian noise (opzo, zo): the native "
-                          "Philox kernel (compiled on first use with the machine's C "
-                          "compiler; about twice as fast) or torch's normal_ (the stream of "
-                          "the results recorded before the kernel existed)", ("philox", "torch"))
+    noise_rng: str = _opt("philox", "generator of the noise (opzo, zo): the native Philox "
+                          "kernels (compiled on first use with the machine's C compiler; "
+                          "about twice as fast) or torch's normal_/randint (the streams of "
+                          "the results recorded before the kernels existed)",
+                          ("philox", "torch"))
     alpha_factor: bool | None = _opt(
         None, "keep the 1/α factor (default: off for opzo as in the paper, on for zo)")
     lambda_m: float = _opt(0.99999, "momentum λ_M of OPZO's feedback matrices",

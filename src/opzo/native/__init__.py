@@ -122,6 +122,8 @@ def build(flag_sets: list[list[str]] | None = None, directory: Path | None = Non
     lib.opzo_philox_normal.restype = None
     lib.opzo_philox_keep_mask.argtypes = [ptr, i64, ctypes.c_uint64, f32, f32, cint]
     lib.opzo_philox_keep_mask.restype = None
+    lib.opzo_philox_signs.argtypes = [ptr, i64, ctypes.c_uint64, cint]
+    lib.opzo_philox_signs.restype = None
     lib.opzo_lif_step.argtypes = [i64, i64, ptr, ptr, ptr, ptr, i64, f32, cint, ptr, f32, f32,
                                   cint, cint, f32, f32, ptr, ptr, ptr, ptr, cint]
     lib.opzo_lif_step.restype = None
@@ -233,6 +235,16 @@ def philox_keep_mask_(t: Tensor, keep: float, scale: float = 1.0, key: int | Non
         raise ValueError(f"keep probability must lie in [0, 1], got {keep}")
     lib.opzo_philox_keep_mask(t.data_ptr(), t.numel(), _key(key), float(keep), float(scale),
                               _threads(threads))
+    return t
+
+
+def philox_signs_(t: Tensor, key: int | None = None, threads: int | None = None) -> Tensor:
+    """Fill ``t`` (contiguous float32, CPU) with independent fair ±1 in place: element i is +1
+    when bit i mod 32 of word (i div 32) mod 4 of Philox counter i div 128 is set (32 signs
+    per random word). Key and threads as in :func:`philox_normal_`."""
+    lib = _require()
+    _check_float32(t, "philox_signs_")
+    lib.opzo_philox_signs(t.data_ptr(), t.numel(), _key(key), _threads(threads))
     return t
 
 

@@ -242,3 +242,35 @@ void opzo_philox_keep_mask(float *out, int64_t n, uint64_t key, float keep, floa
     struct mask_job job = {out, (uint32_t)key, (uint32_t)(key >> 32), keep, scale};
     opzo_parallel_for(n, 4 * LANES, 65536, threads, mask_range, &job);
 }
+
+/* Random signs: out[i] = +1 if bit (i mod 32) of word (i / 32) mod 4 of counter i / 128 is
+ * set, else -1 (32 fair signs from each 32-bit word; Rademacher noise). */
+struct sign_job {
+    float *out;
+    uint32_t k0, k1;
+};
+
+static void sign_range(void *ctx, int64_t begin, int64_t end) {
+    const struct sign_job *job = (const struct sign_job *)ctx;
+    uint32_t w[4][LANES];
+    float v[32];
+    int64_t done = begin; /* a multiple of 128 * LANES */
+    uint64_t counter = (uint64_t)(begin / 128);
+    while (done < end) {
+        philox_block(counter, job->k0, job->k1, w[0], w[1], w[2], w[3]);
+        for (int j = 0; j < LANES && done < end; j++)
+            for (int q = 0; q < 4 && done < end; q++) {
+                const uint32_t word = w[q][j];
+                for (int b = 0; b < 32; b++) v[b] = (float)((word >> b) & 1u) * 2.0f - 1.0f;
+                const int64_t take = end - done < 32 ? end - done : 32;
+                memcpy(job->out + done, v, (size_t)take * sizeof(float));
+                done += take;
+            }
+        counter += LANES;
+    }
+}
+
+void opzo_philox_signs(float *out, int64_t n, uint64_t key, int threads) {
+    struct sign_job job = {out, (uint32_t)key, (uint32_t)(key >> 32)};
+    opzo_parallel_for(n, 128 * LANES, 65536, threads, sign_range, &job);
+}

@@ -24,7 +24,7 @@ from ..losses import InstantLoss
 from ..network import NOISE_POSITIONS, SpikingNet, StepRecord
 
 NOISE_DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
-#: where Gaussian numbers come from: the native Philox kernel or torch's generator
+#: where the noise comes from: the native Philox kernels or torch's generator
 NOISE_RNGS = ("philox", "torch")
 
 
@@ -119,11 +119,12 @@ class NoiseSampler:
       synaptic current, i.e. the membrane potential).
     * ``antithetic``: z[t] = −z[t−1] on every second step (t = 1, 3, 5, …).
     * ``alpha`` fixed, or decayed linearly from ``alpha`` to ``alpha_final`` over training.
-    * ``rng``: where the Gaussian numbers (gaussian, sphere) come from: ``philox``, the native
-      Philox4x32-10 + Box-Muller kernel of :mod:`opzo.native` (about twice as fast as torch's
-      CPU ``normal_``; float32 CPU tensors, torch's generator otherwise, and with a warning
-      where no C compiler is found), or ``torch``'s ``normal_`` (the stream of the figures
-      measured before the kernel existed). Both are seeded by ``torch.manual_seed``.
+    * ``rng``: where the random numbers come from: ``philox``, the native Philox4x32-10
+      kernels of :mod:`opzo.native` (Box-Muller Gaussians about twice as fast as torch's CPU
+      ``normal_``, and 32 signs per random word for Rademacher; float32 CPU tensors, torch's
+      generator otherwise, and with a warning where no C compiler is found), or ``torch``'s
+      ``normal_`` and ``randint`` (the streams of the figures measured before the kernels
+      existed). Both are seeded by ``torch.manual_seed``.
 
     One draw of shape (B, Σ_l n_l) serves all layers: one random-number call per step.
     """
@@ -171,11 +172,12 @@ class NoiseSampler:
 
     def _draw(self, batch: int, sizes: list[int], like: Tensor) -> Tensor:
         total = sum(sizes)
-        if self.distribution == "rademacher":
-            return _random_signs(batch, total, like)
         z = like.new_empty(batch, total)
-        if self.rng == "philox" and z.dtype == torch.float32 and z.device.type == "cpu" \
-                and native.ready("the Gaussian noise"):
+        fast = (self.rng == "philox" and z.dtype == torch.float32 and z.device.type == "cpu"
+                and native.ready("the noise"))
+        if self.distribution == "rademacher":
+            return native.philox_signs_(z) if fast else _random_signs(batch, total, like)
+        if fast:
             native.philox_normal_(z)
         else:
             z.normal_()
