@@ -6,8 +6,10 @@ One step's noise of the Table 1 network: 128 x 1600 float32 numbers. Every candi
 round-robin with the others (``baselines.round_robin_medians``) and reported as a ratio to
 ``normal_`` in the same run: numpy's generators, torch's MKL-backed ``bernoulli_`` and
 ``exponential_`` (Box-Muller from exponentials), and ``normal_`` split over two threads with
-two generators; and opzo's native Philox kernel (``opzo.native``), which the noise sampler
-uses by default (benchmarks/RESULTS.md, section 2).
+two generators; and opzo's native Philox kernels (``opzo.native``), which the noise sampler
+and the dropout masks use by default (benchmarks/RESULTS.md, section 2): Gaussians (on
+torch's threads, and on one), dropout masks (against the network's torch path) and
+Rademacher signs.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def main() -> None:
     calls = {
         "torch normal_": lambda: buf.normal_(),
         "opzo native Philox": lambda: native.philox_normal_(buf),
+        "opzo native Philox, 1 thread": lambda: native.philox_normal_(buf, threads=1),
+        "opzo Philox dropout mask": lambda: native.philox_keep_mask_(buf, 0.8, 1.25),
+        "torch dropout mask": lambda: torch.lt(buf.uniform_(), 0.8, out=buf).mul_(1.25),
+        "opzo Philox signs": lambda: native.philox_signs_(buf),
         "torch uniform_": lambda: buf.uniform_(),
         "numpy PCG64 normal": lambda: pcg.standard_normal(dtype=np.float32, out=out32),
         "numpy SFC64 normal": lambda: sfc.standard_normal(dtype=np.float32, out=out32),

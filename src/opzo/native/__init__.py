@@ -43,9 +43,10 @@ HEADERS = [HERE / "parallel.h"]
 #: -ffp-contract=off: no fused multiply-adds the source does not ask for (fmaf), so every CPU
 #: gives the same numbers
 FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC"]
-#: parallel loops with the OpenMP runtime torch has loaded; the library is built without them
-#: (serial loops) where the compiler has no OpenMP
+#: parallel loops with the OpenMP runtime torch has loaded; where the compiler has no OpenMP
+#: the library is built with serial loops (still vectorised: -fopenmp-simd), or without it
 OPENMP_FLAGS = ["-fopenmp"]
+SIMD_FLAGS = ["-fopenmp-simd"]
 ARCH_FLAGS = ["-march=native"]
 
 _lib: ctypes.CDLL | None = None
@@ -91,7 +92,7 @@ def build(flag_sets: list[list[str]] | None = None, directory: Path | None = Non
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
     source = b"".join(p.read_bytes() for p in [*SOURCES, *HEADERS])
     if flag_sets is None:  # serial loops if OpenMP does not build
-        flag_sets = [base_flags() + OPENMP_FLAGS, base_flags()]
+        flag_sets = [base_flags() + OPENMP_FLAGS, base_flags() + SIMD_FLAGS, base_flags()]
     directory = cache_dir() if directory is None else Path(directory)
     failure = ""
     for flags in flag_sets:

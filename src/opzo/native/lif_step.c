@@ -16,15 +16,12 @@
  * The forward values (u', s', x) are computed with the same operations and roundings as
  * torch's CPU kernels for the unfused ops (a + alpha*b as one fused multiply-add, as ATen's
  * vectorised add does), so they equal the unfused path bit for bit; dpsi differs from
- * torch's sigmoid by float rounding only. Work is done in blocks of BLOCK neurons through
- * local buffers so that the compiler vectorises the arithmetic without alias checks. */
+ * torch's sigmoid by float rounding only. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "parallel.h"
-
-#define BLOCK 256
 
 enum { SURR_NONE = 0, SURR_SIGMOID = 1, SURR_FAST_SIGMOID = 2 };
 
@@ -55,69 +52,84 @@ struct lif_args {
     int noise_before, reset_zero, surrogate;
 };
 
-static void lif_block(const struct lif_args *a, int64_t start, int len) {
-    float cur[BLOCK], uo[BLOCK], so[BLOCK], zz[BLOCK], mk[BLOCK], un[BLOCK], sn[BLOCK],
-        xo[BLOCK], dp[BLOCK];
-    memcpy(cur, a->current + start, (size_t)len * sizeof(float));
-    memcpy(uo, a->u + start, (size_t)len * sizeof(float));
-    memcpy(so, a->s + start, (size_t)len * sizeof(float));
-    if (a->z) { /* gather z row by row: the block may cross a row boundary */
-        int done = 0;
-        while (done < len) {
-            const int64_t i = start + done;
-            const int64_t row = i / a->cols, col = i % a->cols;
-            int take = (int)(a->cols - col);
-            if (take > len - done) take = len - done;
-            memcpy(zz + done, a->z + row * a->z_ld + col, (size_t)take * sizeof(float));
-            done += take;
+/* Rows [r0, r1) in one pass per row. NOISE (0 none, 1 after, 2 before the neuron), MASK,
+ * SURR and ZERO are constants at each call site below, so every combination compiles to its
+ * own branch-free loop. u_out may alias current: each element is read before it is written
+ * at the same index, so the iterations are independent (omp simd). */
+static inline __attribute__((always_inline)) void lif_rows(const struct lif_args *a, int64_t r0,
+                                                           int64_t r1, const int NOISE,
+                                                           const int MASK, const int SURR,
+                                                           const int ZERO) {
+    const int64_t cols = a->cols;
+    const float lam = a->lam, v_th = a->v_th, alpha = a->alpha, gain = a->gain;
+    const float p = a->surr_param, reset = -(lam * v_th), neg_lam = -lam;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t o = r * cols;
+        const float *cur = a->current + o, *u = a->u + o, *s = a->s + o;
+        const float *z = NOISE ? a->z + r * a->z_ld : 0;
+        const float *mk = MASK ? a->mask + o : 0;
+        float *uo = a->u_out + o, *so = a->s_out + o;
+        float *xo = (NOISE || MASK) ? a->out + o : 0;
+        float *dp = SURR ? a->dpsi + o : 0;
+#pragma omp simd
+        for (int64_t j = 0; j < cols; j++) {
+            float c = cur[j];
+            if (NOISE == 2) c = fmaf(z[j], alpha, c);
+            float un = fmaf(u[j], lam, c);
+            if (ZERO)
+                un = un + (neg_lam * u[j]) * s[j];
+            else
+                un = fmaf(s[j], reset, un);
+            const float sn = un > v_th ? 1.0f : 0.0f;
+            if (NOISE || MASK) {
+                float x = NOISE == 1 ? fmaf(z[j], alpha, sn) : sn;
+                if (MASK) x = x * mk[j];
+                xo[j] = x;
+            }
+            if (SURR) {
+                float d;
+                if (SURR == SURR_SIGMOID) {
+                    /* sigma(v)(1 - sigma(v)) = e / (1 + e)^2 with e = exp(-|v|) */
+                    const float e = exp_nonpositive(-fabsf((un - v_th) * p));
+                    const float q = 1.0f + e;
+                    d = gain * (e / (q * q));
+                } else {
+                    const float q = p * fabsf(un - v_th) + 1.0f;
+                    d = gain / (q * q);
+                }
+                dp[j] = MASK ? d * mk[j] : d;
+            }
+            uo[j] = un;
+            so[j] = sn;
         }
     }
-    if (a->mask) memcpy(mk, a->mask + start, (size_t)len * sizeof(float));
-    const float lam = a->lam, v_th = a->v_th, alpha = a->alpha;
-    const float reset = -(lam * v_th);
-    if (a->z && a->noise_before)
-        for (int j = 0; j < len; j++) cur[j] = fmaf(zz[j], alpha, cur[j]);
-    for (int j = 0; j < len; j++) un[j] = fmaf(uo[j], lam, cur[j]);
-    if (a->reset_zero)
-        for (int j = 0; j < len; j++) un[j] = un[j] + ((-lam) * uo[j]) * so[j];
-    else
-        for (int j = 0; j < len; j++) un[j] = fmaf(so[j], reset, un[j]);
-    for (int j = 0; j < len; j++) sn[j] = un[j] > v_th ? 1.0f : 0.0f;
-    if (a->z && !a->noise_before)
-        for (int j = 0; j < len; j++) xo[j] = fmaf(zz[j], alpha, sn[j]);
-    else
-        for (int j = 0; j < len; j++) xo[j] = sn[j];
-    if (a->mask)
-        for (int j = 0; j < len; j++) xo[j] = xo[j] * mk[j];
-    if (a->out) memcpy(a->out + start, xo, (size_t)len * sizeof(float));
-    if (a->dpsi) {
-        const float gain = a->gain, p = a->surr_param;
-        if (a->surrogate == SURR_SIGMOID) {
-            /* sigma(v)(1 - sigma(v)) = e / (1 + e)^2 with e = exp(-|v|): no overflow */
-            for (int j = 0; j < len; j++) {
-                const float v = (un[j] - v_th) * p;
-                const float e = exp_nonpositive(-fabsf(v));
-                const float d = 1.0f + e;
-                dp[j] = gain * (e / (d * d));
-            }
-        } else {
-            for (int j = 0; j < len; j++) {
-                const float d = p * fabsf(un[j] - v_th) + 1.0f;
-                dp[j] = gain / (d * d);
-            }
-        }
-        if (a->mask)
-            for (int j = 0; j < len; j++) dp[j] = dp[j] * mk[j];
-        memcpy(a->dpsi + start, dp, (size_t)len * sizeof(float));
-    }
-    memcpy(a->u_out + start, un, (size_t)len * sizeof(float));
-    memcpy(a->s_out + start, sn, (size_t)len * sizeof(float));
 }
 
-static void lif_range(void *ctx, int64_t begin, int64_t end) {
+#define LIF_CASE(N, M, S, Z) lif_rows(a, r0, r1, N, M, S, Z)
+#define LIF_SURR(N, M, Z)                                   \
+    do {                                                    \
+        if (a->surrogate == SURR_SIGMOID) LIF_CASE(N, M, SURR_SIGMOID, Z);           \
+        else if (a->surrogate == SURR_FAST_SIGMOID) LIF_CASE(N, M, SURR_FAST_SIGMOID, Z); \
+        else LIF_CASE(N, M, SURR_NONE, Z);                  \
+    } while (0)
+#define LIF_MASK(N, Z)                                      \
+    do {                                                    \
+        if (a->mask) LIF_SURR(N, 1, Z);                     \
+        else LIF_SURR(N, 0, Z);                             \
+    } while (0)
+
+static void lif_range(void *ctx, int64_t r0, int64_t r1) {
     const struct lif_args *a = (const struct lif_args *)ctx;
-    for (int64_t i = begin; i < end; i += BLOCK)
-        lif_block(a, i, (int)(end - i < BLOCK ? end - i : BLOCK));
+    const int noise = a->z ? (a->noise_before ? 2 : 1) : 0;
+    if (a->reset_zero) {
+        if (noise == 0) LIF_MASK(0, 1);
+        else if (noise == 1) LIF_MASK(1, 1);
+        else LIF_MASK(2, 1);
+    } else {
+        if (noise == 0) LIF_MASK(0, 0);
+        else if (noise == 1) LIF_MASK(1, 0);
+        else LIF_MASK(2, 0);
+    }
 }
 
 /* The fused step on rows x cols neurons (all arrays contiguous (rows, cols) except z, whose
@@ -132,6 +144,7 @@ void opzo_lif_step(int64_t rows, int64_t cols, const float *current, const float
     struct lif_args a = {rows, cols, current, u, s, z, mask, z_ld, u_out, s_out, out, dpsi,
                          alpha, lam, v_th, gain, surr_param, noise_before, reset_zero,
                          dpsi ? surrogate : SURR_NONE};
-    opzo_parallel_for(rows * cols, BLOCK, 16384, threads, lif_range, &a);
+    /* split over rows; a thread needs about 16k neurons to be worth waking */
+    const int64_t min_rows = cols > 0 ? (16384 + cols - 1) / cols : rows;
+    opzo_parallel_for(rows, 1, min_rows, threads, lif_range, &a);
 }
-
