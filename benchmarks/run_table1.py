@@ -4,9 +4,12 @@
     python benchmarks/run_table1.py --dataset fashion-mnist \
         --data-root ../shared/data/fashion-mnist --epochs 15
     python benchmarks/run_table1.py --summarize            # print the table of finished runs
+    python benchmarks/run_table1.py --dataset mnist --data-root ../shared/data/mnist \
+        --jobs 1 --threads 2 --suffix=-native              # into <...>-<method>-native
 
 Each method runs ``opzo train --config configs/table1-<method>.toml`` in its own process with
-one torch thread, ``--jobs`` at a time, into ``benchmarks/runs/<dataset>-e<epochs>-<method>``.
+one torch thread, ``--jobs`` at a time, into ``benchmarks/runs/<dataset>-e<epochs>-<method>``
+(plus ``--suffix``).
 An interrupted run is resumed when the script is started again.
 """
 
@@ -25,7 +28,7 @@ PUBLISHED = {"mnist": {"bp": 98.38, "dfa": 98.05, "dkp": 98.15, "zo": 86.53, "op
 
 
 def run_one(method: str, args: argparse.Namespace) -> str:
-    return train_into(RUNS / f"{args.dataset}-e{args.epochs}-{method}",
+    return train_into(RUNS / f"{args.dataset}-e{args.epochs}-{method}{args.suffix}",
                       ["--config", str(ROOT / "configs" / f"table1-{method}.toml"),
                        "--dataset", args.dataset, "--data-root", args.data_root,
                        "--epochs", str(args.epochs), "--threads", str(args.threads),
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--suffix", default="", help="appended to each run folder's name")
     ap.add_argument("--summarize", action="store_true")
     args = ap.parse_args()
     if args.summarize:

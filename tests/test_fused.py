@@ -304,3 +304,21 @@ def test_rademacher_signs_equal_scalar_reference_and_are_fair():
     torch.manual_seed(2)
     z = NoiseSampler(distribution="rademacher").sample(0, 4, [5, 3], torch.zeros(1))
     assert set(torch.cat(z, dim=1).unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_inputs_the_kernel_cannot_take_go_to_torch_ops():
+    """Masks and noise handed in by a caller in another dtype or layout are used as they are
+    (by torch's ops), never read wrongly by the kernel."""
+    net = _net("native").train()
+    ref = _net("torch").train()
+    x = torch.rand(4, 20)
+    masks64 = [(torch.rand(4, n) < 0.7).double() / 0.7 for n in net.hidden_sizes]
+    masks_t = [m.float().t().contiguous().t() for m in masks64]  # transposed layout
+    z = [torch.randn(n, 4).t() for n in net.hidden_sizes]  # columns contiguous, rows not
+    with torch.no_grad():
+        for masks in (masks64, masks_t):
+            outs = []
+            for n in (net, ref):
+                o, _ = n.step(n.initial_state(4, x), x, masks=masks, noise=z, noise_scale=0.2)
+                outs.append(o)
+            assert torch.allclose(outs[0], outs[1])

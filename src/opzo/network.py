@@ -521,11 +521,12 @@ class SpikingNet(nn.Module):
                 current = current.add_(outs[j]) if scratch else current + outs[j]
                 scratch = True
             mask = None if masks is None else masks[l]
-            if fused and _contiguous(current, state.u[l], state.s[l], mask):
+            z = None if noise is None else noise[l]
+            if fused and _fusable(current, state.u[l], state.s[l], mask, z):
                 flat = current.reshape(current.shape[0], -1)
                 u, s, out, d = native.lif_step_unchecked(
                     flat, state.u[l], state.s[l], lif.lam, lif.v_th, lif.reset == "zero",
-                    None if noise is None else noise[l], noise_scale, not after, mask,
+                    z, noise_scale, not after, mask,
                     code, surr_param, surr_gain, flat if scratch else None, threads)
                 if d is not None:
                     dpsis.append(d)
@@ -581,8 +582,19 @@ class SpikingNet(nn.Module):
         return total
 
 
-def _contiguous(*tensors: Tensor | None) -> bool:
-    return all(t is None or t.is_contiguous() for t in tensors)
+def _fusable(current: Tensor, u: Tensor, s: Tensor, mask: Tensor | None,
+             z: Tensor | None) -> bool:
+    """Whether the fused kernel can take these tensors as they are: float32 (the caller has
+    checked the device), (B, n) like ``u``, contiguous (z: contiguous rows). Anything else
+    (e.g. masks or noise handed in by a caller in another dtype) takes the torch ops."""
+    shape = u.shape
+    for t in (current, u, s, mask):
+        if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
+            return False
+    return (current.numel() == u.numel() and s.shape == shape
+            and (mask is None or mask.shape == shape)
+            and (z is None or (z.dtype == torch.float32 and z.shape == shape
+                               and z.stride(1) == 1)))
 
 
 class SpikingMLP(SpikingNet):
