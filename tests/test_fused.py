@@ -89,6 +89,8 @@ def test_fused_step_rejects_bad_input():
         native.lif_step(a.double(), a, a, lam=0.5, v_th=1.0)
     with pytest.raises(ValueError, match="shape"):
         native.lif_step(a, torch.zeros(2, 4), a, lam=0.5, v_th=1.0)
+    with pytest.raises(ValueError, match=r"\(B, n\)"):
+        native.lif_step(torch.zeros(6), a, a, lam=0.5, v_th=1.0)
     with pytest.raises(ValueError, match="contiguous rows"):
         native.lif_step(a, a, a, lam=0.5, v_th=1.0, noise=torch.zeros(3, 2).t())
     with pytest.raises(ValueError, match="no native surrogate"):
@@ -322,3 +324,34 @@ def test_inputs_the_kernel_cannot_take_go_to_torch_ops():
                 o, _ = n.step(n.initial_state(4, x), x, masks=masks, noise=z, noise_scale=0.2)
                 outs.append(o)
             assert torch.allclose(outs[0], outs[1])
+
+
+def _child_step(queue) -> None:
+    net = _net("native").eval()
+    with torch.no_grad():
+        out = net(torch.ones(3, 20), T=2)
+    queue.put((native.default_threads(), float(out.sum()),
+               float(native.philox_normal_(torch.empty(300_000), key=1).sum())))
+
+
+def test_kernels_run_in_a_forked_child():
+    """A process forked after the parent ran the kernels on its OpenMP pool runs them on one
+    thread (torch's thread count there is 1: GNU OpenMP's pool does not survive fork), does
+    not hang, and gives the same numbers."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    with torch.no_grad():
+        want = float(_net("native").eval()(torch.ones(3, 20), T=2).sum())
+    z = float(native.philox_normal_(torch.empty(300_000), key=1, threads=2).sum())
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_step, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == (1, want, z)

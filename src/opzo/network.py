@@ -505,7 +505,7 @@ class SpikingNet(nn.Module):
         after = noise_position == "after"
         fused = self.uses_native_kernels(x_t)
         lif = self.lif
-        threads = torch.get_num_threads()
+        threads = native.default_threads()
         surr = self._native_surrogate() if fused and local_derivative else None
         code, surr_param, surr_gain = (0, 1.0, 1.0) if surr is None else (
             native.SURROGATE_CODES[surr[0]], surr[1], surr[2])

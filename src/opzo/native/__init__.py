@@ -83,9 +83,10 @@ def build(flag_sets: list[list[str]] | None = None, directory: Path | None = Non
           ) -> ctypes.CDLL:
     """Compile the library (or take it from the cache) and load it.
 
-    ``flag_sets`` are tried in order until one compiles (default: with OpenMP, then
-    without); ``directory`` defaults to :func:`cache_dir`. Tests build variants with other
-    flags (no AVX-512, no OpenMP) to check that every code path gives the same numbers.
+    ``flag_sets`` are tried in order until one compiles (default: with OpenMP; then serial
+    loops with ``-fopenmp-simd``; then plain); ``directory`` defaults to :func:`cache_dir`.
+    Tests build variants with other flags (no AVX-512, no OpenMP) to check that every code
+    path gives the same numbers.
     """
     cc = _compiler()
     if cc is None:
@@ -207,8 +208,14 @@ def _key(key: int | None) -> int:
     return key & (2**64 - 1)
 
 
+def default_threads() -> int:
+    """The kernels' thread count: torch's (which is 1 in a process forked from one that used
+    its OpenMP pool: GNU OpenMP's pool does not survive fork)."""
+    return max(1, torch.get_num_threads())
+
+
 def _threads(threads: int | None) -> int:
-    return max(1, int(torch.get_num_threads() if threads is None else threads))
+    return default_threads() if threads is None else max(1, int(threads))
 
 
 def philox_normal_(t: Tensor, key: int | None = None, threads: int | None = None) -> Tensor:
@@ -271,6 +278,9 @@ def lif_step(current: Tensor, u: Tensor, s: Tensor, *, lam: float, v_th: float,
     u' (it may be ``current`` itself); by default a new tensor.
     """
     _require()
+    if current.dim() != 2:
+        raise ValueError(f"lif_step takes (B, n) tensors; current has shape "
+                         f"{tuple(current.shape)}")
     rows, cols = current.shape
     for name, t in (("current", current), ("u", u), ("s", s), ("mask", mask),
                     ("u_out", u_out)):
