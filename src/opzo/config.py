@@ -146,7 +146,7 @@ class TrainConfig:
     antithetic: bool = _opt(False, "use z and -z on alternate time steps (opzo, zo)")
     noise_rng: str = _opt("philox", "generator of the noise (opzo, zo): the native Philox "
                           "kernels (compiled on first use with the machine's C compiler; "
-                          "about twice as fast) or torch's normal_/randint (the streams of "
+                          "about three times as fast) or torch's normal_/randint (the streams of "
                           "the results recorded before the kernels existed)",
                           ("philox", "torch"))
     alpha_factor: bool | None = _opt(

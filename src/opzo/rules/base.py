@@ -120,11 +120,11 @@ class NoiseSampler:
     * ``antithetic``: z[t] = −z[t−1] on every second step (t = 1, 3, 5, …).
     * ``alpha`` fixed, or decayed linearly from ``alpha`` to ``alpha_final`` over training.
     * ``rng``: where the random numbers come from: ``philox``, the native Philox4x32-10
-      kernels of :mod:`opzo.native` (Box-Muller Gaussians about twice as fast as torch's CPU
-      ``normal_``, and 32 signs per random word for Rademacher; float32 CPU tensors, torch's
-      generator otherwise, and with a warning where no C compiler is found), or ``torch``'s
-      ``normal_`` and ``randint`` (the streams of the figures measured before the kernels
-      existed). Both are seeded by ``torch.manual_seed``.
+      kernels of :mod:`opzo.native` (Box-Muller Gaussians in about a third of the time of
+      torch's CPU ``normal_``, and 32 signs per random word for Rademacher; float32 CPU
+      tensors, torch's generator otherwise, and with a warning where no C compiler is
+      found), or ``torch``'s ``normal_`` and ``randint`` (the streams of the figures
+      measured before the kernels existed). Both are seeded by ``torch.manual_seed``.
 
     One draw of shape (B, Σ_l n_l) serves all layers: one random-number call per step.
     """
