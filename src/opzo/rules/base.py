@@ -113,7 +113,7 @@ class NoiseSampler:
     """Node perturbation α z_l[t] for every hidden layer (OPZO paper sections 4.4 and C.2).
 
     * ``distribution``: ``gaussian`` N(0, 1); ``rademacher`` ±1 (drawn as random bits, 32 per
-      random number: about 5x cheaper than a Gaussian draw); ``sphere`` uniform on the
+      random word: about a third of a Gaussian draw's time); ``sphere`` uniform on the
       sphere of radius √n per sample and layer, so every component has unit variance.
     * ``position``: ``after`` the neuron (added to the spikes) or ``before`` it (added to the
       synaptic current, i.e. the membrane potential).
