@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from opzo import native
 from opzo.cli import main
 from opzo.config import ConfigError, TrainConfig, load_config_file
 from opzo.train import Interrupted, run_training
@@ -34,7 +35,26 @@ def test_run_folder_contents(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert summary["final_test_acc"] == rows[-1]["test_acc"]
     assert json.loads((run / "summary.json").read_text())["final_test_acc"] == rows[-1]["test_acc"]
+    assert summary["kernels"] == ("native" if native.available() else
+                                  f"torch (native unavailable: {native.error()})")
     assert not list(run.glob("*.tmp"))
+
+
+def test_summary_names_the_kernels_that_ran(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, "t")
+    cfg.kernels = "torch"
+    assert run_training(cfg, tmp_path / "t", progress=False, log=lambda *_: None)["kernels"] \
+        == "torch"
+    monkeypatch.setattr(native, "_tried", True)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", "no C compiler found")
+    monkeypatch.setattr(native, "_warned", False)
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match="no C compiler found"):
+        summary = run_training(_cfg(tmp_path, "n"), tmp_path / "n", progress=False,
+                               log=lines.append)
+    assert summary["kernels"] == "torch (native unavailable: no C compiler found)"
+    assert "torch (native unavailable: no C compiler found) kernels" in lines[0]
 
 
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__
+from . import __version__, native
 from .bptt import BPTTLearner
 from .config import TrainConfig
 from .data import DatasetError, Encoder, epoch_permutation, load_dataset, make_encoder
@@ -352,6 +352,16 @@ def _checkpoint_on_sigterm():
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _kernels_in_use(cfg: TrainConfig) -> str:
+    """"native" or "torch": what the network's step and the noise actually run on (the
+    native library may be asked for and unavailable; the reason is then given)."""
+    if cfg.kernels == "torch":
+        return "torch"
+    if native.available():
+        return "native"
+    return f"torch (native unavailable: {native.error()})"
+
+
 def _git_commit() -> str | None:
     """The commit of the source tree opzo runs from, when it is a git checkout."""
     try:
@@ -461,8 +471,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         }, ckpt_path)
 
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    kernels = _kernels_in_use(cfg)
     log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test), "
-        f"net {net.describe()}, T={cfg.T}, {cfg.epochs} epochs -> {run_dir}")
+        f"net {net.describe()}, T={cfg.T}, {cfg.epochs} epochs, {kernels} kernels -> {run_dir}")
     seen = start_batch
     t_start = time.perf_counter()
     previous_handler = _checkpoint_on_sigterm()
@@ -555,6 +566,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         "opzo_version": __version__,
         "git_commit": _git_commit(),
         "torch": torch.__version__,
+        "kernels": kernels,
     }
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log(f"final test accuracy {summary['final_test_acc']:.2f}% "
