@@ -217,9 +217,11 @@ def test_network_forward_is_the_same_on_both_kernel_sets(spec):
 
 @pytest.mark.parametrize("rule", ["opzo", "dfa"])
 @pytest.mark.parametrize("spec", [None, "4C3-AP2-6C3-FC"])
-def test_training_gradients_agree_on_both_kernel_sets(rule, spec):
+@pytest.mark.parametrize("mixed", [False, True])
+def test_training_gradients_agree_on_both_kernel_sets(rule, spec, mixed):
     """Same masks, same noise: the fused step's local derivative gives the gradients of the
-    torch ops (to float rounding of ψ)."""
+    torch ops (to float rounding of ψ). ``mixed``: the second layer's mask is not contiguous,
+    so that layer takes torch's ops while the first is fused."""
     grads = {}
     for kernels in ("native", "torch"):
         net = _net(kernels, spec)
@@ -229,6 +231,8 @@ def test_training_gradients_agree_on_both_kernel_sets(rule, spec):
         x = torch.rand(6, net.num_inputs)
         y = torch.randint(0, 4, (6,))
         masks = [(torch.rand(6, n) < 0.7).float() / 0.7 for n in net.hidden_sizes]
+        if mixed:
+            masks[1] = masks[1].t().contiguous().t()
         torch.manual_seed(8)
         learner.accumulate(x, y, T=3, masks=masks)
         grads[kernels] = [p.grad.clone() for p in net.parameters()]
@@ -268,12 +272,21 @@ def test_missing_library_falls_back_to_torch_ops_with_one_warning(monkeypatch):
     monkeypatch.setattr(native, "_warned", False)
     x = torch.rand(3, 20)
     with torch.no_grad():
-        with pytest.warns(UserWarning, match="no C compiler found"):
+        with pytest.warns(UserWarning, match="no C compiler found.*install a C compiler"):
             a = _net("native").eval()(x, T=3)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             _net("native").eval()(x, T=3)
         assert torch.equal(a, _net("torch").eval()(x, T=3))
+    # turned off on purpose: the warning says so and gives no install advice
+    monkeypatch.setattr(native, "_error", "disabled by OPZO_NATIVE=0")
+    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setenv("OPZO_NATIVE", "0")
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _net("native").eval()(x, T=3)
+    (message,) = [str(w.message) for w in caught]
+    assert "OPZO_NATIVE=0" in message and "install" not in message
 
 
 def test_unknown_kernels_is_an_error():

@@ -100,8 +100,9 @@ class TrainConfig:
     kernels: str = _opt("native", "how each step's neuron update, noise, dropout and local "
                         "derivative run: native (one fused C pass per layer, dropout masks "
                         "from the Philox generator; compiled on first use) or torch (torch "
-                        "ops and torch's generator: the streams of the results recorded "
-                        "before 2026-11-24)", ("native", "torch"))
+                        "ops and torch's generator; with --noise-rng torch, the streams of "
+                        "the results recorded before the native kernels)",
+                        ("native", "torch"))
     surrogate: str = _opt("sigmoid", "local derivative ψ (localzo: LocalZO's sampled derivative; "
                           "sparsegrad: its expected surrogate cut at the expected threshold)",
                           ("sigmoid", "fast-sigmoid", "localzo", "sparsegrad"))

@@ -155,7 +155,7 @@ class OnlineLearner:
         if masks is None:
             masks = net.dropout_masks(batch, x)
         gains = None  # m_l · gain for the local derivative, unless the fused step gives it
-        if masks is not None and not (net.uses_native_kernels(x) and net.native_local_derivative):
+        if masks is not None and not net.fuses_local_derivative(x):
             gain = net.surrogate.gain()
             gains = [m * gain for m in masks]
         rule.start_batch()

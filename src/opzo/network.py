@@ -55,7 +55,8 @@ step (LIF update, spike, noise, dropout and, for training, the local derivative 
 runs as one fused native pass (:func:`opzo.native.lif_step`) and the dropout masks come from
 the native Philox generator, on float32 CPU tensors outside autograd; its forward values equal
 the torch ops' bit for bit. ``kernels="torch"`` runs torch ops only and draws the masks with
-torch's generator (the streams of figures recorded before 2026-11-24).
+torch's generator (the streams of the figures recorded before the native kernels; see
+``benchmarks/RESULTS.md``).
 
 The network owns only the inference parameters. Learning rules read what one step produced
 (:class:`StepRecord`) and write ``.grad``; their own state lives in the rule.
@@ -239,9 +240,9 @@ class StepRecord:
     #: per hidden layer, a local derivative D_l[t] that replaces ψ(u_l[t]) (a temporal
     #: trace's, e.g. OTPE's ḡ; set by :func:`opzo.traces.record_for_rule`), or None
     derivatives: list[Tensor | None] | None = None
-    #: per hidden layer, m_l ⊙ ψ(u_l[t]) computed by the fused native step (None: computed
-    #: from u_l[t] when asked)
-    dpsi: list[Tensor] | None = None
+    #: per hidden layer, m_l ⊙ ψ(u_l[t]) computed by the fused native step, or None (then
+    #: computed from u_l[t] when asked)
+    dpsi: list[Tensor | None] | None = None
 
     def local_grad(self, l: int, g: Tensor) -> Tensor:
         """δ_l = g ⊙ m_l ⊙ ψ(u_l[t]): an error g at layer l's output x_l taken to its potential
@@ -252,8 +253,9 @@ class StepRecord:
         d = self.derivatives[l] if self.derivatives is not None else None
         if d is not None:
             return (g if self.masks is None else g * self.masks[l]) * d
-        if self.dpsi is not None:
-            return g * self.dpsi[l]
+        dp = self.dpsi[l] if self.dpsi is not None else None
+        if dp is not None:
+            return g * dp
         if self.gains is not None:
             g = g * self.gains[l]
         else:
@@ -418,21 +420,22 @@ class SpikingNet(nn.Module):
                 and like.device.type == "cpu"
                 and not (torch.is_grad_enabled() and any(p.requires_grad
                                                          for p in self.parameters()))
-                and native.ready("the fused neuron step"))
+                and native.ready())
 
-    @property
-    def native_local_derivative(self) -> bool:
-        """Whether the fused step can compute m ⊙ ψ(u) for this network's surrogate."""
-        return self._native_surrogate() is not None
+    def fuses_local_derivative(self, like: Tensor) -> bool:
+        """Whether a training step on tensors like ``like`` gets m ⊙ ψ(u) from the fused
+        pass: native kernels in use and a surrogate they know."""
+        return self.uses_native_kernels(like) and self._native_surrogate() is not None
 
-    def _native_surrogate(self) -> tuple[str, float, float] | None:
-        """(name, parameter, gain) of the surrogate for the fused kernel, None if it has no
-        native form (then ψ is computed by torch when a rule asks for it)."""
-        sg = self.surrogate
+    def _native_surrogate(self) -> tuple[int, float, float] | None:
+        """(code, parameter, gain) of the surrogate for the fused kernel
+        (:data:`opzo.native.SURROGATE_CODES`), None if it has no native form (then ψ is
+        computed by torch when a rule asks for it)."""
+        sg, codes = self.surrogate, native.SURROGATE_CODES
         if type(sg) is SigmoidSurrogate:
-            return "sigmoid", 1.0 / sg.a, 1.0 / sg.a
+            return codes["sigmoid"], 1.0 / sg.a, 1.0 / sg.a
         if type(sg) is FastSigmoidSurrogate:
-            return "fast-sigmoid", sg.k, 1.0
+            return codes["fast-sigmoid"], sg.k, 1.0
         return None
 
     def _input_error(self, x: Tensor) -> ValueError:
@@ -501,14 +504,13 @@ class SpikingNet(nn.Module):
         spikes: list[Tensor] = []
         outs: list[Tensor] = []
         ins: list[Tensor] = []
-        dpsis: list[Tensor] = []
+        dpsis: list[Tensor | None] = []
         after = noise_position == "after"
         fused = self.uses_native_kernels(x_t)
         lif = self.lif
         threads = native.default_threads()
         surr = self._native_surrogate() if fused and local_derivative else None
-        code, surr_param, surr_gain = (0, 1.0, 1.0) if surr is None else (
-            native.SURROGATE_CODES[surr[0]], surr[1], surr[2])
+        code, surr_param, surr_gain = (0, 1.0, 1.0) if surr is None else surr
         for l, layer in enumerate(self.hidden):
             if l == 0 and first_current is not None:
                 current, scratch = first_current, False
@@ -528,9 +530,8 @@ class SpikingNet(nn.Module):
                     flat, state.u[l], state.s[l], lif.lam, lif.v_th, lif.reset == "zero",
                     z, noise_scale, not after, mask,
                     code, surr_param, surr_gain, flat if scratch else None, threads)
-                if d is not None:
-                    dpsis.append(d)
             else:
+                d = None
                 if noise is not None and not after:
                     current = torch.add(current, noise[l], alpha=noise_scale)
                     scratch = True
@@ -543,6 +544,7 @@ class SpikingNet(nn.Module):
                     out = out * mask if out is s else out.mul_(mask)
             state.u[l] = u
             state.s[l] = s
+            dpsis.append(d)
             us.append(u)
             spikes.append(s)
             outs.append(out)
@@ -552,7 +554,7 @@ class SpikingNet(nn.Module):
         o = self.readout.op(r_in)
         return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains,
                              inputs=ins, readout_in=r_in,
-                             dpsi=dpsis if len(dpsis) == len(self.hidden) else None)
+                             dpsi=dpsis)
 
     def run(self, x: Tensor, T: int | None = None) -> Iterator[tuple[Tensor, StepRecord]]:
         """Run the network forward from rest over T steps without noise, yielding o[t] and the

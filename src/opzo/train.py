@@ -353,8 +353,9 @@ def _checkpoint_on_sigterm():
 
 
 def _kernels_in_use(cfg: TrainConfig) -> str:
-    """"native" or "torch": what the network's step and the noise actually run on (the
-    native library may be asked for and unavailable; the reason is then given)."""
+    """"native" or "torch": what the network's step and dropout actually run on (the native
+    library may be asked for and unavailable; the reason is then given). The noise's
+    generator is the separate ``noise_rng``."""
     if cfg.kernels == "torch":
         return "torch"
     if native.available():

@@ -2,19 +2,20 @@
 
 :func:`philox_normal_` fills a float32 CPU tensor with standard normal numbers from the
 Philox4x32-10 counter-based generator (Salmon et al., SC 2011) and a Box-Muller transform,
-vectorised by the compiler (``philox_normal.c``). It draws a number in about half the time of
-torch's ``normal_`` on CPU, whose serial Mersenne-Twister generator was the largest single
-cost of an OPZO step after the matrix products (``benchmarks/RESULTS.md`` section 2).
+vectorised by the compiler (``philox_normal.c``). It draws a number in about a third of the
+time of torch's ``normal_`` on CPU, whose serial Mersenne-Twister generator was the largest
+single cost of an OPZO step after the matrix products (``benchmarks/RESULTS.md`` section 2).
 
 The shared library is built with ``$CC`` (default ``cc``, then ``gcc``) into
 ``$OPZO_CACHE_DIR`` (default ``~/.cache/opzo``), named by a hash of the source, the flags and
 the CPU, so a changed source or another machine gets its own build. With no compiler, or with
-``OPZO_NATIVE=0``, :func:`available` is False and callers use torch's generator instead (the
-noise sampler warns once). The numbers are reproducible: each call takes its 64-bit Philox
+``OPZO_NATIVE=0``, :func:`available` is False and callers use torch's ops and generator
+instead (:func:`ready` warns once). The numbers are reproducible: each call takes its 64-bit Philox
 key from torch's default generator, so ``torch.manual_seed`` fixes them and a checkpoint of
 torch's RNG state resumes them.
 
-:func:`philox_keep_mask_` draws dropout masks from the same generator, and :func:`lif_step`
+:func:`philox_keep_mask_` and :func:`philox_signs_` draw dropout masks and Rademacher
+noise from the same generator, and :func:`lif_step`
 runs one time step of a layer of LIF neurons with its noise, dropout and local derivative in
 one pass (``lif_step.c``; :mod:`opzo.network` uses it for float32 CPU tensors outside
 autograd). Both split their work over torch's thread count (``parallel.h``); results do not
@@ -163,16 +164,19 @@ def error() -> str | None:
 _warned = False
 
 
-def ready(what: str) -> bool:
-    """Whether the library loaded; if not, warns once (naming ``what`` falls back to torch's
-    slower ops) and returns False."""
+def ready() -> bool:
+    """Whether the library loaded; if not, warns once that the noise, the dropout masks and
+    the neuron step fall back to torch's slower ops, and returns False."""
     global _warned
     if available():
         return True
     if not _warned:
         _warned = True
-        warnings.warn(f"opzo's native kernels are unavailable ({_error}); {what} uses "
-                      "torch's slower ops instead", stacklevel=3)
+        advice = ("" if os.environ.get("OPZO_NATIVE") == "0" else
+                  ": install a C compiler (gcc) or set $CC to one to use them")
+        warnings.warn(f"opzo's native kernels are unavailable ({_error}); the noise, dropout "
+                      f"masks and neuron step use torch's slower ops instead{advice}",
+                      stacklevel=3)
     return False
 
 

@@ -167,22 +167,29 @@ static inline void sincos_turn(float u, float *sn, float *cs) {
     *cs = ((k + 1) & 2) ? -c : c;
 }
 
-/* Normals of counters [first_block * LANES, ...) for out[begin, end), begin a multiple of
- * 4 * LANES: the numbers of one block of LANES counters at a time. */
-struct normal_job {
+/* What a fill kernel needs: the output, the key, and (dropout masks) keep and scale. */
+struct philox_job {
     float *out;
-    int64_t n;
     uint32_t k0, k1;
+    float keep, scale;
 };
 
+/* Copy the first `count` numbers of buf to out[done, ...), never past end; the new done. */
+static inline int64_t emit(float *out, int64_t done, int64_t end, const float *buf,
+                           int64_t count) {
+    const int64_t take = end - done < count ? end - done : count;
+    memcpy(out + done, buf, (size_t)take * sizeof(float));
+    return done + take;
+}
+
+/* out[begin, end) of the normals (begin a multiple of 4 * LANES): element 4i + j from
+ * counter i, one block of LANES counters at a time. */
 static void normal_range(void *ctx, int64_t begin, int64_t end) {
-    const struct normal_job *job = (const struct normal_job *)ctx;
+    const struct philox_job *job = (const struct philox_job *)ctx;
     uint32_t w0[LANES], w1[LANES], w2[LANES], w3[LANES];
     float z[4 * LANES];
-    int64_t done = begin;
-    uint64_t counter = (uint64_t)(begin / 4);
-    while (done < end) {
-        philox_block(counter, job->k0, job->k1, w0, w1, w2, w3);
+    for (int64_t done = begin; done < end;) {
+        philox_block((uint64_t)(done / 4), job->k0, job->k1, w0, w1, w2, w3);
         for (int j = 0; j < LANES; j++) {
             const float r0 = sqrtf(-2.0f * fast_log(open_uniform(w0[j])));
             const float r1 = sqrtf(-2.0f * fast_log(open_uniform(w2[j])));
@@ -194,83 +201,56 @@ static void normal_range(void *ctx, int64_t begin, int64_t end) {
             z[4 * j + 2] = r1 * c1;
             z[4 * j + 3] = r1 * s1;
         }
-        const int64_t left = end - done;
-        const int64_t take = left < 4 * LANES ? left : 4 * LANES;
-        memcpy(job->out + done, z, (size_t)take * sizeof(float));
-        done += take;
-        counter += LANES;
+        done = emit(job->out, done, end, z, 4 * LANES);
     }
 }
 
 /* Fill out[0..n) with N(0, 1) numbers from counters 0, 1, ... under key, on up to
  * `threads` threads (the numbers do not depend on the thread count). */
 void opzo_philox_normal(float *out, int64_t n, uint64_t key, int threads) {
-    struct normal_job job = {out, n, (uint32_t)key, (uint32_t)(key >> 32)};
+    struct philox_job job = {out, (uint32_t)key, (uint32_t)(key >> 32), 0.0f, 0.0f};
     opzo_parallel_for(n, 4 * LANES, 32768, threads, normal_range, &job);
 }
 
 /* Dropout keep-masks: out[4i + j] = scale if u < keep else 0, with u the open uniform of
  * word j of counter i under key (P(kept) = keep up to 2^-24). */
-struct mask_job {
-    float *out;
-    uint32_t k0, k1;
-    float keep, scale;
-};
-
 static void mask_range(void *ctx, int64_t begin, int64_t end) {
-    const struct mask_job *job = (const struct mask_job *)ctx;
+    const struct philox_job *job = (const struct philox_job *)ctx;
     const float keep = job->keep, scale = job->scale;
     uint32_t w[4][LANES];
     float m[4 * LANES];
-    int64_t done = begin;
-    uint64_t counter = (uint64_t)(begin / 4);
-    while (done < end) {
-        philox_block(counter, job->k0, job->k1, w[0], w[1], w[2], w[3]);
+    for (int64_t done = begin; done < end;) {
+        philox_block((uint64_t)(done / 4), job->k0, job->k1, w[0], w[1], w[2], w[3]);
         for (int j = 0; j < LANES; j++)
             for (int q = 0; q < 4; q++)
                 m[4 * j + q] = (float)(open_uniform(w[q][j]) < keep) * scale;
-        const int64_t left = end - done;
-        const int64_t take = left < 4 * LANES ? left : 4 * LANES;
-        memcpy(job->out + done, m, (size_t)take * sizeof(float));
-        done += take;
-        counter += LANES;
+        done = emit(job->out, done, end, m, 4 * LANES);
     }
 }
 
 void opzo_philox_keep_mask(float *out, int64_t n, uint64_t key, float keep, float scale,
                            int threads) {
-    struct mask_job job = {out, (uint32_t)key, (uint32_t)(key >> 32), keep, scale};
+    struct philox_job job = {out, (uint32_t)key, (uint32_t)(key >> 32), keep, scale};
     opzo_parallel_for(n, 4 * LANES, 65536, threads, mask_range, &job);
 }
 
 /* Random signs: out[i] = +1 if bit (i mod 32) of word (i / 32) mod 4 of counter i / 128 is
  * set, else -1 (32 fair signs from each 32-bit word; Rademacher noise). */
-struct sign_job {
-    float *out;
-    uint32_t k0, k1;
-};
-
 static void sign_range(void *ctx, int64_t begin, int64_t end) {
-    const struct sign_job *job = (const struct sign_job *)ctx;
+    const struct philox_job *job = (const struct philox_job *)ctx;
     uint32_t w[4][LANES];
-    float v[32];
-    int64_t done = begin; /* a multiple of 128 * LANES */
-    uint64_t counter = (uint64_t)(begin / 128);
-    while (done < end) {
-        philox_block(counter, job->k0, job->k1, w[0], w[1], w[2], w[3]);
-        for (int j = 0; j < LANES && done < end; j++)
-            for (int q = 0; q < 4 && done < end; q++) {
-                const uint32_t word = w[q][j];
-                for (int b = 0; b < 32; b++) v[b] = (float)((word >> b) & 1u) * 2.0f - 1.0f;
-                const int64_t take = end - done < 32 ? end - done : 32;
-                memcpy(job->out + done, v, (size_t)take * sizeof(float));
-                done += take;
-            }
-        counter += LANES;
+    float v[128 * LANES];
+    for (int64_t done = begin; done < end;) { /* begin: a multiple of 128 * LANES */
+        philox_block((uint64_t)(done / 128), job->k0, job->k1, w[0], w[1], w[2], w[3]);
+        for (int j = 0; j < LANES; j++)
+            for (int q = 0; q < 4; q++)
+                for (int b = 0; b < 32; b++)
+                    v[(4 * j + q) * 32 + b] = (float)((w[q][j] >> b) & 1u) * 2.0f - 1.0f;
+        done = emit(job->out, done, end, v, 128 * LANES);
     }
 }
 
 void opzo_philox_signs(float *out, int64_t n, uint64_t key, int threads) {
-    struct sign_job job = {out, (uint32_t)key, (uint32_t)(key >> 32)};
+    struct philox_job job = {out, (uint32_t)key, (uint32_t)(key >> 32), 0.0f, 0.0f};
     opzo_parallel_for(n, 128 * LANES, 65536, threads, sign_range, &job);
 }

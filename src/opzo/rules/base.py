@@ -174,7 +174,7 @@ class NoiseSampler:
         total = sum(sizes)
         z = like.new_empty(batch, total)
         fast = (self.rng == "philox" and z.dtype == torch.float32 and z.device.type == "cpu"
-                and native.ready("the noise"))
+                and native.ready())
         if self.distribution == "rademacher":
             return native.philox_signs_(z) if fast else _random_signs(batch, total, like)
         if fast:
