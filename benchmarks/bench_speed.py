@@ -12,6 +12,12 @@ native Philox kernel (the default); ``opzo-torch-normal`` draws it with torch's 
 torch's ``normal_``), as before the native kernels existed.
 ``gemm-floor`` times only the unavoidable matrix products of a training step (the forward
 products plus one weight-gradient product each): the floor the issue's "about 2x" refers to.
+``adamw-step`` is the optimizer's share of every rule's step (clearing ``.grad`` and one
+fused AdamW step). ``opzo-floor`` is a lower bound on an OPZO step: only the work no
+implementation of it can skip (the training forward pass with its dropout masks, per-step
+Gaussian noise and m ⊙ ψ, one weight-gradient product per forward product, the AdamW step),
+without the loss, the error, M's update, the feedback, δ or the traces.
+``opzo-gradient`` is the OPZO step without the optimizer (forward and weight gradient only).
 Methods are timed round-robin (one call of each per round, order rotated) so machine noise
 hits all of them alike; the figure per method is the median over rounds, and every ratio is
 taken against the inference median of the same run. Each training step includes the
@@ -121,9 +127,46 @@ def main() -> None:
                     torch.nn.functional.linear(h[i - 1], lin.weight, lin.bias)
                     grads[2 * i].addmm_(d[i].t(), h[i - 1])
 
+    floor_net = fresh_net()
+    floor_opt = make_optimizer(floor_net.parameters(), cfg)
+    for p in floor_net.parameters():
+        p.grad = torch.zeros_like(p)
+    sampler = NoiseSampler()
+
+    def adamw_step() -> None:
+        """The optimizer's part of every rule's step: clear .grad, one fused AdamW step."""
+        floor_opt.zero_grad(set_to_none=False)
+        floor_opt.step()
+
+    def opzo_floor() -> None:
+        """A lower bound on an OPZO step: only the work no implementation can skip. The
+        training forward pass as the library runs it (dropout masks, the Gaussian noise
+        drawn every step, the fused LIF pass that also gives m ⊙ ψ), one weight-gradient
+        product per forward product (random δ and traces, as in gemm_floor) and the AdamW
+        step; no loss, no error, no M update, no δ, no traces."""
+        n = floor_net
+        n.train()
+        floor_opt.zero_grad(set_to_none=False)
+        lins = [*n.hidden, n.readout]
+        with torch.no_grad():
+            state = n.initial_state(args.batch, x)
+            masks = n.dropout_masks(args.batch, x)
+            first_in = n.hidden[0].op_input(x)
+            first = n.hidden[0].op(first_in)
+            for t in range(args.T):
+                z = sampler.sample(t, args.batch, n.hidden_sizes, x)
+                n.step(state, x, first_current=first, first_input=first_in, noise=z,
+                       noise_scale=0.2, masks=masks, local_derivative=True)
+                for i, lin in enumerate(lins[1:], start=1):
+                    lin.weight.grad.addmm_(d[i].t(), h[i - 1])
+            lins[0].weight.grad.addmm_(d[0].t(), x)
+        floor_opt.step()
+
     calls = {"inference": inference, "inference-torch": inference_torch}
     if not args.net:
         calls["gemm-floor"] = gemm_floor
+        calls["adamw-step"] = adamw_step
+        calls["opzo-floor"] = opzo_floor
     variants = {name: (cls, "native") for name, cls in RULES.items()}
     variants["opzo-torch-normal"] = (lambda: OPZO(NoiseSampler(rng="torch")), "native")
     variants["opzo-torch"] = (lambda: OPZO(NoiseSampler(rng="torch")), "torch")
@@ -139,6 +182,8 @@ def main() -> None:
         learner = OnlineLearner(net, rule, loss)
         opt = make_optimizer([*net.parameters(), *rule.parameters()], cfg)
         calls[name] = (lambda lr=learner, o=opt: lr.train_batch(x, y, o, T=args.T))
+        if name == "opzo":  # the gradient alone: forward and weight gradient, no optimizer
+            calls["opzo-gradient"] = (lambda lr=learner: lr.accumulate(x, y, T=args.T))
     for name, fn in (("autograd-ottt", autograd_ottt_step), ("bptt", bptt_step)):
         net = fresh_net()
         opt = make_optimizer(net.parameters(), cfg)

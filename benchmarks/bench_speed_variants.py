@@ -1,4 +1,4 @@
-"""Two ways to speed up the OPZO training step that were measured and NOT adopted.
+"""Three ways to speed up the OPZO training step that were measured and NOT adopted.
 
     python benchmarks/bench_speed_variants.py            # FC 784-800-800-10, T=6, batch 128
 
@@ -12,10 +12,16 @@ pass of the same run). The variants:
   sigmoid ψ, mixed loss and fused AdamW as in the library's OPZO.
 * ``noise-prefetch``: the library's learner with the next step's Gaussian noise drawn on a
   background thread (own generator) while the current step computes.
+* ``flat-python``: the same OPZO step as the library's (native kernels, Philox noise and
+  masks, fused ψ, OTTT traces, mixed loss, fused AdamW) written as one function with the
+  least Python possible: no rule, trace, record or context objects, no checks. It measures
+  what the library's structure (interchangeable rules and traces) costs.
 
-Both were slower than the library's step-major loop on the 2-core machine (RESULTS.md): the
-time-blocked working set (T·B x 1600 floats per tensor) leaves the cache, and a third thread
-oversubscribes the two cores that the GEMMs already use.
+The first two were slower than the library's step-major loop on the 2-core machine
+(RESULTS.md): the time-blocked working set (T·B x 1600 floats per tensor) leaves the cache,
+and a third thread oversubscribes the two cores that the GEMMs already use. The third was no
+faster than the library: the step's time is in its arithmetic and memory passes, not in its
+Python.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from baselines import print_ratios, round_robin_medians  # benchmarks/ on sys.path
 
-from opzo import OPZO, InstantLoss, NoiseSampler, OnlineLearner, SpikingMLP
+from opzo import OPZO, InstantLoss, NoiseSampler, OnlineLearner, SpikingMLP, native
 
 SIZES = [784, 800, 800, 10]
 
@@ -106,6 +112,54 @@ def time_blocked_step(net: SpikingMLP, opt, M_t: torch.Tensor, x, y, T: int) -> 
     opt.step()
 
 
+def flat_step(net: SpikingMLP, opt, M_t: torch.Tensor, x, y, T: int) -> None:
+    """The library's OPZO step (native kernels; see the module docstring) as one function.
+    Same random draws in the same order, so the same gradients and M as the library's step
+    under the same seed, to the last bit (tests/test_fused.py checks it)."""
+    lam, vth, gamma, alpha, lm, keep = 0.5, 1.0, 0.05, 0.2, 0.99999, 0.8
+    code, param, gain = native.SURROGATE_CODES["sigmoid"], 4.0, 4.0  # ψ of a = 0.25
+    threads = native.default_threads()
+    B = x.shape[0]
+    (W1, b1), (W2, b2) = [(lin.weight, lin.bias) for lin in net.hidden]
+    W3, b3 = net.readout.weight, net.readout.bias
+    n1, n2, m = W1.shape[0], W2.shape[0], W3.shape[0]
+    onehot = F.one_hot(y, m).to(x.dtype)
+    scale = 1.0 / (B * T)
+    with torch.no_grad():
+        opt.zero_grad(set_to_none=False)
+        m1 = native.philox_keep_mask_(torch.empty(B, n1), keep, 1 / keep)
+        m2 = native.philox_keep_mask_(torch.empty(B, n2), keep, 1 / keep)
+        current1 = F.linear(x, W1, b1)
+        u1, s1, u2, s2 = (torch.zeros(B, n) for n in (n1, n1, n2, n2))
+        a1 = None
+        c, d1_sum = 0.0, torch.zeros(B, n1)
+        for _ in range(T):
+            z = native.philox_normal_(torch.empty(B, n1 + n2))
+            u1, s1, x1, p1 = native.lif_step_unchecked(
+                current1, u1, s1, lam, vth, False, z[:, :n1], alpha, False, m1, code, param,
+                gain, None, threads)
+            current2 = F.linear(x1, W2, b2)
+            u2, s2, x2, p2 = native.lif_step_unchecked(
+                current2, u2, s2, lam, vth, False, z[:, n1:], alpha, False, m2, code, param,
+                gain, current2, threads)
+            o = F.linear(x2, W3, b3)
+            e = torch.log_softmax(o, 1).exp_().sub_(onehot).mul_(1 - gamma)
+            e.add_(o - onehot, alpha=2 * gamma / m).mul_(scale)
+            M_t.mul_(lm).addmm_(o.t(), z, alpha=(1 - lm) / B)
+            g = e @ M_t
+            c = lam * c + 1.0
+            a1 = x1.clone() if a1 is None else a1.mul_(lam).add_(x1)  # the layer-2 trace
+            d1_sum.add_(g[:, :n1] * p1, alpha=c)
+            d2 = g[:, n1:] * p2
+            W2.grad.addmm_(d2.t(), a1)
+            b2.grad.add_(d2.sum(0), alpha=c)
+            W3.grad.addmm_(e.t(), x2)  # the readout has no membrane: no trace
+            b3.grad.add_(e.sum(0))
+        W1.grad.addmm_(d1_sum.t(), x)
+        b1.grad.add_(d1_sum.sum(0))
+    opt.step()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
@@ -142,6 +196,9 @@ def main() -> None:
     blk = fresh()
     blk_opt, M_t = adamw(blk), torch.zeros(SIZES[-1], sum(SIZES[1:-1]))
     calls["time-blocked"] = lambda: time_blocked_step(blk, blk_opt, M_t, x, y, args.T)
+    flat = fresh()
+    flat_opt, flat_M = adamw(flat), torch.zeros(SIZES[-1], sum(SIZES[1:-1]))
+    calls["flat-python"] = lambda: flat_step(flat, flat_opt, flat_M, x, y, args.T)
     print_ratios(round_robin_medians(calls, args.rounds), "inference",
                  f"FC {SIZES}, T={args.T}, batch {args.batch}, {args.rounds} rounds, "
                  f"{torch.get_num_threads()} threads; median step time / inference forward:")

@@ -368,3 +368,50 @@ def test_kernels_run_in_a_forked_child():
         pytest.fail("the forked child hung")
     assert child.exitcode == 0
     assert queue.get(timeout=5) == (1, want, z)
+
+
+def test_straight_line_opzo_step_equals_the_library_step():
+    """benchmarks/bench_speed_variants.py's ``flat-python`` variant writes OPZO's whole step
+    (OTTT traces, mixed loss, M's update, δ, gradients) as one function on the same kernels.
+    The speed comparison there is only fair if it does the same work: under the same seed it
+    must give the library's gradients and M exactly, over several batches (M carries over)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from bench_speed_variants import flat_step
+    finally:
+        sys.path.pop(0)
+
+    class NoStep:  # keep the gradients to compare them
+        def zero_grad(self, set_to_none: bool = False) -> None:
+            pass
+
+        def step(self) -> None:
+            pass
+
+    sizes = [40, 24, 16, 10]
+
+    def fresh() -> SpikingMLP:
+        torch.manual_seed(0)
+        net = SpikingMLP(sizes, dropout=0.2)
+        with torch.no_grad():
+            net.hidden[0].weight.mul_(3.0)
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+        return net
+
+    x, y = torch.rand(8, sizes[0]), torch.randint(0, sizes[-1], (8,))
+    lib_net, flat_net = fresh(), fresh()
+    learner = OnlineLearner(lib_net, OPZO(), InstantLoss("mix", 0.05))
+    M_t = torch.zeros(sizes[-1], sum(sizes[1:-1]))
+    for batch in range(3):
+        torch.manual_seed(10 + batch)
+        learner.accumulate(x, y, T=5)
+        torch.manual_seed(10 + batch)
+        flat_step(flat_net, NoStep(), M_t, x, y, 5)
+        for p, q in zip(lib_net.parameters(), flat_net.parameters()):
+            assert torch.equal(p.grad, q.grad)
+        assert torch.equal(learner.rule.feedback_t, M_t)
+    assert M_t.abs().sum() > 0 and lib_net.readout.weight.grad.abs().sum() > 0
