@@ -116,8 +116,10 @@ def flat_step(net: SpikingMLP, opt, M_t: torch.Tensor, x, y, T: int) -> None:
     """The library's OPZO step (native kernels; see the module docstring) as one function.
     Same random draws in the same order, so the same gradients and M as the library's step
     under the same seed, to the last bit (tests/test_fused.py checks it)."""
-    lam, vth, gamma, alpha, lm, keep = 0.5, 1.0, 0.05, 0.2, 0.99999, 0.8
-    code, param, gain = native.SURROGATE_CODES["sigmoid"], 4.0, 4.0  # ψ of a = 0.25
+    lam, vth, keep = net.lif.lam, net.lif.v_th, 1.0 - net.dropout
+    gamma, alpha, lm = 0.05, 0.2, 0.99999  # the loss's mix, the noise scale, λ_M
+    code = native.SURROGATE_CODES["sigmoid"]
+    param = gain = 1.0 / net.surrogate.a  # the sigmoid surrogate's 1/a, as the network passes
     threads = native.default_threads()
     B = x.shape[0]
     (W1, b1), (W2, b2) = [(lin.weight, lin.bias) for lin in net.hidden]

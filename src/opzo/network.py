@@ -553,8 +553,7 @@ class SpikingNet(nn.Module):
         r_in = self.readout.op_input(inp)
         o = self.readout.op(r_in)
         return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains,
-                             inputs=ins, readout_in=r_in,
-                             dpsi=dpsis)
+                             inputs=ins, readout_in=r_in, dpsi=dpsis)
 
     def run(self, x: Tensor, T: int | None = None) -> Iterator[tuple[Tensor, StepRecord]]:
         """Run the network forward from rest over T steps without noise, yielding o[t] and the

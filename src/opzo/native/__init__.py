@@ -10,16 +10,15 @@ The shared library is built with ``$CC`` (default ``cc``, then ``gcc``) into
 ``$OPZO_CACHE_DIR`` (default ``~/.cache/opzo``), named by a hash of the source, the flags and
 the CPU, so a changed source or another machine gets its own build. With no compiler, or with
 ``OPZO_NATIVE=0``, :func:`available` is False and callers use torch's ops and generator
-instead (:func:`ready` warns once). The numbers are reproducible: each call takes its 64-bit Philox
-key from torch's default generator, so ``torch.manual_seed`` fixes them and a checkpoint of
-torch's RNG state resumes them.
+instead (:func:`ready` warns once). The numbers are reproducible: each call takes its 64-bit
+Philox key from torch's default generator, so ``torch.manual_seed`` fixes them and a
+checkpoint of torch's RNG state resumes them.
 
-:func:`philox_keep_mask_` and :func:`philox_signs_` draw dropout masks and Rademacher
-noise from the same generator, and :func:`lif_step`
-runs one time step of a layer of LIF neurons with its noise, dropout and local derivative in
-one pass (``lif_step.c``; :mod:`opzo.network` uses it for float32 CPU tensors outside
-autograd). Both split their work over torch's thread count (``parallel.h``); results do not
-depend on the number of threads.
+:func:`philox_keep_mask_` and :func:`philox_signs_` draw dropout masks and Rademacher noise
+from the same generator, and :func:`lif_step` runs one time step of a layer of LIF neurons
+with its noise, dropout and local derivative in one pass (``lif_step.c``; :mod:`opzo.network`
+uses it for float32 CPU tensors outside autograd). All of them split their work over torch's
+thread count (``parallel.h``); results do not depend on the number of threads.
 """
 
 from __future__ import annotations
