@@ -7,6 +7,7 @@
     opzo train --resume runs/<run>               # continue an interrupted run
     opzo eval runs/<run>                         # test accuracy of a run's checkpoint
     opzo plot runs/a runs/b --out curves.png     # learning curves (+ diagnostics) as a PNG
+    opzo export runs/<run> --out model.nir       # the trained network as a NIR graph
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .nir import export_run, format_report
+
+    print(format_report(export_run(args.run, args.out, approximate=args.approximate,
+                                   dt=args.dt, data_root=args.data_root)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opzo", description="Online, backprop-free training of spiking neural networks.")
@@ -100,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", help="run folders written by 'opzo train'")
     pl.add_argument("--out", default="runs/plot.png", help="PNG file to write")
     pl.set_defaults(func=_plot)
+    ex = sub.add_parser("export", help="write a run's network as a NIR file (for snnTorch, "
+                        "SpikingJelly, Lava, ... and neuromorphic chips)",
+                        description="Write a run's checkpoint as a NIR graph (opzo.nir). Exact "
+                        "for networks trained with --reset zero.")
+    ex.add_argument("run", help="run folder written by 'opzo train'")
+    ex.add_argument("--out", required=True, help="NIR file to write, e.g. model.nir")
+    ex.add_argument("--approximate", action="store_true",
+                    help="export a subtractive-reset network with reset to zero anyway, and "
+                    "report how often the two agree on the run's test set")
+    ex.add_argument("--dt", type=float, default=1e-4,
+                    help="time step in seconds the time constants assume, tau = dt/(1-lambda) "
+                    "(default 1e-4, as snnTorch and SpikingJelly read NIR)")
+    ex.add_argument("--data-root", help="override the dataset folder of the run")
+    ex.set_defaults(func=_export)
     return parser
 
 

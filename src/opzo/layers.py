@@ -89,6 +89,9 @@ class ScaledWSConv2d(nn.Module):
                                                kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.gain = nn.Parameter(torch.ones(out_channels, 1, 1, 1))
+        #: False: a plain convolution, Ŵ = W (the gain is unused and gets no gradient); set
+        #: by :func:`opzo.nir.from_nir` for convolutions imported as they are
+        self.standardize = True
         nn.init.kaiming_normal_(self.weight, nonlinearity="linear")
 
     @property
@@ -103,7 +106,10 @@ class ScaledWSConv2d(nn.Module):
         return v, s
 
     def effective_weight(self) -> Tensor:
-        """Ŵ = γ (W − μ) / √(N σ² + ε), the weight the convolution actually uses."""
+        """Ŵ = γ (W − μ) / √(N σ² + ε), the weight the convolution actually uses (W itself
+        when ``standardize`` is off)."""
+        if not self.standardize:
+            return self.weight
         v, s = self._centred()
         return self.gain * v / s
 
@@ -138,7 +144,10 @@ class ScaledWSConv2d(nn.Module):
                                            stride=self.stride, padding=self.padding)
 
     def backward_weight(self, grad_effective: Tensor) -> tuple[Tensor, Tensor]:
-        """(∂L/∂W, ∂L/∂γ) from G = ∂L/∂Ŵ, in closed form (see the module docstring)."""
+        """(∂L/∂W, ∂L/∂γ) from G = ∂L/∂Ŵ, in closed form (see the module docstring); (G, 0)
+        when ``standardize`` is off."""
+        if not self.standardize:
+            return grad_effective, torch.zeros_like(self.gain)
         v, s = self._centred()
         gv = (grad_effective * v).sum(dim=(1, 2, 3), keepdim=True)
         grad_gain = gv / s
@@ -152,7 +161,8 @@ class ScaledWSConv2d(nn.Module):
         ``bias_trace`` is b̂[t] (the bias is a synapse from a constant 1, OTTT trace).
         """
         grad_w, grad_gain = self.backward_weight(self.weight_grad(delta, trace))
-        for p, g in ((self.weight, grad_w), (self.gain, grad_gain)):
+        pairs = [(self.weight, grad_w)] + [(self.gain, grad_gain)] * self.standardize
+        for p, g in pairs:
             if p.grad is None:
                 p.grad = g.clone()
             else:
@@ -166,7 +176,8 @@ class ScaledWSConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, eps={self.eps}")
+                f"stride={self.stride}, padding={self.padding}, eps={self.eps}"
+                + ("" if self.standardize else ", standardize=False"))
 
 
 def _pair(k: int | Sequence[int]) -> tuple[int, int]:
