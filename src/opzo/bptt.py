@@ -11,11 +11,13 @@ are handled alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .distributed import Communicator, Shard
 from .learner import BatchStats
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
@@ -44,7 +46,7 @@ class BPTTLearner:
 
     def __init__(self, net: SpikingNet, loss: InstantLoss | None = None,
                  output_leak: float = 0.0, readout: MaxOverTime | None = None,
-                 detach_reset: bool = False) -> None:
+                 detach_reset: bool = False, comm: Communicator | None = None) -> None:
         if not 0.0 <= output_leak <= 1.0:
             raise ValueError(f"output_leak must lie in [0, 1], got {output_leak}")
         if output_leak and readout is not None:
@@ -56,16 +58,27 @@ class BPTTLearner:
         self.readout = readout
         self.detach_reset = bool(detach_reset)
         self.rule = None
+        #: data parallel: the process group whose gradients are summed (None: one process)
+        self.comm = comm
 
     def accumulate(self, x: Tensor, y: Tensor, T: int | None = None,
-                   masks: list[Tensor] | None = None) -> BatchStats:
-        """Add the exact BPTT gradient of one batch to every parameter's ``.grad``."""
+                   masks: list[Tensor] | None = None, shard: Shard | None = None
+                   ) -> BatchStats:
+        """Add the exact BPTT gradient of one batch to every parameter's ``.grad``.
+
+        ``shard``: ``x`` and ``y`` are these rows of a global batch (:mod:`opzo.distributed`):
+        the loss is divided by the global batch, dropout masks are drawn for it, and with
+        the learner's ``comm`` the gradients are summed over the processes."""
         net, lif = self.net, self.net.lif
         x, T = net.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
         if masks is None:
-            masks = net.dropout_masks(batch, x)
+            masks = (net.dropout_masks(batch, x) if shard is None
+                     else net.dropout_masks(batch, x, shard))
+        if shard is not None and shard.size != batch:
+            raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
+        norm = batch if shard is None else shard.total  # the B of the batch mean
         u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
         s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
         total = x.new_zeros(())
@@ -101,13 +114,15 @@ class BPTTLearner:
             if self.readout is not None:  # one loss per sample, on max_t Y[t]
                 out_sum = self.readout.scores(outputs)
                 total = self.loss.per_sample(out_sum, y).sum()
-                (total / batch).backward()
+                (total / norm).backward()
                 loss_value = float(total.detach())
             else:
-                (total / (batch * T)).backward()
+                (total / (norm * T)).backward()
                 loss_value = float(total.detach()) / T
-        if not torch.isfinite(torch.tensor(loss_value)):
+        if not math.isfinite(loss_value):
             raise FloatingPointError("training loss became NaN/inf: lower the learning rate")
+        if self.comm is not None:
+            self.comm.all_reduce_([p.grad for p in net.parameters() if p.grad is not None])
         return BatchStats(loss_sum=loss_value,
                           correct=int((out_sum.detach().argmax(1) == y).sum()), count=batch)
 
@@ -132,12 +147,12 @@ class BPTTLearner:
         return layer(flat).reshape(T, batch, -1).unbind(0)
 
     def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
-                    T: int | None = None, on_grad: Callable[[], None] | None = None
-                    ) -> BatchStats:
+                    T: int | None = None, on_grad: Callable[[], None] | None = None,
+                    shard: Shard | None = None) -> BatchStats:
         """Clear ``.grad``, accumulate one batch by BPTT, step ``optimizer``."""
         self.net.train()
         optimizer.zero_grad(set_to_none=False)
-        stats = self.accumulate(x, y, T)
+        stats = self.accumulate(x, y, T, shard=shard)
         if on_grad is not None:
             on_grad()
         optimizer.step()

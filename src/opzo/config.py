@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,12 @@ class TrainConfig:
     weight_decay: float = _opt(2e-4, "weight decay (decoupled for adamw)", min=0.0)
     schedule: str = _opt("cosine", "learning-rate schedule over epochs", ("cosine", "constant"))
     seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)")
-    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", min=1)
+    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice; under "
+                               "torchrun / --nproc torch's choice is 1 per process)", min=1)
+    device: str = _opt("auto", "where to train: auto (CUDA when available, else the CPU), cpu, "
+                       "cuda, cuda:N or mps; under torchrun each process takes the GPU of its "
+                       "LOCAL_RANK (the native kernels are the CPU path; on a GPU the step "
+                       "runs on torch's ops)")
     # diagnostics
     diagnostics: bool = _opt(False, "record per-layer gradient variance per epoch and cosine "
                              "similarity with a reference gradient (diagnostics.jsonl)")
@@ -210,6 +216,9 @@ class TrainConfig:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
                 if "max" in meta and item > meta["max"]:
                     raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"option 'device' = {self.device!r} is not allowed; use auto, cpu, "
+                              "cuda, cuda:N (N = 0, 1, ...) or mps")
         tokens = None
         if self.net is not None:
             from .network import parse_net  # late import: the network pulls in torch

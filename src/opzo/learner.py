@@ -20,10 +20,17 @@ by B·T. ``update="batch"`` (OTTT_A) applies one optimizer step per batch; ``upd
 (OTTT_O, truly online) applies one after every time step with that step's gradient.
 Memory does not depend on T: only the current state and traces are kept (O(n) per neuron for
 OTTT and approximate OTPE, O(n²) for OSTL and OTPE, OTPE paper Table 1).
+
+Data parallel (:mod:`opzo.distributed`): with a ``shard`` the batch is this process's rows of
+a global batch of ``shard.total`` samples; B above is the global batch, the noise and dropout
+masks are drawn for the global batch (each process keeps its rows), and with a ``comm`` the
+gradients (and DKP's feedback gradient) are summed over the processes before every optimizer
+step, so every process steps with the global batch's gradient.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .distributed import Communicator, Shard
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
 from .rules.base import SpatialRule, StepContext
@@ -73,6 +81,7 @@ class OnlineLearner:
         trace: str = "ottt",
         update: str = "batch",
         gbar: str = "paper",
+        comm: Communicator | None = None,
     ) -> None:
         if update not in UPDATE_MODES:
             raise ValueError(f"unknown update mode {update!r}; choose one of {UPDATE_MODES}")
@@ -85,6 +94,8 @@ class OnlineLearner:
             make_trace(trace, net.lif, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
                        gbar=gbar)
         self.update = update
+        #: the process group of data-parallel training (None: one process)
+        self.comm = comm
         self._checked_optimizer: torch.optim.Optimizer | None = None
         if not rule.is_bound_to(net):
             rule.bind(net)
@@ -112,6 +123,13 @@ class OnlineLearner:
                 "[*net.parameters(), *rule.parameters()]")
         self._checked_optimizer = optimizer
 
+    def _sum_gradients(self) -> None:
+        """Data parallel: sum ``.grad`` of every parameter (and the rule's feedback
+        gradients) over all processes."""
+        if self.comm is not None:
+            grads = [p.grad for p in self._parameters()] + self.rule.feedback_grads()
+            self.comm.all_reduce_([g for g in grads if g is not None])
+
     @torch.no_grad()
     def accumulate(
         self,
@@ -120,12 +138,15 @@ class OnlineLearner:
         T: int | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         masks: list[Tensor] | None = None,
+        shard: Shard | None = None,
     ) -> BatchStats:
         """Run one batch forward in time and add its gradient to every parameter's ``.grad``.
 
         With ``update="step"`` an ``optimizer`` is required and is stepped after every time
         step (and ``.grad`` is cleared after each step). ``masks`` fixes the dropout masks
-        (default: drawn afresh when the network is in training mode).
+        (default: drawn afresh when the network is in training mode). ``shard``: ``x`` and
+        ``y`` are these rows of a global batch (see the module docstring); with the
+        learner's ``comm`` the gradients are then summed over the processes.
         """
         net, rule = self.net, self.rule
         x, T = net.prepare_input(x, T)
@@ -153,7 +174,8 @@ class OnlineLearner:
         head = make_output_trace(self.trace_name, net.lif.lam)  # F-variants: leaky-sum output
         state = net.initial_state(batch, x)
         if masks is None:
-            masks = net.dropout_masks(batch, x)
+            masks = (net.dropout_masks(batch, x) if shard is None
+                     else net.dropout_masks(batch, x, shard))
         gains = None  # m_l · gain for the local derivative, unless the fused step gives it
         if masks is not None and not net.fuses_local_derivative(x):
             gain = net.surrogate.gain()
@@ -163,14 +185,24 @@ class OnlineLearner:
         if static and not per_step:  # the first layer's current is the same at every step
             first_in = hidden[0].op_input(x)
             first = hidden[0].op(first_in)
-        scale = 1.0 / (batch * T)
+        total = batch if shard is None else shard.total
+        if shard is not None and shard.size != batch:
+            raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
+        scale = 1.0 / (total * T)
+        reduce = None
+        if self.comm is not None:
+            comm = self.comm
+
+            def reduce(t: Tensor) -> None:
+                comm.all_reduce_([t])
         out_sum = torch.zeros(batch, net.num_outputs, dtype=x.dtype, device=x.device)
         loss_sum = x.new_zeros(())
         target = F.one_hot(y, net.num_outputs).to(x.dtype)
 
         for t in range(T):
             x_t = x if static else x[t]
-            noise = rule.perturbation(t, batch, x)
+            noise = (rule.perturbation(t, batch, x) if shard is None
+                     else rule.perturbation(t, batch, x, shard))
             if rule.noise is not None:
                 alpha, pos = rule.noise.alpha, rule.noise.position
             else:
@@ -187,7 +219,8 @@ class OnlineLearner:
                 tr.push(rec.inputs[l], rec, l)
             rec = record_for_rule(rec, traces)  # the traces' local derivatives, if any
             ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb.mul_(scale), record=rec,
-                              net=net, target=target, labels=y, loss_fn=self.loss, scale=scale)
+                              net=net, target=target, labels=y, loss_fn=self.loss, scale=scale,
+                              batch_total=total, reduce=reduce)
             deltas = rule.deltas(ctx)
             for layer, tr, delta in zip(hidden, traces, deltas):
                 tr.accumulate(delta, layer)
@@ -196,6 +229,7 @@ class OnlineLearner:
                 for layer, tr in zip(hidden, traces):
                     tr.flush(layer)
                 assert optimizer is not None
+                self._sum_gradients()
                 with torch.enable_grad():
                     optimizer.step()
                 rule.optimizer_step()
@@ -203,10 +237,12 @@ class OnlineLearner:
                     p.grad.zero_()
         for layer, tr in zip(hidden, traces):
             tr.flush(layer)
+        if not per_step:
+            self._sum_gradients()
 
         correct = int((out_sum.argmax(1) == y).sum())
         loss_value = float(loss_sum) / T
-        if not torch.isfinite(torch.tensor(loss_value)):
+        if not math.isfinite(loss_value):
             raise FloatingPointError(
                 "training loss became NaN/inf: lower the learning rate or the noise scale "
                 "alpha, or check the input data"
@@ -224,11 +260,13 @@ class OnlineLearner:
         optimizer: torch.optim.Optimizer,
         T: int | None = None,
         on_grad: Callable[[], None] | None = None,
+        shard: Shard | None = None,
     ) -> BatchStats:
         """Clear ``.grad``, accumulate one batch, and step ``optimizer`` (and the rule).
 
         ``on_grad`` is called once the batch gradient is in ``.grad``, before the step
-        (diagnostics use it; not called with ``update="step"``).
+        (diagnostics use it; not called with ``update="step"``). ``shard``: see
+        :meth:`accumulate`.
         """
         net = self.net
         net.train()
@@ -237,9 +275,9 @@ class OnlineLearner:
             self._ensure_grads()
             for p in self._parameters():
                 p.grad.zero_()
-            return self.accumulate(x, y, T, optimizer)
+            return self.accumulate(x, y, T, optimizer, shard=shard)
         optimizer.zero_grad(set_to_none=False)
-        stats = self.accumulate(x, y, T)
+        stats = self.accumulate(x, y, T, shard=shard)
         if on_grad is not None:
             on_grad()
         optimizer.step()

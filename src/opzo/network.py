@@ -73,6 +73,7 @@ import torch
 from torch import Tensor, nn
 
 from . import native
+from .distributed import Shard
 from .layers import ConvLayer, DenseLayer
 from .neuron import LIFParams, lif_step
 from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, Surrogate
@@ -396,20 +397,29 @@ class SpikingNet(nn.Module):
         zeros = [like.new_zeros(batch, n) for n in self.hidden_sizes]
         return NetState(u=zeros, s=[z.clone() for z in zeros])
 
-    def dropout_masks(self, batch: int, like: Tensor) -> list[Tensor] | None:
-        """One mask per hidden layer, drawn once per sample for all T steps (None if p = 0)."""
+    def dropout_masks(self, batch: int, like: Tensor, shard: Shard | None = None
+                      ) -> list[Tensor] | None:
+        """One mask per hidden layer, drawn once per sample for all T steps (None if p = 0).
+
+        With ``shard`` (data-parallel training) the masks are drawn for the whole global
+        batch and these are the shard's rows (contiguous: a row block of a row-major draw).
+        """
         if not self.training or self.dropout == 0.0:
             return None
         keep = 1.0 - self.dropout
+        rows = batch if shard is None else shard.total
+        if shard is not None and shard.size != batch:
+            raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
         masks = []
         fused = self.uses_native_kernels(like)
         for n in self.hidden_sizes:
-            r = like.new_empty(batch, n)
+            r = like.new_empty(rows, n)
             if fused:
-                masks.append(native.philox_keep_mask_(r, keep, 1.0 / keep))
+                native.philox_keep_mask_(r, keep, 1.0 / keep)
             else:
                 r.uniform_()
-                masks.append(torch.lt(r, keep, out=r).mul_(1.0 / keep))
+                torch.lt(r, keep, out=r).mul_(1.0 / keep)
+            masks.append(r if shard is None else shard.rows(r))
         return masks
 
     def uses_native_kernels(self, like: Tensor) -> bool:

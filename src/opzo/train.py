@@ -2,9 +2,17 @@
 
 A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON line
 per epoch), ``summary.json`` (written at the end) and ``checkpoint.pt`` (written atomically
-after every epoch and on Ctrl-C). ``resume`` continues from the checkpoint and yields the same
-numbers as an uninterrupted run: the data order of each epoch is a function of (seed, epoch)
-and the checkpoint carries the global RNG state, so noise and dropout continue identically.
+after every epoch and on Ctrl-C / SIGTERM). ``resume`` continues from the checkpoint and
+yields the same numbers as an uninterrupted run: the data order of each epoch is a function
+of (seed, epoch), a stop request (SIGINT, SIGTERM) takes effect at the end of the batch in
+progress, so the checkpoint is always at a batch boundary, and it carries the RNG states
+(CPU and, on a GPU, CUDA; one per process of a distributed run), so noise and dropout
+continue identically. Exactness is promised on the same device (and number of processes).
+
+Devices and processes: ``cfg.device`` (``auto``: CUDA when available) holds the model, the
+rule's state and every batch (moved from pinned CPU memory); under ``torchrun`` (or
+``opzo train --nproc N``) every process trains on its shard of each global batch and the
+gradients are summed (:mod:`opzo.distributed`); process 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from .data.neuromorphic import (
 from .data.randman import otpe_preset
 from .data.sources import ColorImageSource, FrameSource, ImageSource, SequenceSource
 from .diagnostics import GradientVariance, gradient_cosine
+from .distributed import Communicator, launched_by_torchrun, local_rank
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .localzo import SparsityStats
 from .losses import InstantLoss, MaxOverTime
@@ -95,13 +104,49 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
     return net
 
 
-def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss
-                  ) -> OnlineLearner | BPTTLearner:
-    """The online learner with the config's rule, or the BPTT learner for ``bptt``."""
+def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss,
+                  comm: Communicator | None = None) -> OnlineLearner | BPTTLearner:
+    """The online learner with the config's rule, or the BPTT learner for ``bptt`` (with
+    ``comm``: data parallel, gradients summed over the processes). Build it after moving
+    ``net`` to its device: the rule's state is made where the network's weights are."""
     if cfg.method == "bptt":
-        return BPTTLearner(net, loss, readout=make_readout(cfg), detach_reset=cfg.detach_reset)
+        return BPTTLearner(net, loss, readout=make_readout(cfg), detach_reset=cfg.detach_reset,
+                           comm=comm)
     return OnlineLearner(net, build_rule(cfg), loss, trace=cfg.trace, update=cfg.update,
-                         gbar=cfg.otpe_gbar)
+                         gbar=cfg.otpe_gbar, comm=comm)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of the ``device`` option. ``auto``: CUDA when available, else the
+    CPU; under torchrun ``auto`` and ``cuda`` mean this process's GPU (``LOCAL_RANK``).
+    Raises ValueError, saying what is available, for a device this machine does not have."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU "
+                             "here (a CPU-only build, or no driver); use --device cpu or auto")
+        if name == "cuda":
+            name = f"cuda:{local_rank() if launched_by_torchrun() else 0}"
+        index = int(name.split(":")[1])
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not (hasattr(torch.backends, "mps")
+                              and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps': the Apple GPU backend is not available here; use "
+                         "--device cpu or auto")
+    return torch.device(name)
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A batch tensor on ``device``: on CUDA copied from pinned (page-locked) CPU memory
+    without blocking the host; on the CPU unchanged."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def make_readout(cfg: TrainConfig) -> MaxOverTime | None:
@@ -223,6 +268,17 @@ class Accumulator:
             self.spikes = [a + b for a, b in zip(self.spikes, s.spike_counts)]
             self.neuron_steps = [a + b for a, b in zip(self.neuron_steps, s.neuron_steps)]
 
+    def all_reduce(self, comm: Communicator, layers: int) -> None:
+        """Replace every sum by its total over the processes (``layers``: the number of
+        per-layer spike counts, for a process that saw no sample)."""
+        spikes = self.spikes or [0.0] * layers
+        steps = self.neuron_steps or [0] * layers
+        total = comm.sum([self.loss, self.correct, self.count, *spikes, *steps])
+        self.loss, self.correct, self.count = total[0], int(total[1]), int(total[2])
+        if self.spikes is not None or layers:
+            self.spikes = total[3:3 + len(spikes)]
+            self.neuron_steps = [int(v) for v in total[3 + len(spikes):]]
+
     def summary(self) -> dict[str, Any]:
         n = max(self.count, 1)
         rates = ([s / max(k, 1) for s, k in zip(self.spikes, self.neuron_steps)]
@@ -332,30 +388,65 @@ def make_source(cfg: TrainConfig, split: str) -> Source:
     return source.head(limit) if limit else source
 
 
-def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig,
-             loss: InstantLoss) -> dict:
-    """Test loss, accuracy and firing rates of ``net`` on ``source`` (no noise, no dropout)."""
+def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLoss,
+             comm: Communicator | None = None) -> dict:
+    """Test loss, accuracy and firing rates of ``net`` on ``source`` (no noise, no dropout),
+    on the network's device. With ``comm`` each process evaluates its contiguous share of
+    the samples and the sums are added over the processes."""
+    device = next(net.parameters()).device
     acc = Accumulator()
-    for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
-        acc.add(evaluate_batch(net, x, labels, loss, T=cfg.T, readout=make_readout(cfg)))
+    if comm is not None:
+        share = comm.shard(len(source))
+        source = source.part(share.lo, share.hi)
+    if len(source):
+        for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
+            acc.add(evaluate_batch(net, to_device(x, device), to_device(labels, device), loss,
+                                   T=cfg.T, readout=make_readout(cfg)))
+    if comm is not None:
+        acc.all_reduce(comm, len(net.hidden))
     return acc.summary()
 
 
-def _checkpoint_on_sigterm():
-    """Treat SIGTERM (``kill``) like Ctrl-C while training; return the previous handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (``kill``) while training: the first asks the run to stop
+    at the end of the batch in progress (so the checkpoint is at a batch boundary and resume
+    is exact); a second one stops at once (the last checkpoint written stands).
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    Handlers are installed from the main thread only, and put back by :meth:`restore`.
+    """
 
-    return signal.signal(signal.SIGTERM, handler)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, log=print) -> None:
+        self.requested = False
+        self.log = log
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log(f"\n{signal.Signals(signum).name}: stopping at the end of this batch (send "
+                 "it again to stop at once)")
+
+    def request(self) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
-def _kernels_in_use(cfg: TrainConfig) -> str:
+def _kernels_in_use(cfg: TrainConfig, device: torch.device | None = None) -> str:
     """"native" or "torch": what the network's step and dropout actually run on (the native
-    library may be asked for and unavailable; the reason is then given). The noise's
-    generator is the separate ``noise_rng``."""
+    library may be asked for and unavailable; the reason is then given; off the CPU the
+    step runs on torch's ops). The noise's generator is the separate ``noise_rng``."""
+    if device is not None and device.type != "cpu":
+        return f"torch ({device.type}; the native kernels are the CPU path)"
     if cfg.kernels == "torch":
         return "torch"
     if native.available():
@@ -389,7 +480,27 @@ def _round(d: dict[str, float]) -> dict[str, float]:
 
 
 class Interrupted(Exception):
-    """Raised after Ctrl-C once the checkpoint is safely on disk."""
+    """Raised after Ctrl-C / SIGTERM once the checkpoint is safely on disk."""
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor | None]:
+    """This process's generator states: torch's CPU generator and, on CUDA, the device's."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict[str, Tensor | None], device: torch.device) -> None:
+    cpu = state["cpu"]
+    assert cpu is not None
+    torch.set_rng_state(cpu.cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """The checkpoint's dict with its tensors on ``device``."""
+    return torch.load(path, map_location=device, weights_only=False)
 
 
 def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
@@ -397,24 +508,56 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                  ) -> dict[str, Any]:
     """Train as ``cfg`` says, writing the run folder; return the final summary.
 
-    ``stop_after_batches`` simulates an interruption after that many batches (tests).
+    Under torchrun (``WORLD_SIZE`` > 1) this is one process of a data-parallel run: it joins
+    the process group, trains on its shard of every global batch, and only process 0 writes
+    the run folder and logs. ``stop_after_batches`` requests a stop after that many batches,
+    as SIGINT / SIGTERM would (tests).
     """
     cfg.validate()
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    comm = Communicator.init(device) if launched_by_torchrun() else None
+    try:
+        return _run(cfg, run_dir, ckpt_path, device, comm, resume, progress, log,
+                    stop_after_batches)
+    except RuntimeError as exc:
+        if comm is not None and "DistBackendError" in type(exc).__name__ + str(type(exc)):
+            raise RuntimeError(
+                f"process {comm.rank} of {comm.world_size}: lost contact with another process "
+                f"of this run (it failed or was killed; its own message says why): {exc}. "
+                f"The last checkpoint in {run_dir} stands: continue with opzo train "
+                f"--resume {run_dir} --nproc {comm.world_size}") from None
+        raise
+
+
+def _run(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, device: torch.device,
+         comm: Communicator | None, resume: bool, progress: bool, log,
+         stop_after_batches: int | None) -> dict[str, Any]:
+    main = comm is None or comm.is_main
+    world = 1 if comm is None else comm.world_size
+    if not main:  # process 0 alone speaks and writes
+        log, progress = (lambda *_a, **_k: None), False
 
     # the data first: a missing dataset must not leave an empty run folder behind
     train_set = make_source(cfg, "train")
     test_set = make_source(cfg, "test")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if len(train_set) < world:
+        raise ValueError(f"{len(train_set)} training samples cannot be shared by {world} "
+                         "processes")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
-    net = build_network(cfg, train_set.input_shape, train_set.classes)
+    net = build_network(cfg, train_set.input_shape, train_set.classes).to(device)
     loss = InstantLoss(cfg.loss, cfg.gamma)
-    learner = build_learner(cfg, net, loss)
+    learner = build_learner(cfg, net, loss, comm)
     rule = learner.rule
+    if comm is not None:  # the same start everywhere, whatever each process computed
+        comm.broadcast_([*net.parameters(), *net.buffers(),
+                         *(rule.parameters() if rule is not None else [])])
     variance = GradientVariance(net) if cfg.diagnostics else None
     diag_path = run_dir / "diagnostics.jsonl"
     # the rule's own parameters (local readouts) learn with the model's optimizer
@@ -431,31 +574,50 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             raise FileNotFoundError(
                 f"cannot resume: {ckpt_path} does not exist (no epoch finished yet?). "
                 "Start the run again without --resume.")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(ckpt_path, device)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != world:
+            raise ValueError(
+                f"{run_dir} was trained by {saved_world} process(es) and this resume has "
+                f"{world}: the shards of every batch, and so the numbers, depend on it. "
+                f"Resume with --nproc {saved_world} (or torchrun --nproc_per_node "
+                f"{saved_world}), or start a new run")
+        saved_device = state.get("device", "cpu")
+        if saved_device != str(device):
+            warnings.warn(f"{run_dir} was trained on {saved_device} and resumes on {device}: "
+                          "it continues, but resume is exact only on the same device "
+                          "(other kernels, other random streams)", stacklevel=2)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
         if rule is not None:
             rule.load_state_dict(state["rule"])
-        torch.set_rng_state(state["rng"])
+        rng = state.get("rng_states") or [{"cpu": state["rng"], "cuda": None}]
+        _set_rng_state(rng[0 if comm is None else comm.rank], device)
         start_epoch, start_batch = state["epoch"], state["batch"]
         partial = Accumulator(**state["partial"])
         state_stats = state.get("surrogate_stats")
         if variance is not None and state.get("variance"):
             variance.count, variance.mean, variance.m2 = state["variance"]
-        # keep only the lines written before the checkpoint's position
-        _truncate_jsonl(metrics_path, lambda r: r["epoch"] <= start_epoch)
-        _truncate_jsonl(diag_path, lambda r: r["epoch"] <= start_epoch or (
-            r["epoch"] == start_epoch + 1 and "batch" in r and r["batch"] < start_batch))
+        if main:  # keep only the lines written before the checkpoint's position
+            _truncate_jsonl(metrics_path, lambda r: r["epoch"] <= start_epoch)
+            _truncate_jsonl(diag_path, lambda r: r["epoch"] <= start_epoch or (
+                r["epoch"] == start_epoch + 1 and "batch" in r and r["batch"] < start_batch))
         log(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch}")
-    else:
+    elif main:
         metrics_path.write_text("")
         if cfg.diagnostics:
             diag_path.write_text("")
-    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if main:
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint(epoch: int, batch: int, acc: Accumulator) -> None:
+        """Every process's RNG state, and the rest from process 0 (the same everywhere)."""
+        rng = _rng_state(device)
+        rng_states = [rng] if comm is None else comm.gather_object(rng)
+        if not main:
+            return
         atomic_save({
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -464,6 +626,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             "variance": ((variance.count, variance.mean, variance.m2)
                          if variance is not None else None),
             "rng": torch.get_rng_state(),
+            "rng_states": rng_states,
+            "device": str(device),
+            "world_size": world,
             "epoch": epoch, "batch": batch,
             "partial": acc.__dict__.copy(),
             "surrogate_stats": (net.surrogate.stats_state()
@@ -472,12 +637,21 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         }, ckpt_path)
 
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
-    kernels = _kernels_in_use(cfg)
+    kernels = _kernels_in_use(cfg, device)
+    where = f"{device}" + (f" x {world} processes" if world > 1 else "")
     log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test), "
-        f"net {net.describe()}, T={cfg.T}, {cfg.epochs} epochs, {kernels} kernels -> {run_dir}")
+        f"net {net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, {kernels} kernels "
+        f"-> {run_dir}")
     seen = start_batch
     t_start = time.perf_counter()
-    previous_handler = _checkpoint_on_sigterm()
+    stop = StopSignals(log)
+
+    def stop_requested() -> bool:
+        """Whether any process was asked to stop (all agree: a sum over the processes)."""
+        if comm is None:
+            return stop.requested
+        return comm.sum([float(stop.requested)])[0] > 0
+
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if rule is not None:
@@ -494,36 +668,50 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             t0 = time.perf_counter()
             order = epoch_permutation(len(train_set), cfg.seed, epoch)
             batch_index = first
-            try:
-                for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
-                                                   start_batch=first, epoch=epoch):
-                    if cfg.diagnostics and batch_index % cfg.diag_every == 0:
-                        cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference,
-                                              trace=cfg.trace, gbar=cfg.otpe_gbar)
+            for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
+                                               start_batch=first, epoch=epoch):
+                shard = None
+                if comm is not None:  # this process's rows of the global batch
+                    shard = comm.shard(labels.shape[0])
+                    x = shard.rows(x, 0 if x.dim() == 2 else 1)
+                    labels = shard.rows(labels)
+                x, labels = to_device(x, device), to_device(labels, device)
+                if cfg.diagnostics and batch_index % cfg.diag_every == 0:
+                    cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference,
+                                          trace=cfg.trace, gbar=cfg.otpe_gbar)
+                    if main:
                         _append_jsonl(diag_path, {"epoch": epoch + 1, "batch": batch_index,
                                                   "cosine": _round(cos)})
-                    acc.add(learner.train_batch(
-                        x, labels, optimizer, T=cfg.T,
-                        on_grad=variance.update if variance is not None else None))
-                    batch_index += 1
-                    seen += 1
-                    s = acc.summary()
-                    bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
-                    if stop_after_batches is not None and seen >= stop_after_batches:
-                        raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                bar.close()
-                checkpoint(epoch, batch_index, acc)
-                log(f"interrupted at epoch {epoch + 1}, batch {batch_index}; checkpoint saved. "
-                    f"Continue with: opzo train --resume {run_dir}")
-                raise Interrupted(str(run_dir)) from None
+                stats = learner.train_batch(
+                    x, labels, optimizer, T=cfg.T, shard=shard,
+                    on_grad=variance.update if variance is not None else None)
+                batch_index += 1
+                seen += 1
+                if stop_after_batches is not None and seen >= stop_after_batches:
+                    stop.request()
+                if comm is not None:  # the global batch's sums, and whether to stop
+                    total = comm.sum([stats.loss_sum, stats.correct, stats.count,
+                                      float(stop.requested)])
+                    stats = BatchStats(total[0], int(total[1]), int(total[2]))
+                    stopping = total[3] > 0
+                else:
+                    stopping = stop.requested
+                acc.add(stats)
+                s = acc.summary()
+                bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
+                if stopping:
+                    bar.close()
+                    checkpoint(epoch, batch_index, acc)
+                    log(f"stopped at epoch {epoch + 1}, batch {batch_index}; checkpoint "
+                        f"saved. Continue with: opzo train --resume {run_dir}")
+                    raise Interrupted(str(run_dir))
             bar.close()
             train_time = time.perf_counter() - t0
             if scheduler is not None:
                 with warnings.catch_warnings():  # resumed exactly at an epoch end: no step yet
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                     scheduler.step()
-            test = evaluate(net, test_set, cfg, loss)
+            test = evaluate(net, test_set, cfg, loss, comm)
             train = acc.summary()
             row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
                    "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
@@ -535,43 +723,52 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
                 # LocalZO paper section 5.2: the fraction of neurons with a non-zero local
                 # derivative in training (1 − the backward sparsity SparseGrad exploits)
                 row["nonzero_grad_fraction"] = round(net.surrogate.nonzero_fraction, 6)
-            _append_jsonl(metrics_path, row)
-            if variance is not None:
-                _append_jsonl(diag_path, {"epoch": epoch + 1, "variance": variance.result(),
-                                          "relative_variance": variance.relative()})
+            if main:
+                _append_jsonl(metrics_path, row)
+                if variance is not None:
+                    _append_jsonl(diag_path, {"epoch": epoch + 1, "variance": variance.result(),
+                                              "relative_variance": variance.relative()})
             checkpoint(epoch + 1, 0, Accumulator())
             sparsity = (f"  ψ≠0 {row['nonzero_grad_fraction']:.1%}"
                         if "nonzero_grad_fraction" in row else "")
             log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
                 f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  ({train_time:.1f}s)"
                 f"{sparsity}")
+            if epoch + 1 < cfg.epochs and stop_requested():
+                log(f"stopped after epoch {epoch + 1}; checkpoint saved. Continue with: "
+                    f"opzo train --resume {run_dir}")
+                raise Interrupted(str(run_dir))
     except KeyboardInterrupt:
-        # interrupted outside the batch loop (evaluation, logging): the checkpoint written
-        # after the last finished epoch stands
-        log(f"interrupted; the checkpoint of the last finished epoch stands. Continue with: "
+        # a second signal: stopped at once, the last checkpoint written stands
+        log(f"interrupted; the last checkpoint stands. Continue with: "
             f"opzo train --resume {run_dir}")
         raise Interrupted(str(run_dir)) from None
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        stop.restore()
 
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-    summary = {
-        "method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs,
-        "final_test_acc": rows[-1]["test_acc"] if rows else None,
-        "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
-        "final_train_acc": rows[-1]["train_acc"] if rows else None,
-        "firing_rate": rows[-1]["firing_rate"] if rows else None,
-        "wall_time_s": round(time.perf_counter() - t_start, 2),
-        "run_dir": str(run_dir),
-        "opzo_version": __version__,
-        "git_commit": _git_commit(),
-        "torch": torch.__version__,
-        "kernels": kernels,
-    }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log(f"final test accuracy {summary['final_test_acc']:.2f}% "
-        f"(best {summary['best_test_acc']:.2f}%); run folder: {run_dir}")
+    summary: dict[str, Any] = {}
+    if main:
+        rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+        summary = {
+            "method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs,
+            "final_test_acc": rows[-1]["test_acc"] if rows else None,
+            "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
+            "final_train_acc": rows[-1]["train_acc"] if rows else None,
+            "firing_rate": rows[-1]["firing_rate"] if rows else None,
+            "wall_time_s": round(time.perf_counter() - t_start, 2),
+            "run_dir": str(run_dir),
+            "opzo_version": __version__,
+            "git_commit": _git_commit(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "world_size": world,
+            "kernels": kernels,
+        }
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        log(f"final test accuracy {summary['final_test_acc']:.2f}% "
+            f"(best {summary['best_test_acc']:.2f}%); run folder: {run_dir}")
+    if comm is not None:
+        summary = comm.broadcast_object(summary)  # type: ignore[assignment]
     return summary
 
 

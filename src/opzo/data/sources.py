@@ -78,8 +78,12 @@ class ImageSource:
 
     def head(self, n: int) -> ImageSource:
         """The first ``n`` samples."""
+        return self.part(0, n)
+
+    def part(self, lo: int, hi: int) -> ImageSource:
+        """Samples ``lo:hi`` (a data-parallel process's share of an evaluation)."""
         d = self.data
-        return ImageSource(ArrayDataset(d.images[:n], d.labels[:n], d.name, d.classes),
+        return ImageSource(ArrayDataset(d.images[lo:hi], d.labels[lo:hi], d.name, d.classes),
                            self.encoder)
 
     def batches(self, batch_size: int, T: int, permutation: Tensor | None = None,
@@ -149,7 +153,11 @@ class ColorImageSource:
 
     def head(self, n: int) -> ColorImageSource:
         """The first ``n`` samples (same encoding and augmentation)."""
-        return replace(self, images=self.images[:n], labels=self.labels[:n])
+        return self.part(0, n)
+
+    def part(self, lo: int, hi: int) -> ColorImageSource:
+        """Samples ``lo:hi`` (same encoding and augmentation)."""
+        return replace(self, images=self.images[lo:hi], labels=self.labels[lo:hi])
 
     def encode(self, images: Tensor, T: int, generator: torch.Generator | None = None
                ) -> Tensor:
@@ -171,7 +179,7 @@ class ColorImageSource:
         """Batches in ``permutation`` order from ``start_batch``; batch ``b`` is augmented
         with the generator of ``(augment_seed, epoch, b)``."""
         n = len(self)
-        order = torch.arange(n) if permutation is None else permutation
+        order = torch.arange(n, device="cpu") if permutation is None else permutation
         for b in range(start_batch, num_batches(n, batch_size)):
             idx = order[b * batch_size:(b + 1) * batch_size]
             generator = (batch_generator(self.augment_seed, epoch, b)
@@ -202,7 +210,8 @@ class FrameSource:
         self._shape = tuple(frames.shape)  # (T, C, H, W)
 
     def _index(self) -> Tensor:
-        return self.indices if self.indices is not None else torch.arange(len(self.data))
+        return (self.indices if self.indices is not None
+                else torch.arange(len(self.data), device="cpu"))
 
     @property
     def num_inputs(self) -> int:
@@ -220,7 +229,11 @@ class FrameSource:
         return len(self._index())
 
     def head(self, n: int) -> FrameSource:
-        return FrameSource(self.data, self.classes, self._index()[:n], self.augment_seed)
+        return self.part(0, n)
+
+    def part(self, lo: int, hi: int) -> FrameSource:
+        """Samples ``lo:hi`` of this source's order."""
+        return FrameSource(self.data, self.classes, self._index()[lo:hi], self.augment_seed)
 
     def batches(self, batch_size: int, T: int, permutation: Tensor | None = None,
                 start_batch: int = 0, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
@@ -236,7 +249,8 @@ class FrameSource:
             items = [self.data[int(i)] for i in chunk]
             frames = torch.stack([f for f, _ in items]).to(torch.float32)  # (B, T, C, H, W)
             x = frames.flatten(2).transpose(0, 1).contiguous()  # (T, B, C·H·W)
-            yield x, torch.tensor([label for _, label in items], dtype=torch.int64)
+            yield x, torch.tensor([label for _, label in items], dtype=torch.int64,
+                                  device="cpu")
 
 
 @dataclass
@@ -265,13 +279,17 @@ class SequenceSource:
         return int(self.labels.shape[0])
 
     def head(self, n: int) -> SequenceSource:
-        return SequenceSource(self.spikes[:, :n], self.labels[:n], self.classes)
+        return self.part(0, n)
+
+    def part(self, lo: int, hi: int) -> SequenceSource:
+        """Samples ``lo:hi``."""
+        return SequenceSource(self.spikes[:, lo:hi], self.labels[lo:hi], self.classes)
 
     def batches(self, batch_size: int, T: int, permutation: Tensor | None = None,
                 start_batch: int = 0, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         if T != self.spikes.shape[0]:
             raise ValueError(f"the sequences hold {self.spikes.shape[0]} time steps, not T={T}: "
                              f"set T={self.spikes.shape[0]}")
-        order = torch.arange(len(self)) if permutation is None else permutation
+        order = torch.arange(len(self), device="cpu") if permutation is None else permutation
         for chunk in order[start_batch * batch_size:].split(batch_size):
             yield self.spikes[:, chunk].contiguous(), self.labels[chunk]

@@ -207,7 +207,7 @@ def _check_float32(t: Tensor, what: str) -> None:
 def _key(key: int | None) -> int:
     """A 64-bit Philox key: the given one, or 63 random bits from torch's generator."""
     if key is None:
-        key = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+        key = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64, device="cpu"))
     return key & (2**64 - 1)
 
 

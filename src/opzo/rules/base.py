@@ -14,12 +14,14 @@ lives in the rule and is saved with :meth:`SpatialRule.state_dict`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .. import native
+from ..distributed import Shard
 from ..losses import InstantLoss
 from ..network import NOISE_POSITIONS, SpikingNet, StepRecord
 
@@ -36,6 +38,11 @@ class StepContext:
     ``loss``: L_b[t] / (B·T) per sample, shape (B,); ``output``: õ[t] (with the noise).
     ``labels`` (B,), ``target`` (one-hot, (B, m)), ``loss_fn`` and ``scale`` = 1/(B·T) let a
     rule compute further losses of its own (local learning's readouts).
+
+    Data parallel (:mod:`opzo.distributed`): the tensors hold this process's rows of the
+    batch, B in ``scale`` is the global batch ``batch_total``, and ``reduce`` sums a tensor
+    over all processes in place (a rule whose state is a batch statistic, OPZO's M, sums its
+    increment with it); ``reduce`` is None in a single process.
     """
 
     t: int
@@ -49,6 +56,13 @@ class StepContext:
     labels: Tensor | None = None
     loss_fn: InstantLoss | None = None
     scale: float = 1.0
+    batch_total: int | None = None
+    reduce: Callable[[Tensor], None] | None = None
+
+    @property
+    def global_batch(self) -> int:
+        """B of the batch mean: the global batch (all processes), else this batch's rows."""
+        return self.batch_total if self.batch_total is not None else int(self.output.shape[0])
 
 
 class SpatialRule:
@@ -78,11 +92,15 @@ class SpatialRule:
         if self.noise is not None:
             self.noise.reset()
 
-    def perturbation(self, t: int, batch: int, like: Tensor) -> list[Tensor] | None:
-        """z_l[t] per hidden layer for this step (to be scaled by ``noise.alpha``), or None."""
+    def perturbation(self, t: int, batch: int, like: Tensor, shard: Shard | None = None
+                     ) -> list[Tensor] | None:
+        """z_l[t] per hidden layer for this step (to be scaled by ``noise.alpha``), or None.
+        With ``shard`` the draw is for the global batch and these are its rows."""
         if self.noise is None:
             return None
-        return self.noise.sample(t, batch, self.sizes, like)
+        if shard is None:
+            return self.noise.sample(t, batch, self.sizes, like)
+        return self.noise.sample(t, batch, self.sizes, like, shard)
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         """δ_l[t] = ∂L/∂u_l estimated by the rule, one (B, n_l) tensor per hidden layer."""
@@ -90,6 +108,11 @@ class SpatialRule:
 
     def optimizer_step(self) -> None:
         """Called when the model's optimizer steps (rules with learned feedback update it)."""
+
+    def feedback_grads(self) -> list[Tensor]:
+        """Gradients of the rule's own learned feedback (DKP), which data-parallel training
+        sums over processes before :meth:`optimizer_step` like the model's gradients."""
+        return []
 
     def set_progress(self, fraction: float) -> None:
         """Training progress in [0, 1] (for schedules such as the α decay)."""
@@ -188,12 +211,22 @@ class NoiseSampler:
             z = torch.cat(parts, dim=1)
         return z
 
-    def sample(self, t: int, batch: int, sizes: list[int], like: Tensor) -> list[Tensor]:
-        """Draw z[t] (unscaled; the network multiplies by ``alpha``), split per layer."""
+    def sample(self, t: int, batch: int, sizes: list[int], like: Tensor,
+               shard: Shard | None = None) -> list[Tensor]:
+        """Draw z[t] (unscaled; the network multiplies by ``alpha``), split per layer.
+
+        With ``shard`` (data-parallel training) z is drawn for the whole global batch and
+        this process keeps the shard's rows: a sample gets the noise it would get in one
+        process, whatever the number of processes.
+        """
         if self.antithetic and t % 2 == 1 and self.z is not None:
             self.z = -self.z
-        else:
+        elif shard is None:
             self.z = self._draw(batch, sizes, like)
+        else:
+            if shard.size != batch:
+                raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
+            self.z = shard.rows(self._draw(shard.total, sizes, like))
         return list(self.z.split(sizes, dim=1))
 
     def state_dict(self) -> dict:

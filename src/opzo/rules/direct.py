@@ -112,6 +112,10 @@ class DKP(DirectFeedbackRule):
         assert self.feedback_t.grad is not None
         self.feedback_t.grad.zero_()
 
+    def feedback_grads(self) -> list[Tensor]:
+        assert self.feedback_t.grad is not None
+        return [self.feedback_t.grad]
+
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["optimizer"] = self.optimizer.state_dict()
@@ -150,10 +154,17 @@ class OPZO(DirectFeedbackRule):
         return self.feedback
 
     def update_feedback(self, ctx: StepContext) -> None:
+        """Eq. 6. Data parallel (``ctx.reduce``): Σ_b õ_b z_bᵀ over this process's rows is
+        summed over all processes first, so every process applies the global batch's
+        increment and M stays the same everywhere."""
         noise = self.noise
         assert noise is not None and noise.z is not None
-        batch = ctx.output.shape[0]
-        scale = (1.0 - self.lambda_m) / batch
+        scale = (1.0 - self.lambda_m) / ctx.global_batch
         if self.alpha_factor:
             scale /= noise.alpha
-        self.feedback_t.mul_(self.lambda_m).addmm_(ctx.output.t(), noise.z, alpha=scale)
+        if ctx.reduce is None:
+            self.feedback_t.mul_(self.lambda_m).addmm_(ctx.output.t(), noise.z, alpha=scale)
+            return
+        increment = ctx.output.t() @ noise.z
+        ctx.reduce(increment)
+        self.feedback_t.mul_(self.lambda_m).add_(increment, alpha=scale)

@@ -36,6 +36,7 @@ from dataclasses import fields, replace
 
 from torch import Tensor, nn
 
+from ..distributed import Shard
 from ..layers import DenseLayer
 from ..network import SpikingNet, StepRecord
 from .base import SpatialRule, StepContext
@@ -152,8 +153,15 @@ class LocalLearning(SpatialRule):
         if self.igl_rule is not None:
             self.igl_rule.start_batch()
 
-    def perturbation(self, t: int, batch: int, like: Tensor) -> list[Tensor] | None:
-        return self.inner.perturbation(t, batch, like)
+    def perturbation(self, t: int, batch: int, like: Tensor, shard: Shard | None = None
+                     ) -> list[Tensor] | None:
+        if shard is None:
+            return self.inner.perturbation(t, batch, like)
+        return self.inner.perturbation(t, batch, like, shard)
+
+    def feedback_grads(self) -> list[Tensor]:
+        extra = self.igl_rule.feedback_grads() if self.igl_rule is not None else []
+        return [*self.inner.feedback_grads(), *extra]
 
     def set_progress(self, fraction: float) -> None:
         self.inner.set_progress(fraction)
@@ -190,10 +198,8 @@ class LocalLearning(SpatialRule):
                 assert self.noise is not None and self.noise.z is not None
                 view.z = self.noise.z[:, : self.igl_columns]
                 view.alpha = self.noise.alpha
-            sub = StepContext(t=ctx.t, T=ctx.T, output=igl_out, error=igl_err, loss=igl_loss,
-                              record=_cut_record(rec, k), net=self.cut,  # type: ignore[arg-type]
-                              target=ctx.target, labels=ctx.labels, loss_fn=ctx.loss_fn,
-                              scale=ctx.scale)
+            sub = replace(ctx, output=igl_out, error=igl_err, loss=igl_loss,
+                          record=_cut_record(rec, k), net=self.cut)  # type: ignore[arg-type]
             below = self.igl_rule.deltas(sub)
             for l in range(k):
                 out[l] = out[l] + below[l]
