@@ -59,13 +59,16 @@ def bptt_step(net: SpikingNet, x, y, T: int, loss: InstantLoss, opt) -> None:
 
 
 def round_robin_medians(calls: dict[str, Callable[[], object]], rounds: int,
-                        warmup: int = 2) -> dict[str, float]:
+                        warmup: int = 2, sync: Callable[[], object] | None = None
+                        ) -> dict[str, float]:
     """Median seconds per call of each function, timed round-robin in one run.
 
     Every round calls each function once, the order rotated by one each round, so machine noise
     hits all of them alike; ``warmup`` untimed calls of each come first. Ratios of these medians
-    are what the benchmarks report (never lone absolute times).
+    are what the benchmarks report (never lone absolute times). ``sync`` waits for queued
+    device work (``torch.cuda.synchronize`` on a GPU) before each clock reading.
     """
+    wait = sync if sync is not None else (lambda: None)
     for fn in calls.values():
         for _ in range(warmup):
             fn()
@@ -73,8 +76,10 @@ def round_robin_medians(calls: dict[str, Callable[[], object]], rounds: int,
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
+            wait()
             t0 = time.perf_counter()
             calls[name]()
+            wait()
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -4,6 +4,7 @@
     python benchmarks/bench_speed.py --rounds 30 --json benchmarks/logs/speed.json
     python benchmarks/bench_speed.py --net conv5 --width 0.25 --batch 32   # conv, 1x28x28
     python benchmarks/bench_speed.py --net conv5 --width 0.25 --local-learning  # and +LL
+    python benchmarks/bench_speed.py --device cuda    # on a GPU (torch ops; synchronised)
 
 Networks run on opzo's native kernels (the default ``kernels="native"``: one fused pass per
 layer and step, dropout masks from Philox) and ``opzo`` draws its Gaussian noise with the
@@ -69,8 +70,15 @@ def main() -> None:
     ap.add_argument("--local-learning", action="store_true",
                     help="also time bp, dfa and opzo with local learning (LL, a readout per "
                          "hidden layer)")
+    ap.add_argument("--device", type=str, default="cpu",
+                    help="cpu, cuda, cuda:N: on CUDA every step runs on torch's ops (the native "
+                         "kernels are the CPU path) and each timing waits for the GPU; the "
+                         "CPU-only variants (gemm-floor, opzo-floor, the torch-kernel and "
+                         "Philox variants) are left out")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args()
+    device = torch.device(args.device)
+    on_cpu = device.type == "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -86,6 +94,7 @@ def main() -> None:
     else:
         x = torch.rand(args.batch, args.sizes[0])
         y = torch.randint(0, args.sizes[-1], (args.batch,))
+    x, y = x.to(device), y.to(device)
     loss = InstantLoss("mix", 0.05)
     cfg = TrainConfig()
 
@@ -93,11 +102,11 @@ def main() -> None:
         torch.manual_seed(0)
         if args.net:
             return SpikingNet(args.net, tuple(args.input_shape), 10, width=args.width,
-                              dropout=0.2, kernels=kernels)
+                              dropout=0.2, kernels=kernels).to(device)
         net = SpikingMLP(args.sizes, dropout=0.2, kernels=kernels)
         with torch.no_grad():
             net.hidden[0].weight.mul_(3.0)  # a realistic firing rate on this input
-        return net
+        return net.to(device)
 
     inf_net = fresh_net().eval()
     inf_torch = fresh_net("torch").eval()
@@ -162,17 +171,16 @@ def main() -> None:
             lins[0].weight.grad.addmm_(d[0].t(), x)
         floor_opt.step()
 
-    calls = {"inference": inference, "inference-torch": inference_torch}
-    if not args.net:
+    calls = {"inference": inference}
+    if on_cpu:
+        calls["inference-torch"] = inference_torch
+    if not args.net and on_cpu:
         calls["gemm-floor"] = gemm_floor
         calls["adamw-step"] = adamw_step
         calls["opzo-floor"] = opzo_floor
     variants = {name: (cls, "native") for name, cls in RULES.items()}
-    variants["opzo-torch-normal"] = (lambda: OPZO(NoiseSampler(rng="torch")), "native")
-    variants["opzo-torch"] = (lambda: OPZO(NoiseSampler(rng="torch")), "torch")
-    variants["opzo-rademacher"] = (lambda: OPZO(NoiseSampler(distribution="rademacher")),
-                                   "native")
-    variants["opzo-antithetic"] = (lambda: OPZO(NoiseSampler(antithetic=True)), "native")
+    if on_cpu:
+        add_cpu_variants(variants)
     if args.local_learning:
         for name in ("bp", "dfa", "opzo"):
             variants[f"{name}+ll"] = (lambda c=RULES[name]: LocalLearning(c()), "native")
@@ -189,24 +197,37 @@ def main() -> None:
         opt = make_optimizer(net.parameters(), cfg)
         calls[name] = (lambda n=net, o=opt, f=fn: f(n, x, y, args.T, loss, o))
 
-    med = round_robin_medians(calls, args.rounds)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    med = round_robin_medians(calls, args.rounds, sync=sync)
     base = med["inference"]
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-                   f"{torch.get_num_threads()} torch threads".strip(),
+        "machine": (torch.cuda.get_device_name(device) if device.type == "cuda" else
+                    f"{platform.machine()} {platform.processor() or ''} "
+                    f"{torch.get_num_threads()} torch threads").strip(),
+        "device": str(device),
         "torch": torch.__version__,
         "setting": {"net": inf_net.describe(), "T": args.T, "batch": args.batch,
                     "rounds": args.rounds},
         "ratio_to_inference": {k: round(v / base, 3) for k, v in med.items()},
     }
     print(f"{inf_net.describe()}, T={args.T}, batch {args.batch}, {args.rounds} rounds, "
-          f"{torch.get_num_threads()} threads; median step time / inference forward:")
+          f"on {device}, {torch.get_num_threads()} threads; median step time / inference "
+          "forward:")
     for k, v in med.items():
         print(f"  {k:16s} {v / base:6.2f}x")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def add_cpu_variants(variants: dict) -> None:
+    """The variants that compare the native CPU kernels with torch's ops and generator."""
+    variants["opzo-torch-normal"] = (lambda: OPZO(NoiseSampler(rng="torch")), "native")
+    variants["opzo-torch"] = (lambda: OPZO(NoiseSampler(rng="torch")), "torch")
+    variants["opzo-rademacher"] = (lambda: OPZO(NoiseSampler(distribution="rademacher")),
+                                   "native")
+    variants["opzo-antithetic"] = (lambda: OPZO(NoiseSampler(antithetic=True)), "native")
 
 
 if __name__ == "__main__":

@@ -479,6 +479,22 @@ def _round(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in d.items()}
 
 
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (MiB; Linux's ru_maxrss) and, on CUDA, the peak
+    of torch's allocations on the device."""
+    out: dict[str, float] = {}
+    try:
+        import resource
+
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["rss"] = round(rss_kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    except (ImportError, OSError):
+        pass
+    if device.type == "cuda":
+        out["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
 class Interrupted(Exception):
     """Raised after Ctrl-C / SIGTERM once the checkpoint is safely on disk."""
 
@@ -671,6 +687,13 @@ def _run(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, device: torch.device,
             for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
                                                start_batch=first, epoch=epoch):
                 shard = None
+                if comm is not None and labels.shape[0] < world:
+                    # a last batch too small to give every process a row: left out everywhere
+                    log(f"epoch {epoch + 1}: the last batch ({labels.shape[0]} samples) is "
+                        f"smaller than the {world} processes and is left out")
+                    batch_index += 1
+                    seen += 1
+                    continue
                 if comm is not None:  # this process's rows of the global batch
                     shard = comm.shard(labels.shape[0])
                     x = shard.rows(x, 0 if x.dim() == 2 else 1)
@@ -746,6 +769,8 @@ def _run(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, device: torch.device,
     finally:
         stop.restore()
 
+    peak = peak_memory_mb(device)
+    peaks = [peak] if comm is None else comm.gather_object(peak)
     summary: dict[str, Any] = {}
     if main:
         rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
@@ -763,6 +788,7 @@ def _run(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, device: torch.device,
             "device": str(device),
             "world_size": world,
             "kernels": kernels,
+            "peak_memory_mb": peaks,
         }
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(f"final test accuracy {summary['final_test_acc']:.2f}% "
