@@ -1,0 +1,286 @@
+"""Energy proxies of a spiking network: firing rates and synaptic operations (SynOps).
+
+OPZO paper, appendix D.2 and Table 7 (section 5.5): "for event-driven SNNs, the energy costs
+on neuromorphic hardware are proportional to the spike count, or more precisely, synaptic
+operations induced by spikes". Per hidden layer l (n_l neurons, flattened like its spikes,
+n_l = C·H·W for a feature map), over a set of S samples of T steps each:
+
+    firing rate      fr_l   = Σ_b Σ_t Σ_i s_{l,i}^b[t] / (S · T · n_l)
+    synaptic ops     SOP_l  = Σ_b Σ_t Σ_i s_{l,i}^b[t] · f_{l,i} / S      (per sample, Σ over T)
+    totals           fr     = Σ_l Σ spikes / (S · T · Σ_l n_l)          (neuron-weighted, as
+                                                                         the paper's "Total fr")
+                     SOP    = Σ_l SOP_l
+
+with f_{l,i} the **fan-out** of neuron i of layer l: the number of synapses its spike drives
+(:func:`synaptic_fanout`). Only hidden-layer spikes are counted: the network input (a static
+image is an input current, not spikes) and the readout (non-spiking) are not.
+
+**Fan-out, exactly.** Neuron i of hidden layer l drives the op of the next layer (hidden layer
+l+1, or the readout after the last hidden layer), through that layer's optional input pooling
+P, and every residual shortcut that starts at layer l:
+
+    f_l = Pᵀ opᵀ 1 + (number of layers whose shortcut comes from layer l) · 1
+
+where opᵀ 1 are the column sums of the op's connectivity with every weight 1 (the number of
+output neurons each op input reaches) and Pᵀ copies the count of each pooled value to every
+input pixel of its window **with weight 1, not 1/k²**. So:
+
+* fully connected next op: f = out_features for every input;
+* convolution (stride s, padding p, k×k): f = C_out × the number of output positions whose
+  receptive field holds the pixel (inside the zero-padded input). With "same" padding an
+  interior pixel reaches k² positions and border neurons fewer (k = 3: 6 on an edge, 4 in
+  a corner, on maps of at least 2×2). Counted exactly, not with the interior formula.
+* average pooling in front of the next op ("AP<k>", also "GAP"): each spike is one of the
+  k×k terms of one pooled input and counts the synapses of that pooled input (the pooling
+  folded into the next op's synapses: each of the k² pixels of a window connects where the
+  pooled value does, with weight w/k²; a spike still triggers one event per synapse).
+  Pooling is non-overlapping, so every input pixel is in at most one window; floor-mode
+  pooling drops the last rows or columns when H or W is not divisible by k, and the spikes
+  there reach nothing: fan-out 0.
+* a residual shortcut from layer j into layer l (I_l = op_l(x_{l−1}) + b_l + x_j) is an
+  identity edge: one synapse per neuron of j (1 to 1, to the neuron at the same position).
+
+The fan-outs are computed from the network's shapes with torch primitives (the transposed
+convolution of ones with a ones kernel, a repeat for the pooling), never from its weights.
+
+Usage (one batch)::
+
+    stats = count_synops(net, x, T=6)     # inference: no noise, no dropout
+    stats["firing_rate"], stats["synops"], stats["synops_total"]
+
+pooled over an evaluation set::
+
+    counter = SynOpsCounter(net)
+    for x, y in batches:
+        for t, (o, rec) in enumerate(net.run(x, T)):
+            ...                            # whatever else the evaluation does with o
+            counter.add_step(rec.spikes, t)
+    counter.result()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .layers import ConvLayer, DenseLayer
+from .network import SpikingNet, StepRecord
+
+__all__ = ["SynOpsCounter", "count_synops", "op_fanout", "synaptic_fanout"]
+
+
+def count_dtype(device: torch.device) -> torch.dtype:
+    """The dtype counts are kept in: float64 (exact integers up to 2⁵³), float32 on ``mps``
+    (which has no float64; exact up to 2²⁴ per sum)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def _device_of(net: SpikingNet) -> torch.device:
+    return net.readout.weight.device
+
+
+def op_fanout(layer: DenseLayer | ConvLayer, *, device: torch.device | None = None,
+              dtype: torch.dtype | None = None) -> Tensor:
+    """For every element of what ``layer`` receives (its ``in_shape``, flattened), the number
+    of synapses of the layer's op it reaches, through the layer's input pooling (see the
+    module docstring): Pᵀ opᵀ 1 with 1 per pooled element, shape (prod(in_shape),).
+
+    ``device``: where to make it (default: the layer's weight's); ``dtype``: default
+    :func:`count_dtype` of the device.
+    """
+    device = layer.weight.device if device is None else torch.device(device)
+    dtype = count_dtype(device) if dtype is None else dtype
+    op_in = tuple(int(d) for d in layer.op_in_shape)
+    if isinstance(layer, ConvLayer):
+        c_in, h, w = op_in
+        c_out, ho, wo = (int(d) for d in layer.out_shape)
+        k, st, p = layer.kernel_size, layer.stride, layer.padding
+        # one channel: the number of output positions each input pixel is read by, then
+        # times C_out (every output channel reads every input channel)
+        positions = torch.nn.grad.conv2d_input(
+            (1, 1, h, w), torch.ones(1, 1, k, k, device=device, dtype=dtype),
+            torch.ones(1, 1, ho, wo, device=device, dtype=dtype), stride=st, padding=p)
+        fan = (positions[0, 0] * c_out).expand(c_in, h, w)
+    else:
+        fan = torch.full(op_in, float(layer.out_features), device=device, dtype=dtype)
+    if layer.pool is None:
+        return fan.reshape(-1).clone()
+    kh, kw = layer.pool
+    c, h_in, w_in = (int(d) for d in layer.in_shape)
+    fan = fan.reshape(c, op_in[1], op_in[2])
+    spread = fan.repeat_interleave(kh, dim=1).repeat_interleave(kw, dim=2)
+    full = torch.zeros(c, h_in, w_in, device=device, dtype=dtype)  # floor mode: dropped → 0
+    full[:, : spread.shape[1], : spread.shape[2]] = spread
+    return full.reshape(-1)
+
+
+def synaptic_fanout(net: SpikingNet, *, device: torch.device | None = None,
+                    dtype: torch.dtype | None = None) -> list[Tensor]:
+    """f_l for every hidden layer l: shape (n_l,), flattened like the layer's spikes, the
+    number of synapses each neuron's spike drives (next op through its pooling, plus one
+    identity synapse per residual shortcut leaving the layer; module docstring).
+
+    ``device`` default: the network's (its readout weight's); ``dtype`` default
+    :func:`count_dtype`.
+    """
+    device = _device_of(net) if device is None else torch.device(device)
+    hidden = list(net.hidden)
+    out: list[Tensor] = []
+    for l in range(len(hidden)):
+        nxt = hidden[l + 1] if l + 1 < len(hidden) else net.readout
+        f = op_fanout(nxt, device=device, dtype=dtype)
+        if f.numel() != hidden[l].out_features:
+            raise ValueError(f"layer {l + 1} has {hidden[l].out_features} neurons but the op "
+                             f"after it takes {f.numel()} inputs")
+        shortcuts = sum(1 for j in net.skips if j == l)
+        if shortcuts:
+            f = f + shortcuts
+        out.append(f)
+    return out
+
+
+class SynOpsCounter:
+    """Accumulates spike counts and synaptic operations of hidden layers over steps and
+    batches (see the module docstring for the equations); autograd-free.
+
+    Feed it every step's spikes, ``rec.spikes`` of :meth:`SpikingNet.run`:
+
+    * :meth:`add_step` ``(spikes, t)``: one step (``t`` = the step's index in its batch; at
+      ``t == 0`` the batch's B samples are counted, so every batch must start at t = 0);
+    * :meth:`add` ``(records)``: all steps of one batch (an iterable of :class:`StepRecord`
+      or of per-layer spike lists; consumed lazily, so ``(rec for _, rec in net.run(x, T))``
+      keeps one step in memory).
+
+    :meth:`result` gives the dict described there. Counts stay on the spikes' device until
+    :meth:`result` (no synchronisation per step). For several processes, :meth:`sums` /
+    :meth:`load_sums` give and take the raw sums as a list of floats (e.g. through
+    ``Communicator.sum``), or :meth:`merge` adds another counter.
+    """
+
+    def __init__(self, net: SpikingNet, *, device: torch.device | None = None) -> None:
+        self.device = _device_of(net) if device is None else torch.device(device)
+        self.dtype = count_dtype(self.device)
+        self.fanout = synaptic_fanout(net, device=self.device, dtype=self.dtype)
+        self.neurons = [int(f.numel()) for f in self.fanout]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything counted."""
+        layers = len(self.neurons)
+        self._spikes = torch.zeros(layers, device=self.device, dtype=self.dtype)
+        self._synops = torch.zeros(layers, device=self.device, dtype=self.dtype)
+        self._host: list[float] | None = None  # sums loaded from elsewhere, added on result
+        self.samples = 0
+        self.sample_steps = 0
+
+    @torch.no_grad()
+    def add_step(self, spikes: Sequence[Tensor], t: int) -> None:
+        """Count one time step: ``spikes`` per hidden layer, each (B, n_l) (or (B, C, H, W));
+        ``t``: the step's index within its batch (0 starts a batch of B new samples)."""
+        if len(spikes) != len(self.neurons):
+            raise ValueError(f"expected spikes of {len(self.neurons)} hidden layers, got "
+                             f"{len(spikes)}")
+        batch = int(spikes[0].shape[0])
+        for l, (s, f) in enumerate(zip(spikes, self.fanout)):
+            s = s.reshape(s.shape[0], -1)
+            if s.shape != (batch, f.numel()):
+                raise ValueError(f"layer {l + 1}: spikes of shape {tuple(s.shape)}, expected "
+                                 f"({batch}, {f.numel()})")
+            per_neuron = s.sum(0, dtype=self.dtype)  # exact: float64 sums of 0/1
+            self._spikes[l] += per_neuron.sum()
+            self._synops[l] += per_neuron @ f
+        if t == 0:
+            self.samples += batch
+        self.sample_steps += batch
+
+    def add(self, records: Iterable[StepRecord | Sequence[Tensor]]) -> None:
+        """Count all steps of one batch (StepRecords, or per-layer spike lists)."""
+        for t, rec in enumerate(records):
+            self.add_step(rec.spikes if isinstance(rec, StepRecord) else rec, t)
+
+    def merge(self, other: SynOpsCounter) -> None:
+        """Add the counts of ``other`` (a counter of the same network)."""
+        if other.neurons != self.neurons:
+            raise ValueError("counters of different networks")
+        self.load_sums([a + b for a, b in zip(self.sums(), other.sums())])
+
+    def sums(self) -> list[float]:
+        """The raw sums: [samples, sample_steps, spikes per layer..., synops per layer...]
+        (Σ over samples; add these over processes, then :meth:`load_sums`)."""
+        spikes, synops = self._spikes.tolist(), self._synops.tolist()
+        if self._host is not None:
+            n = len(self.neurons)
+            spikes = [a + b for a, b in zip(spikes, self._host[:n])]
+            synops = [a + b for a, b in zip(synops, self._host[n:])]
+        return [float(self.samples), float(self.sample_steps), *spikes, *synops]
+
+    def load_sums(self, sums: Sequence[float]) -> None:
+        """Replace the counts by ``sums`` (as :meth:`sums` lays them out)."""
+        n = len(self.neurons)
+        if len(sums) != 2 + 2 * n:
+            raise ValueError(f"expected {2 + 2 * n} sums, got {len(sums)}")
+        self._spikes.zero_()
+        self._synops.zero_()
+        self.samples, self.sample_steps = int(round(sums[0])), int(round(sums[1]))
+        self._host = [float(v) for v in sums[2:]]
+
+    def all_reduce(self, comm: Any) -> None:
+        """Sum the counts over processes with ``comm.sum(list[float]) -> list[float]``
+        (:class:`opzo.distributed.Communicator`)."""
+        self.load_sums(comm.sum(self.sums()))
+
+    def result(self) -> dict[str, Any]:
+        """The energy proxies of everything counted (lists are per hidden layer):
+
+        * ``firing_rate``: spikes per neuron per step, fr_l;
+        * ``spikes``: spikes per sample (Σ over T and the layer's neurons);
+        * ``synops``: synaptic operations per sample (Σ over T), SOP_l;
+        * ``firing_rate_total`` (neuron-weighted), ``synops_total`` (Σ_l SOP_l);
+        * ``neurons`` n_l, ``fanout_mean`` (mean f_l over the layer's neurons), ``samples``
+          S and ``steps`` (T: sample-steps / samples).
+
+        All zeros (and ``steps`` 0) when nothing was counted.
+        """
+        sums = self.sums()
+        n = len(self.neurons)
+        samples, sample_steps = sums[0], sums[1]
+        spikes, synops = sums[2:2 + n], sums[2 + n:]
+        per_sample = 1.0 / samples if samples else 0.0
+        rates = [s / (k * sample_steps) if sample_steps else 0.0
+                 for s, k in zip(spikes, self.neurons)]
+        total_rate = (sum(spikes) / (sum(self.neurons) * sample_steps) if sample_steps
+                      else 0.0)
+        return {
+            "firing_rate": rates,
+            "spikes": [s * per_sample for s in spikes],
+            "synops": [s * per_sample for s in synops],
+            "firing_rate_total": total_rate,
+            "synops_total": sum(synops) * per_sample,
+            "neurons": list(self.neurons),
+            "fanout_mean": [float(f.mean()) for f in self.fanout],
+            "samples": int(samples),
+            "steps": sample_steps / samples if samples else 0.0,
+        }
+
+
+@torch.no_grad()
+def count_synops(net: SpikingNet, x: Tensor, T: int | None = None,
+                 counter: SynOpsCounter | None = None) -> dict[str, Any]:
+    """Run inference on one batch (evaluation mode: no noise, no dropout; the network's
+    training mode is restored) and return :meth:`SynOpsCounter.result` for it.
+
+    ``x``: as :meth:`SpikingNet.run` takes it (static (B, ...) with ``T``, or (T, B, ...)).
+    ``counter``: add to this counter instead of a fresh one (its result, pooled, is
+    returned).
+    """
+    counter = SynOpsCounter(net) if counter is None else counter
+    was_training = net.training
+    net.eval()
+    try:
+        counter.add(rec for _, rec in net.run(x, T))
+    finally:
+        net.train(was_training)
+    return counter.result()
