@@ -24,13 +24,14 @@ from pathlib import Path
 
 from .config import ConfigError, TrainConfig, add_arguments, config_from_args
 
-#: options that may be given with --resume: where the run continues, not what it computes
-RESUME_OPTIONS = ("device", "threads")
+#: options that may be given with --resume: where the run continues, and its learning rate
+#: (to continue a diverged run more gently); everything else is the run's config.json
+RESUME_OPTIONS = ("device", "threads", "lr")
 
 
 def _train(args: argparse.Namespace) -> int:
     from .distributed import Communicator, launched_by_torchrun
-    from .train import Interrupted, default_run_dir, resolve_device, run_training
+    from .train import RUN_FILES, Interrupted, default_run_dir, resolve_device, run_training
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -44,7 +45,13 @@ def _train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config.json; drop the other options "
                 f"({', '.join('--' + g.replace('_', '-') for g in given) or '--config'}); "
                 f"only {', '.join('--' + o for o in RESUME_OPTIONS)} may change")
-        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()), source=str(cfg_path))
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume: {cfg_path} is not valid JSON ({exc}); the "
+                              "run's options are also in its checkpoint.pt under 'config'"
+                              ) from None
+        cfg = TrainConfig.from_dict(saved, source=str(cfg_path))
         for name in RESUME_OPTIONS:
             if getattr(args, name, None) is not None:
                 setattr(cfg, name, getattr(args, name))
@@ -52,10 +59,11 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args, args.config)
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
-        if (run_dir / "checkpoint.pt").exists():
+        present = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if present and not args.overwrite:
             raise ConfigError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} or "
-                "choose another --out")
+                f"{run_dir} already holds a run ({', '.join(present)}); continue it with "
+                f"--resume {run_dir}, replace it with --overwrite, or choose another --out")
     if args.nproc is not None and args.nproc > 1 and not launched_by_torchrun():
         return _spawn(args, run_dir)
     comm = None
@@ -63,7 +71,8 @@ def _train(args: argparse.Namespace) -> int:
         comm = Communicator.init(resolve_device(cfg.device))
         run_dir = Path(str(comm.broadcast_object(str(run_dir))))
     try:
-        run_training(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+        run_training(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet,
+                     overwrite=args.overwrite)
     except Interrupted:
         return 130
     finally:
@@ -87,7 +96,7 @@ def _spawn(args: argparse.Namespace, run_dir: Path) -> int:
         if not argv[i].startswith("--nproc="):
             out.append(argv[i])
         i += 1
-    if not args.resume:
+    if not args.resume and "--out" not in out:
         out += ["--out", str(run_dir)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={args.nproc}", "-m", "opzo", *out]
@@ -105,25 +114,55 @@ def _spawn(args: argparse.Namespace, run_dir: Path) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .losses import InstantLoss
-    from .train import CHECKPOINT, build_network, evaluate, make_source, resolve_device
+    from .train import (
+        CHECKPOINT,
+        _load_checkpoint,
+        build_network,
+        data_fingerprint,
+        evaluate,
+        make_source,
+        resolve_device,
+    )
 
     run_dir = Path(args.run)
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt} not found: pass a run folder written by 'opzo train'")
     device = resolve_device(args.device)
-    state = torch.load(ckpt, map_location=device, weights_only=False)
+    state = _load_checkpoint(ckpt, device)
     cfg = TrainConfig.from_dict(state["config"], source=str(ckpt))
+    trained_on = dict(state.get("data") or {})
+    if args.dataset:
+        cfg.dataset = args.dataset
     if args.data_root:
         cfg.data_root = args.data_root
+    cfg.validate()
     test_set = make_source(cfg, "test")
+    here = data_fingerprint(test_set, cfg.dataset)
+    saved = trained_on.get("test")
+    if not args.dataset and saved and any(here[k] != saved[k] for k in
+                                          ("samples", "input_shape", "labels_sha")):
+        raise ConfigError(
+            f"the test data at {cfg.data_root or cfg.dataset} are not those of this run's "
+            f"{saved['dataset']} test split ({saved['samples']} samples of shape "
+            f"{saved['input_shape']}; here {here['samples']} of {here['input_shape']}, other "
+            "labels). To evaluate on another dataset on purpose, name it with --dataset")
+    shape = (trained_on.get("train") or {}).get("input_shape")
+    if shape is not None and list(test_set.input_shape) != list(shape):
+        raise ConfigError(f"the run's network takes inputs of shape {tuple(shape)}; "
+                          f"{cfg.dataset} gives {tuple(test_set.input_shape)}")
     net = build_network(cfg, test_set.input_shape, test_set.classes).to(device)
-    net.load_state_dict(state["model"])
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"{ckpt} does not fit a network for {cfg.dataset} "
+                          f"({test_set.classes} classes, input {tuple(test_set.input_shape)}): "
+                          f"{str(exc)[:200]}") from None
     result = evaluate(net, test_set, cfg, InstantLoss(cfg.loss, cfg.gamma))
-    print(json.dumps({"run": str(run_dir), "epoch": state["epoch"], **result}, indent=2))
+    print(json.dumps({"run": str(run_dir), "epoch": state["epoch"], "dataset": cfg.dataset,
+                      "data_root": cfg.data_root, "split": "test", "samples": len(test_set),
+                      "device": str(device), **result}, indent=2))
     return 0
 
 
@@ -156,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="TOML or YAML file whose keys mirror these options")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its files are deleted first)")
     train.add_argument("--nproc", type=int, metavar="N",
                        help="data parallel on N processes: runs this command under torchrun "
                        "(torch.distributed; gloo on the CPU, nccl on CUDA); the batch size is "
@@ -164,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set")
     ev.add_argument("run", help="run folder written by 'opzo train'")
-    ev.add_argument("--data-root", help="override the dataset folder of the run")
+    ev.add_argument("--data-root", help="override the dataset folder of the run (it must "
+                    "hold the run's dataset, checked, unless --dataset names another)")
+    ev.add_argument("--dataset", help="evaluate on this dataset instead of the run's (same "
+                    "input shape and classes)")
     ev.add_argument("--device", default="auto",
                     help="auto (CUDA when available), cpu, cuda, cuda:N or mps")
     ev.set_defaults(func=_eval)
@@ -189,14 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exit code of a run stopped by NaN / infinite loss or weights
+EXIT_DIVERGED = 3
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; every expected failure is one ``opzo: error:`` line on stderr
+    (exit 2; 3 for a diverged run; 130 for a run stopped by Ctrl-C / SIGTERM)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
     try:
         return int(args.func(args))
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except FloatingPointError as exc:
+        print(f"opzo: error: training diverged: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:
         print(f"opzo: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # data errors and friends

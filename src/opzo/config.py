@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -174,13 +175,20 @@ class TrainConfig:
     lr: float = _opt(2e-4, "learning rate (paper: 2e-4; 2e-5 for zo)", min=0.0)
     weight_decay: float = _opt(2e-4, "weight decay (decoupled for adamw)", min=0.0)
     schedule: str = _opt("cosine", "learning-rate schedule over epochs", ("cosine", "constant"))
-    seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)")
+    seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)", min=0,
+                     max=2**63 - 1)
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice; under "
                                "torchrun / --nproc torch's choice is 1 per process)", min=1)
     device: str = _opt("auto", "where to train: auto (CUDA when available, else the CPU), cpu, "
                        "cuda, cuda:N or mps; under torchrun each process takes the GPU of its "
                        "LOCAL_RANK (the native kernels are the CPU path; on a GPU the step "
                        "runs on torch's ops)")
+    checkpoint_every: int | None = _opt(
+        None, "also write the checkpoint every N batches within an epoch (it is always written "
+        "at the end of an epoch and on Ctrl-C / SIGTERM)", min=1)
+    checkpoint_minutes: float = _opt(
+        10.0, "also write the checkpoint when this many minutes have passed since the last one, "
+        "at the end of a batch (so a SIGKILL loses minutes, not an epoch; 0: off)", min=0.0)
     # diagnostics
     diagnostics: bool = _opt(False, "record per-layer gradient variance per epoch and cosine "
                              "similarity with a reference gradient (diagnostics.jsonl)")
@@ -208,6 +216,8 @@ class TrainConfig:
             if isinstance(value, list) and not value:
                 raise ConfigError(f"option {f.name!r} needs at least one value")
             for item in items:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"option {f.name!r} = {item!r} must be a finite number")
                 if meta.get("choices") and item not in meta["choices"]:
                     raise ConfigError(
                         f"option {f.name!r} = {item!r} is not allowed; choose one of "
@@ -261,6 +271,10 @@ class TrainConfig:
         if self.igl_layer is not None:
             n_hidden = (len(self.hidden) if tokens is None
                         else sum(t.kind in ("conv", "dense") for t in tokens))
+            if n_hidden < 2:
+                raise ConfigError(f"option 'igl_layer' = {self.igl_layer}: intermediate global "
+                                  "learning needs a network of at least 2 hidden layers (an "
+                                  f"IGL layer and one below it); this one has {n_hidden}")
             if self.igl_layer > n_hidden:
                 raise ConfigError(f"option 'igl_layer' = {self.igl_layer}: the network has "
                                   f"{n_hidden} hidden layers; choose 2..{n_hidden}")
@@ -358,18 +372,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             except ModuleNotFoundError:
                 raise ConfigError(
                     "reading TOML on Python 3.10 needs 'tomli': pip install tomli") from None
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     elif suffix in (".yaml", ".yml"):
         try:
             import yaml  # type: ignore[import-untyped]
         except ModuleNotFoundError:
             raise ConfigError(
                 "reading YAML config files needs PyYAML: pip install 'opzo[yaml]'") from None
-        with path.open() as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with path.open() as fh:
+                data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
     elif suffix == ".json":
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from None
     else:
         raise ConfigError(
             f"config file {str(path)!r}: unknown format {suffix!r}; use .toml, .yaml or .json")

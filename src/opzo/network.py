@@ -571,6 +571,8 @@ class SpikingNet(nn.Module):
         is static or per-step (see :meth:`prepare_input`); a static input's first-layer
         current is computed once."""
         x, T = self.prepare_input(x, T)
+        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # sum: one pass
+            raise ValueError("input contains NaN or infinite values")
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
         state = self.initial_state(batch, x)

@@ -13,9 +13,22 @@ from pathlib import Path
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; a torn last line (a killed append) is left out, any
+    other unreadable line is a ValueError naming the file and the line."""
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}, line {i + 1}: not a JSON row") from None
+    return rows
 
 
 def _label(run: Path) -> str:
@@ -47,6 +60,9 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
         if not (p / "metrics.jsonl").is_file():
             raise FileNotFoundError(f"{p / 'metrics.jsonl'} not found: pass run folders "
                                     "written by 'opzo train'")
+        if not _read_jsonl(p / "metrics.jsonl"):
+            raise ValueError(f"{p / 'metrics.jsonl'} holds no finished epoch yet: nothing to "
+                             "plot")
     diag = {p: _read_jsonl(p / "diagnostics.jsonl") for p in paths}
     has_diag = any(diag.values())
     ncols = 3 if has_diag else 1

@@ -18,6 +18,7 @@ gradients are summed (:mod:`opzo.distributed`); process 0 alone writes the run f
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -469,10 +470,37 @@ def _append_jsonl(path: Path, row: dict) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-def _truncate_jsonl(path: Path, keep) -> None:
+def read_jsonl(path: Path, log=print) -> list[dict]:
+    """The rows of a JSON-lines file of a run folder. A torn last line (an append cut short by
+    a kill) is dropped and the file repaired; any other unreadable line is a RunError naming
+    the file and the line."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if i == len(lines) - 1:
+                log(f"{path}: dropped a torn last line (an append cut short): {line[:60]!r}")
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+                break
+            raise RunError(f"{path}, line {i + 1}: not a JSON row ({exc}); repair or remove "
+                           "that line") from None
+        rows.append(row)
+    return rows
+
+
+def _truncate_jsonl(path: Path, keep, log=print) -> None:
+    """Keep only the rows ``keep`` accepts (after repairing a torn last line)."""
     if path.exists():
-        rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        atomic_write_text(path, "".join(ln + "\n" for ln in rows if keep(json.loads(ln))))
+        rows = [r for r in read_jsonl(path, log) if keep(r)]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _round(d: dict[str, float]) -> dict[str, float]:
@@ -499,6 +527,119 @@ class Interrupted(Exception):
     """Raised after Ctrl-C / SIGTERM once the checkpoint is safely on disk."""
 
 
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked (taken by another process, holding another run,
+    damaged files); the message names the file and says what to do."""
+
+
+class Diverged(FloatingPointError):
+    """The loss or the weights became NaN / infinite; the last good checkpoint stands."""
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``RUN/.lock``, which holds the
+    writer's PID. The lock dies with its process (a SIGKILL leaves no stale lock). Where
+    ``fcntl`` does not exist (Windows) no lock is taken."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / self.NAME
+        self.fh = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the life of the run
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunError(f"{run_dir} is in use by another opzo process (PID {holder}); wait "
+                           "for it to finish (or stop it), or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self.fh = fh
+
+    def release(self) -> None:
+        if self.fh is not None:
+            self.fh.close()  # closing the file releases the lock
+            self.fh = None
+
+
+#: the files that make a folder a run folder: a new run never reuses one without overwrite
+RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT, "summary.json", "diagnostics.jsonl")
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Create ``run_dir``, take its lock, and refuse to start a new run over an old one."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunError(f"cannot use {run_dir} as the run folder: it is a file; choose another "
+                       "--out") from None
+    except OSError as exc:
+        raise RunError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}; "
+                       "choose another --out") from None
+    try:
+        lock = RunLock(run_dir)
+    except OSError as exc:
+        raise RunError(f"cannot write to the run folder {run_dir}: {exc.strerror or exc}; "
+                       "choose another --out") from None
+    if not resume:
+        present = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if present and not overwrite:
+            lock.release()
+            raise RunError(f"{run_dir} already holds a run ({', '.join(present)}); continue it "
+                           f"with --resume {run_dir}, replace it with --overwrite, or choose "
+                           "another --out")
+        for name in present:  # --overwrite: nothing of the old run may be resumed later
+            (run_dir / name).unlink()
+    return lock
+
+
+def data_fingerprint(source: Source, name: str) -> dict[str, Any]:
+    """What identifies a dataset split: its name, size, input shape and a hash of its first
+    1000 labels (MNIST and Fashion-MNIST share file names and shapes, not labels)."""
+    labels = source.labels_head(1000)
+    digest = hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+    return {"dataset": name, "samples": len(source),
+            "input_shape": list(source.input_shape), "labels_sha": digest}
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """The checkpoint's dict with its tensors on ``device``; a RunError naming the file if it
+    is empty, truncated, damaged or not an opzo checkpoint."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError (zip), ...
+        size = path.stat().st_size if path.exists() else 0
+        raise RunError(f"{path} cannot be read ({size} bytes; {type(exc).__name__}: "
+                       f"{str(exc)[:120]}): the file is damaged or not a checkpoint") from None
+    needed = ("model", "optimizer", "epoch", "batch", "config")
+    missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise RunError(f"{path} is not an opzo checkpoint (it lacks {', '.join(missing)})")
+    return state
+
+
+#: options that may differ between a run's checkpoint and its resume: where it continues
+#: (device, threads) and the learning rate (to continue a diverged run more gently)
+RESUME_CHANGES = ("device", "threads", "lr", "out")
+
+
+def _edited_options(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    now = cfg.to_dict()
+    return [f"{k} ({saved[k]!r} -> {now[k]!r})" for k in now
+            if k in saved and k not in RESUME_CHANGES and saved[k] != now[k]]
+
+
 def _rng_state(device: torch.device) -> dict[str, Tensor | None]:
     """This process's generator states: torch's CPU generator and, on CUDA, the device's."""
     return {"cpu": torch.get_rng_state(),
@@ -514,34 +655,33 @@ def _set_rng_state(state: dict[str, Tensor | None], device: torch.device) -> Non
         torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
-def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """The checkpoint's dict with its tensors on ``device``."""
-    return torch.load(path, map_location=device, weights_only=False)
-
-
 def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
-                 progress: bool = True, log=print, stop_after_batches: int | None = None
-                 ) -> dict[str, Any]:
+                 progress: bool = True, log=print, stop_after_batches: int | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Train as ``cfg`` says, writing the run folder; return the final summary.
 
-    Under torchrun (``WORLD_SIZE`` > 1) this is one process of a data-parallel run: it joins
-    the process group, trains on its shard of every global batch, and only process 0 writes
-    the run folder and logs. ``stop_after_batches`` requests a stop after that many batches,
-    as SIGINT / SIGTERM would (tests).
+    The folder is locked for the run (one writer); a new run refuses a folder that holds
+    another run unless ``overwrite``. Under torchrun (``WORLD_SIZE`` > 1) this is one process
+    of a data-parallel run: it joins the process group, trains on its shard of every global
+    batch, and only process 0 writes the run folder and logs. ``stop_after_batches`` requests
+    a stop after that many batches, as SIGINT / SIGTERM would (tests).
+
+    Raises :class:`Interrupted` after a requested stop (checkpoint written), :class:`Diverged`
+    on NaN / infinite loss or weights (the last good checkpoint kept), :class:`RunError` for a
+    folder that cannot be used as asked.
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     comm = Communicator.init(device) if launched_by_torchrun() else None
     try:
-        return _run(cfg, run_dir, ckpt_path, device, comm, resume, progress, log,
-                    stop_after_batches)
+        return _Run(cfg, run_dir, device, comm, progress, log).train(
+            resume, overwrite, stop_after_batches)
     except RuntimeError as exc:
         if comm is not None and "DistBackendError" in type(exc).__name__ + str(type(exc)):
-            raise RuntimeError(
+            raise RunError(
                 f"process {comm.rank} of {comm.world_size}: lost contact with another process "
                 f"of this run (it failed or was killed; its own message says why): {exc}. "
                 f"The last checkpoint in {run_dir} stands: continue with opzo train "
@@ -549,53 +689,93 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         raise
 
 
-def _run(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, device: torch.device,
-         comm: Communicator | None, resume: bool, progress: bool, log,
-         stop_after_batches: int | None) -> dict[str, Any]:
-    main = comm is None or comm.is_main
-    world = 1 if comm is None else comm.world_size
-    if not main:  # process 0 alone speaks and writes
-        log, progress = (lambda *_a, **_k: None), False
+class _Run:
+    """One training run (one process of it): the pieces, the epoch loop, the checkpoints."""
 
-    # the data first: a missing dataset must not leave an empty run folder behind
-    train_set = make_source(cfg, "train")
-    test_set = make_source(cfg, "test")
-    if len(train_set) < world:
-        raise ValueError(f"{len(train_set)} training samples cannot be shared by {world} "
-                         "processes")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, cfg: TrainConfig, run_dir: Path, device: torch.device,
+                 comm: Communicator | None, progress: bool, log) -> None:
+        self.cfg, self.run_dir, self.device, self.comm = cfg, run_dir, device, comm
+        self.main = comm is None or comm.is_main
+        self.world = 1 if comm is None else comm.world_size
+        # process 0 alone speaks and writes
+        self.log = log if self.main else (lambda *_a, **_k: None)
+        self.progress = progress and self.main
+        self.ckpt_path = run_dir / CHECKPOINT
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.diag_path = run_dir / "diagnostics.jsonl"
 
-    torch.manual_seed(cfg.seed)
-    net = build_network(cfg, train_set.input_shape, train_set.classes).to(device)
-    loss = InstantLoss(cfg.loss, cfg.gamma)
-    learner = build_learner(cfg, net, loss, comm)
-    rule = learner.rule
-    if comm is not None:  # the same start everywhere, whatever each process computed
-        comm.broadcast_([*net.parameters(), *net.buffers(),
-                         *(rule.parameters() if rule is not None else [])])
-    variance = GradientVariance(net) if cfg.diagnostics else None
-    diag_path = run_dir / "diagnostics.jsonl"
-    # the rule's own parameters (local readouts) learn with the model's optimizer
-    extra = rule.parameters() if rule is not None else []
-    optimizer = make_optimizer([*net.parameters(), *extra], cfg)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-                 if cfg.schedule == "cosine" else None)
+    # ---- building -------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg, device, comm = self.cfg, self.device, self.comm
+        torch.manual_seed(cfg.seed)
+        net = build_network(cfg, self.train_set.input_shape, self.train_set.classes).to(device)
+        self.net = net
+        self.loss = InstantLoss(cfg.loss, cfg.gamma)
+        self.learner = build_learner(cfg, net, self.loss, comm)
+        self.rule = rule = self.learner.rule
+        if comm is not None:  # the same start everywhere, whatever each process computed
+            comm.broadcast_([*net.parameters(), *net.buffers(),
+                             *(rule.parameters() if rule is not None else [])])
+        self.variance = GradientVariance(net) if cfg.diagnostics else None
+        # the rule's own parameters (local readouts) learn with the model's optimizer
+        extra = rule.parameters() if rule is not None else []
+        self.optimizer = make_optimizer([*net.parameters(), *extra], cfg)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
+                                                                     T_max=cfg.epochs)
+                          if cfg.schedule == "cosine" else None)
 
-    start_epoch, start_batch, partial = 0, 0, Accumulator()
-    state_stats = None  # the sparsity counters of a LocalZO / SparseGrad ψ, mid-epoch
-    metrics_path = run_dir / "metrics.jsonl"
-    if resume:
-        if not ckpt_path.is_file():
+    # ---- the run --------------------------------------------------------------------------
+    def train(self, resume: bool, overwrite: bool, stop_after: int | None) -> dict[str, Any]:
+        cfg = self.cfg
+        # the data first: a missing dataset must not leave an empty run folder behind
+        self.train_set = make_source(cfg, "train")
+        self.test_set = make_source(cfg, "test")
+        if len(self.train_set) < self.world:
+            raise ValueError(f"{len(self.train_set)} training samples cannot be shared by "
+                             f"{self.world} processes")
+        lock = _prepare_run_dir(self.run_dir, resume, overwrite) if self.main else None
+        try:
+            self.build()
+            self.data = {"train": data_fingerprint(self.train_set, cfg.dataset),
+                         "test": data_fingerprint(self.test_set, cfg.dataset)}
+            self.start_epoch, self.start_batch, self.partial = 0, 0, Accumulator()
+            self.state_stats = None  # a LocalZO / SparseGrad ψ's sparsity counters, mid-epoch
+            self.time_before = 0.0  # training time of earlier processes of this run
+            self.first_loss: float | None = None  # the run's first batch loss (divergence)
+            if resume:
+                self.restore()
+            elif self.main:
+                self.metrics_path.write_text("")
+                if cfg.diagnostics:
+                    self.diag_path.write_text("")
+            if self.main:
+                atomic_write_text(self.run_dir / "config.json",
+                                  json.dumps(cfg.to_dict(), indent=2) + "\n")
+            return self.loop(stop_after)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def restore(self) -> None:
+        """Continue from the checkpoint (see the module docstring)."""
+        cfg, run_dir, comm, device = self.cfg, self.run_dir, self.comm, self.device
+        if not self.ckpt_path.is_file():
             raise FileNotFoundError(
-                f"cannot resume: {ckpt_path} does not exist (no epoch finished yet?). "
+                f"cannot resume: {self.ckpt_path} does not exist (no epoch finished yet?). "
                 "Start the run again without --resume.")
-        state = _load_checkpoint(ckpt_path, device)
+        state = _load_checkpoint(self.ckpt_path, device)
+        edited = _edited_options(state["config"], cfg)
+        if edited:
+            raise RunError(
+                f"{run_dir / 'config.json'} differs from the run's checkpoint in "
+                f"{', '.join(edited)}: a resumed run continues with the settings it started "
+                "with (only --device, --threads and --lr may change); undo the edit or start "
+                "a new run")
         saved_world = int(state.get("world_size", 1))
-        if saved_world != world:
+        if saved_world != self.world:
             raise ValueError(
                 f"{run_dir} was trained by {saved_world} process(es) and this resume has "
-                f"{world}: the shards of every batch, and so the numbers, depend on it. "
+                f"{self.world}: the shards of every batch, and so the numbers, depend on it. "
                 f"Resume with --nproc {saved_world} (or torchrun --nproc_per_node "
                 f"{saved_world}), or start a new run")
         saved_device = state.get("device", "cpu")
@@ -603,199 +783,296 @@ def _run(cfg: TrainConfig, run_dir: Path, ckpt_path: Path, device: torch.device,
             warnings.warn(f"{run_dir} was trained on {saved_device} and resumes on {device}: "
                           "it continues, but resume is exact only on the same device "
                           "(other kernels, other random streams)", stacklevel=2)
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if rule is not None:
-            rule.load_state_dict(state["rule"])
+        try:
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.rule is not None:
+                self.rule.load_state_dict(state["rule"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise RunError(f"{self.ckpt_path} does not fit the network and rule of "
+                           f"{run_dir / 'config.json'}: {str(exc)[:200]}") from None
+        saved_lr = float(state["config"].get("lr", cfg.lr))
+        if cfg.lr != saved_lr:  # continue with another learning rate, schedule kept
+            ratio = cfg.lr / saved_lr if saved_lr else 0.0
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] * ratio if saved_lr else cfg.lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = cfg.lr
+            if self.scheduler is not None:
+                self.scheduler.base_lrs = [cfg.lr for _ in self.scheduler.base_lrs]
+            self.log(f"learning rate {saved_lr:g} -> {cfg.lr:g} from here on")
         rng = state.get("rng_states") or [{"cpu": state["rng"], "cuda": None}]
         _set_rng_state(rng[0 if comm is None else comm.rank], device)
-        start_epoch, start_batch = state["epoch"], state["batch"]
-        partial = Accumulator(**state["partial"])
-        state_stats = state.get("surrogate_stats")
-        if variance is not None and state.get("variance"):
-            variance.count, variance.mean, variance.m2 = state["variance"]
-        if main:  # keep only the lines written before the checkpoint's position
-            _truncate_jsonl(metrics_path, lambda r: r["epoch"] <= start_epoch)
-            _truncate_jsonl(diag_path, lambda r: r["epoch"] <= start_epoch or (
-                r["epoch"] == start_epoch + 1 and "batch" in r and r["batch"] < start_batch))
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch}")
-    elif main:
-        metrics_path.write_text("")
-        if cfg.diagnostics:
-            diag_path.write_text("")
-    if main:
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self.start_epoch, self.start_batch = state["epoch"], state["batch"]
+        self.partial = Accumulator(**state["partial"])
+        self.state_stats = state.get("surrogate_stats")
+        self.time_before = float(state.get("wall_time_s", 0.0))
+        self.first_loss = state.get("first_loss")
+        if self.variance is not None and state.get("variance"):
+            v = self.variance
+            v.count, v.mean, v.m2 = state["variance"]
+        if self.main:  # keep only the lines written before the checkpoint's position
+            e, b = self.start_epoch, self.start_batch
+            _truncate_jsonl(self.metrics_path, lambda r: r["epoch"] <= e, self.log)
+            _truncate_jsonl(self.diag_path, lambda r: r["epoch"] <= e or (
+                r["epoch"] == e + 1 and "batch" in r and r["batch"] < b), self.log)
+        if self.start_epoch >= cfg.epochs:
+            self.log(f"{run_dir} has finished all {cfg.epochs} epochs: nothing to resume")
+        else:
+            self.log(f"resuming {run_dir} at epoch {self.start_epoch + 1}, batch "
+                     f"{self.start_batch}")
 
-    def checkpoint(epoch: int, batch: int, acc: Accumulator) -> None:
-        """Every process's RNG state, and the rest from process 0 (the same everywhere)."""
-        rng = _rng_state(device)
+    def checkpoint(self, epoch: int, batch: int, acc: Accumulator) -> None:
+        """Every process's RNG state, and the rest from process 0 (the same everywhere).
+        Weights that are not finite are never saved: the last good checkpoint stands."""
+        net, rule, comm = self.net, self.rule, self.comm
+        params = [*net.parameters(), *(rule.parameters() if rule is not None else [])]
+        if not all(bool(torch.isfinite(p.detach().sum())) for p in params):
+            raise FloatingPointError("the weights became NaN/inf")
+        rng = _rng_state(self.device)
         rng_states = [rng] if comm is None else comm.gather_object(rng)
-        if not main:
+        self.last_checkpoint = time.monotonic()
+        if not self.main:
             return
-        atomic_save({
-            "model": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rule": rule.state_dict() if rule is not None else None,
-            "variance": ((variance.count, variance.mean, variance.m2)
-                         if variance is not None else None),
-            "rng": torch.get_rng_state(),
-            "rng_states": rng_states,
-            "device": str(device),
-            "world_size": world,
-            "epoch": epoch, "batch": batch,
-            "partial": acc.__dict__.copy(),
-            "surrogate_stats": (net.surrogate.stats_state()
-                                if batch and isinstance(net.surrogate, SparsityStats) else None),
-            "config": cfg.to_dict(),
-        }, ckpt_path)
+        v = self.variance
+        try:
+            atomic_save({
+                "model": net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None
+                else None,
+                "rule": rule.state_dict() if rule is not None else None,
+                "variance": (v.count, v.mean, v.m2) if v is not None else None,
+                "rng": torch.get_rng_state(),
+                "rng_states": rng_states,
+                "device": str(self.device),
+                "world_size": self.world,
+                "epoch": epoch, "batch": batch,
+                "partial": acc.__dict__.copy(),
+                "surrogate_stats": (net.surrogate.stats_state() if batch and isinstance(
+                    net.surrogate, SparsityStats) else None),
+                "wall_time_s": self.elapsed(),
+                "first_loss": self.first_loss,
+                "data": self.data,
+                "config": self.cfg.to_dict(),
+            }, self.ckpt_path)
+        except OSError as exc:
+            raise RunError(f"cannot write the checkpoint {self.ckpt_path}: "
+                           f"{exc.strerror or exc}; the last checkpoint written stands") from None
 
-    n_batches = math.ceil(len(train_set) / cfg.batch_size)
-    kernels = _kernels_in_use(cfg, device)
-    where = f"{device}" + (f" x {world} processes" if world > 1 else "")
-    log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} test), "
-        f"net {net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, {kernels} kernels "
-        f"-> {run_dir}")
-    seen = start_batch
-    t_start = time.perf_counter()
-    stop = StopSignals(log)
+    def elapsed(self) -> float:
+        """Training time of this run so far, over all the processes that ran it."""
+        return round(self.time_before + time.perf_counter() - self.t_start, 2)
 
-    def stop_requested() -> bool:
-        """Whether any process was asked to stop (all agree: a sum over the processes)."""
-        if comm is None:
-            return stop.requested
-        return comm.sum([float(stop.requested)])[0] > 0
+    def checkpoint_due(self, batch_index: int) -> bool:
+        """A mid-epoch checkpoint after this batch (every ``checkpoint_every`` batches, or
+        ``checkpoint_minutes`` after the last one)."""
+        cfg = self.cfg
+        if cfg.checkpoint_every and batch_index % cfg.checkpoint_every == 0:
+            return True
+        return bool(cfg.checkpoint_minutes) and (
+            time.monotonic() - self.last_checkpoint > 60.0 * cfg.checkpoint_minutes)
 
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if rule is not None:
-                rule.set_progress(epoch / max(cfg.epochs - 1, 1))
-            if variance is not None and not (epoch == start_epoch and start_batch > 0):
-                variance.reset()
-            acc = partial if epoch == start_epoch else Accumulator()
-            first = start_batch if epoch == start_epoch else 0
-            if isinstance(net.surrogate, SparsityStats):  # LocalZO / SparseGrad, per epoch
-                net.surrogate.reset_stats()
-                if first > 0 and state_stats is not None:
-                    net.surrogate.load_stats_state(state_stats)
-            bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress)
-            t0 = time.perf_counter()
-            order = epoch_permutation(len(train_set), cfg.seed, epoch)
-            batch_index = first
-            for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
-                                               start_batch=first, epoch=epoch):
-                shard = None
-                if comm is not None and labels.shape[0] < world:
-                    # a last batch too small to give every process a row: left out everywhere
-                    log(f"epoch {epoch + 1}: the last batch ({labels.shape[0]} samples) is "
-                        f"smaller than the {world} processes and is left out")
+    def loop(self, stop_after: int | None) -> dict[str, Any]:
+        cfg, comm, log, net, rule = self.cfg, self.comm, self.log, self.net, self.rule
+        train_set, test_set, device = self.train_set, self.test_set, self.device
+        variance, optimizer, scheduler = self.variance, self.optimizer, self.scheduler
+        n_batches = math.ceil(len(train_set) / cfg.batch_size)
+        kernels = _kernels_in_use(cfg, device)
+        where = f"{device}" + (f" x {self.world} processes" if self.world > 1 else "")
+        log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} "
+            f"test), net {net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, "
+            f"{kernels} kernels -> {self.run_dir}")
+        if len(test_set) > len(train_set):
+            log(f"warning: the test split ({len(test_set)} samples) is larger than the "
+                f"training split ({len(train_set)}): are the train and test files swapped?")
+        seen = self.start_batch
+        self.t_start = time.perf_counter()
+        self.last_checkpoint = time.monotonic()
+        stop = StopSignals(log)
+
+        def agree(*flags: bool) -> list[bool]:
+            """Whether any process raised each flag (a sum over the processes)."""
+            if comm is None:
+                return list(flags)
+            return [v > 0 for v in comm.sum([float(f) for f in flags])]
+
+        def diverged(exc: Exception, epoch: int, batch: int) -> Diverged:
+            where = f"{exc} at epoch {epoch + 1}, batch {batch + 1}."
+            if not self.ckpt_path.is_file():
+                return Diverged(f"{where} No checkpoint was written yet: start again with a "
+                                f"lower learning rate, e.g. --lr {cfg.lr / 10:g} --overwrite")
+            return Diverged(
+                f"{where} The last good checkpoint in {self.run_dir} stands: continue with a "
+                f"lower learning rate, e.g. opzo train --resume {self.run_dir} "
+                f"--lr {cfg.lr / 10:g}")
+
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                if rule is not None:
+                    rule.set_progress(epoch / max(cfg.epochs - 1, 1))
+                first = self.start_batch if epoch == self.start_epoch else 0
+                if variance is not None and not (epoch == self.start_epoch and first > 0):
+                    variance.reset()
+                acc = self.partial if epoch == self.start_epoch else Accumulator()
+                if isinstance(net.surrogate, SparsityStats):  # LocalZO / SparseGrad, per epoch
+                    net.surrogate.reset_stats()
+                    if first > 0 and self.state_stats is not None:
+                        net.surrogate.load_stats_state(self.state_stats)
+                bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
+                t0 = time.perf_counter()
+                order = epoch_permutation(len(train_set), cfg.seed, epoch)
+                batch_index = first
+                for x, labels in train_set.batches(cfg.batch_size, cfg.T, permutation=order,
+                                                   start_batch=first, epoch=epoch):
+                    shard = None
+                    if comm is not None and labels.shape[0] < self.world:
+                        # a last batch too small to give every process a row: left out
+                        log(f"epoch {epoch + 1}: the last batch ({labels.shape[0]} samples) "
+                            f"is smaller than the {self.world} processes and is left out")
+                        batch_index += 1
+                        seen += 1
+                        continue
+                    if comm is not None:  # this process's rows of the global batch
+                        shard = comm.shard(labels.shape[0])
+                        x = shard.rows(x, 0 if x.dim() == 2 else 1)
+                        labels = shard.rows(labels)
+                    x, labels = to_device(x, device), to_device(labels, device)
+                    if cfg.diagnostics and batch_index % cfg.diag_every == 0:
+                        cos = gradient_cosine(net, rule, x, labels, cfg.T, self.loss,
+                                              cfg.diag_reference, trace=cfg.trace,
+                                              gbar=cfg.otpe_gbar)
+                        if self.main:
+                            _append_jsonl(self.diag_path, {"epoch": epoch + 1,
+                                                           "batch": batch_index,
+                                                           "cosine": _round(cos)})
+                    try:
+                        stats = self.learner.train_batch(
+                            x, labels, optimizer, T=cfg.T, shard=shard,
+                            on_grad=variance.update if variance is not None else None)
+                    except FloatingPointError as exc:
+                        raise diverged(exc, epoch, batch_index) from None
                     batch_index += 1
                     seen += 1
-                    continue
-                if comm is not None:  # this process's rows of the global batch
-                    shard = comm.shard(labels.shape[0])
-                    x = shard.rows(x, 0 if x.dim() == 2 else 1)
-                    labels = shard.rows(labels)
-                x, labels = to_device(x, device), to_device(labels, device)
-                if cfg.diagnostics and batch_index % cfg.diag_every == 0:
-                    cos = gradient_cosine(net, rule, x, labels, cfg.T, loss, cfg.diag_reference,
-                                          trace=cfg.trace, gbar=cfg.otpe_gbar)
-                    if main:
-                        _append_jsonl(diag_path, {"epoch": epoch + 1, "batch": batch_index,
-                                                  "cosine": _round(cos)})
-                stats = learner.train_batch(
-                    x, labels, optimizer, T=cfg.T, shard=shard,
-                    on_grad=variance.update if variance is not None else None)
-                batch_index += 1
-                seen += 1
-                if stop_after_batches is not None and seen >= stop_after_batches:
-                    stop.request()
-                if comm is not None:  # the global batch's sums, and whether to stop
-                    total = comm.sum([stats.loss_sum, stats.correct, stats.count,
-                                      float(stop.requested)])
-                    stats = BatchStats(total[0], int(total[1]), int(total[2]))
-                    stopping = total[3] > 0
-                else:
-                    stopping = stop.requested
-                acc.add(stats)
-                s = acc.summary()
-                bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
-                if stopping:
-                    bar.close()
-                    checkpoint(epoch, batch_index, acc)
-                    log(f"stopped at epoch {epoch + 1}, batch {batch_index}; checkpoint "
-                        f"saved. Continue with: opzo train --resume {run_dir}")
-                    raise Interrupted(str(run_dir))
-            bar.close()
-            train_time = time.perf_counter() - t0
-            if scheduler is not None:
-                with warnings.catch_warnings():  # resumed exactly at an epoch end: no step yet
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-                    scheduler.step()
-            test = evaluate(net, test_set, cfg, loss, comm)
-            train = acc.summary()
-            row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
-                   "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
-                   "test_acc": round(test["acc"], 4), "firing_rate": test["firing_rate"],
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": round(train_time, 3)}
-            if rule is not None and rule.noise is not None:
-                row["alpha"] = rule.noise.alpha
-            if isinstance(net.surrogate, SparsityStats) and net.surrogate.track_stats:
-                # LocalZO paper section 5.2: the fraction of neurons with a non-zero local
-                # derivative in training (1 − the backward sparsity SparseGrad exploits)
-                row["nonzero_grad_fraction"] = round(net.surrogate.nonzero_fraction, 6)
-            if main:
-                _append_jsonl(metrics_path, row)
-                if variance is not None:
-                    _append_jsonl(diag_path, {"epoch": epoch + 1, "variance": variance.result(),
-                                              "relative_variance": variance.relative()})
-            checkpoint(epoch + 1, 0, Accumulator())
-            sparsity = (f"  ψ≠0 {row['nonzero_grad_fraction']:.1%}"
-                        if "nonzero_grad_fraction" in row else "")
-            log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
-                f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  ({train_time:.1f}s)"
-                f"{sparsity}")
-            if epoch + 1 < cfg.epochs and stop_requested():
-                log(f"stopped after epoch {epoch + 1}; checkpoint saved. Continue with: "
-                    f"opzo train --resume {run_dir}")
-                raise Interrupted(str(run_dir))
-    except KeyboardInterrupt:
-        # a second signal: stopped at once, the last checkpoint written stands
-        log(f"interrupted; the last checkpoint stands. Continue with: "
-            f"opzo train --resume {run_dir}")
-        raise Interrupted(str(run_dir)) from None
-    finally:
-        stop.restore()
+                    if stop_after is not None and seen >= stop_after:
+                        stop.request()
+                    due = batch_index < n_batches and self.checkpoint_due(batch_index)
+                    if comm is not None:  # the global batch's sums; what all agree to do
+                        total = comm.sum([stats.loss_sum, stats.correct, stats.count,
+                                          float(stop.requested), float(due)])
+                        stats = BatchStats(total[0], int(total[1]), int(total[2]))
+                        stopping, due = total[3] > 0, total[4] > 0
+                    else:
+                        stopping = stop.requested
+                    if self.first_loss is None:
+                        self.first_loss = stats.loss_sum / max(stats.count, 1)
+                    acc.add(stats)
+                    s = acc.summary()
+                    bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
+                    if stopping or due:
+                        try:
+                            self.checkpoint(epoch, batch_index, acc)
+                        except FloatingPointError as exc:
+                            raise diverged(exc, epoch, batch_index - 1) from None
+                    if stopping:
+                        bar.close()
+                        log(f"stopped at epoch {epoch + 1}, batch {batch_index}; checkpoint "
+                            f"saved. Continue with: opzo train --resume {self.run_dir}")
+                        raise Interrupted(str(self.run_dir))
+                bar.close()
+                train_time = time.perf_counter() - t0
+                if scheduler is not None:
+                    with warnings.catch_warnings():  # resumed exactly at an epoch end
+                        warnings.filterwarnings("ignore",
+                                                message="Detected call of `lr_scheduler")
+                        scheduler.step()
+                test = evaluate(net, test_set, cfg, self.loss, comm)
+                train = acc.summary()
+                row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
+                       "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
+                       "test_acc": round(test["acc"], 4), "firing_rate": test["firing_rate"],
+                       "lr": optimizer.param_groups[0]["lr"],
+                       "epoch_time_s": round(train_time, 3)}
+                if rule is not None and rule.noise is not None:
+                    row["alpha"] = rule.noise.alpha
+                if isinstance(net.surrogate, SparsityStats) and net.surrogate.track_stats:
+                    # LocalZO paper section 5.2: the fraction of neurons with a non-zero local
+                    # derivative in training (1 − the backward sparsity SparseGrad exploits)
+                    row["nonzero_grad_fraction"] = round(net.surrogate.nonzero_fraction, 6)
+                try:
+                    self.checkpoint(epoch + 1, 0, Accumulator())
+                except FloatingPointError as exc:
+                    raise diverged(exc, epoch, batch_index - 1) from None
+                if self.main:
+                    _append_jsonl(self.metrics_path, row)
+                    if variance is not None:
+                        _append_jsonl(self.diag_path, {
+                            "epoch": epoch + 1, "variance": variance.result(),
+                            "relative_variance": variance.relative()})
+                sparsity = (f"  ψ≠0 {row['nonzero_grad_fraction']:.1%}"
+                            if "nonzero_grad_fraction" in row else "")
+                log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
+                    f"acc {train['acc']:6.2f}%  test acc {test['acc']:6.2f}%  "
+                    f"({train_time:.1f}s){sparsity}")
+                if (self.first_loss is not None and train["loss"] > 1.5 * self.first_loss
+                        and train["loss"] > self.first_loss + 0.5):
+                    log(f"warning: the training loss of epoch {epoch + 1} ({train['loss']:.4g}) "
+                        f"is far above the first batch's ({self.first_loss:.4g}): the "
+                        f"learning rate ({cfg.lr:g}) may be too high")
+                if epoch + 1 < cfg.epochs and agree(stop.requested)[0]:
+                    log(f"stopped after epoch {epoch + 1}; checkpoint saved. Continue with: "
+                        f"opzo train --resume {self.run_dir}")
+                    raise Interrupted(str(self.run_dir))
+        except KeyboardInterrupt:
+            # a second signal: stopped at once, the last checkpoint written stands
+            log(f"interrupted; the last checkpoint stands. Continue with: "
+                f"opzo train --resume {self.run_dir}")
+            raise Interrupted(str(self.run_dir)) from None
+        finally:
+            stop.restore()
+        return self.finish(kernels)
 
-    peak = peak_memory_mb(device)
-    peaks = [peak] if comm is None else comm.gather_object(peak)
-    summary: dict[str, Any] = {}
-    if main:
-        rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-        summary = {
-            "method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs,
-            "final_test_acc": rows[-1]["test_acc"] if rows else None,
-            "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
-            "final_train_acc": rows[-1]["train_acc"] if rows else None,
-            "firing_rate": rows[-1]["firing_rate"] if rows else None,
-            "wall_time_s": round(time.perf_counter() - t_start, 2),
-            "run_dir": str(run_dir),
-            "opzo_version": __version__,
-            "git_commit": _git_commit(),
-            "torch": torch.__version__,
-            "device": str(device),
-            "world_size": world,
-            "kernels": kernels,
-            "peak_memory_mb": peaks,
-        }
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        log(f"final test accuracy {summary['final_test_acc']:.2f}% "
-            f"(best {summary['best_test_acc']:.2f}%); run folder: {run_dir}")
-    if comm is not None:
-        summary = comm.broadcast_object(summary)  # type: ignore[assignment]
-    return summary
+    def finish(self, kernels: str) -> dict[str, Any]:
+        """summary.json (process 0), with every process's peak memory."""
+        cfg, comm = self.cfg, self.comm
+        peak = peak_memory_mb(self.device)
+        peaks = [peak] if comm is None else comm.gather_object(peak)
+        summary: dict[str, Any] = {}
+        finished_before = self.start_epoch >= cfg.epochs
+        summary_path = self.run_dir / "summary.json"
+        if self.main and finished_before and summary_path.is_file():
+            try:
+                summary = json.loads(summary_path.read_text())
+            except ValueError:
+                summary = {}
+        if self.main and not summary:
+            rows = read_jsonl(self.metrics_path, self.log)
+            summary = {
+                "method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs,
+                "final_test_acc": rows[-1]["test_acc"] if rows else None,
+                "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
+                "final_train_acc": rows[-1]["train_acc"] if rows else None,
+                "firing_rate": rows[-1]["firing_rate"] if rows else None,
+                "wall_time_s": self.elapsed() if not finished_before else self.time_before,
+                "run_dir": str(self.run_dir),
+                "opzo_version": __version__,
+                "git_commit": _git_commit(),
+                "torch": torch.__version__,
+                "device": str(self.device),
+                "world_size": self.world,
+                "kernels": kernels,
+                "peak_memory_mb": peaks,
+                "data": self.data,
+            }
+            atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+            if rows:
+                self.log(f"final test accuracy {summary['final_test_acc']:.2f}% "
+                         f"(best {summary['best_test_acc']:.2f}%); run folder: {self.run_dir}")
+        if comm is not None:
+            summary = comm.broadcast_object(summary)  # type: ignore[assignment]
+        return summary
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

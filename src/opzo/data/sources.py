@@ -80,6 +80,10 @@ class ImageSource:
         """The first ``n`` samples."""
         return self.part(0, n)
 
+    def labels_head(self, n: int) -> Tensor:
+        """The labels of the first ``n`` samples."""
+        return self.data.labels[:n]
+
     def part(self, lo: int, hi: int) -> ImageSource:
         """Samples ``lo:hi`` (a data-parallel process's share of an evaluation)."""
         d = self.data
@@ -154,6 +158,10 @@ class ColorImageSource:
     def head(self, n: int) -> ColorImageSource:
         """The first ``n`` samples (same encoding and augmentation)."""
         return self.part(0, n)
+
+    def labels_head(self, n: int) -> Tensor:
+        """The labels of the first ``n`` samples."""
+        return self.labels[:n]
 
     def part(self, lo: int, hi: int) -> ColorImageSource:
         """Samples ``lo:hi`` (same encoding and augmentation)."""
@@ -231,6 +239,12 @@ class FrameSource:
     def head(self, n: int) -> FrameSource:
         return self.part(0, n)
 
+    def labels_head(self, n: int) -> Tensor:
+        """The labels of the first ``n`` samples (from the dataset's targets: no reading)."""
+        targets = self.data.targets
+        return torch.tensor([int(targets[int(i)]) for i in self._index()[:n]],
+                            dtype=torch.int64, device="cpu")
+
     def part(self, lo: int, hi: int) -> FrameSource:
         """Samples ``lo:hi`` of this source's order."""
         return FrameSource(self.data, self.classes, self._index()[lo:hi], self.augment_seed)
@@ -280,6 +294,10 @@ class SequenceSource:
 
     def head(self, n: int) -> SequenceSource:
         return self.part(0, n)
+
+    def labels_head(self, n: int) -> Tensor:
+        """The labels of the first ``n`` samples."""
+        return self.labels[:n]
 
     def part(self, lo: int, hi: int) -> SequenceSource:
         """Samples ``lo:hi``."""
