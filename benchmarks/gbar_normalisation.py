@@ -1,11 +1,12 @@
 """Approximate OTPE with the paper's ḡ against a normalised leaky mean: alignment with BPTT.
 
     python benchmarks/run_randman.py --methods bptt     # first: the trained BPTT checkpoints
-    python benchmarks/gbar_normalisation.py
+    python benchmarks/gbar_normalisation.py [--runs benchmarks/runs/randman]
 
 The OTPE paper (section 3.1) defines ḡ = (1/T) Σ_t λ^{T−t} ψ_t, opzo's default
 (``--otpe-gbar paper``); the 1/t shrinks ḡ along the sequence. This script takes the trained
-BPTT model of each Randman code (``benchmarks/runs/randman-<code>-bptt``), and on 6 test batches
+BPTT model of each Randman code (``benchmarks/runs/randman/randman-<code>-bptt``: its
+``checkpoint.pt``, kept by run_randman.py but not committed), and on 6 test batches
 compares the per-layer cosine with the exact BPTT gradient of approximate OTPE with that ḡ,
 with the normalised leaky mean ḡ = Σ_t λ^{T−t} ψ_t / Σ_k λ^k (``--otpe-gbar normalised``),
 and of OTTT.
@@ -13,6 +14,7 @@ and of OTTT.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
@@ -25,7 +27,7 @@ from opzo.losses import InstantLoss
 from opzo.rules import SpatialBP
 from opzo.train import build_network, make_source
 
-RUNS = Path(__file__).resolve().parent / "runs"
+RUNS = Path(__file__).resolve().parent / "runs" / "randman"
 
 
 def mean_cosine(net, batches, T: int, loss: InstantLoss, trace: str, gbar: str) -> str:
@@ -36,8 +38,12 @@ def mean_cosine(net, batches, T: int, loss: InstantLoss, trace: str, gbar: str) 
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, default=RUNS,
+                    help="run_randman.py's output root (default benchmarks/runs/randman)")
+    args = ap.parse_args()
     for code in ("time", "rate"):
-        run = RUNS / f"randman-{code}-bptt"
+        run = args.runs / f"randman-{code}-bptt"
         if not (run / "checkpoint.pt").is_file():
             raise SystemExit(f"{run / 'checkpoint.pt'} not found: run "
                              "'python benchmarks/run_randman.py --methods bptt' first")

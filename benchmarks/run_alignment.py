@@ -8,8 +8,12 @@ Trains BP, OPZO, DFA and ZO on the Table 1 network with ``--diagnostics``: every
 ``--diag-every`` batches the per-layer cosine similarity of the rule's gradient with spatial BP's
 on the same batch, weights and dropout masks, and per epoch the per-layer variance of the batch
 gradients (var = Σ‖g_i − ḡ‖²/n, appendix C.3.2). As in the paper's variance analysis, OPZO and
-ZO keep the 1/α factor and α is fixed at 0.2. Writes run folders under benchmarks/runs/ and a
-figure and a JSON summary under benchmarks/logs/.
+ZO keep the 1/α factor and α is fixed at 0.2. Writes run folders
+``<out-root>/align-<dataset>-e<epochs>-<method>`` (``--out-root`` defaults to
+``benchmarks/runs/alignment``) and a figure and a JSON summary under benchmarks/logs/. A folder
+that already holds a run stops the script unless ``--resume`` (continue interrupted runs, reuse
+finished ones) or ``--overwrite`` (start again) is given (``benchmarks/runner.py``);
+``python benchmarks/collect_results.py`` then writes ``benchmarks/results/alignment-*.csv``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+from runner import add_output_options, check_fresh, holds_run  # noqa: E402
 
 from opzo.config import TrainConfig  # noqa: E402
 from opzo.plots import plot_runs  # noqa: E402
@@ -38,18 +44,24 @@ def main() -> None:
     ap.add_argument("--diag-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--methods", nargs="+", default=METHODS)
+    add_output_options(ap, "alignment")
     args = ap.parse_args()
+    outs = {m: args.out_root / f"align-{args.dataset}-e{args.epochs}-{m}" for m in args.methods}
+    check_fresh(outs.values(), args)
     runs = []
     summary: dict[str, dict] = {}
     for method in args.methods:
-        out = ROOT / "benchmarks" / "runs" / f"align-{args.dataset}-e{args.epochs}-{method}"
+        out = outs[method]
         cfg = TrainConfig.from_dict(dict(
             dataset=args.dataset, data_root=args.data_root, method=method, epochs=args.epochs,
             diagnostics=True, diag_every=args.diag_every, threads=args.threads,
             alpha=0.2, alpha_factor=True, dropout=0.0 if method == "zo" else 0.2,
             lr=2e-5 if method == "zo" else 2e-4, out=str(out)))
-        if not (out / "summary.json").exists():
-            run_training(cfg, out, progress=False)
+        if not (args.resume and (out / "summary.json").exists()):
+            resume = args.resume and (out / "checkpoint.pt").exists()
+            run_training(cfg, out, resume=resume, progress=False,
+                         overwrite=args.overwrite or (args.resume and not resume
+                                                      and holds_run(out)))
         runs.append(out)
         rows = [json.loads(x) for x in (out / "diagnostics.jsonl").read_text().splitlines()]
         cos = [r["cosine"] for r in rows if "cosine" in r]

@@ -12,8 +12,11 @@ global learning (IGL, from the 4th conv). Common setting: T=6, batch 128, AdamW 
 cosine), dropout 0.1, seed 0, and ``init_scale`` 2.74 (the sWS gains start at 2.74, OTTT's
 post-spike scale for standardized convs; at gain 1 the deeper layers of these nets do not
 fire). Each run is ``opzo train`` in its own process with one torch thread, into
-``benchmarks/runs/fashion-<name>-e<epochs>``; an interrupted run resumes when the script is
-started again. The summary gives each run's mean training time per epoch as a ratio to BP's
+``<out-root>/fashion-<name>-e<epochs>`` (``--out-root`` defaults to ``benchmarks/runs/conv``);
+a folder that already holds a run stops the script unless ``--resume`` (continue interrupted
+runs, skip finished ones) or ``--overwrite`` (start again) is given (``benchmarks/runner.py``);
+``python benchmarks/collect_results.py`` then writes ``benchmarks/results/conv-*.csv``. The
+summary gives each run's mean training time per epoch as a ratio to BP's
 of the same net (runs are timed two at a time on a 2-core machine, so ratios carry that
 noise).
 """
@@ -24,10 +27,9 @@ import argparse
 import json
 from pathlib import Path
 
-from runner import run_all, train_into
+from runner import add_output_options, check_fresh, run_all, train_into
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "benchmarks" / "runs"
 
 CONV5 = ["--net", "conv5", "--width", "0.25"]
 CONV9 = ["--net", "conv9", "--width", "0.125"]
@@ -49,20 +51,21 @@ COMMON = ["--dataset", "fashion-mnist", "--T", "6", "--batch-size", "128", "--dr
           "--weight-decay", "2e-4", "--threads", "1"]
 
 
-def run_dir(name: str, epochs: int) -> Path:
-    return RUNS / f"fashion-{name}-e{epochs}"
+def run_dir(root: Path, name: str, epochs: int) -> Path:
+    return root / f"fashion-{name}-e{epochs}"
 
 
 def run_one(name: str, args: argparse.Namespace) -> str:
-    return train_into(run_dir(name, args.epochs),
+    return train_into(run_dir(args.out_root, name, args.epochs),
                       [*COMMON, *EXPERIMENTS[name], "--data-root", args.data_root,
-                       "--epochs", str(args.epochs), "--seed", str(args.seed)], ROOT)
+                       "--epochs", str(args.epochs), "--seed", str(args.seed)], ROOT,
+                      args.resume, args.overwrite)
 
 
-def summarize(epochs: int) -> None:
+def summarize(root: Path, epochs: int) -> None:
     rows = {}
     for name in EXPERIMENTS:
-        out = run_dir(name, epochs)
+        out = run_dir(root, name, epochs)
         if not (out / "metrics.jsonl").exists():
             continue
         metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
@@ -83,13 +86,13 @@ def summarize(epochs: int) -> None:
               f" {'yes' if done else 'no'} |")
 
 
-def plot(epochs: int) -> None:
+def plot(root: Path, epochs: int) -> None:
     """Test accuracy per epoch of the finished conv5 and conv9 runs, one PNG per net."""
     from opzo.plots import plot_runs
 
     for net in ("conv5", "conv9"):
-        runs = [run_dir(n, epochs) for n in EXPERIMENTS
-                if n.startswith(net) and (run_dir(n, epochs) / "metrics.jsonl").exists()]
+        runs = [run_dir(root, n, epochs) for n in EXPERIMENTS
+                if n.startswith(net) and (run_dir(root, n, epochs) / "metrics.jsonl").exists()]
         if runs:
             out = ROOT / "benchmarks" / "logs" / f"fashion-{net}-e{epochs}.png"
             print(f"wrote {plot_runs(runs, out)}")
@@ -104,12 +107,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--summarize", action="store_true")
     ap.add_argument("--plot", action="store_true", help="also draw the accuracy curves (PNG)")
+    add_output_options(ap, "conv")
     args = ap.parse_args()
     if not args.summarize:
+        check_fresh([run_dir(args.out_root, n, args.epochs) for n in args.only], args)
         run_all(lambda n: run_one(n, args), args.only, args.jobs)
-    summarize(args.epochs)
+    summarize(args.out_root, args.epochs)
     if args.plot:
-        plot(args.epochs)
+        plot(args.out_root, args.epochs)
 
 
 if __name__ == "__main__":

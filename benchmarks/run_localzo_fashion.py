@@ -29,8 +29,11 @@ after 2 epochs, 2026-11-23, 2-core VM):
   readout sum (Σ_t o[t], loss at every step), init 16                       44.85
 
 At 1.65x the first layer barely fires on the latency input and nothing learns. Each run goes
-to ``benchmarks/runs/fashion-latency-<derivative>`` (suffixed ``-constant`` and ``-init<k>``
-for the other schedule and scales) and resumes when started again.
+to ``<out-root>/fashion-latency-<derivative>`` (suffixed ``-constant`` and ``-init<k>`` for the
+other schedule and scales; ``--out-root`` defaults to ``benchmarks/runs/localzo-fashion``); a
+folder that already holds a run stops the script unless ``--resume`` (continue interrupted runs,
+skip finished ones) or ``--overwrite`` (start again) is given (``benchmarks/runner.py``);
+``python benchmarks/collect_results.py`` then writes ``benchmarks/results/localzo-fashion-*.csv``.
 """
 
 from __future__ import annotations
@@ -39,10 +42,9 @@ import argparse
 import json
 from pathlib import Path
 
-from runner import run_all, train_into
+from runner import add_output_options, check_fresh, run_all, train_into
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "benchmarks" / "runs"
 PUBLISHED = {"localzo": 81.79, "sparsegrad": 80.28}
 COMMON = ["--dataset", "fashion-mnist", "--encoding", "latency", "--latency-tau", "20",
           "--latency-theta", "0.2", "--T", "100", "--hidden", "200", "200",
@@ -58,19 +60,24 @@ def run_name(derivative: str, schedule: str, init_scale: float) -> str:
             + ("" if init_scale == 16 else f"-init{init_scale:g}"))
 
 
+def run_dir(derivative: str, args: argparse.Namespace) -> Path:
+    return args.out_root / run_name(derivative, args.schedule, args.init_scale)
+
+
 def run_one(derivative: str, args: argparse.Namespace) -> str:
-    return train_into(RUNS / run_name(derivative, args.schedule, args.init_scale),
+    return train_into(run_dir(derivative, args),
                       [*COMMON, "--surrogate", derivative, "--data-root", args.data_root,
                        "--schedule", args.schedule, "--init-scale", str(args.init_scale),
-                       "--epochs", str(args.epochs), "--seed", str(args.seed)], ROOT)
+                       "--epochs", str(args.epochs), "--seed", str(args.seed)], ROOT,
+                      args.resume, args.overwrite)
 
 
-def summarize() -> None:
+def summarize(root: Path) -> None:
     """One line per run folder fashion-latency-*, its setting read from its config.json."""
     print("| derivative | schedule | init | epochs | final test acc | best test acc | train acc "
           "| published | ψ≠0 (last epoch) | firing rates | s/epoch |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for run in sorted(RUNS.glob("fashion-latency-*")):
+    for run in sorted(root.glob("fashion-latency-*")):
         path = run / "metrics.jsonl"
         rows = ([json.loads(x) for x in path.read_text().splitlines() if x.strip()]
                 if path.exists() else [])
@@ -98,10 +105,12 @@ def main() -> None:
     ap.add_argument("--init-scale", type=float, default=16.0,
                     help="hidden weights at this multiple of torch's default initialisation")
     ap.add_argument("--summarize", action="store_true")
+    add_output_options(ap, "localzo-fashion")
     args = ap.parse_args()
     if not args.summarize:
+        check_fresh([run_dir(d, args) for d in args.derivatives], args)
         run_all(lambda d: run_one(d, args), args.derivatives, args.jobs)
-    summarize()
+    summarize(args.out_root)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ own process with one torch thread, with ``--diagnostics --diag-reference bptt``:
 BPTT gradient on the same batch and weights. Methods: spatial BP with the OTTT, OSTL, OTPE and
 approximate-OTPE traces, BPTT itself, and two combinations no paper reports: OPZO with the
 approximate-OTPE trace, and OPZO with LocalZO local derivatives. Runs go to
-``benchmarks/runs/randman-<code>-<method>``; an interrupted run resumes when started again.
+``<out-root>/randman-<code>-<method>`` (``--out-root`` defaults to ``benchmarks/runs/randman``);
+a folder that already holds a run stops the script unless ``--resume`` (continue interrupted
+runs, skip finished ones) or ``--overwrite`` (start again) is given (``benchmarks/runner.py``);
+``python benchmarks/collect_results.py`` then writes ``benchmarks/results/randman-*.csv``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ import json
 import statistics
 from pathlib import Path
 
-from runner import run_all, train_into
+from runner import add_output_options, check_fresh, run_all, train_into
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "benchmarks" / "runs"
 METHODS: dict[str, list[str]] = {
     "ottt": ["--trace", "ottt"],
     "ostl": ["--trace", "ostl"],
@@ -36,22 +38,26 @@ METHODS: dict[str, list[str]] = {
 CODES = ["time", "rate"]
 
 
+def run_dir(root: Path, code: str, method: str) -> Path:
+    return root / f"randman-{code}-{method}"
+
+
 def run_one(code: str, method: str, args: argparse.Namespace) -> str:
-    return train_into(RUNS / f"randman-{code}-{method}",
+    return train_into(run_dir(args.out_root, code, method),
                       ["--config", str(ROOT / "configs" / "otpe-randman.toml"),
                        "--dataset", f"randman-{code}", *METHODS[method],
                        "--epochs", str(args.epochs), "--seed", str(args.seed), "--threads", "1",
                        "--diagnostics", "--diag-reference", "bptt", "--diag-every",
-                       str(args.diag_every)], ROOT)
+                       str(args.diag_every)], ROOT, args.resume, args.overwrite)
 
 
-def summarize() -> None:
+def summarize(root: Path) -> None:
     print("| code | method | final test acc | best test acc | cosine with BPTT, last epoch "
           "(hidden.0 / hidden.1 / readout) | s/epoch |")
     print("|---|---|---|---|---|---|")
     for code in CODES:
         for method in METHODS:
-            out = RUNS / f"randman-{code}-{method}"
+            out = run_dir(root, code, method)
             if not (out / "summary.json").exists():
                 continue
             s = json.loads((out / "summary.json").read_text())
@@ -75,11 +81,13 @@ def main() -> None:
     ap.add_argument("--diag-every", type=int, default=21)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--summarize", action="store_true")
+    add_output_options(ap, "randman")
     args = ap.parse_args()
     if not args.summarize:
         jobs = [(c, m) for c in args.codes for m in args.methods]
+        check_fresh([run_dir(args.out_root, c, m) for c, m in jobs], args)
         run_all(lambda job: run_one(*job, args), jobs, args.jobs)
-    summarize()
+    summarize(args.out_root)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@
     python benchmarks/run_table1.py --summarize            # print the table of finished runs
     python benchmarks/run_table1.py --dataset mnist --data-root ../shared/data/mnist \
         --jobs 1 --threads 2 --suffix=-native              # into <...>-<method>-native
+    python benchmarks/run_table1.py --dataset mnist --data-root ../shared/data/mnist --resume
 
 Each method runs ``opzo train --config configs/table1-<method>.toml`` in its own process with
-one torch thread, ``--jobs`` at a time, into ``benchmarks/runs/<dataset>-e<epochs>-<method>``
-(plus ``--suffix``).
-An interrupted run is resumed when the script is started again.
+one torch thread, ``--jobs`` at a time, into ``<out-root>/<dataset>-e<epochs>-<method>``
+(plus ``--suffix``; ``--out-root`` defaults to ``benchmarks/runs/table1``). A folder that
+already holds a run stops the script unless ``--resume`` (continue interrupted runs, skip
+finished ones) or ``--overwrite`` (start again) is given (``benchmarks/runner.py``).
+``python benchmarks/collect_results.py`` then writes ``benchmarks/results/table1-*.csv``.
 """
 
 from __future__ import annotations
@@ -19,25 +22,28 @@ import argparse
 import json
 from pathlib import Path
 
-from runner import run_all, train_into
+from runner import add_output_options, check_fresh, run_all, train_into
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = ROOT / "benchmarks" / "runs"
 METHODS = ["bp", "dfa", "dkp", "zo", "opzo"]
 PUBLISHED = {"mnist": {"bp": 98.38, "dfa": 98.05, "dkp": 98.15, "zo": 86.53, "opzo": 98.34}}
 
 
+def run_dir(method: str, args: argparse.Namespace) -> Path:
+    return args.out_root / f"{args.dataset}-e{args.epochs}-{method}{args.suffix}"
+
+
 def run_one(method: str, args: argparse.Namespace) -> str:
-    return train_into(RUNS / f"{args.dataset}-e{args.epochs}-{method}{args.suffix}",
+    return train_into(run_dir(method, args),
                       ["--config", str(ROOT / "configs" / f"table1-{method}.toml"),
                        "--dataset", args.dataset, "--data-root", args.data_root,
                        "--epochs", str(args.epochs), "--threads", str(args.threads),
-                       "--seed", str(args.seed)], ROOT)
+                       "--seed", str(args.seed)], ROOT, args.resume, args.overwrite)
 
 
-def summarize() -> None:
+def summarize(runs: Path) -> None:
     rows = []
-    table_runs = [*RUNS.glob("mnist-e*/summary.json"), *RUNS.glob("fashion-mnist-e*/summary.json")]
+    table_runs = [*runs.glob("mnist-e*/summary.json"), *runs.glob("fashion-mnist-e*/summary.json")]
     for summary in sorted(table_runs):
         s = json.loads(summary.read_text())
         lines = (summary.parent / "metrics.jsonl").read_text().splitlines()
@@ -66,12 +72,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--suffix", default="", help="appended to each run folder's name")
     ap.add_argument("--summarize", action="store_true")
+    add_output_options(ap, "table1")
     args = ap.parse_args()
     if args.summarize:
-        summarize()
+        summarize(args.out_root)
         return
+    check_fresh([run_dir(m, args) for m in args.methods], args)
     run_all(lambda m: run_one(m, args), args.methods, args.jobs)
-    summarize()
+    summarize(args.out_root)
 
 
 if __name__ == "__main__":
