@@ -22,12 +22,15 @@ under ``benchmarks/results/``, one set per experiment family:
 
 Families: ``table1`` (run_table1.py and the section 7 runs), ``conv`` (run_conv.py),
 ``alignment`` (run_alignment.py), ``randman`` (run_randman.py), ``localzo-fashion``
-(run_localzo_fashion.py). A run folder ``<runs>/<family>/<run>`` (the runners' default layout)
-belongs to ``<family>``; a folder directly under ``<runs>`` is assigned by its name (the layout
-before 2026-11-29). Rows of runs found replace the rows of the same ``run`` in the existing
-tables; rows of other runs are kept (``--replace`` rebuilds each family's tables from the runs
-found alone), so re-running one runner and then this script updates its rows only. Paths are
-never written: runs are named by their folder's name.
+(run_localzo_fashion.py); other folders under the runs root (scripts that write their own
+tables, e.g. run_ablations.py) only when named with ``--families``. A run folder
+``<runs>/<family>/<run>`` (the runners' default layout) belongs to ``<family>``; a folder
+directly under ``<runs>`` is assigned by its name (the layout before 2026-11-29); of two
+folders with the same name in one family the one written last counts. Rows of runs found
+replace the rows of the same ``run`` in the existing tables; rows of other runs are kept
+(``--replace`` rebuilds each family's tables from the runs found alone), so re-running one
+runner and then this script updates its rows only. Paths are never written: runs are named by
+their folder's name.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ BENCH = Path(__file__).resolve().parent
 PREFIXES = (("align-", "alignment"), ("randman-", "randman"), ("fashion-conv", "conv"),
             ("fashion-latency-", "localzo-fashion"), ("mnist-e", "table1"),
             ("fashion-mnist-e", "table1"))
+FAMILIES = tuple(dict.fromkeys(fam for _, fam in PREFIXES))
 #: config values given their own column in <family>-runs.csv
 SETTING = ("dataset", "method", "net", "epochs", "seed", "T", "trace", "surrogate", "init_scale",
            "noise_rng", "kernels")
@@ -90,19 +94,33 @@ def family_of(run: Path, root: Path) -> str | None:
     return next((fam for prefix, fam in PREFIXES if run.name.startswith(prefix)), None)
 
 
-def find_runs(roots: list[Path]) -> dict[str, list[Path]]:
-    """Run folders (a config.json and a metrics.jsonl) under the roots, by family."""
+def find_runs(roots: list[Path], families: list[str]) -> dict[str, list[Path]]:
+    """Run folders (a config.json and a metrics.jsonl) of the families under the roots."""
     found: dict[str, list[Path]] = {}
+    others: Counter = Counter()
     for root in roots:
         for cfg in sorted(root.rglob("config.json")):
             run = cfg.parent
             if not (run / "metrics.jsonl").is_file():
                 continue
             fam = family_of(run, root)
-            if fam is None:
-                print(f"skipped {run.name}: no family (put it under {root}/<family>/)")
+            if fam not in families:
+                others[fam or run.name] += 1
                 continue
             found.setdefault(fam, []).append(run)
+    for name, n in sorted(others.items()):
+        print(f"left out {n} run(s) of {name} (not among --families)")
+    for fam, runs in found.items():  # one folder per name: the one written last
+        by_name: dict[str, Path] = {}
+        for run in runs:
+            other = by_name.get(run.name)
+            if other is not None:
+                keep, drop = sorted((run, other), reverse=True,
+                                    key=lambda r: (r / "metrics.jsonl").stat().st_mtime)
+                print(f"two runs named {run.name}: kept {keep}, left out {drop}")
+                run = keep
+            by_name[run.name] = run
+        found[fam] = sorted(by_name.values(), key=lambda r: r.name)
     return found
 
 
@@ -220,10 +238,13 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", type=Path, default=[BENCH / "runs"],
                     help="roots to search for run folders (default benchmarks/runs)")
     ap.add_argument("--out", type=Path, default=BENCH / "results")
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES),
+                    help="which families to collect (default: %(default)s; the folder name "
+                         "under the runs root of any other)")
     ap.add_argument("--replace", action="store_true",
                     help="rebuild each family's tables from the runs found alone")
     args = ap.parse_args()
-    found = find_runs([r.resolve() for r in args.runs if r.is_dir()])
+    found = find_runs([r.resolve() for r in args.runs if r.is_dir()], args.families)
     if not found:
         raise SystemExit(f"no run folders under {', '.join(map(str, args.runs))}")
     args.out.mkdir(parents=True, exist_ok=True)
