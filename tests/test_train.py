@@ -316,3 +316,45 @@ def test_optimizer_choice_and_init_scale():
     for a, b in zip(plain.hidden, scaled.hidden):
         assert torch.allclose(b.weight, 8.0 * a.weight) and torch.equal(a.bias, b.bias)
     assert torch.equal(plain.readout.weight, scaled.readout.weight)
+
+
+def test_evaluations_report_synaptic_operations(tmp_path, capsys):
+    """metrics.jsonl, summary.json and opzo eval carry SynOps per sample, equal to a count
+    made independently from the network's spikes and fan-outs (opzo.energy)."""
+    from opzo.energy import count_synops
+    from opzo.train import build_network, make_source
+
+    cfg = _cfg(tmp_path, "s", epochs=1, hidden=[40, 24])
+    summary = run_training(cfg, tmp_path / "s", progress=False, log=lambda *_: None)
+    row = _rows(tmp_path / "s")[-1]
+    test = make_source(cfg, "test")
+    net = build_network(cfg, test.input_shape, test.classes)
+    net.load_state_dict(torch.load(tmp_path / "s" / "checkpoint.pt",
+                                   weights_only=False)["model"])
+    x = torch.cat([x for x, _ in test.batches(1000, cfg.T)])
+    expected = count_synops(net, x, cfg.T)
+    assert row["synops"] == pytest.approx(expected["synops"], abs=0.1)
+    assert row["synops_total"] == pytest.approx(expected["synops_total"], abs=0.1)
+    assert summary["synops_total"] == row["synops_total"] > 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "s")]) == 0
+    assert json.loads(capsys.readouterr().out)["synops_total"] == row["synops_total"]
+
+
+def test_freeze_m_after_stops_updating_m_but_not_the_weights(tmp_path):
+    """OPZO paper Table 9's ablation: M fixed after epoch 1 (also under LL/IGL's second M)."""
+    quiet = dict(progress=False, log=lambda *_: None)
+
+    def feedback(name, **kw):
+        run_training(_cfg(tmp_path, name, **kw), tmp_path / name, **quiet)
+        state = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+        return state["model"], state["rule"]
+
+    extra = {"local_learning": True, "igl_layer": 2, "hidden": [32, 24]}
+    m1, r1 = feedback("one", epochs=1, **extra)
+    m2, r2 = feedback("frozen", epochs=2, freeze_m_after=1, **extra)
+    m3, r3 = feedback("free", epochs=2, **extra)
+    assert torch.equal(r1["inner"]["feedback_t"], r2["inner"]["feedback_t"])
+    assert torch.equal(r1["igl"]["feedback_t"], r2["igl"]["feedback_t"])
+    assert not torch.equal(r1["inner"]["feedback_t"], r3["inner"]["feedback_t"])
+    assert not torch.equal(m1["hidden.0.weight"], m2["hidden.0.weight"])  # weights still learn

@@ -94,6 +94,8 @@ class BPTTLearner:
                     current = layer(inp) if l > 0 else (first if static else first[t])
                     if net.skips[l] is not None:  # residual shortcut
                         current = current + outs[net.skips[l]]
+                    if net.hardware is not None:  # the chip's noise (opzo.hardware)
+                        current = net.hardware.perturb_(current, l, scratch=False)
                     fired = s[l].detach() if self.detach_reset else s[l]
                     if lif.reset == "subtract":
                         u[l] = lif.lam * (u[l] - lif.v_th * fired) + current

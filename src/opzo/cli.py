@@ -159,11 +159,34 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{ckpt} does not fit a network for {cfg.dataset} "
                           f"({test_set.classes} classes, input {tuple(test_set.input_shape)}): "
                           f"{str(exc)[:200]}") from None
-    result = evaluate(net, test_set, cfg, InstantLoss(cfg.loss, cfg.gamma))
-    print(json.dumps({"run": str(run_dir), "epoch": state["epoch"], "dataset": cfg.dataset,
-                      "data_root": cfg.data_root, "split": "test", "samples": len(test_set),
-                      "device": str(device), **result}, indent=2))
+    loss = InstantLoss(cfg.loss, cfg.gamma)
+    if args.hw_noise is not None:  # on another chip than the run's (0: a clean one)
+        from .hardware import attach
+
+        attach(net, args.hw_noise, args.hw_noise_kind or cfg.hw_noise_kind, args.hw_seed)
+    report: dict = {"run": str(run_dir), "epoch": state["epoch"], "dataset": cfg.dataset,
+                    "data_root": cfg.data_root, "split": "test", "samples": len(test_set),
+                    "device": str(device)}
+    hw = net.hardware
+    if hw is not None:  # the accuracy on the chip over draws; then the clean figures below
+        from .hardware import evaluate_under_noise
+
+        report["hardware"] = evaluate_under_noise(
+            lambda n: evaluate(n, test_set, cfg, loss), net, hw.scale, hw.kind,
+            args.hw_repeats, args.hw_seed, args.hw_weight_noise)
+        net.hardware = None
+    elif args.hw_weight_noise:
+        raise ConfigError("--hw-weight-noise is a chip's mismatch: give --hw-noise with "
+                          "--hw-noise-kind fixed (--hw-noise 0 is not allowed with it)")
+    result = evaluate(net, test_set, cfg, loss)  # clean: no chip noise
+    print(json.dumps({**report, **result}, indent=2))
     return 0
+
+
+def _cost(argv: list[str]) -> int:
+    from .cost import main_cost
+
+    return main_cost(argv)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -209,9 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "hold the run's dataset, checked, unless --dataset names another)")
     ev.add_argument("--dataset", help="evaluate on this dataset instead of the run's (same "
                     "input shape and classes)")
+    ev.add_argument("--hw-noise", type=float, default=None, metavar="SCALE",
+                    help="evaluate on a noisy chip: noise of this scale on every synaptic "
+                    "current (default: the run's own --hw-noise; 0: a clean chip); the output "
+                    "gives the accuracy over --hw-repeats draws with its spread, and the clean "
+                    "accuracy")
+    ev.add_argument("--hw-noise-kind", choices=["gaussian", "fixed"], default=None,
+                    help="fresh Gaussian noise every step, or fixed per-neuron offsets (one "
+                    "chip per repeat)")
+    ev.add_argument("--hw-repeats", type=int, default=5, help="draws (chips) to average")
+    ev.add_argument("--hw-seed", type=int, default=0, help="seed of the first draw")
+    ev.add_argument("--hw-weight-noise", type=float, default=0.0, metavar="SCALE",
+                    help="with --hw-noise-kind fixed: also a static error per synapse, "
+                    "W (1 + SCALE N(0, 1))")
     ev.add_argument("--device", default="auto",
                     help="auto (CUDA when available), cpu, cuda, cuda:N or mps")
     ev.set_defaults(func=_eval)
+    co = sub.add_parser("cost", add_help=False,
+                        help="memory and operations of each method's error-backward procedure "
+                        "for a network (OPZO paper Table 5); opzo cost --help for options")
+    co.add_argument("args", nargs=argparse.REMAINDER)
+    co.set_defaults(func=lambda a: _cost(a.args))
     pl = sub.add_parser("plot", help="draw learning curves (and diagnostics) of runs as a PNG")
     pl.add_argument("runs", nargs="+", help="run folders written by 'opzo train'")
     pl.add_argument("--out", default="runs/plot.png", help="PNG file to write")
@@ -242,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     (exit 2; 3 for a diverged run; 130 for a run stopped by Ctrl-C / SIGTERM)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cost"]:  # its own parser (opzo.cost.main_cost) takes every option
+        try:
+            return _cost(argv[1:])
+        except (ConfigError, ValueError) as exc:
+            print(f"opzo: error: {exc}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     args.argv = argv
     try:

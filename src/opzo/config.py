@@ -156,6 +156,9 @@ class TrainConfig:
         None, "keep the 1/α factor (default: off for opzo as in the paper, on for zo)")
     lambda_m: float = _opt(0.99999, "momentum λ_M of OPZO's feedback matrices",
                            min=0.0, max=0.999999999)
+    freeze_m_after: int | None = _opt(
+        None, "opzo: stop updating the momentum feedback M after this many epochs (OPZO paper "
+        "Table 9's ablation); unset = never", min=0)
     feedback_lr: float = _opt(2e-4, "learning rate of DKP's feedback matrices", min=0.0)
     local_learning: bool = _opt(False, "local learning (LL, OPZO paper appendix C.1): a linear "
                                 "readout per hidden layer with its own loss, its error fed back "
@@ -166,6 +169,21 @@ class TrainConfig:
         "paper uses 4, the 4th conv of conv9) acts as an output for the layers below it, "
         "which get the rule's feedback from its readout; unset = off", min=2)
     igl_scale: float = _opt(1.0, "weight of the IGL layer's readout loss", min=0.0)
+    hw_noise: float = _opt(
+        0.0, "train on a noisy chip (OPZO paper section 5.4): noise of this scale on every "
+        "hidden layer's synaptic current, seen by every rule; for opzo and zo (gaussian) it "
+        "is their perturbation: alpha = hw_noise, before the neuron, no antithetic pairs, no "
+        "1/alpha in M's update; 0: none", min=0.0)
+    hw_noise_kind: str = _opt("gaussian", "the chip's noise: fresh Gaussian noise at every "
+                              "step, or a fixed per-neuron offset drawn once from hw_seed "
+                              "(device mismatch)", ("gaussian", "fixed"))
+    hw_seed: int = _opt(0, "seed of the fixed offsets of hw_noise_kind fixed (one chip)",
+                        min=0)
+    init_from: str | None = _opt(
+        None, "start from trained weights: a run folder or its checkpoint.pt (the weights "
+        "only: a fresh optimizer, schedule and rule state; the network must match), or a NIR "
+        "file (.nir; the network, its neurons and weights come from the file, the net, "
+        "hidden and LIF options are not used; needs pip install 'opzo[nir]')")
     # optimisation
     epochs: int = _opt(20, "number of epochs", min=1)
     batch_size: int = _opt(128, "training batch size", min=1)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .distributed import Communicator, Shard
+from .energy import SynOpsCounter
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
 from .rules.base import SpatialRule, StepContext
@@ -287,37 +288,43 @@ class OnlineLearner:
 
 @torch.no_grad()
 def evaluate_batch(net: SpikingNet, x: Tensor, y: Tensor, loss: InstantLoss,
-                   T: int | None = None, readout: MaxOverTime | None = None) -> BatchStats:
+                   T: int | None = None, readout: MaxOverTime | None = None,
+                   synops: SynOpsCounter | None = None) -> BatchStats:
     """Inference (no noise, no dropout) on one batch: loss of Σ_t o[t]/T terms and accuracy
-    of Σ_t o[t]; with ``readout`` the loss and the class of its max-over-time scores."""
+    of Σ_t o[t]; with ``readout`` the loss and the class of its max-over-time scores; with
+    ``synops`` every step's spikes are also counted there (:mod:`opzo.energy`). Sums stay on
+    the device until the end of the batch (float64; float32 on mps)."""
     was_training = net.training
     net.eval()
     try:
         x, T = net.prepare_input(x, T)
         batch = x.shape[0] if x.dim() == 2 else x.shape[1]
+        dtype = torch.float32 if x.device.type == "mps" else torch.float64
         outputs: list[Tensor] = []  # o[t], for a max-over-time readout
         scores: Tensor | None = None  # Σ_t o[t]
-        loss_sum = 0.0
-        spikes = [0.0 for _ in net.hidden]
-        for o, rec in net.run(x, T):
+        loss_sum = torch.zeros((), dtype=dtype, device=x.device)
+        spikes = torch.zeros(len(net.hidden), dtype=dtype, device=x.device)
+        for t, (o, rec) in enumerate(net.run(x, T)):
             if readout is None:
                 scores = o if scores is None else scores + o
-                loss_sum += float(loss.per_sample(o, y).sum())
+                loss_sum += loss.per_sample(o, y).sum().to(dtype)
             else:
                 outputs.append(o)
             for l, s in enumerate(rec.spikes):
-                spikes[l] += float(s.sum())
+                spikes[l] += s.sum(dtype=dtype)
+            if synops is not None:
+                synops.add_step(rec.spikes, t)
         if readout is None:
-            loss_sum /= T
+            loss_value = float(loss_sum) / T
         else:
             scores = readout.scores(outputs)
-            loss_sum = float(loss.per_sample(scores, y).sum())
+            loss_value = float(loss.per_sample(scores, y).sum())
         assert scores is not None
         return BatchStats(
-            loss_sum=loss_sum,
+            loss_sum=loss_value,
             correct=int((scores.argmax(1) == y).sum()),
             count=batch,
-            spike_counts=spikes,
+            spike_counts=spikes.tolist(),
             neuron_steps=[batch * T * n for n in net.hidden_sizes],
         )
     finally:

@@ -151,7 +151,7 @@ class SparsityStats:
 
     def reset_stats(self) -> None:
         """Zero the counters behind :attr:`nonzero_fraction`."""
-        self._nonzero: Tensor = torch.zeros((), dtype=torch.int64)
+        self._nonzero: Tensor = torch.zeros((), dtype=torch.int64, device="cpu")
         self._total = 0
         self._calls = 0
 
@@ -186,7 +186,7 @@ class SparsityStats:
     def load_stats_state(self, state: tuple[int, int, int]) -> None:
         """Restore counters saved by :meth:`stats_state`."""
         nonzero, total, calls = state
-        self._nonzero = torch.tensor(int(nonzero), dtype=torch.int64)
+        self._nonzero = torch.tensor(int(nonzero), dtype=torch.int64, device="cpu")
         self._total, self._calls = int(total), int(calls)
 
 

@@ -74,6 +74,7 @@ from torch import Tensor, nn
 
 from . import native
 from .distributed import Shard
+from .hardware import HardwareNoise
 from .layers import ConvLayer, DenseLayer
 from .neuron import LIFParams, lif_step
 from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, Surrogate
@@ -313,6 +314,8 @@ class SpikingNet(nn.Module):
         if kernels not in KERNELS:
             raise ValueError(f"unknown kernels {kernels!r}; choose one of {KERNELS}")
         self.kernels = kernels
+        #: the deployed chip's noise on the synaptic currents (opzo.hardware), or None
+        self.hardware: HardwareNoise | None = None
         self.input_shape = shape
         self.spec = net_string(tokens)
         self.lif = lif or LIFParams()
@@ -517,6 +520,10 @@ class SpikingNet(nn.Module):
         dpsis: list[Tensor | None] = []
         after = noise_position == "after"
         fused = self.uses_native_kernels(x_t)
+        hardware = self.hardware
+        if (hardware is not None and hardware.kind == "gaussian" and noise is not None
+                and not after):
+            hardware = None  # the rule's perturbation before the neuron is the chip's noise
         lif = self.lif
         threads = native.default_threads()
         surr = self._native_surrogate() if fused and local_derivative else None
@@ -531,6 +538,9 @@ class SpikingNet(nn.Module):
             j = self.skips[l]
             if j is not None:  # residual shortcut: x_j joins the current
                 current = current.add_(outs[j]) if scratch else current + outs[j]
+                scratch = True
+            if hardware is not None:  # the chip's noise on the current (opzo.hardware)
+                current = hardware.perturb_(current, l, scratch)
                 scratch = True
             mask = None if masks is None else masks[l]
             z = None if noise is None else noise[l]

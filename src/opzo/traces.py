@@ -327,7 +327,7 @@ class OTPETrace(OSTLTrace):
     name = "otpe"
 
     def __init__(self, lif: LIFParams, static_input: bool = False, gbar: str = "paper") -> None:
-        leaky_mean(torch.zeros(()), 1, 0.5, gbar)  # validate the mode now
+        leaky_mean(torch.zeros((), device="cpu"), 1, 0.5, gbar)  # validate the mode now
         self.gbar_mode = gbar
         super().__init__(lif, static_input)
 
@@ -394,7 +394,7 @@ class ApproxOTPETrace(Trace):
     name = "approx_otpe"
 
     def __init__(self, lam: float, static_input: bool = False, gbar: str = "paper") -> None:
-        leaky_mean(torch.zeros(()), 1, 0.5, gbar)  # validate the mode now
+        leaky_mean(torch.zeros((), device="cpu"), 1, 0.5, gbar)  # validate the mode now
         self.gbar_mode = gbar
         self.lam = float(lam)
         self.static_input = static_input
@@ -482,7 +482,7 @@ def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
     OSTL and OTPE need a fully connected one). ``gbar``: OTPE's ḡ normalisation
     (:func:`leaky_mean`).
     """
-    leaky_mean(torch.zeros(()), 1, 0.5, gbar)  # validate the mode for every trace name
+    leaky_mean(torch.zeros((), device="cpu"), 1, 0.5, gbar)  # validate the mode (any name)
     base, leaky_output = _check_name(name)
     if not isinstance(lif, LIFParams):
         lif = LIFParams(lam=float(lif))

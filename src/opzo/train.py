@@ -61,6 +61,7 @@ from .data.randman import otpe_preset
 from .data.sources import ColorImageSource, FrameSource, ImageSource, SequenceSource
 from .diagnostics import GradientVariance, gradient_cosine
 from .distributed import Communicator, launched_by_torchrun, local_rank
+from .energy import SynOpsCounter
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .localzo import SparsityStats
 from .losses import InstantLoss, MaxOverTime
@@ -96,12 +97,80 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
     else:
         net = SpikingMLP([math.prod(shape), *cfg.hidden, num_classes], lif=lif,
                          surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
+    if cfg.hw_noise:  # the deployed chip's noise on every current (opzo.hardware)
+        from .hardware import attach
+
+        attach(net, cfg.hw_noise, cfg.hw_noise_kind, cfg.hw_seed)
     if cfg.init_scale != 1.0:
         with torch.no_grad():
             for layer in net.hidden:
                 # a standardized conv weight ignores its scale: scale its gain instead
                 gain = getattr(layer, "gain", None)
                 (gain if gain is not None else layer.weight).mul_(cfg.init_scale)
+    return net
+
+
+def load_weights(net: SpikingNet, path: str | Path) -> str:
+    """Copy trained weights into ``net``: from a run folder, its ``checkpoint.pt`` (the
+    ``model`` entry) or a file holding a bare state dict. Only the weights: no optimizer,
+    schedule or rule state. Raises ValueError naming the first layer whose shape (or
+    presence) differs, with both shapes. Returns a description of what was loaded."""
+    source = Path(path)
+    file = source / CHECKPOINT if source.is_dir() else source
+    if not file.is_file():
+        raise FileNotFoundError(f"cannot start from {source}: {file} does not exist (give a "
+                                "run folder of 'opzo train', its checkpoint.pt, or a .nir file)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # damaged or not a torch file
+        raise ValueError(f"{file} cannot be read as a checkpoint ({type(exc).__name__}: "
+                         f"{str(exc)[:120]})") from None
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise ValueError(f"{file} holds no network weights (expected an opzo checkpoint or a "
+                         "state dict)")
+    own = net.state_dict()
+    for name, value in own.items():
+        if name not in weights:
+            raise ValueError(f"{file} does not fit this network: it has no {name} (this "
+                             f"network: {net.describe()})")
+        if tuple(weights[name].shape) != tuple(value.shape):
+            raise ValueError(f"{file} does not fit this network: {name} has shape "
+                             f"{tuple(weights[name].shape)} there and {tuple(value.shape)} "
+                             f"here ({net.describe()})")
+    extra = [k for k in weights if k not in own]
+    if extra:
+        raise ValueError(f"{file} does not fit this network: it has {extra[0]}, which this "
+                         f"network ({net.describe()}) does not")
+    net.load_state_dict(weights)
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return f"{file}" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
+def _is_nir(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".nir"
+
+
+def _network_from_nir(cfg: TrainConfig, path: str, input_shape: Sequence[int],
+                      classes: int) -> SpikingNet:
+    """The network of a NIR file, with the config's training-time options (surrogate,
+    dropout, kernels); its input and outputs must fit the dataset."""
+    from .nir import load_nir_network
+
+    net = load_nir_network(path, kernels=cfg.kernels)
+    net.surrogate = build_network(cfg, input_shape, classes).surrogate
+    net.dropout = float(cfg.dropout)
+    if math.prod(net.input_shape) != math.prod(input_shape) or net.num_outputs != classes:
+        raise ValueError(f"the network of {path} ({net.describe()}, {net.num_outputs} outputs) "
+                         f"does not fit {cfg.dataset}: inputs {tuple(input_shape)}, {classes} "
+                         "classes")
+    if tuple(net.input_shape) != tuple(input_shape) and len(net.input_shape) > 1:
+        raise ValueError(f"the network of {path} takes inputs of shape {net.input_shape}; "
+                         f"{cfg.dataset} gives {tuple(input_shape)}")
+    if cfg.hw_noise:
+        from .hardware import attach
+
+        attach(net, cfg.hw_noise, cfg.hw_noise_kind, cfg.hw_seed)
     return net
 
 
@@ -167,14 +236,20 @@ def build_rule(cfg: TrainConfig) -> SpatialRule:
 
 
 def _global_rule(cfg: TrainConfig) -> SpatialRule:
+    chip = bool(cfg.hw_noise) and cfg.hw_noise_kind == "gaussian"
+
     def noise() -> NoiseSampler:
+        if chip:  # the chip's noise is the perturbation (OPZO paper Table 4's setting)
+            return NoiseSampler(alpha=cfg.hw_noise, distribution="gaussian",
+                                position="before", antithetic=False, rng=cfg.noise_rng)
         return NoiseSampler(alpha=cfg.alpha, alpha_final=cfg.alpha_final,
                             distribution=cfg.noise, position=cfg.noise_position,
                             antithetic=cfg.antithetic, rng=cfg.noise_rng)
 
     if cfg.method == "opzo":
-        return OPZO(noise(), lambda_m=cfg.lambda_m,
-                    alpha_factor=bool(cfg.alpha_factor) if cfg.alpha_factor is not None else False)
+        factor = False if chip else (bool(cfg.alpha_factor) if cfg.alpha_factor is not None
+                                     else False)
+        return OPZO(noise(), lambda_m=cfg.lambda_m, alpha_factor=factor)
     if cfg.method == "zo":
         return ZO(noise(), alpha_factor=True if cfg.alpha_factor is None else cfg.alpha_factor)
     if cfg.method == "dfa":
@@ -391,21 +466,26 @@ def make_source(cfg: TrainConfig, split: str) -> Source:
 
 def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLoss,
              comm: Communicator | None = None) -> dict:
-    """Test loss, accuracy and firing rates of ``net`` on ``source`` (no noise, no dropout),
-    on the network's device. With ``comm`` each process evaluates its contiguous share of
-    the samples and the sums are added over the processes."""
+    """Test loss, accuracy, firing rates and synaptic operations per sample (per hidden layer
+    and in total, :mod:`opzo.energy`) of ``net`` on ``source`` (no noise, no dropout), on the
+    network's device. With ``comm`` each process evaluates its contiguous share of the
+    samples and the sums are added over the processes."""
     device = next(net.parameters()).device
     acc = Accumulator()
+    synops = SynOpsCounter(net)
     if comm is not None:
         share = comm.shard(len(source))
         source = source.part(share.lo, share.hi)
     if len(source):
         for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
             acc.add(evaluate_batch(net, to_device(x, device), to_device(labels, device), loss,
-                                   T=cfg.T, readout=make_readout(cfg)))
+                                   T=cfg.T, readout=make_readout(cfg), synops=synops))
     if comm is not None:
         acc.all_reduce(comm, len(net.hidden))
-    return acc.summary()
+        synops.all_reduce(comm)
+    energy = synops.result()
+    return {**acc.summary(), "synops": [round(v, 1) for v in energy["synops"]],
+            "synops_total": round(energy["synops_total"], 1)}
 
 
 class StopSignals:
@@ -705,10 +785,20 @@ class _Run:
         self.diag_path = run_dir / "diagnostics.jsonl"
 
     # ---- building -------------------------------------------------------------------------
-    def build(self) -> None:
+    def build(self, resume: bool) -> None:
         cfg, device, comm = self.cfg, self.device, self.comm
         torch.manual_seed(cfg.seed)
-        net = build_network(cfg, self.train_set.input_shape, self.train_set.classes).to(device)
+        shape, classes = self.train_set.input_shape, self.train_set.classes
+        if cfg.init_from and _is_nir(cfg.init_from):  # the network itself comes from the file
+            net = _network_from_nir(cfg, cfg.init_from, shape, classes)
+            self.log(f"network from {cfg.init_from}: {net.describe()}, λ={net.lif.lam:g}, "
+                     f"V_th={net.lif.v_th:g}, reset {net.lif.reset} (the config's net, hidden "
+                     "and LIF options are not used)")
+        else:
+            net = build_network(cfg, shape, classes)
+            if cfg.init_from and not resume:  # a resume takes its weights from the checkpoint
+                self.log(f"starting from the weights of {load_weights(net, cfg.init_from)}")
+        net = net.to(device)
         self.net = net
         self.loss = InstantLoss(cfg.loss, cfg.gamma)
         self.learner = build_learner(cfg, net, self.loss, comm)
@@ -735,7 +825,7 @@ class _Run:
                              f"{self.world} processes")
         lock = _prepare_run_dir(self.run_dir, resume, overwrite) if self.main else None
         try:
-            self.build()
+            self.build(resume)
             self.data = {"train": data_fingerprint(self.train_set, cfg.dataset),
                          "test": data_fingerprint(self.test_set, cfg.dataset)}
             self.start_epoch, self.start_batch, self.partial = 0, 0, Accumulator()
@@ -913,6 +1003,8 @@ class _Run:
             for epoch in range(self.start_epoch, cfg.epochs):
                 if rule is not None:
                     rule.set_progress(epoch / max(cfg.epochs - 1, 1))
+                    rule.freeze_feedback(cfg.freeze_m_after is not None
+                                         and epoch >= cfg.freeze_m_after)
                 first = self.start_batch if epoch == self.start_epoch else 0
                 if variance is not None and not (epoch == self.start_epoch and first > 0):
                     variance.reset()
@@ -993,6 +1085,7 @@ class _Run:
                 row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
                        "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
                        "test_acc": round(test["acc"], 4), "firing_rate": test["firing_rate"],
+                       "synops": test["synops"], "synops_total": test["synops_total"],
                        "lr": optimizer.param_groups[0]["lr"],
                        "epoch_time_s": round(train_time, 3)}
                 if rule is not None and rule.noise is not None:
@@ -1055,6 +1148,7 @@ class _Run:
                 "best_test_acc": max(r["test_acc"] for r in rows) if rows else None,
                 "final_train_acc": rows[-1]["train_acc"] if rows else None,
                 "firing_rate": rows[-1]["firing_rate"] if rows else None,
+                "synops_total": rows[-1].get("synops_total") if rows else None,
                 "wall_time_s": self.elapsed() if not finished_before else self.time_before,
                 "run_dir": str(self.run_dir),
                 "opzo_version": __version__,

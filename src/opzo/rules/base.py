@@ -109,6 +109,10 @@ class SpatialRule:
     def optimizer_step(self) -> None:
         """Called when the model's optimizer steps (rules with learned feedback update it)."""
 
+    def freeze_feedback(self, frozen: bool) -> None:
+        """Stop (or resume) learning the rule's feedback (OPZO's M; OPZO paper Table 9's
+        ablation). A no-op for rules with fixed or no feedback."""
+
     def feedback_grads(self) -> list[Tensor]:
         """Gradients of the rule's own learned feedback (DKP), which data-parallel training
         sums over processes before :meth:`optimizer_step` like the model's gradients."""

@@ -147,6 +147,11 @@ class OPZO(DirectFeedbackRule):
         self.noise = noise or NoiseSampler()
         self.lambda_m = float(lambda_m)
         self.alpha_factor = bool(alpha_factor)
+        #: M is no longer updated (OPZO paper Table 9: "fix M" after part of training)
+        self.frozen = False
+
+    def freeze_feedback(self, frozen: bool) -> None:
+        self.frozen = bool(frozen)
 
     @property
     def M(self) -> Tensor:
@@ -157,6 +162,8 @@ class OPZO(DirectFeedbackRule):
         """Eq. 6. Data parallel (``ctx.reduce``): Σ_b õ_b z_bᵀ over this process's rows is
         summed over all processes first, so every process applies the global batch's
         increment and M stays the same everywhere."""
+        if self.frozen:
+            return
         noise = self.noise
         assert noise is not None and noise.z is not None
         scale = (1.0 - self.lambda_m) / ctx.global_batch

@@ -159,6 +159,11 @@ class LocalLearning(SpatialRule):
             return self.inner.perturbation(t, batch, like)
         return self.inner.perturbation(t, batch, like, shard)
 
+    def freeze_feedback(self, frozen: bool) -> None:
+        self.inner.freeze_feedback(frozen)
+        if self.igl_rule is not None:
+            self.igl_rule.freeze_feedback(frozen)
+
     def feedback_grads(self) -> list[Tensor]:
         extra = self.igl_rule.feedback_grads() if self.igl_rule is not None else []
         return [*self.inner.feedback_grads(), *extra]
