@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from opzo.losses import InstantLoss
 from opzo.network import SpikingMLP
+from opzo.neurons.base import surrogate_at
 from opzo.surrogate import spike_with_surrogate
 
 
@@ -118,36 +119,58 @@ def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt"
     spike's derivative is ψ(u) (OTTT) or ḡ (approximate OTPE, except at the layer feeding the
     memoryless readout, where it is OTTT's). ``leaky``: the loss is on the leaky sum of the
     outputs (F-variants; then the last hidden layer gets the estimate too).
+
+    Other neuron models (``net.neuron``): the values come from the neuron's pure step, ψ is
+    taken at its threshold of the step, and the trace A runs through the neuron's presynaptic
+    filter cascade (CubaLIF: ĉ = λ_s ĉ + x first), written out here.
     """
     local = local or {}
     for p in [*net.parameters(), *(q for r, _, _ in local.values() for q in r.parameters())]:
         p.grad = None
-    lif, sur = net.lif, net.surrogate
+    lif, sur = net.neuron, net.surrogate
     lam = lif.lam
+    is_lif = lif.name == "lif"
+    syn = lif.syn_lam if lif.name == "cuba" else None  # the synaptic filter before â
     n = len(net.hidden)
     static = x.dim() == 2
     batch = y.shape[0]
     u_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
     s_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
+    st_prev = [lif.initial_state(batch, k, x) for k in net.hidden_sizes]
+    c_prev = [0.0] * n
     a_prev = [0.0] * n
     z_prev = [0.0] * n
     psi_sum = [0.0] * n
-    b_hat = z_b = 0.0
+    c_b = b_hat = z_b = 0.0
     hist = None
     total = 0.0
     skips = net.skips
     for t in range(T):
-        b_hat = lam * b_hat + 1.0
+        if syn is None:
+            b_hat = lam * b_hat + 1.0
+        else:
+            c_b = syn * c_b + 1.0
+            b_hat = lam * b_hat + c_b
         z_b = lam * z_b + b_hat
         inp = x if static else x[t]
         outs = []  # what each layer delivered at this step (residual shortcuts read them)
         for l, layer in enumerate(net.hidden):
             short = 0.0 if skips[l] is None else outs[skips[l]]
             with torch.no_grad():
-                u_val = _lif_value(lif, u_prev[l], s_prev[l], layer_op(layer, inp) + short)
-                s_val = (u_val > lif.v_th).to(u_val.dtype)
-                psi = sur(u_val, lif.v_th)
-                a_val = lam * a_prev[l] + inp
+                if is_lif:
+                    u_val = _lif_value(lif, u_prev[l], s_prev[l], layer_op(layer, inp) + short)
+                    s_val = (u_val > lif.v_th).to(u_val.dtype)
+                    psi = sur(u_val, lif.v_th)
+                else:
+                    theta = lif.threshold(st_prev[l])
+                    st_prev[l] = lif.step(st_prev[l], layer_op(layer, inp) + short, sur)
+                    u_val, s_val = st_prev[l]["u"], st_prev[l]["s"]
+                    psi = surrogate_at(sur, u_val, theta)
+                if syn is None:
+                    a_val = lam * a_prev[l] + inp
+                else:
+                    c_prev[l] = syn * c_prev[l] + inp
+                    a_val = lam * a_prev[l] + c_prev[l]
                 z_val = lam * z_prev[l] + a_val
             psi_sum[l] = lam * psi_sum[l] + psi
             estimate = kind == "approx_otpe" and (l < n - 1 or leaky)
@@ -183,13 +206,16 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
     """Exact surrogate-gradient BPTT with the ops of :func:`layer_op` (any layer types) of
     (1/T) Σ_t mean_b L(O[t]), O[t] = output_leak · O[t−1] + o[t]; with ``max_leak`` λ_o
     instead of mean_b L(max_t Y[t]), Y[t] = λ_o Y[t−1] + o[t] (the maximum taken
-    over the stacked Y). ``detach_reset``: the spikes in the reset term are constants."""
+    over the stacked Y). ``detach_reset``: the spikes in the reset term are constants.
+    Other neuron models than LIF: through their equations as written in
+    :func:`neuron_step_reference` (independent of :mod:`opzo.neurons`)."""
     for p in net.parameters():
         p.grad = None
     static = x.dim() == 2
     batch = y.shape[0]
     u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
     s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+    extra = [{"i": x.new_zeros(batch, n), "a": x.new_zeros(batch, n)} for n in net.hidden_sizes]
     out = None
     total = 0.0
     trajectory = []  # Y[t] of a max-over-time readout
@@ -199,8 +225,13 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
         for l, layer in enumerate(net.hidden):
             short = 0.0 if net.skips[l] is None else outs[net.skips[l]]
             fired = s[l].detach() if detach_reset else s[l]
-            u[l] = _lif_value(net.lif, u[l], fired, layer_op(layer, inp) + short)
-            s[l] = spike_with_surrogate(u[l], net.lif.v_th, net.surrogate)
+            if net.neuron.name == "lif":
+                u[l] = _lif_value(net.lif, u[l], fired, layer_op(layer, inp) + short)
+                s[l] = spike_with_surrogate(u[l], net.lif.v_th, net.surrogate)
+            else:
+                extra[l] = neuron_step_reference(net.neuron, u[l], fired, extra[l],
+                                                 layer_op(layer, inp) + short, net.surrogate)
+                u[l], s[l] = extra[l]["u"], extra[l]["s"]
             inp = s[l] if masks is None else s[l] * masks[l]
             outs.append(inp)
         o = layer_op(net.readout, inp)
@@ -214,3 +245,27 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
         total = loss.per_sample(torch.stack(trajectory).max(0).values, y).mean()
     total.backward()
     return {name: q.grad.clone() for name, q in net.named_parameters()}
+
+
+def neuron_step_reference(neuron, u, fired, extra, current, surrogate):
+    """One step of CubaLIF or ALIF, their equations written out (tests only): returns u, s
+    and the model's own state (i or a), with autograd through everything (ALIF's threshold
+    included: s = H(u − θ), ∂s/∂θ = −ψ)."""
+    lam, v_th = neuron.lam, neuron.v_th
+
+    def membrane(u, inp):
+        if neuron.reset == "subtract":
+            return lam * (u - v_th * fired) + inp
+        return lam * u * (1.0 - fired) + inp
+
+    if neuron.name == "cuba":
+        i = neuron.syn_lam * extra["i"] + current
+        u = membrane(u, i)
+        return {"u": u, "s": spike_with_surrogate(u, v_th, surrogate), "i": i,
+                "a": extra["a"]}
+    if neuron.name == "alif":
+        theta = v_th + neuron.beta * extra["a"]
+        u = membrane(u, current)
+        s = spike_with_surrogate(u - theta, 0.0, surrogate)
+        return {"u": u, "s": s, "i": extra["i"], "a": neuron.adapt_lam * extra["a"] + s}
+    raise ValueError(f"no reference for neuron {neuron.name!r}")

@@ -5,8 +5,9 @@ kept and differentiated by autograd, through the layers *and* through time (memb
 reset and the spikes of earlier steps). Memory grows linearly with T. Used as a training
 baseline and as the exact reference gradient for alignment measurements (OTPE paper,
 section 4). It runs the network's own layer objects (their ``forward`` is differentiable,
-through the pooling and the weight standardization of conv layers), so FC and conv networks
-are handled alike.
+through the pooling and the weight standardization of conv layers) and its neuron model's pure
+step (:meth:`opzo.neurons.Neuron.step`), so FC and conv networks and every neuron model are
+handled alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from .distributed import Communicator, Shard
 from .learner import BatchStats
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
-from .surrogate import spike_with_surrogate
 
 #: per-step inputs with fewer non-zeros than this fraction go through a sparse product
 SPARSE_INPUT_DENSITY = 0.05
@@ -69,7 +69,7 @@ class BPTTLearner:
         ``shard``: ``x`` and ``y`` are these rows of a global batch (:mod:`opzo.distributed`):
         the loss is divided by the global batch, dropout masks are drawn for it, and with
         the learner's ``comm`` the gradients are summed over the processes."""
-        net, lif = self.net, self.net.lif
+        net, neuron = self.net, self.net.neuron
         x, T = net.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
@@ -79,8 +79,7 @@ class BPTTLearner:
         if shard is not None and shard.size != batch:
             raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
         norm = batch if shard is None else shard.total  # the B of the batch mean
-        u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-        s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
+        state = [neuron.initial_state(batch, n, x) for n in net.hidden_sizes]
         total = x.new_zeros(())
         out_sum = x.new_zeros(batch, net.num_outputs)
         leaky: Tensor | None = None  # O[t] with an output leak
@@ -96,13 +95,10 @@ class BPTTLearner:
                         current = current + outs[net.skips[l]]
                     if net.hardware is not None:  # the chip's noise (opzo.hardware)
                         current = net.hardware.perturb_(current, l, scratch=False)
-                    fired = s[l].detach() if self.detach_reset else s[l]
-                    if lif.reset == "subtract":
-                        u[l] = lif.lam * (u[l] - lif.v_th * fired) + current
-                    else:
-                        u[l] = lif.lam * u[l] * (1.0 - fired) + current
-                    s[l] = spike_with_surrogate(u[l], lif.v_th, net.surrogate)
-                    inp = s[l] if masks is None else s[l] * masks[l]
+                    state[l] = neuron.step(state[l], current, net.surrogate,
+                                           self.detach_reset)
+                    spikes = state[l]["s"]
+                    inp = spikes if masks is None else spikes * masks[l]
                     outs.append(inp)
                 o = net.readout(inp)
                 if self.readout is not None:

@@ -37,6 +37,8 @@ EVENT_DATASETS = ("nmnist", "dvs-gesture", "cifar10-dvs", "shd", "ssc",
 VECTOR_DATASETS = ("shd", "ssc", "randman-time", "randman-rate")
 OPTIMIZERS = ("adamw", "adam", "adamax", "sgd")
 METHODS = ("opzo", "bp", "dfa", "dkp", "zo", "bptt")
+#: the neuron models of :data:`opzo.neurons.NEURONS` (kept equal to it by a test)
+NEURONS = ("lif", "cuba", "alif")
 #: the temporal traces of :mod:`opzo.traces` (kept equal to ``opzo.traces.TRACES`` by a test)
 TRACES = ("ottt", "ostl", "otpe", "approx_otpe",
           "f_ottt", "f_ostl", "f_otpe", "f_approx_otpe")
@@ -96,9 +98,20 @@ class TrainConfig:
     dropout: float = _opt(0.2, "dropout rate (mask fixed over the T steps)", min=0.0, max=0.99)
     init_scale: float = _opt(1.0, "hidden weights are torch's default initialisation times this "
                              "(sparse spike inputs need > 1 for the neurons to fire)", min=0.0)
-    lif_lambda: float = _opt(0.5, "membrane leak λ of the LIF neuron", min=0.0, max=1.0)
+    lif_lambda: float = _opt(0.5, "membrane leak λ of the neuron (every model)", min=0.0,
+                             max=1.0)
     v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
     reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
+    neuron: str = _opt("lif", "neuron model of the hidden layers: lif (eq. 1), cuba (a "
+                       "synaptic current with leak syn_lambda feeds the membrane), alif (a "
+                       "threshold V_th + adapt_beta·a that rises with each spike, a decaying "
+                       "with adapt_lambda)", NEURONS)
+    syn_lambda: float = _opt(0.5, "neuron cuba: leak λ_s of the synaptic current",
+                             min=0.0, max=1.0)
+    adapt_beta: float = _opt(0.2, "neuron alif: threshold increase β per unit of adaptation",
+                             min=0.0)
+    adapt_lambda: float = _opt(0.9, "neuron alif: leak λ_a of the adaptation",
+                               min=0.0, max=1.0)
     kernels: str = _opt("native", "how each step's neuron update, noise, dropout and local "
                         "derivative run: native (one fused C pass per layer, dropout masks "
                         "from the Philox generator; compiled on first use) or torch (torch "
@@ -306,6 +319,11 @@ class TrainConfig:
         if self.readout == "max" and self.diagnostics:
             raise ConfigError("diagnostics compare gradients of the per-step loss: use "
                               "readout 'sum' with diagnostics")
+        if self.neuron != "lif" and self.trace.removeprefix("f_") in ("ostl", "otpe"):
+            raise ConfigError(
+                f"trace {self.trace!r} keeps one eligibility per synapse, derived for a neuron "
+                f"whose membrane potential is its only state; neuron {self.neuron!r} has a "
+                "second one on that path: use 'ottt' or 'approx_otpe' (or their f_ variants)")
         if self.trace != "ottt" and self.method == "bptt":
             raise ConfigError("method 'bptt' is exact through time: it takes no trace "
                               f"(got trace {self.trace!r})")

@@ -64,7 +64,7 @@ def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Ten
         masks = net.dropout_masks(batch, x)
         # the F-variants' loss is on the leaky sum of the outputs: so is their reference's
         leaky = trace.startswith("f_")
-        exact = BPTTLearner(net, loss, output_leak=net.lif.lam if leaky else 0.0)
+        exact = BPTTLearner(net, loss, output_leak=net.neuron.lam if leaky else 0.0)
         if rule is None:
             ours = _grads_of(net, lambda: exact.accumulate(x, y, T, masks=masks))
         else:

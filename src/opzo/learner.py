@@ -92,7 +92,7 @@ class OnlineLearner:
         self.trace_name = trace
         self.gbar = gbar  # OTPE's ḡ normalisation (opzo.traces.leaky_mean)
         for l, layer in enumerate(net.hidden):  # validate the name and the layers now
-            make_trace(trace, net.lif, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
+            make_trace(trace, net.neuron, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
                        gbar=gbar)
         self.update = update
         #: the process group of data-parallel training (None: one process)
@@ -168,11 +168,11 @@ class OnlineLearner:
         hidden = list(net.hidden)
         readout = net.readout
         traces = [
-            make_trace(self.trace_name, net.lif, static_input=(static and l == 0),
+            make_trace(self.trace_name, net.neuron, static_input=(static and l == 0),
                        feeds_readout=(l == len(hidden) - 1), layer=hidden[l], gbar=self.gbar)
             for l in range(len(hidden))
         ]
-        head = make_output_trace(self.trace_name, net.lif.lam)  # F-variants: leaky-sum output
+        head = make_output_trace(self.trace_name, net.neuron.lam)  # F-variants: leaky-sum output
         state = net.initial_state(batch, x)
         if masks is None:
             masks = (net.dropout_masks(batch, x) if shard is None

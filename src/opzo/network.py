@@ -5,8 +5,8 @@ Layers (OPZO paper, section 3.1 and appendix C.3.2):
 
 * hidden layer l = 1..N−1: synaptic current I_l[t] = op_l(P_l x_{l−1}[t]; W_l) + b_l, with
   op_l a fully connected layer (W x) or a convolution with scaled weight standardization
-  (conv(x, Ŵ), :mod:`opzo.layers`) and P_l an optional average pooling of its input; LIF
-  neuron of eq. 1, spikes s_l[t]; what it delivers to the next layer is
+  (conv(x, Ŵ), :mod:`opzo.layers`) and P_l an optional average pooling of its input; the
+  network's neuron model (:mod:`opzo.neurons`; LIF of eq. 1 by default), spikes s_l[t]; what it delivers to the next layer is
   x_l[t] = (s_l[t] + α z_l[t]) ⊙ m_l where α z_l is optional perturbation noise ("after the
   neuron", OPZO section 4.4) and m_l a dropout mask drawn once per sample and kept over all
   time steps (0 or 1/(1 − p)); with noise "before the neuron" α z_l is added to I_l[t].
@@ -76,7 +76,8 @@ from . import native
 from .distributed import Shard
 from .hardware import HardwareNoise
 from .layers import ConvLayer, DenseLayer
-from .neuron import LIFParams, lif_step
+from .neurons import LIF, Neuron
+from .neurons.base import Threshold, surrogate_at, surrogate_grad_scaled
 from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, Surrogate
 
 #: how a step's elementwise work and the dropout masks are computed (see the module docstring)
@@ -210,12 +211,33 @@ def net_string(tokens: Sequence[LayerToken]) -> str:
     return "-".join(str(t) for t in tokens)
 
 
-@dataclass
 class NetState:
-    """Per-hidden-layer membrane potentials and last spikes (the neurons' temporal state)."""
+    """The neurons' temporal state: per state variable of the neuron model (u and s, and the
+    model's own, e.g. CubaLIF's i; :attr:`opzo.neurons.Neuron.state_vars`) one (B, n_l)
+    tensor per hidden layer, in :attr:`vars`; ``u`` and ``s`` are its first two lists."""
 
-    u: list[Tensor]
-    s: list[Tensor]
+    def __init__(self, u: list[Tensor], s: list[Tensor], **extra: list[Tensor]) -> None:
+        #: state variable name -> one tensor per hidden layer
+        self.vars: dict[str, list[Tensor]] = {"u": list(u), "s": list(s),
+                                              **{k: list(v) for k, v in extra.items()}}
+
+    @property
+    def u(self) -> list[Tensor]:
+        """Membrane potentials, one per hidden layer."""
+        return self.vars["u"]
+
+    @property
+    def s(self) -> list[Tensor]:
+        """Last spikes, one per hidden layer."""
+        return self.vars["s"]
+
+    def layer(self, l: int) -> dict[str, Tensor]:
+        """Hidden layer l's state, name -> tensor."""
+        return {k: v[l] for k, v in self.vars.items()}
+
+    def set_layer(self, l: int, state: dict[str, Tensor]) -> None:
+        for k, v in state.items():
+            self.vars[k][l] = v
 
 
 @dataclass
@@ -232,6 +254,7 @@ class StepRecord:
     out: list[Tensor]
     masks: list[Tensor] | None
     surrogate: Surrogate
+    #: the neuron model's base threshold
     v_th: float
     gains: list[Tensor] | None = None  # m_l · surrogate.gain(), precomputed per batch
     #: what each hidden layer's synaptic op saw at this step (its input after pooling,
@@ -245,6 +268,17 @@ class StepRecord:
     #: per hidden layer, m_l ⊙ ψ(u_l[t]) computed by the fused native step, or None (then
     #: computed from u_l[t] when asked)
     dpsi: list[Tensor | None] | None = None
+    #: per hidden layer, the threshold the spikes s_l[t] were compared with (a float, or a
+    #: (B, n_l) tensor for a neuron whose threshold moves, e.g. ALIF); None: ``v_th``
+    thresholds: list[Threshold] | None = None
+
+    def threshold(self, l: int) -> Threshold:
+        """V_th of layer l at this step (see :attr:`thresholds`)."""
+        return self.v_th if self.thresholds is None else self.thresholds[l]
+
+    def psi(self, l: int) -> Tensor:
+        """ψ(u_l[t] − V_th) with layer l's threshold at this step (no dropout mask)."""
+        return surrogate_at(self.surrogate, self.u[l], self.threshold(l))
 
     def local_grad(self, l: int, g: Tensor) -> Tensor:
         """δ_l = g ⊙ m_l ⊙ ψ(u_l[t]): an error g at layer l's output x_l taken to its potential
@@ -266,7 +300,7 @@ class StepRecord:
                 g = g * self.masks[l]
             if gain != 1.0:
                 g = g * gain
-        return self.surrogate.grad_scaled(g, self.u[l], self.v_th)
+        return surrogate_grad_scaled(self.surrogate, g, self.u[l], self.threshold(l))
 
     def local_derivative(self, l: int) -> Tensor:
         """m_l ⊙ ψ(u_l[t]) itself (for diagnostics)."""
@@ -283,7 +317,8 @@ class SpikingNet(nn.Module):
 
     ``spec``: a network string or name (parsed by :func:`parse_net` with ``width``), or
     tokens as :func:`parse_net` returns them (taken as they are; ``width`` is not applied).
-    ``hidden``: the hidden layers (:class:`~opzo.layers.DenseLayer` or
+    ``neuron``: the neuron model of every hidden layer (:mod:`opzo.neurons`; default LIF;
+    ``lif`` is its older name). ``hidden``: the hidden layers (:class:`~opzo.layers.DenseLayer` or
     :class:`~opzo.layers.ConvLayer`, each with its input pooling); ``readout``: a
     :class:`~opzo.layers.DenseLayer` (with its pooling and flattening).
     """
@@ -295,12 +330,15 @@ class SpikingNet(nn.Module):
         num_outputs: int,
         *,
         width: float = 1.0,
-        lif: LIFParams | None = None,
+        lif: Neuron | None = None,
         surrogate: Surrogate | None = None,
         dropout: float = 0.0,
         kernels: str = "native",
+        neuron: Neuron | None = None,
     ) -> None:
         super().__init__()
+        if lif is not None and neuron is not None:
+            raise ValueError("give the neuron model once: neuron= (lif= is its older name)")
         tokens = parse_net(spec, width) if isinstance(spec, str) else list(spec)
         shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(
             int(d) for d in input_shape)
@@ -318,7 +356,8 @@ class SpikingNet(nn.Module):
         self.hardware: HardwareNoise | None = None
         self.input_shape = shape
         self.spec = net_string(tokens)
-        self.lif = lif or LIFParams()
+        #: the neuron model of every hidden layer (:mod:`opzo.neurons`)
+        self.neuron: Neuron = neuron or lif or LIF()
         self.surrogate = surrogate or SigmoidSurrogate()
         self.dropout = float(dropout)
         hidden: list[nn.Module] = []
@@ -369,6 +408,11 @@ class SpikingNet(nn.Module):
         self.skips = skips
 
     @property
+    def lif(self) -> Neuron:
+        """The neuron model (its name from before :mod:`opzo.neurons`; use ``neuron``)."""
+        return self.neuron
+
+    @property
     def hidden_sizes(self) -> list[int]:
         """n_l = C·H·W (or the width) of every hidden layer."""
         return [int(layer.out_features) for layer in self.hidden]
@@ -396,9 +440,10 @@ class SpikingNet(nn.Module):
         return f"{self.spec} on {self.input_shape}: {sizes}"
 
     def initial_state(self, batch: int, like: Tensor) -> NetState:
-        """Zero potentials and no spikes for every hidden layer."""
-        zeros = [like.new_zeros(batch, n) for n in self.hidden_sizes]
-        return NetState(u=zeros, s=[z.clone() for z in zeros])
+        """Every hidden layer at rest: zero potentials, no spikes (and the neuron model's
+        other state variables at zero)."""
+        layers = [self.neuron.initial_state(batch, n, like) for n in self.hidden_sizes]
+        return NetState(**{k: [st[k] for st in layers] for k in self.neuron.state_vars})
 
     def dropout_masks(self, batch: int, like: Tensor, shard: Shard | None = None
                       ) -> list[Tensor] | None:
@@ -426,10 +471,10 @@ class SpikingNet(nn.Module):
         return masks
 
     def uses_native_kernels(self, like: Tensor) -> bool:
-        """Whether a step on tensors like ``like`` runs on the native kernels: asked for,
-        float32 on the CPU, no autograd graph to build, and the library loaded (else a
-        warning, once)."""
-        return (self.kernels == "native" and like.dtype == torch.float32
+        """Whether a step on tensors like ``like`` runs on the native kernels: asked for, a
+        neuron model they compute (LIF), float32 on the CPU, no autograd graph to build, and
+        the library loaded (else a warning, once)."""
+        return (self.kernels == "native" and self.neuron.native and like.dtype == torch.float32
                 and like.device.type == "cpu"
                 and not (torch.is_grad_enabled() and any(p.requires_grad
                                                          for p in self.parameters()))
@@ -524,7 +569,8 @@ class SpikingNet(nn.Module):
         if (hardware is not None and hardware.kind == "gaussian" and noise is not None
                 and not after):
             hardware = None  # the rule's perturbation before the neuron is the chip's noise
-        lif = self.lif
+        neuron = self.neuron
+        thresholds: list[Threshold] | None = None
         threads = native.default_threads()
         surr = self._native_surrogate() if fused and local_derivative else None
         code, surr_param, surr_gain = (0, 1.0, 1.0) if surr is None else surr
@@ -547,7 +593,8 @@ class SpikingNet(nn.Module):
             if fused and _fusable(current, state.u[l], state.s[l], mask, z):
                 flat = current.reshape(current.shape[0], -1)
                 u, s, out, d = native.lif_step_unchecked(
-                    flat, state.u[l], state.s[l], lif.lam, lif.v_th, lif.reset == "zero",
+                    flat, state.u[l], state.s[l], neuron.lam, neuron.v_th,
+                    neuron.reset == "zero",
                     z, noise_scale, not after, mask,
                     code, surr_param, surr_gain, flat if scratch else None, threads)
             else:
@@ -555,8 +602,15 @@ class SpikingNet(nn.Module):
                 if noise is not None and not after:
                     current = torch.add(current, noise[l], alpha=noise_scale)
                     scratch = True
-                u, s = lif_step(state.u[l], state.s[l], current, self.lif,
-                                current_is_scratch=scratch)
+                prev = state.layer(l)
+                theta = neuron.threshold(prev)
+                if isinstance(theta, Tensor):  # a moving threshold (ALIF): record it
+                    if thresholds is None:
+                        thresholds = [neuron.v_th] * len(self.hidden)
+                    thresholds[l] = theta
+                new = neuron.step_(prev, current, scratch)
+                state.set_layer(l, new)
+                u, s = new["u"], new["s"]
                 out = s
                 if noise is not None and after:
                     out = torch.add(s, noise[l], alpha=noise_scale)
@@ -572,8 +626,8 @@ class SpikingNet(nn.Module):
             inp = out
         r_in = self.readout.op_input(inp)
         o = self.readout.op(r_in)
-        return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.lif.v_th, gains,
-                             inputs=ins, readout_in=r_in, dpsi=dpsis)
+        return o, StepRecord(us, spikes, outs, masks, self.surrogate, neuron.v_th, gains,
+                             inputs=ins, readout_in=r_in, dpsi=dpsis, thresholds=thresholds)
 
     def run(self, x: Tensor, T: int | None = None) -> Iterator[tuple[Tensor, StepRecord]]:
         """Run the network forward from rest over T steps without noise, yielding o[t] and the
@@ -630,10 +684,11 @@ class SpikingMLP(SpikingNet):
     def __init__(
         self,
         sizes: Sequence[int],
-        lif: LIFParams | None = None,
+        lif: Neuron | None = None,
         surrogate: Surrogate | None = None,
         dropout: float = 0.0,
         kernels: str = "native",
+        neuron: Neuron | None = None,
     ) -> None:
         sizes = [int(n) for n in sizes]
         if len(sizes) < 3 or any(n <= 0 for n in sizes):
@@ -643,4 +698,4 @@ class SpikingMLP(SpikingNet):
             )
         tokens = [LayerToken("dense", n) for n in sizes[1:-1]] + [LayerToken("readout")]
         super().__init__(tokens, (sizes[0],), sizes[-1], lif=lif, surrogate=surrogate,
-                         dropout=dropout, kernels=kernels)
+                         dropout=dropout, kernels=kernels, neuron=neuron)

@@ -92,7 +92,8 @@ from torch import Tensor
 
 from .layers import ConvLayer, DenseLayer
 from .network import LayerToken, SpikingNet, net_string
-from .neuron import LIFParams
+from .neurons import Neuron
+from .neurons.lif import LIFParams
 
 __all__ = ["DEFAULT_DT", "NIRError", "export_run", "from_nir", "load_nir_network",
            "lif_to_nir_params", "run_snntorch", "run_spikingjelly", "to_nir"]
@@ -143,7 +144,7 @@ def _f32(t: Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).cpu().numpy().copy()
 
 
-def _neuron_node(nir: ModuleType, lif: LIFParams, shape: Sequence[int], dt: float) -> Any:
+def _neuron_node(nir: ModuleType, lif: Neuron, shape: Sequence[int], dt: float) -> Any:
     """The NIR neuron of one hidden layer's neurons (shape: the layer's output shape)."""
     shape = tuple(int(d) for d in shape)
     thr = np.full(shape, lif.v_th, dtype=np.float32)
@@ -169,7 +170,10 @@ def to_nir(net: SpikingNet, dt: float = DEFAULT_DT, approximate: bool = False) -
     nir = _nir()
     if not dt > 0:
         raise NIRError(f"the time step dt must be > 0, got {dt}")
-    lif = net.lif
+    lif = net.neuron
+    if lif.name != "lif":
+        raise NIRError(f"NIR export maps the discrete LIF neuron only; this network's neurons "
+                       f"are {lif.name!r} ({lif.describe()}). Train with --neuron lif to export")
     if lif.reset != "zero" and not approximate:
         raise NIRError(SUBTRACT_RESET_MESSAGE)
     nodes: dict[str, Any] = {"input": nir.Input(input_type=np.array(net.input_shape))}
@@ -746,19 +750,19 @@ def export_run(run_dir: str | Path, out: str | Path, approximate: bool = False,
     nir.write(out, graph)
     back = load_nir_network(out, dt=dt)
     report: dict[str, Any] = {"run": str(run), "out": str(out), "net": net.describe(),
-                              "dt": dt, "reset": net.lif.reset,
-                              "exact": net.lif.reset == "zero"}
+                              "dt": dt, "reset": net.neuron.reset,
+                              "exact": net.neuron.reset == "zero"}
     x, _ = next(iter(test_set.batches(cfg.eval_batch_size, cfg.T)))
     ref, ref_counts = spike_counts(net, x, cfg.T)
     got, got_counts = spike_counts(back, x, cfg.T)
-    if net.lif.reset == "zero":
+    if net.neuron.reset == "zero":
         same = torch.equal(ref, got) and all(torch.equal(a, b)
                                              for a, b in zip(ref_counts, got_counts))
         if not same:
             raise RuntimeError(f"the NIR file {out} read back does not reproduce the network's "
                                f"outputs (max difference {float((ref - got).abs().max()):g})")
         report["check"] = f"read back: identical outputs and spikes on {len(x)} test images"
-    if approximate and net.lif.reset != "zero":
+    if approximate and net.neuron.reset != "zero":
         agree = correct_ref = correct_nir = n = 0
         for x, labels in test_set.batches(cfg.eval_batch_size, cfg.T):
             p_ref = spike_counts(net, x, cfg.T)[0].argmax(1)

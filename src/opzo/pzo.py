@@ -290,6 +290,10 @@ class UntruncatedLearner:
 
     def __init__(self, net: SpikingNet, feedback: TemporalFeedback, steps: int,
                  loss: InstantLoss | None = None) -> None:
+        if net.neuron.name != "lif":
+            raise ValueError(f"PZO without truncation takes the error back through each layer's "
+                             f"LIF neuron (leak and reset, the recursion derived for eq. 1); "
+                             f"the network's neuron is {net.neuron.name!r}: use a LIF network")
         self.net = net
         self.feedback = feedback
         self.loss = loss or InstantLoss()
@@ -350,7 +354,7 @@ class UntruncatedLearner:
     def layer_errors(self, g: Tensor, batch: UnrolledBatch) -> list[Tensor]:
         """ε_l[t] = ∂L/∂I_l[t] of every hidden layer from the errors g (T, B, Σ n_l) at the
         features: the layer-local BPTT recursion of the module docstring, (T, B, n_l) each."""
-        net, lif = self.net, self.net.lif
+        net, lif = self.net, self.net.neuron
         T = batch.T
         out: list[Tensor] = []
         for l, gl in enumerate(g.split(self.feedback.sizes, dim=2)):

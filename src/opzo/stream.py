@@ -91,7 +91,7 @@ class StreamLearner:
         self.gbar = gbar
         self.update_every = int(update_every)
         for l, layer in enumerate(net.hidden):  # validate the trace name now
-            make_trace(trace, net.lif, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
+            make_trace(trace, net.neuron, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
                        gbar=gbar)
         if not rule.is_bound_to(net):
             rule.bind(net)
@@ -116,11 +116,11 @@ class StreamLearner:
         self.batch = int(batch)
         self.state = net.initial_state(batch, like)
         self.traces = [
-            make_trace(self.trace_name, net.lif, static_input=False,
+            make_trace(self.trace_name, net.neuron, static_input=False,
                        feeds_readout=(l == len(net.hidden) - 1), layer=layer, gbar=self.gbar)
             for l, layer in enumerate(net.hidden)
         ]
-        self.head = make_output_trace(self.trace_name, net.lif.lam)
+        self.head = make_output_trace(self.trace_name, net.neuron.lam)
         self.masks = net.dropout_masks(batch, like)
         self.gains = None
         if self.masks is not None and not net.fuses_local_derivative(like):

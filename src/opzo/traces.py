@@ -56,6 +56,16 @@ convolution shares each weight among all positions of a map, so theirs would be 
 object (a per-sample sum over positions of the position-wise eligibilities): they are
 implemented for fully connected layers only, and :func:`make_trace` says so for a conv layer.
 
+**Neuron models.** A trace asks the network's neuron (:mod:`opzo.neurons`) what it needs:
+OTTT's and approximate OTPE's presynaptic trace â is the input through the neuron's filter
+cascade (:attr:`~opzo.neurons.Neuron.presynaptic_leaks`; LIF: â = λ â + x; CubaLIF: the
+synaptic filter first, ĉ = λ_s ĉ + x, â = λ â + ĉ); ψ is taken at the neuron's threshold of
+the step (:meth:`StepRecord.psi`; ALIF's moves); OSTL and OTPE take κ from
+:meth:`~opzo.neurons.Neuron.own_path_factor` and refuse a neuron whose own path has a second
+state (CubaLIF, ALIF). Approximate OTPE's ẑ and ḡ, OTPE's R̂ and the F-variants' leaky output
+use the membrane leak λ (the consumer's integration; for CubaLIF its synaptic filter is not
+part of that estimate).
+
 **Static input.** With the same x at every step (direct-current encoding) the first
 layer's traces are per-neuron scalars times x: â[t] = b̂[t] x, ε_bji[t] = c_bj[t] x_bi,
 R̂_bji[t] = r_bj[t] x_bi, ẑ[t] = ẑ^b[t] x. They then keep O(n) state and do one
@@ -71,7 +81,8 @@ from torch import Tensor
 
 from .layers import ConvLayer, DenseLayer
 from .network import StepRecord
-from .neuron import LIFParams
+from .neurons import LIF, Neuron
+from .neurons.base import surrogate_at
 
 #: a hidden layer a trace writes gradients through (see :mod:`opzo.layers`)
 SynapticLayer = DenseLayer | ConvLayer
@@ -132,6 +143,50 @@ def _nbytes(*tensors: Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+def _psi(rec: StepRecord, l: int) -> Tensor:
+    """ψ(u_l[t] − V_th) at the layer's threshold of the step (records without
+    ``thresholds`` use ``v_th``)."""
+    thresholds = getattr(rec, "thresholds", None)
+    return surrogate_at(rec.surrogate, rec.u[l], rec.v_th if thresholds is None
+                        else thresholds[l])
+
+
+class _Cascade:
+    """The filter stages of a presynaptic trace before the last one (CubaLIF's synaptic
+    filter, ĉ = λ_s ĉ + x): :meth:`push` returns what enters the last stage and the bias
+    trace's input (x and 1.0 when there are no stages)."""
+
+    def __init__(self, leaks: Sequence[float]) -> None:
+        self.leaks = tuple(float(v) for v in leaks)
+        self.reset()
+
+    def reset(self) -> None:
+        self.x: list[Tensor | None] = [None] * len(self.leaks)
+        self.c = [0.0] * len(self.leaks)
+
+    def push(self, x: Tensor, static_input: bool) -> tuple[Tensor, float]:
+        unit = 1.0
+        for k, lam in enumerate(self.leaks):
+            self.c[k] = lam * self.c[k] + unit
+            unit = self.c[k]
+            if static_input:
+                continue  # the trace is c[t] x: only the scalars move
+            prev = self.x[k]
+            if prev is None:
+                self.x[k] = prev = x.clone()
+            else:
+                torch.add(x, prev, alpha=lam, out=prev)
+            x = prev
+        return x, unit
+
+    def nbytes(self) -> int:
+        return _nbytes(*self.x)
+
+
+def _leaks(lam: float | Sequence[float]) -> tuple[float, ...]:
+    return (float(lam),) if isinstance(lam, (int, float)) else tuple(float(v) for v in lam)
+
+
 def _grads(layer: SynapticLayer) -> tuple[Tensor, Tensor | None]:
     """(∇W, ∇b) of a fully connected layer, created as zeros if missing."""
     w, b = layer.weight, layer.bias
@@ -152,12 +207,18 @@ class OTTTTrace(Trace):
     with the reset and every earlier spike treated as constants (∂u[t]/∂u[t−1] = λ).
     Memory O(n) per sample (OTPE paper Table 1). Static input: Σ_t δ[t]ᵀ â[t] =
     (Σ_t b̂[t] δ[t])ᵀ x, one product at :meth:`flush`.
+
+    ``lam`` may be the neuron's filter cascade (:attr:`opzo.neurons.Neuron.presynaptic_leaks`,
+    input first): for CubaLIF, ĉ[t] = λ_s ĉ[t−1] + x[t] and â[t] = λ â[t−1] + ĉ[t] (bias:
+    ĉ^b = λ_s ĉ^b + 1, b̂ = λ b̂ + ĉ^b), its ∂u[t]/∂W under the same approximation.
     """
 
     name = "ottt"
 
-    def __init__(self, lam: float, static_input: bool = False) -> None:
-        self.lam = float(lam)
+    def __init__(self, lam: float | Sequence[float], static_input: bool = False) -> None:
+        leaks = _leaks(lam)
+        self.lam = leaks[-1]
+        self._pre = _Cascade(leaks[:-1])
         self.static_input = static_input
         self.reset()
 
@@ -165,10 +226,15 @@ class OTTTTrace(Trace):
         self.a: Tensor | None = None  # â[t], or the static input x
         self.c = 0.0  # b̂[t]
         self._delta_sum: Tensor | None = None  # Σ_t c_t δ[t] (static input only)
+        self._pre.reset()
 
     def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
         """â[t] = λ â[t−1] + x[t] (the record is not needed)."""
-        self.c = self.lam * self.c + 1.0
+        if self._pre.leaks:
+            x, unit = self._pre.push(x, self.static_input)
+            self.c = self.lam * self.c + unit
+        else:
+            self.c = self.lam * self.c + 1.0
         if self.static_input:
             if self.a is None:
                 self.a = x
@@ -201,18 +267,8 @@ class OTTTTrace(Trace):
             self._delta_sum = None
 
     def state_nbytes(self) -> int:
-        return _nbytes(self._delta_sum) if self.static_input else _nbytes(self.a)
-
-
-def _own_path_factor(lif: LIFParams, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
-    """κ[t+1] = ∂u[t+1]/∂u[t] along the neuron's own path, with ∂s[t]/∂u[t] = ψ[t].
-
-    Subtractive reset u[t+1] = λ(u[t] − V_th s[t]) + I[t+1]:   κ = λ (1 − V_th ψ[t]).
-    Reset to zero    u[t+1] = λ u[t] (1 − s[t]) + I[t+1]:      κ = λ (1 − s[t] − u[t] ψ[t]).
-    """
-    if lif.reset == "subtract":
-        return psi.mul(-lif.lam * lif.v_th).add_(lif.lam)
-    return torch.addcmul(s, u, psi).neg_().add_(1.0).mul_(lif.lam)
+        own = _nbytes(self._delta_sum) if self.static_input else _nbytes(self.a)
+        return own + self._pre.nbytes()
 
 
 class OSTLTrace(Trace):
@@ -230,12 +286,16 @@ class OSTLTrace(Trace):
     so with LocalZO the same draw serves the spike and, at t+1, the reset term, as in BPTT.
     Memory O(n²) per sample (B·n·n_in values, stored neuron-major (n, B, n_in) so that the
     weight gradient is one batched product); O(n) for a static input (ε_bji = ε^b_bj x_bi).
+    κ comes from the neuron (:meth:`opzo.neurons.Neuron.own_path_factor`); a neuron whose own
+    path has a second state is refused.
     """
 
     name = "ostl"
 
-    def __init__(self, lif: LIFParams, static_input: bool = False) -> None:
-        self.lif = lif
+    def __init__(self, lif: Neuron, static_input: bool = False) -> None:
+        if lif.own_path_unsupported is not None:
+            raise ValueError(f"trace {self.name!r}: {lif.own_path_unsupported}")
+        self.neuron = lif
         self.static_input = static_input
         self.reset()
 
@@ -262,8 +322,8 @@ class OSTLTrace(Trace):
                 assert self.eps is not None
                 torch.addcmul(x.unsqueeze(0), self.eps, self.kappa.t().unsqueeze(2),
                               out=self.eps)
-        self.psi = rec.surrogate(u, rec.v_th)
-        self.kappa = _own_path_factor(self.lif, u, rec.spikes[l], self.psi)
+        self.psi = _psi(rec, l)
+        self.kappa = self.neuron.own_path_factor(u, rec.spikes[l], self.psi)
 
     def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
         """ε[t] = κ[t] ε[t−1] + x[t]; then ψ[t] and κ[t+1] from u[t], s[t]."""
@@ -326,7 +386,7 @@ class OTPETrace(OSTLTrace):
 
     name = "otpe"
 
-    def __init__(self, lif: LIFParams, static_input: bool = False, gbar: str = "paper") -> None:
+    def __init__(self, lif: Neuron, static_input: bool = False, gbar: str = "paper") -> None:
         leaky_mean(torch.zeros((), device="cpu"), 1, 0.5, gbar)  # validate the mode now
         self.gbar_mode = gbar
         super().__init__(lif, static_input)
@@ -342,7 +402,7 @@ class OTPETrace(OSTLTrace):
     def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
         """ε[t] as OSTL; R̂[t] = λ R̂[t−1] + ψ[t] ε[t]; ḡ[t] = S[t]/t."""
         super().push(x, rec, l)
-        psi, c, lam = self.psi, self.c, self.lif.lam
+        psi, c, lam = self.psi, self.c, self.neuron.lam
         assert psi is not None and c is not None
         psi_t = psi.t().unsqueeze(2)
         if self.S is None:
@@ -389,14 +449,20 @@ class ApproxOTPETrace(Trace):
     immediate time-step's surrogate"). Bias: b̂ = λ b̂ + 1, ẑ^b = λ ẑ^b + b̂,
     ∇b += ẑ^b Σ_batch δ. Memory O(n) per sample (â, ẑ: B·n_in; ψ sums: B·n); for a static
     input ẑ[t] = ẑ^b[t] x and one product at :meth:`flush`.
+
+    ``lam`` may be the neuron's filter cascade as for :class:`OTTTTrace` (â through it); ẑ
+    and ḡ use its last entry, the membrane leak λ.
     """
 
     name = "approx_otpe"
 
-    def __init__(self, lam: float, static_input: bool = False, gbar: str = "paper") -> None:
+    def __init__(self, lam: float | Sequence[float], static_input: bool = False,
+                 gbar: str = "paper") -> None:
         leaky_mean(torch.zeros((), device="cpu"), 1, 0.5, gbar)  # validate the mode now
         self.gbar_mode = gbar
-        self.lam = float(lam)
+        leaks = _leaks(lam)
+        self.lam = leaks[-1]
+        self._pre = _Cascade(leaks[:-1])
         self.static_input = static_input
         self.reset()
 
@@ -409,13 +475,18 @@ class ApproxOTPETrace(Trace):
         self.count = 0
         self.gbar: Tensor | None = None
         self._pending: Tensor | None = None  # static input: Σ_t ẑ^b[t] δ[t]
+        self._pre.reset()
 
     def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
         """â, ẑ, b̂, ẑ^b one step on; ḡ[t] = S[t]/t with S = λ S + ψ(u[t])."""
         if rec is None:
             raise ValueError(f"the {self.name} trace needs the step record: push(x, rec, l)")
         lam = self.lam
-        self.bh = lam * self.bh + 1.0
+        if self._pre.leaks:
+            x, unit = self._pre.push(x, self.static_input)
+            self.bh = lam * self.bh + unit
+        else:
+            self.bh = lam * self.bh + 1.0
         self.zb = lam * self.zb + self.bh
         if self.static_input:
             if self.a is None:
@@ -427,7 +498,7 @@ class ApproxOTPETrace(Trace):
             assert self.z is not None
             torch.add(x, self.a, alpha=lam, out=self.a)
             torch.add(self.a, self.z, alpha=lam, out=self.z)
-        psi = rec.surrogate(rec.u[l], rec.v_th)
+        psi = _psi(rec, l)
         if self.S is None:
             self.S = psi.clone()
         else:
@@ -458,7 +529,7 @@ class ApproxOTPETrace(Trace):
 
     def state_nbytes(self) -> int:
         own = _nbytes(self._pending) if self.static_input else _nbytes(self.a, self.z)
-        return own + _nbytes(self.S, self.gbar)
+        return own + _nbytes(self.S, self.gbar) + self._pre.nbytes()
 
 
 def _check_name(name: str) -> tuple[str, bool]:
@@ -469,12 +540,13 @@ def _check_name(name: str) -> tuple[str, bool]:
     return (name[2:] if leaky else name), leaky
 
 
-def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
+def make_trace(name: str, lif: Neuron | float, static_input: bool = False,
                feeds_readout: bool = False, layer: SynapticLayer | None = None,
                gbar: str = "paper") -> Trace:
     """Build the temporal trace ``name`` (one of :data:`TRACES`) of one hidden layer.
 
-    ``lif``: the network's LIF parameters (a bare float is taken as the leak λ).
+    ``lif``: the network's neuron model (:mod:`opzo.neurons`; a bare float is taken as a
+    LIF neuron's leak λ). OSTL and OTPE refuse a neuron whose own path has a second state.
     ``static_input``: the layer sees the same input at every step (enables the fast path).
     ``feeds_readout``: the layer's spikes go to the readout; unless the name is an F-variant
     (leaky-sum output) the readout keeps no state, and OTPE / approximate OTPE reduce there
@@ -484,8 +556,10 @@ def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
     """
     leaky_mean(torch.zeros((), device="cpu"), 1, 0.5, gbar)  # validate the mode (any name)
     base, leaky_output = _check_name(name)
-    if not isinstance(lif, LIFParams):
-        lif = LIFParams(lam=float(lif))
+    if not isinstance(lif, Neuron):
+        lif = LIF(lam=float(lif))
+    if base in ("ostl", "otpe") and lif.own_path_unsupported is not None:
+        raise ValueError(f"trace {name!r}: {lif.own_path_unsupported}")
     if feeds_readout and not leaky_output:
         base = {"otpe": "ostl", "approx_otpe": "ottt"}.get(base, base)
     if base in ("ostl", "otpe") and layer is not None and not getattr(layer, "is_dense", True):
@@ -495,12 +569,12 @@ def make_trace(name: str, lif: LIFParams | float, static_input: bool = False,
             f"connected layers only; layer {what} is a convolution. Use trace 'ottt' or "
             "'approx_otpe' (or their f_ variants) on convolutional networks")
     if base == "ottt":
-        return OTTTTrace(lif.lam, static_input)
+        return OTTTTrace(lif.presynaptic_leaks, static_input)
     if base == "ostl":
         return OSTLTrace(lif, static_input)
     if base == "otpe":
         return OTPETrace(lif, static_input, gbar)
-    return ApproxOTPETrace(lif.lam, static_input, gbar)
+    return ApproxOTPETrace(lif.presynaptic_leaks, static_input, gbar)
 
 
 class OutputTrace:

@@ -66,7 +66,7 @@ from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .localzo import SparsityStats
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingMLP, SpikingNet
-from .neuron import LIFParams
+from .neurons import make_neuron
 from .rules import DFA, DKP, OPZO, ZO, LocalLearning, NoiseSampler, SpatialBP, SpatialRule
 from .surrogate import make_surrogate
 
@@ -75,7 +75,7 @@ CHECKPOINT = "checkpoint.pt"
 
 def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classes: int
                   ) -> SpikingNet:
-    """The SNN of the config: inputs → hidden LIF layers → readout.
+    """The SNN of the config: inputs → hidden layers of the config's neuron model → readout.
 
     ``input_shape``: the source's ``input_shape`` ((1, H, W) for images, (C, H, W) for
     frames, (F,) for vectors; a bare int is (F,)). With ``cfg.net`` the network of that string
@@ -89,13 +89,15 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
         surrogate = make_surrogate(cfg.surrogate, delta=cfg.localzo_delta, m=cfg.localzo_m,
                                    distribution=cfg.localzo_dist)
     shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
-    lif = LIFParams(lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset)
+    neuron = make_neuron(cfg.neuron, lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset,
+                         syn_lambda=cfg.syn_lambda, adapt_beta=cfg.adapt_beta,
+                         adapt_lambda=cfg.adapt_lambda)
     net: SpikingNet
     if cfg.net is not None:
-        net = SpikingNet(cfg.net, shape, num_classes, width=cfg.width, lif=lif,
+        net = SpikingNet(cfg.net, shape, num_classes, width=cfg.width, neuron=neuron,
                          surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
     else:
-        net = SpikingMLP([math.prod(shape), *cfg.hidden, num_classes], lif=lif,
+        net = SpikingMLP([math.prod(shape), *cfg.hidden, num_classes], neuron=neuron,
                          surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
     if cfg.hw_noise:  # the deployed chip's noise on every current (opzo.hardware)
         from .hardware import attach
@@ -791,9 +793,9 @@ class _Run:
         shape, classes = self.train_set.input_shape, self.train_set.classes
         if cfg.init_from and _is_nir(cfg.init_from):  # the network itself comes from the file
             net = _network_from_nir(cfg, cfg.init_from, shape, classes)
-            self.log(f"network from {cfg.init_from}: {net.describe()}, λ={net.lif.lam:g}, "
-                     f"V_th={net.lif.v_th:g}, reset {net.lif.reset} (the config's net, hidden "
-                     "and LIF options are not used)")
+            self.log(f"network from {cfg.init_from}: {net.describe()}, "
+                     f"{net.neuron.describe()} (the config's net, hidden and neuron options "
+                     "are not used)")
         else:
             net = build_network(cfg, shape, classes)
             if cfg.init_from and not resume:  # a resume takes its weights from the checkpoint

@@ -11,7 +11,8 @@ case), and g_l comes out flattened like the layer's spikes. What differs is F:
 * :class:`DFA` — fixed random F (Nøkland 2016), Kaiming-uniform initialised.
 * :class:`DKP` — F learned from zero (Webster et al. 2020, Kolen-Pollack style): its gradient
   is Σ_t â_l[t] e[t]ᵀ, the product of layer l's activity trace â_l[t] = λ â_l[t−1] + x_l[t]
-  and the error (OPZO paper, appendix C.3.2), applied with Adam(W).
+  and the error (OPZO paper, appendix C.3.2), applied with Adam(W); λ is the neuron model's
+  membrane leak.
 * :class:`OPZO` — F = M, momentum feedback learned from the noise (OPZO paper eq. 6):
   M ← λ_M M + (1 − λ_M) mean_batch(z õᵀ) / α, M initialised to zero.
 """
@@ -88,7 +89,7 @@ class DKP(DirectFeedbackRule):
 
     def bind(self, net: SpikingNet) -> None:
         super().bind(net)
-        self.trace_lam = net.lif.lam if self.lam is None else float(self.lam)
+        self.trace_lam = net.neuron.lam if self.lam is None else float(self.lam)
         self.feedback_t.grad = torch.zeros_like(self.feedback_t)
         self.optimizer = torch.optim.AdamW([self.feedback_t], lr=self.lr,
                                            weight_decay=self.weight_decay)

@@ -68,7 +68,7 @@ class _CutNetwork:
     def __init__(self, net: SpikingNet, k: int, readout: DenseLayer) -> None:
         self.hidden = nn.ModuleList(list(net.hidden)[: k + 1])
         self.readout = readout
-        self.lif = net.lif
+        self.neuron = net.neuron
         self.surrogate = net.surrogate
         self.hidden_sizes = net.hidden_sizes[: k + 1]
         self.skips = net.skips[: k + 1]

@@ -1,0 +1,94 @@
+"""Adaptive-threshold LIF (ALIF): a threshold that rises with each spike and decays.
+
+    θ[t] = V_th + β a[t]                               (the threshold of step t+1's spike)
+    u[t+1] = λ (u[t] − V_th s[t]) + I[t+1]             (subtractive reset by the base V_th,
+                                                        as in Bellec et al.'s LSNN; "zero":
+                                                        λ u (1 − s))
+    s[t+1] = H(u[t+1] − θ[t])
+    a[t+1] = λ_a a[t] + s[t+1]
+
+State: u, s and a. Defaults β = 0.2, λ_a = 0.9. The threshold is a (B, n) tensor per step:
+every local derivative is ψ(u[t] − θ[t−1]); BPTT differentiates through θ too.
+
+**Presynaptic trace** (OTTT, approximate OTPE): with the spikes, the reset and the threshold
+held constant, ∂u[t]/∂W = λ ∂u[t−1]/∂W + x[t], LIF's â = λ â + x.
+
+**Own path** (OSTL, OTPE): the adaptation a is a second state on the neuron's own path from
+W to its spikes (∂s[t]/∂W has a term −β ψ ∂a[t−1]/∂W), so the scalar eligibility
+ε = κ ε + x is not OSTL's exact diagonal RTRL here: those traces refuse this neuron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..surrogate import Surrogate
+from .base import LayerState, Neuron, Threshold, check_common, fire
+
+
+@dataclass(frozen=True)
+class ALIF(Neuron):
+    """Membrane leak λ, base threshold V_th, reset mode, adaptation strength β and leak λ_a."""
+
+    lam: float = 0.5
+    v_th: float = 1.0
+    reset: str = "subtract"
+    beta: float = 0.2
+    adapt_lam: float = 0.9
+
+    name = "alif"
+    state_vars = ("u", "s", "a")
+    own_path_unsupported = (
+        "the alif neuron's threshold V_th + β a depends on its past spikes, a second state on "
+        "its own path from the weights to its spikes, so the per-synapse eligibility "
+        "ε = κ ε + x of OSTL / OTPE is not its gradient; use trace 'ottt' or 'approx_otpe' "
+        "(or their f_ variants) with this neuron")
+
+    def __post_init__(self) -> None:
+        check_common(self.lam, self.v_th, self.reset)
+        if not self.beta >= 0:
+            raise ValueError(f"adaptation strength beta must be >= 0, got {self.beta}")
+        if not 0.0 <= self.adapt_lam <= 1.0:
+            raise ValueError(f"adaptation leak adapt_lam must lie in [0, 1], got "
+                             f"{self.adapt_lam}")
+
+    @classmethod
+    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
+                     adapt_beta: float = 0.2, adapt_lambda: float = 0.9, **_: Any) -> ALIF:
+        return cls(lam=lam, v_th=v_th, reset=reset, beta=adapt_beta, adapt_lam=adapt_lambda)
+
+    def describe(self) -> str:
+        return f"{super().describe()}, β={self.beta:g}, λ_a={self.adapt_lam:g}"
+
+    def threshold(self, state: LayerState) -> Threshold:
+        return self.v_th + self.beta * state["a"]
+
+    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
+             detach_reset: bool = False) -> LayerState:
+        u, s, a = state["u"], state["s"], state["a"]
+        fired = s.detach() if detach_reset else s
+        theta = self.threshold(state)
+        if self.reset == "subtract":
+            u = self.lam * (u - self.v_th * fired) + current
+        else:
+            u = self.lam * u * (1.0 - fired) + current
+        s = fire(u, theta, surrogate)
+        return {"u": u, "s": s, "a": self.adapt_lam * a + s}
+
+    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
+        u, s, a = state["u"], state["s"], state["a"]
+        theta = self.threshold(state)
+        if scratch:
+            u_new = current.add_(u, alpha=self.lam)
+        else:
+            u_new = torch.add(current, u, alpha=self.lam)
+        if self.reset == "subtract":
+            u_new.sub_(s, alpha=self.lam * self.v_th)
+        else:
+            u_new.addcmul_(u, s, value=-self.lam)
+        s_new = torch.gt(u_new, theta).to(u_new.dtype)
+        return {"u": u_new, "s": s_new, "a": torch.add(s_new, a, alpha=self.adapt_lam)}

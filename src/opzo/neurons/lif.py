@@ -1,0 +1,87 @@
+"""The discrete leaky integrate-and-fire neuron (OPZO paper, section 3.1, eq. 1).
+
+    u[t+1] = λ (u[t] − V_th s[t]) + I[t+1]          (subtractive reset, the paper's default)
+    u[t+1] = λ u[t] (1 − s[t]) + I[t+1]              (reset to zero, exact in NIR)
+    s[t+1] = H(u[t+1] − V_th)                        (a spike when u > V_th)
+
+with I[t+1] = W s_in[t+1] + b the synaptic current. Defaults V_th = 1, λ = 0.5. State: u, s.
+Own path: κ = λ (1 − V_th ψ) (subtractive) or λ (1 − s − u ψ) (zero); presynaptic trace
+â = λ â + x. The network runs it on the native fused kernel where it can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..surrogate import Surrogate
+from .base import RESET_MODES, LayerState, Neuron, check_common, fire
+
+__all__ = ["LIF", "LIFParams", "RESET_MODES", "lif_step"]
+
+
+@dataclass(frozen=True)
+class LIF(Neuron):
+    """Parameters of the discrete LIF neuron of eq. 1: leak λ, threshold V_th, reset mode."""
+
+    lam: float = 0.5
+    v_th: float = 1.0
+    reset: str = "subtract"
+
+    name = "lif"
+    native = True
+
+    def __post_init__(self) -> None:
+        check_common(self.lam, self.v_th, self.reset)
+
+    @classmethod
+    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
+                     **_: Any) -> LIF:
+        return cls(lam=lam, v_th=v_th, reset=reset)
+
+    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
+             detach_reset: bool = False) -> LayerState:
+        u, s = state["u"], state["s"]
+        fired = s.detach() if detach_reset else s
+        if self.reset == "subtract":
+            u = self.lam * (u - self.v_th * fired) + current
+        else:
+            u = self.lam * u * (1.0 - fired) + current
+        return {"u": u, "s": fire(u, self.v_th, surrogate)}
+
+    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
+        u, s = lif_step(state["u"], state["s"], current, self, current_is_scratch=scratch)
+        return {"u": u, "s": s}
+
+    def own_path_factor(self, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
+        """Subtractive reset u[t+1] = λ(u[t] − V_th s[t]) + I[t+1]:   κ = λ (1 − V_th ψ[t]).
+        Reset to zero    u[t+1] = λ u[t] (1 − s[t]) + I[t+1]:      κ = λ (1 − s[t] − u[t] ψ[t])."""
+        if self.reset == "subtract":
+            return psi.mul(-self.lam * self.v_th).add_(self.lam)
+        return torch.addcmul(s, u, psi).neg_().add_(1.0).mul_(self.lam)
+
+
+#: the LIF neuron's historical name (it was a parameter record before the neuron seam)
+LIFParams = LIF
+
+
+def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIF,
+             current_is_scratch: bool = False) -> tuple[Tensor, Tensor]:
+    """One step of eq. 1: returns the new membrane potential and spikes ``(u[t+1], s[t+1])``.
+
+    ``u`` and ``s`` are the previous potential and spikes, ``current`` is I[t+1]. With
+    ``current_is_scratch`` the current's storage is reused for u[t+1] (no allocation).
+    """
+    if current_is_scratch:
+        u_new = current.add_(u, alpha=p.lam)
+    else:
+        u_new = torch.add(current, u, alpha=p.lam)
+    if p.reset == "subtract":
+        u_new.sub_(s, alpha=p.lam * p.v_th)
+    else:
+        u_new.addcmul_(u, s, value=-p.lam)
+    s_new = torch.gt(u_new, p.v_th, out=torch.empty_like(u_new))
+    return u_new, s_new
