@@ -2,7 +2,7 @@
 
     python benchmarks/run_ablations.py                  # every setting, one after the other
     python benchmarks/run_ablations.py --only lambda-0 noise-sphere-before
-    python benchmarks/run_ablations.py --summarize      # only the tables of the runs so far
+    python benchmarks/run_ablations.py --summarize      # only the tables (every seed found)
     python benchmarks/run_ablations.py --fresh          # start every setting anew
     python benchmarks/run_ablations.py --seeds 0 1 2    # three seeds (RESULTS.md's tables)
 
@@ -231,6 +231,17 @@ def summarize(root: Path, csv_path: Path, epochs: int, seeds: list[int]) -> None
     print(f"\nwrote {csv_path.as_posix()}")
 
 
+def seeds_found(root: Path) -> list[int]:
+    """The seeds with a run folder under ``root`` (0 for ``<setting>``, k for
+    ``<setting>-seed<k>``), at least [0]."""
+    seeds = {0}
+    for folder in (ROOT / root).glob("*-seed*"):
+        tail = folder.name.rsplit("-seed", 1)[1]
+        if tail.isdigit() and folder.name.rsplit("-seed", 1)[0] in SETTINGS:
+            seeds.add(int(tail))
+    return sorted(seeds)
+
+
 def _relative(path: Path) -> Path:
     """``path`` relative to the repository root when it lies inside it (no absolute paths in
     the committed table)."""
@@ -253,8 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[400, 400])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit-train", type=int, default=20000)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="seeds to run (folders <setting> for seed 0, <setting>-seed<k> else)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds to run (folders <setting> for seed 0, <setting>-seed<k> else; "
+                        "default 0) and to tabulate (default: every seed found under --root)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="+", choices=sorted(SETTINGS), metavar="SETTING",
                    help=f"run only these settings (of: {', '.join(SETTINGS)})")
@@ -263,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     root, csv_path = _relative(args.root), _relative(args.csv)
     if not args.summarize:
-        jobs = [(s, name) for s in args.seeds for name in (args.only or list(SETTINGS))]
+        jobs = [(s, name) for s in (args.seeds or [0]) for name in (args.only or list(SETTINGS))]
         t_start = time.time()
         for i, (seed, name) in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {run_name(name, seed)}: "
@@ -275,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             acc = f", final test acc {r.final:.2f}%" if r else ""
             print(f"    {status}{acc}", flush=True)
         print(f"all settings done in {(time.time() - t_start) / 60:.1f} min", flush=True)
-    summarize(root, csv_path, args.epochs, args.seeds)
+    summarize(root, csv_path, args.epochs, args.seeds or seeds_found(root))
 
 
 if __name__ == "__main__":
