@@ -6,7 +6,8 @@ Layers (OPZO paper, section 3.1 and appendix C.3.2):
 * hidden layer l = 1..N−1: synaptic current I_l[t] = op_l(P_l x_{l−1}[t]; W_l) + b_l, with
   op_l a fully connected layer (W x) or a convolution with scaled weight standardization
   (conv(x, Ŵ), :mod:`opzo.layers`) and P_l an optional average pooling of its input; the
-  network's neuron model (:mod:`opzo.neurons`; LIF of eq. 1 by default), spikes s_l[t]; what it delivers to the next layer is
+  network's neuron model (:mod:`opzo.neurons`; LIF of eq. 1 by default), spikes s_l[t]; what
+  it delivers to the next layer is
   x_l[t] = (s_l[t] + α z_l[t]) ⊙ m_l where α z_l is optional perturbation noise ("after the
   neuron", OPZO section 4.4) and m_l a dropout mask drawn once per sample and kept over all
   time steps (0 or 1/(1 − p)); with noise "before the neuron" α z_l is added to I_l[t].
