@@ -179,3 +179,24 @@ def test_train_and_eval_on_a_noisy_chip(tmp_path, capsys):
     run_training(cfg, tmp_path / "b", progress=False, log=lambda *_: None)
     net = build_network(cfg, 784, 10)
     assert net.hardware is not None and net.hardware.scale == 0.5
+
+
+def test_eval_tests_a_run_on_its_own_chip_by_default(tmp_path, capsys):
+    base = dict(hidden=[32], T=3, epochs=1, batch_size=50, limit_train=200, limit_test=100,
+                eval_batch_size=100, threads=1)
+    cfg = TrainConfig(method="bp", hw_noise=1.0, hw_noise_kind="fixed", hw_seed=7,
+                      out=str(tmp_path / "a"), **base)
+    run_training(cfg, tmp_path / "a", progress=False, log=lambda *_: None)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "a"), "--hw-repeats", "2"]) == 0
+    hw = json.loads(capsys.readouterr().out)["hardware"]
+    assert (hw["hw_noise_kind"], hw["seed"], hw["hw_noise"]) == ("fixed", 7, 1.0)
+    assert main(["eval", str(tmp_path / "a"), "--hw-noise-kind", "gaussian",
+                 "--hw-repeats", "2"]) == 0  # the run's scale, another kind
+    hw = json.loads(capsys.readouterr().out)["hardware"]
+    assert (hw["hw_noise_kind"], hw["hw_noise"]) == ("gaussian", 1.0)
+    run_training(TrainConfig(method="bp", out=str(tmp_path / "b"), **base), tmp_path / "b",
+                 progress=False, log=lambda *_: None)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "b"), "--hw-noise-kind", "fixed"]) == 2
+    assert "--hw-noise SCALE" in capsys.readouterr().err

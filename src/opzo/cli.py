@@ -160,10 +160,16 @@ def _eval(args: argparse.Namespace) -> int:
                           f"({test_set.classes} classes, input {tuple(test_set.input_shape)}): "
                           f"{str(exc)[:200]}") from None
     loss = InstantLoss(cfg.loss, cfg.gamma)
-    if args.hw_noise is not None:  # on another chip than the run's (0: a clean one)
+    # the chip: the run's own (its --hw-noise, kind and seed) unless told otherwise
+    seed = cfg.hw_seed if args.hw_seed is None else args.hw_seed
+    if args.hw_noise is not None or args.hw_noise_kind is not None:
         from .hardware import attach
 
-        attach(net, args.hw_noise, args.hw_noise_kind or cfg.hw_noise_kind, args.hw_seed)
+        scale = cfg.hw_noise if args.hw_noise is None else args.hw_noise
+        if not scale and args.hw_noise_kind is not None:
+            raise ConfigError("--hw-noise-kind needs a noise scale: give --hw-noise SCALE (the "
+                              "run itself was trained without chip noise)")
+        attach(net, scale, args.hw_noise_kind or cfg.hw_noise_kind, seed)
     report: dict = {"run": str(run_dir), "epoch": state["epoch"], "dataset": cfg.dataset,
                     "data_root": cfg.data_root, "split": "test", "samples": len(test_set),
                     "device": str(device)}
@@ -173,7 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         report["hardware"] = evaluate_under_noise(
             lambda n: evaluate(n, test_set, cfg, loss), net, hw.scale, hw.kind,
-            args.hw_repeats, args.hw_seed, args.hw_weight_noise)
+            args.hw_repeats, seed, args.hw_weight_noise)
         net.hardware = None
     elif args.hw_weight_noise:
         raise ConfigError("--hw-weight-noise is a chip's mismatch: give --hw-noise with "
@@ -241,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fresh Gaussian noise every step, or fixed per-neuron offsets (one "
                     "chip per repeat)")
     ev.add_argument("--hw-repeats", type=int, default=5, help="draws (chips) to average")
-    ev.add_argument("--hw-seed", type=int, default=0, help="seed of the first draw")
+    ev.add_argument("--hw-seed", type=int, default=None,
+                    help="seed of the first draw (fixed: the first chip; default: the run's "
+                    "own --hw-seed, so a run trained on a chip is tested on it first)")
     ev.add_argument("--hw-weight-noise", type=float, default=0.0, metavar="SCALE",
                     help="with --hw-noise-kind fixed: also a static error per synapse, "
                     "W (1 + SCALE N(0, 1))")
