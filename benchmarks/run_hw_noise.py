@@ -50,7 +50,9 @@ sys.path.insert(0, str(BENCH))
 from runner import train_into  # noqa: E402
 
 RESULTS = BENCH / "results" / "hw_noise.json"
-DATA = {"mnist": "/work/shared/data/mnist", "fashion-mnist": "/work/shared/data/fashion-mnist"}
+#: the data beside the repository (../shared/data/<dataset>)
+DATA = {name: str(Path(__file__).resolve().parents[2] / "shared" / "data" / name)
+        for name in ("mnist", "fashion-mnist")}
 #: the scales searched (in units of the threshold V_th = 1), smallest first
 GRID = {"gaussian": [0.2, 0.5, *(round(0.8 + 0.1 * i, 1) for i in range(23))],
         "fixed": [0.1, 0.2, *(round(0.3 + 0.1 * i, 1) for i in range(28))]}
@@ -229,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="mnist", choices=sorted(DATA))
-    ap.add_argument("--data-root", default=None, help="default /work/shared/data/<dataset>")
+    ap.add_argument("--data-root", default=None,
+                    help="default ../shared/data/<dataset> beside the repository")
     ap.add_argument("--hidden", type=int, nargs="+", default=[400, 400])
     ap.add_argument("--pretrain-epochs", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of DFA, ZO, OPZO")
