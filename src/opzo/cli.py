@@ -2,7 +2,7 @@
 
     opzo train                                   # OPZO on the embedded MNIST subset
     opzo train --method bp --dataset mnist --data-root ../shared/data/mnist --epochs 50
-    opzo train --config configs/mnist-opzo.toml --data-root /data/mnist
+    opzo train --config configs/table1-opzo.toml --dataset mnist --data-root DIR
     opzo train --net conv5 --width 0.25          # the paper's 5-layer conv net, 1/4 channels
     opzo train --resume runs/<run>               # continue an interrupted run
     opzo train --device cuda                     # on a GPU (default auto: CUDA if present)

@@ -8,7 +8,7 @@ is the *global* batch B: every rank builds the same global batch of the epoch's 
 over ranks of their gradients is the gradient of the global batch; it is summed
 (:meth:`Communicator.all_reduce_`) before every optimizer step.
 
-The rules' state stays identical on every rank (DESIGN.md section 4b): OPZO's momentum update
+The rules' state stays identical on every rank: OPZO's momentum update
 is linear in the batch,
 
     M ← λ_M M + (1 − λ_M) · (1/B) Σ_{b ∈ global batch} z_b õ_bᵀ        (OPZO paper eq. 6)

@@ -303,10 +303,6 @@ class StepRecord:
                 g = g * gain
         return surrogate_grad_scaled(self.surrogate, g, self.u[l], self.threshold(l))
 
-    def local_derivative(self, l: int) -> Tensor:
-        """m_l ⊙ ψ(u_l[t]) itself (for diagnostics)."""
-        return self.local_grad(l, torch.ones_like(self.u[l]))
-
 
 class SpikingNet(nn.Module):
     """A feed-forward SNN from a network string (see the module docstring).
@@ -431,10 +427,6 @@ class SpikingNet(nn.Module):
         """[F, n_1, …, n_{N−1}, m]: input features, neurons per hidden layer, outputs."""
         return [self.num_inputs, *self.hidden_sizes, self.num_outputs]
 
-    @property
-    def is_convolutional(self) -> bool:
-        return any(not layer.is_dense for layer in self.hidden)
-
     def describe(self) -> str:
         """E.g. ``32C3-AP2-64C3-FC on (1, 28, 28): 25088-12544-10`` (neurons per layer)."""
         sizes = "-".join(str(n) for n in self.sizes[1:])
@@ -531,10 +523,6 @@ class SpikingNet(nn.Module):
                 raise ValueError(f"T={T} disagrees with the input's {x.shape[0]} time steps")
             return x, int(x.shape[0])
         raise self._input_error(x)
-
-    def check_input(self, x: Tensor, T: int | None) -> int:
-        """Validate an input (see :meth:`prepare_input`); return T."""
-        return self.prepare_input(x, T)[1]
 
     def step(
         self,

@@ -1,6 +1,7 @@
 """Temporal credit assignment: eligibility traces that turn per-step errors into gradients.
 
-The third axis of a learning method (DESIGN.md section 1). At every step t the spatial rule
+The third axis of a learning method (spatial credit × local derivative × temporal trace;
+see ARCHITECTURE.md). At every step t the spatial rule
 gives, for hidden layer l, δ_l[t] = g_l[t] ⊙ m_l ⊙ D_l[t]: the error g_l at the layer's
 output spikes, times the dropout mask m_l, times a local derivative D_l. A trace of layer l
 keeps what it needs of the past and turns δ_l[t] into ∇W_l and ∇b_l. Notation, per sample:
@@ -8,7 +9,7 @@ x[t] the layer's input at step t (the previous layer's output, or the network in
 its membrane potential, s[t] its spikes, ψ[t] = ψ(u[t]) the surrogate derivative (without
 the dropout mask), λ the membrane leak, V_th the threshold; n the layer width. The OTPE
 paper ("Estimating post-synaptic effects for online training of feed-forward SNNs",
-``shared/papers/otpe-paper.txt``) describes all of them; its Table 1 gives their cost for a
+Summerfield et al.) describes all of them; its Table 1 gives their cost for a
 dense n→n layer:
 
 ===================  ============================  ============  =================
