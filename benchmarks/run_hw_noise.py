@@ -194,36 +194,36 @@ def fmt(r: dict | None) -> str:
     return f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}" if r["acc_std"] else f"{r['acc_mean']:.2f}"
 
 
+def _evaluations(entry: dict):
+    """(row, chip, label) of every evaluation of the table: the noise draws (gaussian), or
+    the training chip and the other chips (fixed)."""
+    for row in entry["rows"]:
+        for chip in ("chip", "other"):
+            if chip in row["test"]:
+                yield row, chip, ("draws" if row["kind"] == "gaussian" else
+                                  "training chip" if chip == "chip" else "other chips")
+
+
 def table(entry: dict) -> str:
     lines = [f"{entry['dataset']} {entry['net']} (clean {entry['clean']:.2f}%), fine-tuned "
              f"BP 1 epoch, others {entry['epochs']} epochs, lr "
              + ", ".join(f"{m} {lr:g}" for m, lr in entry["lr"].items()),
              "| kind | n.s. | chip | clean | test | BP | DFA | ZO | OPZO |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for row in entry["rows"]:
-        for chip in ("chip", "other"):
-            if chip not in row["test"]:
-                continue
-            where = ("draws" if row["kind"] == "gaussian" else
-                     "training chip" if chip == "chip" else "other chips")
-            cells = [fmt((row["after"].get(m) or {}).get(chip)) for m in METHODS]
-            lines.append(f"| {row['kind']} | {row['scale']:g} | {where} | {entry['clean']:.2f} "
-                         f"| {fmt(row['test'][chip])} | " + " | ".join(cells) + " |")
+    for row, chip, where in _evaluations(entry):
+        cells = [fmt((row["after"].get(m) or {}).get(chip)) for m in METHODS]
+        lines.append(f"| {row['kind']} | {row['scale']:g} | {where} | {entry['clean']:.2f} "
+                     f"| {fmt(row['test'][chip])} | " + " | ".join(cells) + " |")
     lines += ["", "share of the loss (clean − test) recovered by fine-tuning:",
               "| kind | n.s. | chip | loss (points) | BP | DFA | ZO | OPZO |",
               "|---|---|---|---|---|---|---|---|"]
-    for row in entry["rows"]:
-        for chip in ("chip", "other"):
-            if chip not in row["test"]:
-                continue
-            where = ("draws" if row["kind"] == "gaussian" else
-                     "training chip" if chip == "chip" else "other chips")
-            test = row["test"][chip]["acc_mean"]
-            loss = entry["clean"] - test
-            cells = [f"{100 * (r[chip]['acc_mean'] - test) / loss:+.0f}%"
-                     if (r := row["after"].get(m)) else "—" for m in METHODS]
-            lines.append(f"| {row['kind']} | {row['scale']:g} | {where} | {loss:.2f} | "
-                         + " | ".join(cells) + " |")
+    for row, chip, where in _evaluations(entry):
+        test = row["test"][chip]["acc_mean"]
+        loss = entry["clean"] - test
+        cells = [f"{100 * (r[chip]['acc_mean'] - test) / loss:+.0f}%"
+                 if (r := row["after"].get(m)) else "—" for m in METHODS]
+        lines.append(f"| {row['kind']} | {row['scale']:g} | {where} | {loss:.2f} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

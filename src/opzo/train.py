@@ -68,9 +68,20 @@ from .losses import InstantLoss, MaxOverTime
 from .network import SpikingMLP, SpikingNet
 from .neurons import make_neuron
 from .rules import DFA, DKP, OPZO, ZO, LocalLearning, NoiseSampler, SpatialBP, SpatialRule
-from .surrogate import make_surrogate
+from .surrogate import Surrogate, make_surrogate
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def build_surrogate(cfg: TrainConfig) -> Surrogate:
+    """The local derivative ψ of the config, with its parameters."""
+    if cfg.surrogate == "sigmoid":
+        return make_surrogate("sigmoid", a=cfg.sigmoid_a)
+    if cfg.surrogate == "fast-sigmoid":
+        return make_surrogate("fast-sigmoid", k=cfg.fast_sigmoid_k)
+    # localzo, or sparsegrad (the same distribution's expected surrogate, thresholded)
+    return make_surrogate(cfg.surrogate, delta=cfg.localzo_delta, m=cfg.localzo_m,
+                          distribution=cfg.localzo_dist)
 
 
 def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classes: int
@@ -81,13 +92,7 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
     frames, (F,) for vectors; a bare int is (F,)). With ``cfg.net`` the network of that string
     (scaled by ``cfg.width``), else the fully connected net of ``cfg.hidden``.
     """
-    if cfg.surrogate == "sigmoid":
-        surrogate = make_surrogate("sigmoid", a=cfg.sigmoid_a)
-    elif cfg.surrogate == "fast-sigmoid":
-        surrogate = make_surrogate("fast-sigmoid", k=cfg.fast_sigmoid_k)
-    else:  # localzo, or sparsegrad (the same distribution's expected surrogate, thresholded)
-        surrogate = make_surrogate(cfg.surrogate, delta=cfg.localzo_delta, m=cfg.localzo_m,
-                                   distribution=cfg.localzo_dist)
+    surrogate = build_surrogate(cfg)
     shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
     neuron = make_neuron(cfg.neuron, lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset,
                          syn_lambda=cfg.syn_lambda, adapt_beta=cfg.adapt_beta,
@@ -135,15 +140,18 @@ def load_weights(net: SpikingNet, path: str | Path) -> str:
     for name, value in own.items():
         if name not in weights:
             raise ValueError(f"{file} does not fit this network: it has no {name} (this "
-                             f"network: {net.describe()})")
+                             f"network: {net.describe()}); give the --net / --hidden of the "
+                             "run it comes from")
         if tuple(weights[name].shape) != tuple(value.shape):
             raise ValueError(f"{file} does not fit this network: {name} has shape "
                              f"{tuple(weights[name].shape)} there and {tuple(value.shape)} "
-                             f"here ({net.describe()})")
+                             f"here ({net.describe()}); give the --net / --hidden of the run "
+                             "it comes from")
     extra = [k for k in weights if k not in own]
     if extra:
         raise ValueError(f"{file} does not fit this network: it has {extra[0]}, which this "
-                         f"network ({net.describe()}) does not")
+                         f"network ({net.describe()}) does not; give the --net / --hidden of "
+                         "the run it comes from")
     net.load_state_dict(weights)
     epoch = state.get("epoch") if isinstance(state, dict) else None
     return f"{file}" + (f" (epoch {epoch})" if epoch is not None else "")
@@ -160,7 +168,7 @@ def _network_from_nir(cfg: TrainConfig, path: str, input_shape: Sequence[int],
     from .nir import load_nir_network
 
     net = load_nir_network(path, kernels=cfg.kernels)
-    net.surrogate = build_network(cfg, input_shape, classes).surrogate
+    net.surrogate = build_surrogate(cfg)
     net.dropout = float(cfg.dropout)
     if math.prod(net.input_shape) != math.prod(input_shape) or net.num_outputs != classes:
         raise ValueError(f"the network of {path} ({net.describe()}, {net.num_outputs} outputs) "
@@ -824,7 +832,7 @@ class _Run:
         self.test_set = make_source(cfg, "test")
         if len(self.train_set) < self.world:
             raise ValueError(f"{len(self.train_set)} training samples cannot be shared by "
-                             f"{self.world} processes")
+                             f"{self.world} processes: use fewer processes (--nproc)")
         lock = _prepare_run_dir(self.run_dir, resume, overwrite) if self.main else None
         try:
             self.build(resume)
