@@ -25,8 +25,8 @@ import torch
 from baselines import print_ratios, round_robin_medians  # benchmarks/ on sys.path
 
 from opzo import OPZO, InstantLoss, NoiseSampler, OnlineLearner, SpikingMLP
+from opzo.build import make_optimizer
 from opzo.config import TrainConfig
-from opzo.train import make_optimizer
 
 
 class FixedNoise(NoiseSampler):

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from opzo import InstantLoss, OnlineLearner, SpikingNet
+from opzo.build import make_optimizer, to_device
 from opzo.config import TrainConfig
 from opzo.data.cifar import CIFAR10_MEAN, CIFAR10_STD, normalize
 from opzo.rules import DFA, OPZO, SpatialBP
-from opzo.train import make_optimizer, to_device
 
 RULES = {"bp": SpatialBP, "dfa": DFA, "opzo": OPZO}
 

@@ -33,8 +33,8 @@ def child(method: str, T: int, batch: int) -> None:
     from baselines import bptt_step
 
     from opzo import RULES, InstantLoss, OnlineLearner, SpikingMLP
+    from opzo.build import make_optimizer
     from opzo.config import TrainConfig
-    from opzo.train import make_optimizer
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def child(method: str, T: int, batch: int) -> None:
         def step(steps: int) -> None:
             bptt_step(net, x, y, steps, loss, opt)
     else:
-        learner = OnlineLearner(net, RULES[method](), loss)
+        learner = OnlineLearner(net, RULES.build(method), loss)
 
         def step(steps: int) -> None:
             learner.train_batch(x, y, opt, T=steps)

@@ -52,8 +52,8 @@ from opzo import (  # noqa: E402
     SpikingMLP,
     SpikingNet,
 )
+from opzo.build import make_optimizer  # noqa: E402
 from opzo.config import TrainConfig  # noqa: E402
-from opzo.train import make_optimizer  # noqa: E402
 
 
 def main() -> None:
@@ -178,12 +178,12 @@ def main() -> None:
         calls["gemm-floor"] = gemm_floor
         calls["adamw-step"] = adamw_step
         calls["opzo-floor"] = opzo_floor
-    variants = {name: (cls, "native") for name, cls in RULES.items()}
+    variants = {name: (RULES[name].factory, "native") for name in RULES}
     if on_cpu:
         add_cpu_variants(variants)
     if args.local_learning:
         for name in ("bp", "dfa", "opzo"):
-            variants[f"{name}+ll"] = (lambda c=RULES[name]: LocalLearning(c()), "native")
+            variants[f"{name}+ll"] = (lambda c=RULES[name].factory: LocalLearning(c()), "native")
     for name, (make, kernels) in variants.items():
         net = fresh_net(kernels)
         rule = make()

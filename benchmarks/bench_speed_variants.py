@@ -118,8 +118,9 @@ def flat_step(net: SpikingMLP, opt, M_t: torch.Tensor, x, y, T: int) -> None:
     under the same seed, to the last bit (tests/test_fused.py checks it)."""
     lam, vth, keep = net.lif.lam, net.lif.v_th, 1.0 - net.dropout
     gamma, alpha, lm = 0.05, 0.2, 0.99999  # the loss's mix, the noise scale, λ_M
-    code = native.SURROGATE_CODES["sigmoid"]
-    param = gain = 1.0 / net.surrogate.a  # the sigmoid surrogate's 1/a, as the network passes
+    # the sigmoid surrogate's parameter and gain are its 1/a, as the network passes them
+    params = native.LifKernelParams(lam, vth, False, native.SURROGATE_CODES["sigmoid"],
+                                    1.0 / net.surrogate.a, 1.0 / net.surrogate.a)
     threads = native.default_threads()
     B = x.shape[0]
     (W1, b1), (W2, b2) = [(lin.weight, lin.bias) for lin in net.hidden]
@@ -138,12 +139,12 @@ def flat_step(net: SpikingMLP, opt, M_t: torch.Tensor, x, y, T: int) -> None:
         for _ in range(T):
             z = native.philox_normal_(torch.empty(B, n1 + n2))
             u1, s1, x1, p1 = native.lif_step_unchecked(
-                current1, u1, s1, lam, vth, False, z[:, :n1], alpha, False, m1, code, param,
-                gain, None, threads)
+                params, current1, u1, s1, noise=z[:, :n1], alpha=alpha, mask=m1,
+                threads=threads)
             current2 = F.linear(x1, W2, b2)
             u2, s2, x2, p2 = native.lif_step_unchecked(
-                current2, u2, s2, lam, vth, False, z[:, n1:], alpha, False, m2, code, param,
-                gain, current2, threads)
+                params, current2, u2, s2, noise=z[:, n1:], alpha=alpha, mask=m2,
+                u_out=current2, threads=threads)
             o = F.linear(x2, W3, b3)
             e = torch.log_softmax(o, 1).exp_().sub_(onehot).mul_(1 - gamma)
             e.add_(o - onehot, alpha=2 * gamma / m).mul_(scale)

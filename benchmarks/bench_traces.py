@@ -95,7 +95,7 @@ def main() -> None:
         calls = {}
         for name in TRACE_NAMES:
             net = fresh_net()
-            learner = OnlineLearner(net, RULES[args.rule](), loss, trace=name)
+            learner = OnlineLearner(net, RULES.build(args.rule), loss, trace=name)
             opt = torch.optim.SGD(net.parameters(), lr=1e-3)
             calls[name] = (lambda lr=learner, o=opt, x=x, y=y: lr.train_batch(x, y, o))
         bptt_net = fresh_net()

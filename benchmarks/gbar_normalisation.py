@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from opzo.build import build_network, make_source
 from opzo.config import TrainConfig
 from opzo.diagnostics import gradient_cosine
 from opzo.losses import InstantLoss
 from opzo.rules import SpatialBP
-from opzo.train import build_network, make_source
 
 RUNS = Path(__file__).resolve().parent / "runs" / "randman"
 

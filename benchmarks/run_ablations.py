@@ -3,7 +3,8 @@
     python benchmarks/run_ablations.py                  # every setting, one after the other
     python benchmarks/run_ablations.py --only lambda-0 noise-sphere-before
     python benchmarks/run_ablations.py --summarize      # only the tables (every seed found)
-    python benchmarks/run_ablations.py --fresh          # start every setting anew
+    python benchmarks/run_ablations.py --resume         # continue: finished settings skipped
+    python benchmarks/run_ablations.py --overwrite      # start every setting again
     python benchmarks/run_ablations.py --seeds 0 1 2    # three seeds (RESULTS.md's tables)
 
 The paper ablates OPZO on CIFAR-100 (5-layer conv net, 300 epochs; Tables 8-11) and CIFAR-10
@@ -25,13 +26,14 @@ more); each setting changes one thing:
 
 A setting that appears in several tables (the defaults; fixed α = 0.2) is run once. Each run is
 ``python -m opzo train --quiet --threads 1`` in its own process, one after the other (all
-settings of a seed, then the next seed), into ``<root>/<setting>`` (``<setting>-seed<k>`` for
-seed k > 0; default root ``benchmarks/runs/ablations/``, not committed), its output in
-``<root>/<setting>/log.txt``. Started again, the script skips a setting with a
-``summary.json``, resumes one with a ``checkpoint.pt`` (``--resume``) and starts the others;
-``--fresh`` replaces every run (``--overwrite``). At the end (and with ``--summarize``) it
-writes ``benchmarks/results/ablations.csv`` (one row per setting and seed, relative paths only)
-and prints one Markdown table per ablation beside the paper's figures.
+settings of a seed, then the next seed), into ``<out-root>/<setting>`` (``<setting>-seed<k>``
+for seed k > 0; ``--out-root`` defaults to ``benchmarks/runs/ablations``, not committed), its
+output in ``<out-root>/<setting>/log.txt``. A folder that already holds a run stops the script
+before it starts anything unless ``--resume`` (skip finished settings, continue interrupted
+ones with ``opzo train --resume``, start the others) or ``--overwrite`` (start every setting
+again) is given (``benchmarks/runner.py``). At the end (and with ``--summarize``) it writes
+``benchmarks/results/ablations.csv`` (one row per setting and seed, relative paths only) and
+prints one Markdown table per ablation beside the paper's figures.
 """
 
 from __future__ import annotations
@@ -41,14 +43,15 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = Path("benchmarks") / "runs" / "ablations"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from runner import add_output_options, check_fresh, train_into  # noqa: E402
+
 DEFAULT_CSV = Path("benchmarks") / "results" / "ablations.csv"
 
 #: the settings: folder name -> the options that differ from the defaults (Table 1's OPZO)
@@ -131,27 +134,10 @@ def common_args(args: argparse.Namespace, seed: int) -> list[str]:
 
 
 def run_setting(name: str, seed: int, out: Path, args: argparse.Namespace) -> str:
-    """Train (or resume, or skip) one setting and seed into ``out``; a one-line status."""
-    new = [*common_args(args, seed), *SETTINGS[name], "--out", str(out), "--overwrite"]
-    if args.fresh:
-        cmd = new
-    elif (ROOT / out / "summary.json").exists():
-        return "already finished"
-    elif (ROOT / out / "checkpoint.pt").exists():
-        cmd = ["--resume", str(out), "--threads", str(args.threads)]
-    else:
-        cmd = new
-    resumed = "--resume" in cmd
-    cmd = [sys.executable, "-m", "opzo", "train", "--quiet", *cmd]
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, check=False)
-    # appended afterwards: --overwrite empties the folder when the run starts
-    (ROOT / out).mkdir(parents=True, exist_ok=True)
-    with (ROOT / out / "log.txt").open("a") as log:
-        log.write(f"$ {' '.join(cmd[1:])}\n{proc.stdout}")
-    what = "resumed" if resumed else "ran"
-    return f"{what}, exit {proc.returncode} after {time.time() - t0:.0f}s"
+    """Train one setting and seed into ``out`` (with ``--resume``: skip it if finished,
+    continue it if interrupted; with ``--overwrite``: replace its run); a one-line status."""
+    return train_into(out, [*common_args(args, seed), *SETTINGS[name]], ROOT, args.resume,
+                      args.overwrite)
 
 
 @dataclass(frozen=True)
@@ -258,24 +244,23 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--data-root", default="../shared/data/fashion-mnist",
                    help="Fashion-MNIST idx files (relative to the repository root)")
-    p.add_argument("--root", type=Path, default=DEFAULT_RUNS,
-                   help="folder of the run folders, one per setting")
     p.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="the summary table")
     p.add_argument("--hidden", type=int, nargs="+", default=[400, 400])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit-train", type=int, default=20000)
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="seeds to run (folders <setting> for seed 0, <setting>-seed<k> else; "
-                        "default 0) and to tabulate (default: every seed found under --root)")
+                        "default 0) and to tabulate (default: every seed found under --out-root)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="+", choices=sorted(SETTINGS), metavar="SETTING",
                    help=f"run only these settings (of: {', '.join(SETTINGS)})")
-    p.add_argument("--fresh", action="store_true", help="start every setting anew")
     p.add_argument("--summarize", action="store_true", help="only write and print the tables")
+    add_output_options(p, "ablations")
     args = p.parse_args(argv)
-    root, csv_path = _relative(args.root), _relative(args.csv)
+    root, csv_path = _relative(args.out_root), _relative(args.csv)
     if not args.summarize:
         jobs = [(s, name) for s in (args.seeds or [0]) for name in (args.only or list(SETTINGS))]
+        check_fresh([root / run_name(name, seed) for seed, name in jobs], args)
         t_start = time.time()
         for i, (seed, name) in enumerate(jobs, 1):
             print(f"[{i}/{len(jobs)}] {run_name(name, seed)}: "

@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from runner import add_output_options, check_fresh, holds_run  # noqa: E402
 
+from opzo.build import make_source  # noqa: E402
 from opzo.config import TrainConfig  # noqa: E402
 from opzo.plots import plot_runs  # noqa: E402
-from opzo.train import make_source, run_training  # noqa: E402
+from opzo.train import run_training  # noqa: E402
 
 METHODS = ["bp", "opzo", "dfa", "zo"]
 

@@ -24,12 +24,15 @@ Run (one ``opzo train`` at a time, one thread each; ~35 min on a loaded 2-core C
     .venv/bin/python benchmarks/run_hw_noise.py                           # MNIST (case 1)
     .venv/bin/python benchmarks/run_hw_noise.py --dataset fashion-mnist   # case 2
     .venv/bin/python benchmarks/run_hw_noise.py --table                   # table only
+    .venv/bin/python benchmarks/run_hw_noise.py --resume                  # continue MNIST's
 
-Resumable: run folders under ``--out-root`` (default ``benchmarks/runs/hw_noise``,
-git-ignored); a finished run (``summary.json``) is reused, an interrupted one (a
-``checkpoint.pt`` without ``summary.json``) continued with ``opzo train --resume``, and the
-evaluations are cached in ``evals.json`` there; ``--fresh`` starts every run over
-(``opzo train --overwrite``) and forgets the cached evaluations. Writes
+Run folders go under ``--out-root`` (default ``benchmarks/runs/hw_noise``, git-ignored), the
+evaluations are cached in ``evals-<mnist|fmnist>.json`` there. A folder the script may write
+that already holds a run (the pretraining's, or a fine-tuning's at any scale it may choose)
+stops it before it starts anything unless ``--resume`` (a finished run, ``summary.json``, is
+reused, an interrupted one, ``checkpoint.pt`` without ``summary.json``, continued with ``opzo
+train --resume``) or ``--overwrite`` (every run started over, ``opzo train --overwrite``, and
+the cached evaluations forgotten) is given (``benchmarks/runner.py``). Writes
 ``benchmarks/results/hw_noise.json`` (one entry per dataset) and prints the table.
 """
 
@@ -47,7 +50,7 @@ import torch
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-from runner import train_into  # noqa: E402
+from runner import add_output_options, check_fresh, train_into  # noqa: E402
 
 RESULTS = BENCH / "results" / "hw_noise.json"
 #: the data beside the repository (../shared/data/<dataset>)
@@ -75,9 +78,9 @@ class Evaluator:
     """Evaluates run folders' final weights on the full test split, clean and under hardware
     noise (:func:`opzo.hardware.evaluate_under_noise`), caching every figure in ``cache``."""
 
-    def __init__(self, cache_path: Path, fresh: bool) -> None:
+    def __init__(self, cache_path: Path, forget: bool) -> None:
         self.path = cache_path
-        self.cache = {} if fresh or not cache_path.exists() else json.loads(
+        self.cache = {} if forget or not cache_path.exists() else json.loads(
             cache_path.read_text())
         self.sources: dict = {}
 
@@ -87,9 +90,9 @@ class Evaluator:
         tmp.replace(self.path)
 
     def _load(self, run: Path):
+        from opzo.build import build_network, make_source
         from opzo.config import TrainConfig
         from opzo.losses import InstantLoss
-        from opzo.train import build_network, make_source
 
         state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
         cfg = TrainConfig.from_dict(state["config"])
@@ -134,13 +137,33 @@ class Evaluator:
 # ---------------------------------------------------------------- training
 
 
-def train(out: Path, args: list[str], fresh: bool) -> None:
+def train(out: Path, args: list[str], a: argparse.Namespace) -> None:
     t0 = time.time()
-    status = train_into(out, args, ROOT, resume=not fresh, overwrite=fresh)
+    status = train_into(out, args, ROOT, resume=a.resume, overwrite=a.overwrite)
     print(f"  train {status}", flush=True)
     if not (out / "summary.json").exists():
-        raise SystemExit(f"{out} did not finish (see {out}/log.txt); rerun to resume "
-                         f"({time.time() - t0:.0f}s)")
+        raise SystemExit(f"{out} did not finish (see {out}/log.txt); rerun with --resume to "
+                         f"continue it ({time.time() - t0:.0f}s)")
+
+
+def pretrain_dir(root: Path, tag: str) -> Path:
+    return root / f"{tag}-pretrain-bp"
+
+
+def finetune_dir(root: Path, tag: str, kind: str, scale: float, method: str) -> Path:
+    return root / f"{tag}-{kind}{scale:g}-{method}"
+
+
+def run_dirs(a: argparse.Namespace, root: Path, tag: str) -> list[Path]:
+    """Every run folder this invocation may write: the pretraining's and (unless
+    ``--search-only``) the fine-tuning runs' at each scale it may choose (the given scales,
+    else the whole grid)."""
+    outs = [pretrain_dir(root, tag)]
+    if not a.search_only:
+        for kind in ("gaussian", "fixed"):
+            for scale in getattr(a, f"scales_{kind}") or GRID[kind]:
+                outs += [finetune_dir(root, tag, kind, scale, m) for m in a.methods]
+    return outs
 
 
 def common(a: argparse.Namespace) -> list[str]:
@@ -248,12 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--repeats", type=int, default=3, help="noise draws / other chips")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-root", type=Path, default=BENCH / "runs" / "hw_noise")
-    ap.add_argument("--fresh", action="store_true", help="start every run over")
     ap.add_argument("--search-only", action="store_true",
                     help="stop after pretraining and choosing the noise scales")
     ap.add_argument("--table", action="store_true",
                     help="print the table of benchmarks/results/hw_noise.json and stop")
+    add_output_options(ap, "hw_noise")
     a = ap.parse_args(argv)
     if a.table:
         for entry in json.loads(RESULTS.read_text()).values():
@@ -265,13 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.hidden != [400, 400]:
         tag += "-h" + "x".join(map(str, a.hidden))
     root = a.out_root
+    check_fresh(run_dirs(a, root, tag), a)
     root.mkdir(parents=True, exist_ok=True)
-    ev = Evaluator(root / f"evals-{tag}.json", a.fresh)
+    ev = Evaluator(root / f"evals-{tag}.json", a.overwrite)
     t_start = time.time()
 
-    pre = root / f"{tag}-pretrain-bp"
+    pre = pretrain_dir(root, tag)
     print(f"pretraining {pre.name}", flush=True)
-    train(pre, [*common(a), "--method", "bp", "--epochs", str(a.pretrain_epochs)], a.fresh)
+    train(pre, [*common(a), "--method", "bp", "--epochs", str(a.pretrain_epochs)], a)
     clean = ev(pre, "gaussian", 0, 0, 1)["acc_mean"]
 
     if a.scales_gaussian and a.scales_fixed:
@@ -302,10 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                    "runs": {}, "curve": {}}
             entry["rows"].append(row)
             for method in a.methods:
-                out = root / f"{tag}-{kind}{scale:g}-{method}"
+                out = finetune_dir(root, tag, kind, scale, method)
                 print(f"fine-tuning {out.name}", flush=True)
                 try:
-                    train(out, finetune_args(a, pre, kind, scale, method), a.fresh)
+                    train(out, finetune_args(a, pre, kind, scale, method), a)
                 except SystemExit as exc:
                     print(f"  {exc}", flush=True)
                     continue

@@ -269,3 +269,44 @@ def neuron_step_reference(neuron, u, fired, extra, current, surrogate):
         s = spike_with_surrogate(u - theta, 0.0, surrogate)
         return {"u": u, "s": s, "i": extra["i"], "a": neuron.adapt_lam * extra["a"] + s}
     raise ValueError(f"no reference for neuron {neuron.name!r}")
+
+
+def brute_op_fanout(layer) -> torch.Tensor:
+    """Synapses reached by each element of what ``layer`` receives, by enumerating them:
+    every (pooled input, op output) connection, credited to every input pixel of the pooled
+    input's window (1 per pixel). Shares nothing with the library's transposed-convolution
+    count (:func:`opzo.energy.op_fanout`)."""
+    import itertools
+
+    from opzo.layers import ConvLayer
+
+    in_shape = tuple(layer.in_shape)
+    count = torch.zeros(in_shape, dtype=torch.float64)
+    op_in = tuple(layer.op_in_shape)
+    # which input elements make each op-input element (the pooling windows)
+    if layer.pool is None:
+        def sources(idx):
+            return [idx]
+    else:
+        kh, kw = layer.pool
+
+        def sources(idx):
+            c, y, x = idx
+            return [(c, y * kh + i, x * kw + j) for i in range(kh) for j in range(kw)]
+    # synapses of each op-input element
+    per_op_input = torch.zeros(op_in, dtype=torch.float64)
+    if isinstance(layer, ConvLayer):
+        c_out, ho, wo = layer.out_shape
+        k, p, st = layer.kernel_size, layer.padding, layer.stride
+        c_in, h, w = op_in
+        for _co, yo, xo, ci, dy, dx in itertools.product(range(c_out), range(ho), range(wo),
+                                                         range(c_in), range(k), range(k)):
+            y, x = yo * st + dy - p, xo * st + dx - p
+            if 0 <= y < h and 0 <= x < w:
+                per_op_input[ci, y, x] += 1
+    else:
+        per_op_input += layer.out_features
+    for idx in itertools.product(*(range(d) for d in op_in)):
+        for src in sources(idx):
+            count[src] += per_op_input[idx]
+    return count.reshape(-1)

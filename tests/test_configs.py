@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from opzo.config import BUILTIN_DATASETS, TrainConfig, load_config_file
+from opzo.build import build_network, build_rule
+from opzo.config import TrainConfig, load_config_file
+from opzo.data import DATASETS
 from opzo.rules import LocalLearning
-from opzo.train import build_network, build_rule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.glob("*.toml"))
@@ -45,7 +46,7 @@ def test_config_validates_and_builds_its_network(path, tmp_path):
     TrainConfig.from_dict(data, source=str(path), complete=False)
     # what a user adds: the data folder (the table1-<method> files are the MNIST runs)
     data = {"dataset": "mnist", **data}
-    if data["dataset"] not in BUILTIN_DATASETS:
+    if not DATASETS[data["dataset"]].builtin:
         data["data_root"] = str(tmp_path)
     cfg = TrainConfig.from_dict(data, source=str(path))
     shape, classes = SHAPES[cfg.dataset]

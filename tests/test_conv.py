@@ -14,11 +14,8 @@ import pytest
 import torch
 
 from opzo import (
-    DFA,
-    DKP,
     NETS,
     OPZO,
-    ZO,
     InstantLoss,
     NoiseSampler,
     OnlineLearner,
@@ -28,19 +25,22 @@ from opzo import (
     parse_net,
 )
 from opzo.bptt import BPTTLearner
+from opzo.build import build_network, make_source
 from opzo.cli import main
 from opzo.config import ConfigError, TrainConfig
 from opzo.layers import ConvLayer, DenseLayer
-from opzo.network import net_string
+from opzo.netstring import net_string
 from opzo.neuron import LIFParams
+from opzo.rules import RULES
 from opzo.rules.base import StepContext
 from opzo.surrogate import FastSigmoidSurrogate
-from opzo.traces import TRACES, make_trace
-from opzo.train import Interrupted, build_network, make_source, run_training
+from opzo.traces import make_trace, trace_names
+from opzo.train import Interrupted, run_training
 
 from .reference import bptt_layers_autograd_grads, presynaptic_autograd_grads
 
-RULES = {"bp": SpatialBP, "dfa": DFA, "dkp": DKP, "zo": ZO, "opzo": OPZO}
+TRACE_NAMES = trace_names()
+
 
 # (network string, input shape): pooling between convs, pooling of the input, floor-mode
 # pooling (5x5 -> 2x2), a hidden FC layer after a conv, a 1x1 conv, pooling before the readout
@@ -321,7 +321,7 @@ def test_static_input_fast_path_equals_the_repeated_sequence_on_conv(rule):
     for inp in (x, x.expand(4, *x.shape)):
         net = _conv_net(spec, shape)
         torch.manual_seed(3)
-        results.append(_ours(net, inp, y, 4, InstantLoss(), rule=RULES[rule]()))
+        results.append(_ours(net, inp, y, 4, InstantLoss(), rule=RULES.build(rule)))
     _assert_close(results[0], results[1])
 
 
@@ -398,7 +398,7 @@ def test_every_rule_and_noise_position_trains_a_small_conv_net(rule, position):
     if rule in ("zo", "opzo"):
         kw["noise"] = NoiseSampler(alpha=0.2, alpha_final=0.01, position=position,
                                    antithetic=True)
-    r = RULES[rule](**kw)
+    r = RULES.build(rule, **kw)
     learner = OnlineLearner(net, r)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     y = torch.randint(0, 3, (6,))
@@ -414,7 +414,7 @@ def test_every_rule_and_noise_position_trains_a_small_conv_net(rule, position):
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
-@pytest.mark.parametrize("trace", [t for t in TRACES if "ostl" not in t and "otpe" != t
+@pytest.mark.parametrize("trace", [t for t in TRACE_NAMES if "ostl" not in t and "otpe" != t
                                    and "f_otpe" != t])
 def test_presynaptic_traces_and_per_step_updates_run_on_conv(trace):
     net = SpikingNet("4C3-AP2-6C3-FC", (1, 6, 6), 3)
@@ -535,7 +535,7 @@ def test_conv_resume_equals_uninterrupted(tmp_path, method):
 
 def test_nmnist_frames_train_a_conv_net(tmp_path):
     """Event frames reach a conv net as 2x34x34 maps (the source declares the shape)."""
-    from .test_readers import _write_nmnist_tree
+    from .writers import write_nmnist_tree as _write_nmnist_tree
 
     _write_nmnist_tree(tmp_path / "data", {"Train": 2, "Test": 1}, count=30, t_max=9000)
     cfg = TrainConfig.from_dict(dict(dataset="nmnist", data_root=str(tmp_path / "data"), T=3,

@@ -10,15 +10,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from opzo import DFA, DKP, OPZO, ZO, InstantLoss, OnlineLearner, SpatialBP, SpikingMLP, SpikingNet
+from opzo import InstantLoss, OnlineLearner, SpikingMLP, SpikingNet
 from opzo.cost import build_cost_net, format_cost_table, learning_cost, main_cost, op_macs
 from opzo.layers import ConvLayer
-from opzo.rules import LocalLearning
+from opzo.rules import RULES, LocalLearning
 
-from .test_energy import _brute_op_fanout
+from .reference import brute_op_fanout
 
 aten = torch.ops.aten
-RULES = {"bp": SpatialBP, "dfa": DFA, "dkp": DKP, "zo": ZO, "opzo": OPZO}
 
 
 # ---------------------------------------------------------------------------------------
@@ -79,7 +78,7 @@ def test_igl_counts_the_layers_below_it():
                                               ((3, 6, 6), 2, 5), ((2, 3, 3), 2, 1)])
 def test_conv_macs_equal_a_brute_force_count_of_synapses(in_shape, c_out, k):
     layer = ConvLayer(in_shape, c_out, k)
-    brute = int(_brute_op_fanout(layer).sum())  # Σ over inputs of the synapses each reaches
+    brute = int(brute_op_fanout(layer).sum())  # Σ over inputs of the synapses each reaches
     assert op_macs(layer) == brute
     c_in, h, w = in_shape
     assert op_macs(layer, "padded") == c_out * h * w * c_in * k * k
@@ -164,7 +163,7 @@ def test_feedback_macs_equal_the_rules_matrix_products(method, name, make, shape
     B, T = 3, 2
     x = torch.rand(B, *shape) * 2
     y = torch.tensor([0, 1, 2])
-    measured, counter = _measure(net, RULES[method](), x, y, T)
+    measured, counter = _measure(net, RULES.build(method), x, y, T)
     cost = learning_cost(net, method, borders="padded")  # dense kernels compute every tap
     matrix = cost["ops"]["feedback"] + cost["ops"]["update"]
     if method == "zo":
@@ -185,7 +184,7 @@ def test_ll_and_igl_macs_equal_the_rules_matrix_products(method, local, igl):
     B, T = 3, 2
     x = torch.rand(B, 2, 6, 6) * 2
     y = torch.tensor([0, 1, 2])
-    rule = LocalLearning(RULES[method](), local=local, igl_layer=igl)
+    rule = LocalLearning(RULES.build(method), local=local, igl_layer=igl)
     measured, counter = _measure(net, rule, x, y, T)
     cost = learning_cost(net, method, local_learning=local, igl_layer=igl, borders="padded")
     ideal = cost["ops"]["total"]

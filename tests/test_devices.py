@@ -20,11 +20,12 @@ from opzo.bptt import BPTTLearner
 from opzo.diagnostics import GradientVariance, gradient_cosine
 from opzo.learner import evaluate_batch
 from opzo.rules import DFA, DKP, OPZO, RULES, ZO, LocalLearning, SpatialBP
-from opzo.surrogate import make_surrogate
-from opzo.traces import TRACES
+from opzo.surrogate import SURROGATES, make_surrogate
+from opzo.traces import trace_names
+
+TRACE_NAMES = trace_names()
 
 NETS = [("8-8-FC", (5,)), ("3C3-AP2-4C3-FC", (1, 6, 6))]
-SURROGATES = ("sigmoid", "fast-sigmoid", "localzo", "sparsegrad")
 CPU = torch.device("cpu")
 
 
@@ -70,7 +71,7 @@ def _cases():
     for spec, shape in NETS:
         conv = "C" in spec
         for rule in sorted(RULES):
-            for trace in TRACES:
+            for trace in TRACE_NAMES:
                 if conv and trace.removeprefix("f_") in ("ostl", "otpe"):
                     continue
                 for surrogate in SURROGATES:
@@ -80,7 +81,7 @@ def _cases():
 @pytest.mark.parametrize("spec,shape,rule,trace,surrogate", list(_cases()))
 def test_every_rule_trace_and_surrogate_is_device_clean(spec, shape, rule, trace, surrogate):
     net, x, y = _build(spec, shape, surrogate)
-    r = RULES[rule]()
+    r = RULES.build(rule)
     learner = OnlineLearner(net, r, InstantLoss(), trace=trace)
     _train_and_eval(net, learner, list(net.parameters()), x, y)
 
@@ -89,7 +90,7 @@ def test_every_rule_trace_and_surrogate_is_device_clean(spec, shape, rule, trace
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_local_learning_and_igl_are_device_clean(spec, shape, rule):
     net, x, y = _build(spec, shape)
-    r = LocalLearning(RULES[rule](), igl_layer=1)
+    r = LocalLearning(RULES.build(rule), igl_layer=1)
     learner = OnlineLearner(net, r, InstantLoss())
     _train_and_eval(net, learner, [*net.parameters(), *r.parameters()], x, y)
 

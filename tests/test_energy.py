@@ -1,8 +1,9 @@
 """Energy proxies (opzo.energy): fan-outs, firing rates and synaptic operations.
 
-The expected fan-outs are counted here by brute force, looping over every synapse of the
-next layer's connectivity (pooling windows, convolution taps inside the padded map,
-shortcuts), sharing nothing with the library's transposed-convolution count. The spike
+The expected fan-outs are counted by brute force (tests/reference.py's brute_op_fanout),
+looping over every synapse of the next layer's connectivity (pooling windows, convolution
+taps inside the padded map, shortcuts), sharing nothing with the library's
+transposed-convolution count. The spike
 counts of the FC net are the hand count of tests/test_rule_checks.py (LIF by hand).
 """
 
@@ -15,57 +16,22 @@ import torch
 
 from opzo import InstantLoss, SpikingMLP, SpikingNet
 from opzo.energy import SynOpsCounter, count_synops, op_fanout, synaptic_fanout
-from opzo.layers import ConvLayer
 from opzo.learner import evaluate_batch
+
+from .reference import brute_op_fanout
 
 LOSS = InstantLoss()
 
 
 # ---------------------------------------------------------------------------------------
-# brute-force fan-out
-
-
-def _brute_op_fanout(layer) -> torch.Tensor:
-    """Synapses reached by each element of what ``layer`` receives, by enumerating them:
-    every (pooled input, op output) connection, credited to every input pixel of the pooled
-    input's window (1 per pixel)."""
-    in_shape = tuple(layer.in_shape)
-    count = torch.zeros(in_shape, dtype=torch.float64)
-    op_in = tuple(layer.op_in_shape)
-    # which input elements make each op-input element (the pooling windows)
-    if layer.pool is None:
-        def sources(idx):
-            return [idx]
-    else:
-        kh, kw = layer.pool
-
-        def sources(idx):
-            c, y, x = idx
-            return [(c, y * kh + i, x * kw + j) for i in range(kh) for j in range(kw)]
-    # synapses of each op-input element
-    per_op_input = torch.zeros(op_in, dtype=torch.float64)
-    if isinstance(layer, ConvLayer):
-        c_out, ho, wo = layer.out_shape
-        k, p, st = layer.kernel_size, layer.padding, layer.stride
-        c_in, h, w = op_in
-        for _co, yo, xo, ci, dy, dx in itertools.product(range(c_out), range(ho), range(wo),
-                                                         range(c_in), range(k), range(k)):
-            y, x = yo * st + dy - p, xo * st + dx - p
-            if 0 <= y < h and 0 <= x < w:
-                per_op_input[ci, y, x] += 1
-    else:
-        per_op_input += layer.out_features
-    for idx in itertools.product(*(range(d) for d in op_in)):
-        for src in sources(idx):
-            count[src] += per_op_input[idx]
-    return count.reshape(-1)
+# brute-force fan-out (tests/reference.py counts each layer's)
 
 
 def _brute_fanout(net) -> list[torch.Tensor]:
     hidden = list(net.hidden)
     out = []
     for l in range(len(hidden)):
-        f = _brute_op_fanout(hidden[l + 1] if l + 1 < len(hidden) else net.readout)
+        f = brute_op_fanout(hidden[l + 1] if l + 1 < len(hidden) else net.readout)
         for j in net.skips:
             if j == l:
                 f = f + 1.0  # the identity shortcut: one synapse per neuron

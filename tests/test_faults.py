@@ -42,7 +42,8 @@ import opzo.train as train_module
 from opzo import SpikingMLP
 from opzo.cli import main
 from opzo.config import ConfigError, TrainConfig, load_config_file
-from opzo.train import Diverged, Interrupted, RunError, RunLock, run_training
+from opzo.rundir import RunLock
+from opzo.train import Diverged, Interrupted, RunError, run_training
 
 from .conftest import SHARED_DATA
 

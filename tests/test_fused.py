@@ -95,6 +95,35 @@ def test_fused_step_rejects_bad_input():
         native.lif_step(a, a, a, lam=0.5, v_th=1.0, noise=torch.zeros(3, 2).t())
     with pytest.raises(ValueError, match="no native surrogate"):
         native.lif_step(a, a, a, lam=0.5, v_th=1.0, surrogate="localzo")
+    with pytest.raises(ValueError, match="surrogate_code"):
+        native.LifKernelParams(0.5, 1.0, surrogate_code=7)
+
+
+def test_unchecked_step_takes_the_layer_params_and_the_step_tensors():
+    """The network's entry point: one LifKernelParams per layer, this step's tensors as
+    keywords; the same numbers as the checked step, u' written into ``u_out``."""
+    torch.manual_seed(2)
+    cur, u = torch.randn(6, 50), torch.randn(6, 50)
+    s = (u > 0.8).float()
+    z = torch.randn(6, 60)[:, 5:55]
+    mask = (torch.rand(6, 50) < 0.8).float() * 1.25
+    params = native.LifKernelParams(0.7, 0.8, True, native.SURROGATE_CODES["fast-sigmoid"],
+                                    9.0, 1.0)
+    want = native.lif_step(cur, u, s, lam=0.7, v_th=0.8, reset_zero=True, noise=z, alpha=0.3,
+                           noise_before=True, mask=mask, surrogate="fast-sigmoid",
+                           surrogate_param=9.0)
+    scratch = cur.clone()
+    got = native.lif_step_unchecked(params, scratch, u, s, noise=z, alpha=0.3,
+                                    noise_before=True, mask=mask, u_out=scratch, threads=2)
+    assert got[0] is scratch
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    plain_params = native.lif_kernel_params(0.7, 0.8, True)  # memoised, for the inner loop
+    assert plain_params == native.LifKernelParams(0.7, 0.8, True)
+    assert native.lif_kernel_params(0.7, 0.8, True) is plain_params
+    plain = native.lif_step_unchecked(plain_params, cur, u, s)
+    assert plain[3] is None and plain[2] is plain[1]
+    want = native.lif_step(cur, u, s, lam=0.7, v_th=0.8, reset_zero=True)
+    assert all(torch.equal(a, b) for a, b in zip(want[:2], plain[:2]))
 
 
 def _mask_reference(key: int, n: int, keep: float, scale: float) -> list[float]:
@@ -163,10 +192,30 @@ def _lif_call(lib: ctypes.CDLL) -> list[torch.Tensor]:
     z = torch.randn(rows, cols + 3, generator=g)[:, 3:]
     mask = (torch.rand(rows, cols, generator=g) < 0.8).float() * 1.25
     outs = [torch.empty(rows, cols) for _ in range(4)]
-    lib.opzo_lif_step(rows, cols, cur.data_ptr(), u.data_ptr(), s.data_ptr(), z.data_ptr(),
-                      z.stride(0), 0.2, 0, mask.data_ptr(), 0.5, 1.0, 0, 1, 4.0, 4.0,
-                      *(t.data_ptr() for t in outs), 2)
+    u_out, s_out, out, dpsi = (t.data_ptr() for t in outs)
+    lib.opzo_lif_step(native.LifArgs(
+        rows=rows, cols=cols, current=cur.data_ptr(), u=u.data_ptr(), s=s.data_ptr(),
+        u_out=u_out, s_out=s_out, out=out, dpsi=dpsi,
+        z=z.data_ptr(), z_ld=z.stride(0), alpha=0.2, noise_before=0, mask=mask.data_ptr(),
+        lam=0.5, v_th=1.0, reset_zero=0, surrogate=native.SURROGATE_CODES["sigmoid"],
+        surr_param=4.0, gain=4.0, threads=2))
     return outs
+
+
+def test_a_struct_mirror_out_of_step_with_the_library_is_refused(monkeypatch):
+    """LifArgs must match lif_step.c's struct lif_args field by field: a mirror with two
+    same-sized fields swapped (the same size and offsets, in another order) is caught."""
+    fields = list(native.LifArgs._fields_)
+    i, j = (next(k for k, (n, _) in enumerate(fields) if n == name) for name in ("lam", "v_th"))
+    fields[i], fields[j] = fields[j], fields[i]
+
+    class Swapped(ctypes.Structure):
+        _fields_ = fields
+
+    native.build()  # the cached library, with the right mirror
+    monkeypatch.setattr(native, "LifArgs", Swapped)
+    with pytest.raises(RuntimeError, match="struct lif_args .* differ"):
+        native.build()
 
 
 def test_every_build_gives_the_same_numbers(tmp_path):
@@ -266,12 +315,8 @@ def test_autograd_and_other_dtypes_use_torch_ops():
 
 
 def test_missing_library_falls_back_to_torch_ops_with_one_warning(monkeypatch):
-    monkeypatch.setattr(native, "_tried", True)
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_error", "no C compiler found")
-    monkeypatch.setattr(native, "_warned", False)
     x = torch.rand(3, 20)
-    with torch.no_grad():
+    with torch.no_grad(), native.unavailable("no C compiler found"):
         with pytest.warns(UserWarning, match="no C compiler found.*install a C compiler"):
             a = _net("native").eval()(x, T=3)
         with warnings.catch_warnings():
@@ -279,10 +324,8 @@ def test_missing_library_falls_back_to_torch_ops_with_one_warning(monkeypatch):
             _net("native").eval()(x, T=3)
         assert torch.equal(a, _net("torch").eval()(x, T=3))
     # turned off on purpose: the warning says so and gives no install advice
-    monkeypatch.setattr(native, "_error", "disabled by OPZO_NATIVE=0")
-    monkeypatch.setattr(native, "_warned", False)
     monkeypatch.setenv("OPZO_NATIVE", "0")
-    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+    with torch.no_grad(), native.fresh(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _net("native").eval()(x, T=3)
     (message,) = [str(w.message) for w in caught]

@@ -9,12 +9,13 @@ import torch
 
 from opzo import DFA, InstantLoss, OnlineLearner, SpatialBP, SpikingMLP
 from opzo.bptt import BPTTLearner
+from opzo.build import build_network, build_rule
 from opzo.cli import main
 from opzo.config import TrainConfig
 from opzo.hardware import HardwareNoise, attach, evaluate_under_noise, perturb_weights
 from opzo.neuron import LIFParams
 from opzo.rules import OPZO
-from opzo.train import build_network, build_rule, run_training
+from opzo.train import run_training
 
 CPU = torch.device("cpu")
 

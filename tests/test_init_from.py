@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from opzo import SpikingMLP
+from opzo.build import load_weights
 from opzo.cli import main
 from opzo.config import TrainConfig
-from opzo.train import Interrupted, load_weights, run_training
+from opzo.train import Interrupted, run_training
 
 QUIET = dict(progress=False, log=lambda *_: None)
 

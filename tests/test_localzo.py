@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from opzo.localzo import (
+from opzo.surrogate import FastSigmoidSurrogate, SigmoidSurrogate, spike_with_surrogate
+from opzo.surrogate.localzo import (
     DISTRIBUTIONS,
     SIGMOID_KDELTA,
     SIGMOID_TWO_J1,
     LocalZOSurrogate,
     make_localzo,
 )
-from opzo.surrogate import FastSigmoidSurrogate, SigmoidSurrogate, spike_with_surrogate
 
 V_TH = 1.0
 # potentials around the threshold: |u − V_th| from 0 to 4δ at δ = 0.05
@@ -369,7 +369,7 @@ def test_abs_z_cdf_is_a_cdf():
 
 
 def test_sparsegrad_is_expected_surrogate_cut_at_expected_threshold():
-    from opzo.localzo import SparseGradSurrogate
+    from opzo.surrogate.localzo import SparseGradSurrogate
 
     delta = 0.05
     sg = SparseGradSurrogate(delta=delta, m=1, distribution="normal")

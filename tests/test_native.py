@@ -113,33 +113,49 @@ def test_noise_sampler_generators():
         base.NoiseSampler(rng="mt")
 
 
-def test_missing_compiler_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(native, "_tried", True)
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_error", "no C compiler found")
-    monkeypatch.setattr(native, "_warned", False)
+def test_missing_compiler_falls_back_with_one_warning():
     s = base.NoiseSampler(alpha=1.0)
-    torch.manual_seed(4)
-    with pytest.warns(UserWarning, match="no C compiler found"):
-        z = s.sample(0, 4, [6], torch.zeros(1))[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # only once
-        s.sample(0, 4, [6], torch.zeros(1))
+    with native.unavailable("no C compiler found"):
+        assert not native.available() and native.error() == "no C compiler found"
+        torch.manual_seed(4)
+        with pytest.warns(UserWarning, match="no C compiler found"):
+            z = s.sample(0, 4, [6], torch.zeros(1))[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # only once
+            s.sample(0, 4, [6], torch.zeros(1))
     torch.manual_seed(4)
     assert torch.equal(z, torch.empty(4, 6).normal_())
 
 
+def test_unavailable_restores_the_library_and_the_warning_state():
+    lib = native.load()
+    with native.unavailable("first"):
+        with pytest.warns(UserWarning, match="first"):
+            assert not native.ready()
+        with native.unavailable("nested"):  # warns afresh, with its own reason
+            assert native.error() == "nested"
+            with pytest.warns(UserWarning, match="nested"):
+                native.ready()
+        assert native.error() == "first"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the outer block had warned already
+            native.ready()
+    assert native.load() is lib and native.available() == (lib is not None)
+    if lib is not None:
+        assert native.error() is None and native.ready()
+
+
 def test_build_failure_is_reported(monkeypatch, tmp_path):
     """A compiler that fails leaves the reason in native.error(), not an exception."""
-    monkeypatch.setattr(native, "_tried", False)
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_error", None)
-    monkeypatch.setenv("OPZO_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(native, "_compiler", lambda: "false")  # exists, always fails
-    assert not native.available()
-    assert "false failed" in native.error()
-    with pytest.raises(RuntimeError, match="install a C compiler"):
-        native.philox_normal_(torch.empty(4))
-    monkeypatch.setattr(native, "_tried", False)
+    lib = native.load()
+    monkeypatch.setenv("OPZO_CACHE_DIR", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", "false")  # exists, always fails
+    with native.fresh():
+        assert not native.available()
+        assert "false failed" in native.error()
+        with pytest.raises(RuntimeError, match="install a C compiler"):
+            native.philox_normal_(torch.empty(4))
     monkeypatch.setenv("OPZO_NATIVE", "0")
-    assert native.error() == "disabled by OPZO_NATIVE=0"
+    with native.fresh():
+        assert native.error() == "disabled by OPZO_NATIVE=0"
+    assert native.load() is lib  # the blocks leave the library as it was

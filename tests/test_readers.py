@@ -1,12 +1,11 @@
 """Tests for the event/frame utilities and the neuromorphic and CIFAR readers.
 
-Every reader is exercised on tiny files written here in the real on-disk format; binning is
-checked against hand-computed counts. Nothing is downloaded.
+Every reader is exercised on tiny files in the real on-disk format (written by
+tests/writers.py); binning is checked against hand-computed counts. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import pickle
 import sys
 from pathlib import Path
 
@@ -46,6 +45,15 @@ from opzo.data.neuromorphic import (
     read_cifar10dvs_npz,
     read_gesture_npy,
     read_nmnist_bin,
+)
+
+from .writers import (
+    cifar_images,
+    encode_nmnist,
+    gesture_events,
+    write_cifar10dvs,
+    write_cifar_pickle,
+    write_shd_h5,
 )
 
 NMNIST_SAMPLE = (
@@ -149,34 +157,10 @@ def test_resize_frames_area_and_bilinear() -> None:
 # ----------------------------------------------------------------------------- N-MNIST
 
 
-def _encode_nmnist(x: list[int], y: list[int], p: list[int], t: list[int]) -> bytes:
-    """Encode events in the N-MNIST .bin format (5 bytes per event), written independently."""
-    out = bytearray()
-    for xi, yi, pi, ti in zip(x, y, p, t):
-        out += bytes([xi, yi, (pi << 7) | ((ti >> 16) & 0x7F), (ti >> 8) & 0xFF, ti & 0xFF])
-    return bytes(out)
-
-
-def _write_nmnist_tree(root: Path, per_split: dict[str, int], count: int, t_max: int) -> None:
-    """A tiny N-MNIST tree root/<split>/<digit>/<k>.bin whose events sit in a band of x that
-    depends on the digit (so the classes are learnable)."""
-    g = torch.Generator().manual_seed(0)
-    for split, n in per_split.items():
-        for digit in range(10):
-            folder = root / split / str(digit)
-            folder.mkdir(parents=True)
-            for k in range(n):
-                x = (torch.randint(0, 7, (count,), generator=g) + 3 * digit).tolist()
-                y = torch.randint(0, 34, (count,), generator=g).tolist()
-                p = torch.randint(0, 2, (count,), generator=g).tolist()
-                t = sorted(torch.randint(0, t_max, (count,), generator=g).tolist())
-                (folder / f"{k:05d}.bin").write_bytes(_encode_nmnist(x, y, p, t))
-
-
 def test_read_nmnist_bin_round_trip(tmp_path: Path) -> None:
     x, y, p, t = [0, 33, 17], [5, 0, 33], [1, 0, 1], [0, 70000, 8388607]
     path = tmp_path / "00001.bin"
-    path.write_bytes(_encode_nmnist(x, y, p, t))
+    path.write_bytes(encode_nmnist(x, y, p, t))
     events = read_nmnist_bin(path)
     assert events.dtype == EVENT_DTYPE
     assert events["x"].tolist() == x and events["y"].tolist() == y
@@ -185,7 +169,7 @@ def test_read_nmnist_bin_round_trip(tmp_path: Path) -> None:
 
 def test_read_nmnist_bin_rejects_truncated(tmp_path: Path) -> None:
     path = tmp_path / "cut.bin"
-    path.write_bytes(_encode_nmnist([1, 2], [1, 2], [0, 1], [10, 20])[:8])
+    path.write_bytes(encode_nmnist([1, 2], [1, 2], [0, 1], [10, 20])[:8])
     with pytest.raises(DatasetError) as info:
         read_nmnist_bin(path)
     message = str(info.value)
@@ -203,7 +187,7 @@ def test_nmnist_folder(tmp_path: Path, tonic_layout: bool) -> None:
         folder.mkdir(parents=True)
         for i in range(n):
             # 3 ms bins: t=100 -> 0, 3000 -> 1, 89999 -> 29, 90000 -> dropped (bin 30)
-            data = _encode_nmnist(
+            data = encode_nmnist(
                 [i, 2, 3, 4], [1, 2, 3, 4], [1, 0, 1, 1], [100, 3000, 89999, 90000]
             )
             (folder / f"{i:05d}.bin").write_bytes(data)
@@ -227,7 +211,7 @@ def test_nmnist_folder_missing(tmp_path: Path) -> None:
 def test_nmnist_folder_bad_coordinates(tmp_path: Path) -> None:
     folder = tmp_path / "Train" / "0"
     folder.mkdir(parents=True)
-    (folder / "a.bin").write_bytes(_encode_nmnist([40], [1], [0], [5]))
+    (folder / "a.bin").write_bytes(encode_nmnist([40], [1], [0], [5]))
     with pytest.raises(DatasetError, match=r"a\.bin.*outside the 34x34 sensor"):
         NMNISTFolder(tmp_path, "train")[0]
 
@@ -247,17 +231,11 @@ def test_read_real_nmnist_sample() -> None:
 # ------------------------------------------------------------------------- DVS Gesture
 
 
-def _gesture_events(n: int, x0: int) -> np.ndarray:
-    """A 2-D (x, y, p, t[ms]) float array as tonic stores DVS Gesture samples."""
-    rows = [(x0 + (i % 3), 60, i % 2, 0.5 * i) for i in range(n)]
-    return np.asarray(rows, dtype=np.float64)
-
-
 def test_dvs_gesture_tonic_layout(tmp_path: Path) -> None:
     session = tmp_path / "DVSGesture" / "ibmGestureTrain" / "user01_fluorescent"
     session.mkdir(parents=True)
-    np.save(session / "10.npy", _gesture_events(40, 100))
-    np.save(session / "2.npy", _gesture_events(20, 10))
+    np.save(session / "10.npy", gesture_events(40, 100))
+    np.save(session / "2.npy", gesture_events(20, 10))
     structured = np.zeros(20, dtype=[("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
     structured["x"], structured["y"], structured["t"] = 127, np.arange(20), np.arange(20) * 7
     np.save(session / "0.npy", structured)
@@ -290,12 +268,12 @@ def test_dvs_gesture_rejects_bad_files(tmp_path: Path) -> None:
         DVSGesture(tmp_path, "test")[0]
     assert str(bad) in str(info.value) and "columns (x, y, p, t)" in str(info.value)
 
-    np.save(bad, _gesture_events(10, 0))
+    np.save(bad, gesture_events(10, 0))
     bad.write_bytes(bad.read_bytes()[:-30])
     with pytest.raises(DatasetError, match=r"3\.npy.*truncated"):
         DVSGesture(tmp_path, "test")[0]
 
-    np.save(session / "11.npy", _gesture_events(10, 0))
+    np.save(session / "11.npy", gesture_events(10, 0))
     with pytest.raises(DatasetError, match=r"11\.npy: the file name must be the label"):
         DVSGesture(tmp_path, "test")
 
@@ -312,24 +290,8 @@ def test_dvs_gesture_missing(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- CIFAR10-DVS
 
 
-def _write_cifar10dvs(root: Path, indices: tuple[int, ...] = (2, 10, 1)) -> None:
-    """Write SpikingJelly-style npz files; sample ``i`` has ``i + 10`` events at x = 60 + i."""
-    for name in CIFAR10DVS_CLASSES:
-        folder = root / name
-        folder.mkdir(parents=True)
-        for i in indices:
-            n = i + 10
-            np.savez(
-                folder / f"cifar10_{name}_{i}.npz",
-                t=np.arange(n, dtype=np.int64) * 10,
-                x=np.full(n, 60 + i, dtype=np.int16),
-                y=np.full(n, 64, dtype=np.int16),
-                p=(np.arange(n) % 2).astype(np.int8),
-            )
-
-
 def test_cifar10dvs_split_and_frames(tmp_path: Path) -> None:
-    _write_cifar10dvs(tmp_path)
+    write_cifar10dvs(tmp_path)
     train = CIFAR10DVS(tmp_path, "train", train_per_class=2)
     test = CIFAR10DVS(tmp_path, "test", train_per_class=2)
     assert len(train) == 20 and len(test) == 10
@@ -353,7 +315,7 @@ def test_cifar10dvs_split_and_frames(tmp_path: Path) -> None:
 
 
 def test_cifar10dvs_crop_and_normalization(tmp_path: Path) -> None:
-    _write_cifar10dvs(tmp_path)
+    write_cifar10dvs(tmp_path)
     plain = CIFAR10DVS(tmp_path, "train", train_per_class=2)
     mean, std = compute_mean_std(plain)
     stacked = torch.stack([plain[i][0] for i in range(len(plain))]).double()
@@ -390,7 +352,7 @@ def test_cifar10dvs_errors(tmp_path: Path) -> None:
     assert "<class>/<index>.npz" in message and "airplane, automobile" in message
     assert "never downloads" in message and "figshare" in message and "Li et al. 2017" in message
 
-    _write_cifar10dvs(tmp_path)
+    write_cifar10dvs(tmp_path)
     with pytest.raises(DatasetError, match=r"holds 3 \.npz files.*first 900"):
         CIFAR10DVS(tmp_path)
 
@@ -416,21 +378,11 @@ def test_cifar10dvs_errors(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- SHD / SSC
 
 
-def _write_h5(path: Path, times: list[list[float]], units: list[list[int]], labels: list[int]):
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(path, "w") as f:
-        t_ds = f.create_dataset("spikes/times", (len(times),), dtype=h5py.vlen_dtype(np.float32))
-        u_ds = f.create_dataset("spikes/units", (len(units),), dtype=h5py.vlen_dtype(np.uint16))
-        for i, (t, u) in enumerate(zip(times, units)):
-            t_ds[i] = np.asarray(t, dtype=np.float32)
-            u_ds[i] = np.asarray(u, dtype=np.uint16)
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint16))
-
-
 def test_shd_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "shd_train.h5"
     # 50 bins over 1 s: 0.01 -> bin 0, 0.03 -> 1, 0.5 -> 25; 1.3 s is dropped
-    _write_h5(path, [[0.01, 0.03, 0.5, 1.3], [], [0.99]], [[0, 699, 699, 1], [], [42]], [0, 19, 7])
+    write_shd_h5(path, [[0.01, 0.03, 0.5, 1.3], [], [0.99]], [[0, 699, 699, 1], [], [42]],
+                 [0, 19, 7])
     with SpikingHeidelbergDigits(tmp_path, n_bins=50, duration_s=1.0) as shd:
         assert len(shd) == 3 and shd.targets == [0, 19, 7]
         counts, label = shd[0]
@@ -445,7 +397,7 @@ def test_shd_round_trip(tmp_path: Path) -> None:
 
 def test_ssc_and_bad_h5(tmp_path: Path) -> None:
     path = tmp_path / "ssc_valid.h5"
-    _write_h5(path, [[0.1]], [[5]], [34])
+    write_shd_h5(path, [[0.1]], [[5]], [34])
     ssc = SpikingSpeechCommands(tmp_path, split="valid")
     assert ssc[0][1] == 34 and ssc[0][0][5, 5] == 1
     ssc.close()
@@ -453,7 +405,7 @@ def test_ssc_and_bad_h5(tmp_path: Path) -> None:
         SpikingHeidelbergDigits(path)
 
     bad_unit = tmp_path / "bad_unit.h5"
-    _write_h5(bad_unit, [[0.1]], [[700]], [1])
+    write_shd_h5(bad_unit, [[0.1]], [[700]], [1])
     with pytest.raises(DatasetError, match=r"bad_unit\.h5: sample 0: .*0..699"):
         SpikingHeidelbergDigits(bad_unit)[0]
 
@@ -490,22 +442,13 @@ def test_shd_missing_file_and_missing_h5py(tmp_path: Path, monkeypatch) -> None:
 # ------------------------------------------------------------------------------- CIFAR
 
 
-def _write_pickle(path: Path, data: np.ndarray, labels: list[int], key: bytes) -> None:
-    with path.open("wb") as fh:
-        pickle.dump({b"batch_label": b"test", b"data": data, key: labels}, fh, protocol=2)
-
-
-def _images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
-
-
 def test_load_cifar10_round_trip(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    batches = [_images(2, i) for i in range(5)]
+    batches = [cifar_images(2, i) for i in range(5)]
     for i, data in enumerate(batches):
-        _write_pickle(folder / f"data_batch_{i + 1}", data, [i, 9 - i], b"labels")
-    _write_pickle(folder / "test_batch", _images(3, 9), [1, 2, 3], b"labels")
+        write_cifar_pickle(folder / f"data_batch_{i + 1}", data, [i, 9 - i], b"labels")
+    write_cifar_pickle(folder / "test_batch", cifar_images(3, 9), [1, 2, 3], b"labels")
     images, labels = load_cifar10(tmp_path, "train")
     assert images.shape == (10, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64
@@ -520,8 +463,8 @@ def test_load_cifar10_round_trip(tmp_path: Path) -> None:
 def test_load_cifar100_round_trip(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    _write_pickle(folder / "train", _images(4, 0), [0, 99, 50, 3], b"fine_labels")
-    _write_pickle(folder / "test", _images(1, 1), [42], b"fine_labels")
+    write_cifar_pickle(folder / "train", cifar_images(4, 0), [0, 99, 50, 3], b"fine_labels")
+    write_cifar_pickle(folder / "test", cifar_images(1, 1), [42], b"fine_labels")
     images, labels = load_cifar100(tmp_path, "train")
     assert images.shape == (4, 3, 32, 32) and labels.tolist() == [0, 99, 50, 3]
     assert load_cifar100(folder, "test")[1].tolist() == [42]
@@ -537,11 +480,11 @@ def test_cifar_errors(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     for i in (1, 2, 4, 5):
-        _write_pickle(folder / f"data_batch_{i}", _images(1, i), [0], b"labels")
+        write_cifar_pickle(folder / f"data_batch_{i}", cifar_images(1, i), [0], b"labels")
     with pytest.raises(DatasetError, match="missing data_batch_3"):
         load_cifar10(tmp_path)
 
-    _write_pickle(folder / "data_batch_3", _images(1, 3), [0], b"labels")
+    write_cifar_pickle(folder / "data_batch_3", cifar_images(1, 3), [0], b"labels")
     full = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(full[: len(full) // 2])
     with pytest.raises(DatasetError) as info:
@@ -549,10 +492,10 @@ def test_cifar_errors(tmp_path: Path) -> None:
     assert str(folder / "data_batch_3") in str(info.value) and "b'data'" in str(info.value)
     assert "truncated" in str(info.value)
 
-    _write_pickle(folder / "data_batch_3", _images(1, 3), [0], b"fine_labels")
+    write_cifar_pickle(folder / "data_batch_3", cifar_images(1, 3), [0], b"fine_labels")
     with pytest.raises(DatasetError, match=r"data_batch_3: expected .*b'labels'"):
         load_cifar10(tmp_path)
-    _write_pickle(folder / "data_batch_3", _images(1, 3), [10], b"labels")
+    write_cifar_pickle(folder / "data_batch_3", cifar_images(1, 3), [10], b"labels")
     with pytest.raises(DatasetError, match=r"labels must lie in 0..9"):
         load_cifar10(tmp_path)
 

@@ -589,7 +589,7 @@ def test_firing_rates_equal_a_hand_count(kernels):
     2·4·2 = 16 neuron-steps; batch [(1.5, 0.6)]: 9 and 2 over 12 and 8. The epoch's rate
     pools the counts: (9 + 9)/(24 + 12) = 0.5 and (2 + 2)/(16 + 8) = 1/6.
     """
-    from opzo.train import Accumulator
+    from opzo.progress import Accumulator
 
     net = _hand_net(kernels)
     net.train()  # evaluation must switch dropout off by itself

@@ -20,13 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opzo import DFA, DKP, OPZO, ZO, InstantLoss, OnlineLearner, SpatialBP, SpikingMLP
+from opzo import InstantLoss, OnlineLearner, SpatialBP, SpikingMLP
 from opzo.bptt import BPTTLearner
 from opzo.neuron import LIFParams
+from opzo.rules import RULES
 from opzo.surrogate import FastSigmoidSurrogate, SigmoidSurrogate, make_surrogate
 from opzo.traces import (
     GBAR_MODES,
-    TRACES,
     ApproxOTPETrace,
     OSTLTrace,
     OTPETrace,
@@ -34,11 +34,12 @@ from opzo.traces import (
     leaky_mean,
     make_output_trace,
     make_trace,
+    trace_names,
 )
 
 from .reference import bptt_layers_autograd_grads, leaky_readout, presynaptic_autograd_grads
 
-RULES = {"bp": SpatialBP, "dfa": DFA, "dkp": DKP, "zo": ZO, "opzo": OPZO}
+TRACE_NAMES = trace_names()
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,7 +250,7 @@ def test_f_otpe_is_exact_bptt_of_the_leaky_sum_loss(reset, static):
 # each trace equals autograd of its own approximation (deep nets)
 
 
-@pytest.mark.parametrize("trace", TRACES)
+@pytest.mark.parametrize("trace", TRACE_NAMES)
 @pytest.mark.parametrize("static", [True, False])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_each_trace_equals_autograd_of_its_approximation(trace, reset, static):
@@ -322,8 +323,8 @@ def test_normalised_gbar_is_a_weighted_mean_of_surrogates(cls):
 
 def test_gbar_option_reaches_the_traces_from_the_config():
     """--otpe-gbar normalised changes approx-OTPE's gradient (and not OTTT's)."""
+    from opzo.build import build_learner
     from opzo.config import TrainConfig
-    from opzo.train import build_learner
 
     x, y = _data(DEEP, static=False, T=5)
     grads = {}
@@ -339,7 +340,7 @@ def test_gbar_option_reaches_the_traces_from_the_config():
     assert torch.equal(grads["ottt", "paper"], grads["ottt", "normalised"])
 
 
-@pytest.mark.parametrize("trace", TRACES)
+@pytest.mark.parametrize("trace", TRACE_NAMES)
 def test_static_input_fast_path_equals_the_repeated_sequence(trace):
     x, y = _data(DEEP, static=True)
     results = []
@@ -382,7 +383,7 @@ def _check_grads(net, rule_name):
             assert p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("trace", TRACES)
+@pytest.mark.parametrize("trace", TRACE_NAMES)
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_every_trace_runs_with_every_rule(rule, trace):
     torch.manual_seed(2)
@@ -390,14 +391,14 @@ def test_every_trace_runs_with_every_rule(rule, trace):
     with torch.no_grad():  # so that both hidden layers spike
         for lin in net.hidden:
             lin.weight.mul_(4.0)
-    learner = OnlineLearner(net, RULES[rule](), trace=trace)
+    learner = OnlineLearner(net, RULES.build(rule), trace=trace)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     for x in (torch.rand(5, 10) * 3, torch.rand(4, 5, 10) * 3):  # static and per-step input
         learner.train_batch(x, torch.randint(0, 3, (5,)), opt, T=4)
         _check_grads(net, rule)
 
 
-@pytest.mark.parametrize("trace", TRACES)
+@pytest.mark.parametrize("trace", TRACE_NAMES)
 @pytest.mark.parametrize("surrogate", ["sigmoid", "fast-sigmoid", "localzo"])
 def test_every_trace_runs_with_every_surrogate(surrogate, trace):
     torch.manual_seed(3)
@@ -409,7 +410,7 @@ def test_every_trace_runs_with_every_surrogate(surrogate, trace):
     x, y = torch.rand(4, 6, 10) * 3, torch.randint(0, 3, (6,))
     for rule in ("bp", "opzo"):
         _zero_grads(net)
-        OnlineLearner(net, RULES[rule](), trace=trace).accumulate(x, y, T=4)
+        OnlineLearner(net, RULES.build(rule), trace=trace).accumulate(x, y, T=4)
         for name, p in net.named_parameters():
             assert p.grad.shape == p.shape and torch.isfinite(p.grad).all(), (rule, name)
         assert net.readout.weight.grad.abs().sum() > 0
@@ -424,7 +425,7 @@ def test_unknown_trace_names_the_allowed_ones():
                  lambda: OnlineLearner(SpikingMLP([4, 5, 2]), SpatialBP(), trace="eprop")):
         with pytest.raises(ValueError, match="unknown temporal trace 'eprop'") as err:
             make()
-        assert all(name in str(err.value) for name in TRACES)
+        assert all(name in str(err.value) for name in TRACE_NAMES)
 
 
 def test_make_trace_builds_what_each_layer_needs():
@@ -461,11 +462,9 @@ def test_trace_memory_per_sample_follows_table_1(trace, order):
 def test_config_trace_option_reaches_the_learner(tmp_path):
     import argparse
 
-    from opzo import config as config_module
+    from opzo.build import build_learner
     from opzo.config import ConfigError, TrainConfig, add_arguments, config_from_args
-    from opzo.train import build_learner
 
-    assert config_module.TRACES == TRACES
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--trace", "f_otpe"]), None)

@@ -40,17 +40,14 @@ def test_run_folder_contents(tmp_path):
     assert not list(run.glob("*.tmp"))
 
 
-def test_summary_names_the_kernels_that_ran(tmp_path, monkeypatch):
+def test_summary_names_the_kernels_that_ran(tmp_path):
     cfg = _cfg(tmp_path, "t")
     cfg.kernels = "torch"
     assert run_training(cfg, tmp_path / "t", progress=False, log=lambda *_: None)["kernels"] \
         == "torch"
-    monkeypatch.setattr(native, "_tried", True)
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_error", "no C compiler found")
-    monkeypatch.setattr(native, "_warned", False)
     lines: list[str] = []
-    with pytest.warns(UserWarning, match="no C compiler found"):
+    with native.unavailable("no C compiler found"), \
+            pytest.warns(UserWarning, match="no C compiler found"):
         summary = run_training(_cfg(tmp_path, "n"), tmp_path / "n", progress=False,
                                log=lines.append)
     assert summary["kernels"] == "torch (native unavailable: no C compiler found)"
@@ -228,7 +225,7 @@ def test_localzo_derivative_inside_opzo_trains(tmp_path):
 
 def test_nmnist_training_from_bin_files(tmp_path):
     """N-MNIST trains from a folder of .bin files in the real format (written here)."""
-    from .test_readers import _write_nmnist_tree
+    from .writers import write_nmnist_tree as _write_nmnist_tree
 
     _write_nmnist_tree(tmp_path / "data", {"Train": 6, "Test": 2}, count=40, t_max=15000)
     cfg = TrainConfig.from_dict(dict(dataset="nmnist", data_root=str(tmp_path / "data"), T=5,
@@ -300,8 +297,8 @@ def test_randman_config_rules():
 
 
 def test_optimizer_choice_and_init_scale():
+    from opzo.build import build_network, make_optimizer
     from opzo.config import TrainConfig
-    from opzo.train import build_network, make_optimizer
 
     for name, cls in (("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
                       ("adamax", torch.optim.Adamax), ("sgd", torch.optim.SGD)):
@@ -321,8 +318,8 @@ def test_optimizer_choice_and_init_scale():
 def test_evaluations_report_synaptic_operations(tmp_path, capsys):
     """metrics.jsonl, summary.json and opzo eval carry SynOps per sample, equal to a count
     made independently from the network's spikes and fan-outs (opzo.energy)."""
+    from opzo.build import build_network, make_source
     from opzo.energy import count_synops
-    from opzo.train import build_network, make_source
 
     cfg = _cfg(tmp_path, "s", epochs=1, hidden=[40, 24])
     summary = run_training(cfg, tmp_path / "s", progress=False, log=lambda *_: None)

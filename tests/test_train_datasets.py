@@ -1,8 +1,9 @@
 """``opzo train`` on CIFAR-10/100, DVS128 Gesture, CIFAR10-DVS, SHD and SSC.
 
-Each dataset is written here in its real on-disk format (the writers of tests/test_readers.py),
-then built through :func:`opzo.train.make_source` as ``opzo train --dataset NAME`` does, with the
-preprocessing of the OPZO paper, appendix C.3.1. Nothing is downloaded.
+Each dataset is written here in its real on-disk format (the writers of tests/writers.py),
+then built through :func:`opzo.build.make_source` as ``opzo train --dataset NAME`` does, with the
+preprocessing of the OPZO paper, appendix C.3.1. Each registered factory's first batch is also
+compared with the reader built by hand. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,27 +16,59 @@ import numpy as np
 import pytest
 import torch
 
-from opzo import train as train_module
+from opzo.build import make_source
 from opzo.cli import main
 from opzo.config import ConfigError, TrainConfig
-from opzo.data import batch_generator, batch_seed, epoch_permutation
+from opzo.data import (
+    DATASETS,
+    batch_generator,
+    batch_seed,
+    epoch_permutation,
+    load_dataset,
+    neuromorphic,
+    normalization_stats,
+    randman,
+)
 from opzo.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    cifar_source,
     cutout,
     load_cifar10,
+    load_cifar100,
     normalize,
     random_crop,
     random_horizontal_flip,
 )
+from opzo.data.datasets import image_source
+from opzo.data.encoders import direct
 from opzo.data.errors import DatasetError
-from opzo.data.neuromorphic import CIFAR10DVS, DVSGesture
+from opzo.data.neuromorphic import (
+    CIFAR10DVS,
+    DVSGesture,
+    NMNISTFolder,
+    SpikingHeidelbergDigits,
+    SpikingSpeechCommands,
+    cifar10dvs_source,
+    compute_mean_std,
+    dvs_gesture_source,
+    nmnist_source,
+    shd_source,
+    ssc_source,
+)
 from opzo.data.sources import ColorImageSource
-from opzo.train import Interrupted, make_source, run_training
+from opzo.train import Interrupted, run_training
 
-from .test_readers import _gesture_events, _images, _write_cifar10dvs, _write_h5, _write_pickle
+from .writers import (
+    cifar_images,
+    gesture_events,
+    write_cifar10dvs,
+    write_cifar_pickle,
+    write_nmnist_tree,
+    write_shd_h5,
+)
 
 QUIET = dict(progress=False, log=lambda *_: None)
 
@@ -60,11 +93,11 @@ def _write_cifar10(root: Path, per_batch: int = 5, n_test: int = 4,
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i in range(5):
-        images = _images(per_batch, i) if data is None else data[:per_batch]
+        images = cifar_images(per_batch, i) if data is None else data[:per_batch]
         labels = [(i * per_batch + k) % 10 for k in range(per_batch)]
-        _write_pickle(folder / f"data_batch_{i + 1}", images, labels, b"labels")
-    test = _images(n_test, 99) if data is None else data[:n_test]
-    _write_pickle(folder / "test_batch", test, [k % 10 for k in range(n_test)], b"labels")
+        write_cifar_pickle(folder / f"data_batch_{i + 1}", images, labels, b"labels")
+    test = cifar_images(n_test, 99) if data is None else data[:n_test]
+    write_cifar_pickle(folder / "test_batch", test, [k % 10 for k in range(n_test)], b"labels")
     return folder
 
 
@@ -141,8 +174,8 @@ def test_cifar10_augmentation_by_its_visible_effects(tmp_path: Path) -> None:
 def test_cifar100_source_and_spike_encodings(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
-    _write_pickle(folder / "train", _images(6, 0), [0, 99, 50, 3, 7, 8], b"fine_labels")
-    _write_pickle(folder / "test", _images(2, 1), [42, 5], b"fine_labels")
+    write_cifar_pickle(folder / "train", cifar_images(6, 0), [0, 99, 50, 3, 7, 8], b"fine_labels")
+    write_cifar_pickle(folder / "test", cifar_images(2, 1), [42, 5], b"fine_labels")
     cfg = _cfg(dataset="cifar100", data_root=str(tmp_path), T=3)
     test = make_source(cfg, "test")
     assert (test.classes, test.input_shape, len(test)) == (100, (3, 32, 32), 2)
@@ -210,15 +243,13 @@ def _write_gesture(root: Path) -> None:
             folder = root / "DVSGesture" / split / name
             folder.mkdir(parents=True)
             for label in range(11) if split.endswith("Train") else (s, 5, 10):
-                np.save(folder / f"{label}.npy", _gesture_events(40 + 4 * label, 20 + 8 * label))
+                np.save(folder / f"{label}.npy", gesture_events(40 + 4 * label, 20 + 8 * label))
 
 
 @pytest.mark.parametrize("budget_mb,reads", [(None, 3), ("0", 6)])
 def test_event_frames_are_binned_once(tmp_path: Path, monkeypatch, budget_mb, reads) -> None:
     """Each recording is read and binned once per dataset object (FrameCache); with
     OPZO_FRAME_CACHE_MB=0 on every access; the frames are the same either way."""
-    from opzo.data import neuromorphic
-
     _write_gesture(tmp_path / "data")
     if budget_mb is not None:
         monkeypatch.setenv("OPZO_FRAME_CACHE_MB", budget_mb)
@@ -268,10 +299,10 @@ def test_dvs_gesture_source_and_training(tmp_path: Path) -> None:
 
 
 def test_cifar10_dvs_source_normalization_crop_and_training(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(train_module, "CIFAR10DVS_TRAIN_PER_CLASS", 2)  # 3 files per class
+    monkeypatch.setattr(neuromorphic, "CIFAR10DVS_TRAIN_PER_CLASS", 2)  # 3 files per class
     monkeypatch.setenv("OPZO_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "data"
-    _write_cifar10dvs(root)
+    write_cifar10dvs(root)
     base = dict(dataset="cifar10-dvs", data_root=str(root), T=10, batch_size=6, seed=2)
     train, test = make_source(_cfg(**base), "train"), make_source(_cfg(**base), "test")
     assert (len(train), len(test), train.classes) == (20, 10, 10)
@@ -321,9 +352,9 @@ def test_cifar10_dvs_source_normalization_crop_and_training(tmp_path: Path, monk
 def test_shd_ssc_sources(tmp_path: Path, name: str, classes: int) -> None:
     pytest.importorskip("h5py")
     # 50 bins over 1 s: 0.01 s -> bin 0, 0.03 -> 1, 0.5 -> 25; 1.3 s is dropped
-    _write_h5(tmp_path / f"{name}_train.h5", [[0.01, 0.03, 0.5, 1.3], [], [0.99]],
+    write_shd_h5(tmp_path / f"{name}_train.h5", [[0.01, 0.03, 0.5, 1.3], [], [0.99]],
               [[0, 699, 699, 1], [], [42]], [0, classes - 1, 7])
-    _write_h5(tmp_path / f"{name}_test.h5", [[0.2]], [[3]], [4])
+    write_shd_h5(tmp_path / f"{name}_test.h5", [[0.2]], [[3]], [4])
     cfg = _cfg(dataset=name, data_root=str(tmp_path), T=50, hidden=[16])
     train, test = make_source(cfg, "train"), make_source(cfg, "test")
     assert (len(train), len(test), train.classes) == (3, 1, classes)
@@ -389,3 +420,124 @@ def test_config_rules_for_the_new_datasets() -> None:
         with pytest.raises(ConfigError, match="needs data_root"):
             TrainConfig.from_dict({"dataset": name})
     TrainConfig.from_dict({"dataset": "dvs-gesture", "data_root": "x", "net": "8C3-AP2-FC"})
+
+
+# ------------------------------------------------------- each factory against its reader
+
+
+def _first_batch(source, size: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return next(iter(source.batches(size, T)))
+
+
+def _frames_batch(reader, n: int) -> torch.Tensor:
+    """The first ``n`` samples of an event reader as a FrameSource batch: (T, n, features)."""
+    return torch.stack([reader[i][0] for i in range(n)]).flatten(2).transpose(0, 1)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_event_factories_equal_hand_built_readers(tmp_path: Path, monkeypatch,
+                                                  split: str) -> None:
+    """Each event dataset's registered factory (opzo.data.DATASETS) gives, unlimited, the
+    frames of its reader built by hand with the papers' settings."""
+    monkeypatch.setenv("OPZO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(neuromorphic, "CIFAR10DVS_TRAIN_PER_CLASS", 2)
+    write_nmnist_tree(tmp_path / "nmnist", {"Train": 1, "Test": 1}, count=30, t_max=9000)
+    _write_gesture(tmp_path / "gesture")
+    write_cifar10dvs(tmp_path / "c10dvs")
+    for name in ("shd", "ssc"):
+        (tmp_path / name).mkdir()
+        write_shd_h5(tmp_path / name / f"{name}_train.h5", [[0.01, 0.5], [0.2]],
+                     [[3, 699], [1]], [1, 0])
+        write_shd_h5(tmp_path / name / f"{name}_test.h5", [[0.3]], [[7]], [4])
+
+    def cfg(name: str, root: str, T: int, **kw) -> TrainConfig:
+        return _cfg(dataset=name, data_root=str(tmp_path / root), T=T, seed=5, **kw)
+
+    raw = CIFAR10DVS(tmp_path / "c10dvs", "train", n_frames=4, size=48, train_per_class=2)
+    mean, std = compute_mean_std(raw)
+    cases = [
+        (nmnist_source, cfg("nmnist", "nmnist", 3),
+         NMNISTFolder(tmp_path / "nmnist", split, bin_us=3000, n_frames=3), 10),
+        (dvs_gesture_source, cfg("dvs-gesture", "gesture", 4),
+         DVSGesture(tmp_path / "gesture", split, n_frames=4, size=48), 11),
+        (cifar10dvs_source, cfg("cifar10-dvs", "c10dvs", 4, augment=False),
+         CIFAR10DVS(tmp_path / "c10dvs", split, n_frames=4, size=48, train_per_class=2,
+                    mean=mean, std=std), 10),
+        (shd_source, cfg("shd", "shd", 50),
+         SpikingHeidelbergDigits(tmp_path / "shd", n_bins=50, duration_s=1.0, split=split), 20),
+        (ssc_source, cfg("ssc", "ssc", 50),
+         SpikingSpeechCommands(tmp_path / "ssc", n_bins=50, duration_s=1.0, split=split), 35),
+    ]
+    for factory, config, reader, classes in cases:
+        source = factory(config, split)
+        assert DATASETS[config.dataset].factory is factory, config.dataset
+        assert (len(source), source.classes) == (len(reader), classes), config.dataset
+        assert source.data.targets == reader.targets, config.dataset
+        n = min(len(reader), 3)
+        x, y = _first_batch(source, n, config.T)
+        assert torch.equal(x, _frames_batch(reader, n)), config.dataset
+        assert y.tolist() == reader.targets[:n], config.dataset
+
+    # CIFAR10-DVS training split with augmentation: batch b crops with (seed, epoch, b)
+    if split == "train":
+        source = cifar10dvs_source(cfg("cifar10-dvs", "c10dvs", 4), split)
+        assert source.augment_seed == 5
+        reader = CIFAR10DVS(tmp_path / "c10dvs", split, n_frames=4, size=48, train_per_class=2,
+                            mean=mean, std=std, augment=True,
+                            generator=batch_generator(5, 0, 0))
+        x, _ = _first_batch(source, 6, 4)
+        assert torch.equal(x, _frames_batch(reader, 6))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_image_factories_equal_hand_built_sources(tmp_path: Path, split: str) -> None:
+    """CIFAR-10/100 and the MNIST-like datasets: the factory's first batch equals the pixels
+    read by hand, normalised with the dataset's statistics (no augmentation)."""
+    _write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    write_cifar_pickle(folder / "train", cifar_images(6, 0), [0, 99, 50, 3, 7, 8], b"fine_labels")
+    write_cifar_pickle(folder / "test", cifar_images(2, 1), [42, 5], b"fine_labels")
+    for name, load, stats, classes, cut in (
+        ("cifar10", load_cifar10, (CIFAR10_MEAN, CIFAR10_STD), 10, 16),
+        ("cifar100", load_cifar100, (CIFAR100_MEAN, CIFAR100_STD), 100, 8),
+    ):
+        cfg = _cfg(dataset=name, data_root=str(tmp_path), T=2, seed=3, augment=False)
+        assert DATASETS[name].factory is cifar_source
+        source = cifar_source(cfg, split)
+        images, labels = load(tmp_path, split)
+        assert (len(source), source.classes, source.cutout_size) == (len(labels), classes, cut)
+        assert source.augment_seed is None and source.crop_padding == 4
+        x, y = _first_batch(source, 4, 2)
+        assert torch.equal(x, normalize(images[:4], *stats).flatten(1))
+        assert torch.equal(y, labels[:4])
+        augmented = cifar_source(_cfg(dataset=name, data_root=str(tmp_path), T=2, seed=3), split)
+        assert augmented.augment_seed == (3 if split == "train" else None)
+
+    assert DATASETS["embedded-mnist"].factory is image_source
+    source = image_source(_cfg(dataset="embedded-mnist", T=2), split)
+    data = load_dataset("embedded-mnist", split=split)
+    assert len(source) == len(data.labels)
+    x, y = _first_batch(source, 5, 2)
+    assert torch.equal(x, direct(data.images[:5], *normalization_stats("embedded-mnist")))
+    assert torch.equal(y, data.labels[:5])
+
+
+def test_randman_factory_splits_the_generated_task(monkeypatch) -> None:
+    """randman-time / randman-rate: the first RANDMAN_TRAIN samples of the task generated with
+    the code of the name train, the rest test (the task itself is faked: generating it takes
+    seconds; tests/test_randman.py checks the generator)."""
+    spikes, labels = torch.rand(50, 10, 3), torch.arange(10) % 10
+    codes: list[bool] = []
+    monkeypatch.setattr(randman, "_otpe_task",
+                        lambda time_code: codes.append(time_code) or (spikes, labels))
+    monkeypatch.setattr(randman, "RANDMAN_TRAIN", 7)
+    for name, time_code in (("randman-time", True), ("randman-rate", False)):
+        assert DATASETS[name].factory is randman.randman_source
+        cfg = _cfg(dataset=name, T=50)
+        train, test = randman.randman_source(cfg, "train"), randman.randman_source(cfg, "test")
+        assert codes[-2:] == [time_code, time_code]
+        assert (len(train), len(test), train.classes) == (7, 3, 10)
+        assert torch.equal(train.spikes, spikes[:, :7]) and torch.equal(test.labels, labels[7:])
+        x, y = _first_batch(test, 3, 50)
+        assert torch.equal(x, spikes[:, 7:]) and torch.equal(y, labels[7:])

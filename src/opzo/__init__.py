@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .learner import BatchStats, OnlineLearner, evaluate_batch
 from .losses import InstantLoss
-from .network import NETS, SpikingMLP, SpikingNet, parse_net
+from .netstring import NETS, parse_net
+from .network import SpikingMLP, SpikingNet
 from .neuron import LIFParams, lif_step
 from .rules import DFA, DKP, OPZO, RULES, ZO, LocalLearning, NoiseSampler, SpatialBP
 from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, make_surrogate

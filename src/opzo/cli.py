@@ -30,8 +30,10 @@ RESUME_OPTIONS = ("device", "threads", "lr")
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .build import resolve_device
     from .distributed import Communicator, launched_by_torchrun
-    from .train import RUN_FILES, Interrupted, default_run_dir, resolve_device, run_training
+    from .rundir import RUN_FILES
+    from .train import Interrupted, default_run_dir, run_training
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -114,23 +116,17 @@ def _spawn(args: argparse.Namespace, run_dir: Path) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from .build import build_network, make_source, resolve_device
     from .losses import InstantLoss
-    from .train import (
-        CHECKPOINT,
-        _load_checkpoint,
-        build_network,
-        data_fingerprint,
-        evaluate,
-        make_source,
-        resolve_device,
-    )
+    from .rundir import CHECKPOINT, data_fingerprint, load_checkpoint
+    from .train import evaluate
 
     run_dir = Path(args.run)
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt} not found: pass a run folder written by 'opzo train'")
     device = resolve_device(args.device)
-    state = _load_checkpoint(ckpt, device)
+    state = load_checkpoint(ckpt, device)
     cfg = TrainConfig.from_dict(state["config"], source=str(ckpt))
     trained_on = dict(state.get("data") or {})
     if args.dataset:

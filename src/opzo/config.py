@@ -10,38 +10,61 @@ import argparse
 import json
 import math
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .data import DATASETS
+from .neurons import NEURONS
+from .registry import Registry
+from .rules import RULES
+from .surrogate import SURROGATES
+from .traces import TRACES, trace_names
 
 
 class ConfigError(ValueError):
     """A configuration value or key is not allowed; the message says what is."""
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
+def _opt(default: Any, help: str, choices: Iterable[str] | None = None, **extra: Any) -> Any:
     meta = {"help": help, "choices": choices, **extra}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-DATASETS = ("embedded-mnist", "mnist", "fashion-mnist", "cifar10", "cifar100", "nmnist",
-            "dvs-gesture", "cifar10-dvs", "shd", "ssc", "randman-time", "randman-rate")
-#: datasets made or shipped by the package: no data_root needed
-BUILTIN_DATASETS = ("embedded-mnist", "randman-time", "randman-rate")
-#: datasets fed as spike frames or spike counts: the image encodings do not apply
-EVENT_DATASETS = ("nmnist", "dvs-gesture", "cifar10-dvs", "shd", "ssc",
-                  "randman-time", "randman-rate")
-#: datasets whose samples are vectors of input neurons (F,): fully connected nets only
-VECTOR_DATASETS = ("shd", "ssc", "randman-time", "randman-rate")
 OPTIMIZERS = ("adamw", "adam", "adamax", "sgd")
-METHODS = ("opzo", "bp", "dfa", "dkp", "zo", "bptt")
-#: the neuron models of :data:`opzo.neurons.NEURONS` (kept equal to it by a test)
-NEURONS = ("lif", "cuba", "alif")
-#: the temporal traces of :mod:`opzo.traces` (kept equal to ``opzo.traces.TRACES`` by a test)
-TRACES = ("ottt", "ostl", "otpe", "approx_otpe",
-          "f_ottt", "f_ostl", "f_otpe", "f_approx_otpe")
+
+
+class _Names:
+    """The names an option accepts, read from their registry at every use (a part registered
+    after this module was imported is accepted too): ``in``, iteration and ``len``."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self._names = names
+
+    def __contains__(self, name: object) -> bool:
+        return name in tuple(self._names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(self._names()))
+
+    def __len__(self) -> int:
+        return len(tuple(self._names()))
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+#: the spatial rules of :data:`opzo.rules.RULES`, and the exact offline reference
+METHODS = _Names(lambda: (*RULES, "bptt"))
+
+
+def _described(registry: Registry) -> str:
+    """'name: what it is; ...' of every entry of a registry, for an option's help."""
+    return "; ".join(f"{name}: {registry[name].help}" if registry[name].help else name
+                     for name in registry)
 
 
 @dataclass
@@ -50,11 +73,10 @@ class TrainConfig:
 
     # data
     dataset: str = _opt(
-        "embedded-mnist", "dataset to train on (randman-time / randman-rate: the OTPE paper's "
-        "Randman task, generated, time- or rate-coded; cifar10 / cifar100: colour images, "
-        "input (3, 32, 32); nmnist, dvs-gesture, cifar10-dvs: event frames, T is the number "
-        "of frames (paper: 30, 20, 10); shd / ssc: 700 input units in T time bins over the "
-        "first second (OTPE paper: 50), fully connected nets only)", DATASETS)
+        "embedded-mnist", "dataset to train on. " + _described(DATASETS) + ". Event datasets "
+        "are cut into T frames or bins (papers: N-MNIST 30, DVS Gesture 20, CIFAR10-DVS 10, "
+        "SHD 50); shd, ssc and randman give vectors: fully connected nets only",
+        _Names(DATASETS.names))
     data_root: str | None = _opt(
         None, "dataset folder (never downloaded). mnist / fashion-mnist: the four idx files "
         "(optionally .gz). cifar10: cifar-10-batches-py/ (data_batch_1..5, test_batch) or "
@@ -102,10 +124,8 @@ class TrainConfig:
                              max=1.0)
     v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
     reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
-    neuron: str = _opt("lif", "neuron model of the hidden layers: lif (eq. 1), cuba (a "
-                       "synaptic current with leak syn_lambda feeds the membrane), alif (a "
-                       "threshold V_th + adapt_beta·a that rises with each spike, a decaying "
-                       "with adapt_lambda)", NEURONS)
+    neuron: str = _opt("lif", "neuron model of the hidden layers. " + _described(NEURONS),
+                       _Names(NEURONS.names))
     syn_lambda: float = _opt(0.5, "neuron cuba: leak λ_s of the synaptic current",
                              min=0.0, max=1.0)
     adapt_beta: float = _opt(0.2, "neuron alif: threshold increase β per unit of adaptation",
@@ -118,9 +138,8 @@ class TrainConfig:
                         "ops and torch's generator; with --noise-rng torch, the streams of "
                         "the results recorded before the native kernels)",
                         ("native", "torch"))
-    surrogate: str = _opt("sigmoid", "local derivative ψ (localzo: LocalZO's sampled derivative; "
-                          "sparsegrad: its expected surrogate cut at the expected threshold)",
-                          ("sigmoid", "fast-sigmoid", "localzo", "sparsegrad"))
+    surrogate: str = _opt("sigmoid", "local derivative ψ. " + _described(SURROGATES),
+                          _Names(SURROGATES.names))
     sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
     fast_sigmoid_k: float = _opt(25.0, "slope k of the fast-sigmoid surrogate", min=1e-9)
     localzo_delta: float = _opt(0.05, "LocalZO smoothing δ", min=1e-9)
@@ -128,7 +147,8 @@ class TrainConfig:
     localzo_dist: str = _opt("normal", "LocalZO distribution of z",
                              ("normal", "uniform", "laplace", "sigmoid", "fast-sigmoid"))
     # learning rule
-    method: str = _opt("opzo", "spatial credit assignment rule (bptt: exact offline reference)",
+    method: str = _opt("opzo", "spatial credit assignment rule. " + _described(RULES)
+                       + "; bptt: exact backpropagation through time, the offline reference",
                        METHODS)
     loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE",
                      ("mix", "ce", "mse"))
@@ -145,9 +165,9 @@ class TrainConfig:
                               "gradient, as SparseGrad does (the online rules always do)")
     update: str = _opt("batch", "one optimizer step per batch (OTTT_A) or per time step "
                        "(OTTT_O)", ("batch", "step"))
-    trace: str = _opt("ottt", "temporal credit (OTPE paper): OTTT presynaptic trace, OSTL "
-                      "eligibility, OTPE, approximate OTPE; f_*: the same with the loss on "
-                      "the leaky sum of the outputs (F-OTPE)", TRACES)
+    trace: str = _opt("ottt", "temporal credit. " + _described(TRACES) + "; f_<name>: the "
+                      "same with the loss on the leaky sum of the outputs (F-OTPE)",
+                      _Names(trace_names))
     otpe_gbar: str = _opt("paper", "OTPE / approx_otpe: the leaky mean ḡ of surrogate "
                           "derivatives as printed in the paper ((1/t) Σ λ^(t−t') ψ) or "
                           "normalised to a weighted mean", ("paper", "normalised"))
@@ -234,82 +254,77 @@ class TrainConfig:
 
         With ``complete`` (the final, merged config) also check the options that depend on
         each other (a dataset needs its data_root, ...); a config file alone may leave those
-        to the command line.
+        to the command line. Raises :class:`ConfigError` saying what is allowed.
         """
         for f in fields(self):
-            value = getattr(self, f.name)
-            meta = f.metadata
-            if value is None:
-                if f.default is not None and f.default is not MISSING:
-                    raise ConfigError(f"option {f.name!r} may not be empty")
-                continue
-            items = value if isinstance(value, list) else [value]
-            if isinstance(value, list) and not value:
-                raise ConfigError(f"option {f.name!r} needs at least one value")
-            for item in items:
-                if isinstance(item, float) and not math.isfinite(item):
-                    raise ConfigError(f"option {f.name!r} = {item!r} must be a finite number")
-                if meta.get("choices") and item not in meta["choices"]:
-                    raise ConfigError(
-                        f"option {f.name!r} = {item!r} is not allowed; choose one of "
-                        f"{list(meta['choices'])}")
-                if "min" in meta and item < meta["min"]:
-                    raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
-                if "max" in meta and item > meta["max"]:
-                    raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
+            _check_field(f, getattr(self, f.name))
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"option 'device' = {self.device!r} is not allowed; use auto, cpu, "
                               "cuda, cuda:N (N = 0, 1, ...) or mps")
-        tokens = None
-        if self.net is not None:
-            from .network import parse_net  # late import: the network pulls in torch
+        tokens = self._net_tokens()
+        if complete:
+            self._check_network(tokens)
+            self._check_data(tokens)
+            self._check_method()
+            self._check_trace(tokens)
+        return self
 
-            try:
-                tokens = parse_net(self.net, self.width)
-            except ValueError as exc:
-                raise ConfigError(f"option 'net': {exc}") from None
-        if not complete:
-            return self
+    def _net_tokens(self) -> list | None:
+        """The parsed network string, or None for the fully connected net of 'hidden'."""
+        if self.net is None:
+            return None
+        from .netstring import parse_net
+
+        try:
+            return parse_net(self.net, self.width)
+        except ValueError as exc:
+            raise ConfigError(f"option 'net': {exc}") from None
+
+    def _check_network(self, tokens: list | None) -> None:
         if self.net is None and self.width != 1.0:
             raise ConfigError("option 'width' scales the layers of 'net'; for the fully "
                               "connected net give the sizes with 'hidden' directly")
-        if tokens is not None and any(t.kind == "conv" for t in tokens):
-            if self.trace.removeprefix("f_") in ("ostl", "otpe"):
-                raise ConfigError(
-                    f"trace {self.trace!r} keeps one eligibility per synapse and is implemented "
-                    "for fully connected layers only; use 'ottt' or 'approx_otpe' (or their "
-                    "f_ variants) with a convolutional 'net'")
-            if self.dataset in VECTOR_DATASETS:
-                raise ConfigError(f"{self.dataset} gives vectors of input neurons, not images: "
-                                  "a convolutional 'net' needs image or frame datasets; use a "
-                                  "fully connected net ('hidden', or a 'net' of <n> layers)")
-        if self.dataset not in BUILTIN_DATASETS and not self.data_root:
+        if self.igl_layer is None:
+            return
+        n_hidden = (len(self.hidden) if tokens is None
+                    else sum(t.kind in ("conv", "dense") for t in tokens))
+        if n_hidden < 2:
+            raise ConfigError(f"option 'igl_layer' = {self.igl_layer}: intermediate global "
+                              "learning needs a network of at least 2 hidden layers (an "
+                              f"IGL layer and one below it); this one has {n_hidden}")
+        if self.igl_layer > n_hidden:
+            raise ConfigError(f"option 'igl_layer' = {self.igl_layer}: the network has "
+                              f"{n_hidden} hidden layers; choose 2..{n_hidden}")
+
+    def _check_data(self, tokens: list | None) -> None:
+        data = DATASETS[self.dataset]
+        if not data.builtin and not self.data_root:
             raise ConfigError(
                 f"dataset {self.dataset!r} needs data_root (--data-root DIR): the folder with "
                 "its files; opzo never downloads data. For a quick start use "
                 "dataset 'embedded-mnist', which ships with the package.")
-        if self.dataset in EVENT_DATASETS and self.encoding != "direct":
+        if data.events and self.encoding != "direct":
             raise ConfigError(f"{self.dataset} is fed as spike frames; the {self.encoding!r} "
                               "encoding applies to image datasets only")
-        if self.dataset.startswith("randman") and self.T != 50:
-            raise ConfigError(f"{self.dataset} (the OTPE paper's Randman task) has 50 time "
-                              f"steps: set T=50 (got {self.T})")
-        if self.update == "step" and self.method == "bptt":
-            raise ConfigError("method 'bptt' is offline: it needs update 'batch'")
-        if self.method == "bptt" and (self.local_learning or self.igl_layer is not None):
-            raise ConfigError("local learning and IGL add to an online spatial rule; method "
-                              "'bptt' takes neither")
-        if self.igl_layer is not None:
-            n_hidden = (len(self.hidden) if tokens is None
-                        else sum(t.kind in ("conv", "dense") for t in tokens))
-            if n_hidden < 2:
-                raise ConfigError(f"option 'igl_layer' = {self.igl_layer}: intermediate global "
-                                  "learning needs a network of at least 2 hidden layers (an "
-                                  f"IGL layer and one below it); this one has {n_hidden}")
-            if self.igl_layer > n_hidden:
-                raise ConfigError(f"option 'igl_layer' = {self.igl_layer}: the network has "
-                                  f"{n_hidden} hidden layers; choose 2..{n_hidden}")
-        if self.method != "bptt" and (self.readout != "sum" or self.detach_reset):
+        if data.steps is not None and self.T != data.steps:
+            raise ConfigError(f"{self.dataset} has {data.steps} time steps: set "
+                              f"T={data.steps} (got {self.T})")
+        if data.vectors and tokens is not None and any(t.kind == "conv" for t in tokens):
+            raise ConfigError(f"{self.dataset} gives vectors of input neurons, not images: "
+                              "a convolutional 'net' needs image or frame datasets; use a "
+                              "fully connected net ('hidden', or a 'net' of <n> layers)")
+
+    def _check_method(self) -> None:
+        if self.method == "bptt":
+            if self.update == "step":
+                raise ConfigError("method 'bptt' is offline: it needs update 'batch'")
+            if self.local_learning or self.igl_layer is not None:
+                raise ConfigError("local learning and IGL add to an online spatial rule; "
+                                  "method 'bptt' takes neither")
+            if self.trace != "ottt":
+                raise ConfigError("method 'bptt' is exact through time: it takes no trace "
+                                  f"(got trace {self.trace!r})")
+        elif self.readout != "sum" or self.detach_reset:
             option = "readout 'max'" if self.readout != "sum" else "detach_reset"
             raise ConfigError(f"{option} needs the whole sequence in the gradient: use "
                               f"method 'bptt' (got {self.method!r}); the online rules train "
@@ -319,15 +334,21 @@ class TrainConfig:
         if self.readout == "max" and self.diagnostics:
             raise ConfigError("diagnostics compare gradients of the per-step loss: use "
                               "readout 'sum' with diagnostics")
-        if self.neuron != "lif" and self.trace.removeprefix("f_") in ("ostl", "otpe"):
+
+    def _check_trace(self, tokens: list | None) -> None:
+        trace = TRACES[self.trace.removeprefix("f_")].factory
+        if not trace.per_synapse:
+            return
+        if tokens is not None and any(t.kind == "conv" for t in tokens):
+            raise ConfigError(
+                f"trace {self.trace!r} keeps one eligibility per synapse and is implemented "
+                "for fully connected layers only; use 'ottt' or 'approx_otpe' (or their f_ "
+                "variants) with a convolutional 'net'")
+        if NEURONS[self.neuron].factory.own_path_unsupported is not None:
             raise ConfigError(
                 f"trace {self.trace!r} keeps one eligibility per synapse, derived for a neuron "
                 f"whose membrane potential is its only state; neuron {self.neuron!r} has a "
                 "second one on that path: use 'ottt' or 'approx_otpe' (or their f_ variants)")
-        if self.trace != "ottt" and self.method == "bptt":
-            raise ConfigError("method 'bptt' is exact through time: it takes no trace "
-                              f"(got trace {self.trace!r})")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -345,6 +366,27 @@ class TrainConfig:
                     f"{source}: unknown key {key!r}; allowed keys: {sorted(known)}")
             kwargs[name] = _coerce(known[name], value, source)
         return cls(**kwargs).validate(complete)
+
+
+def _check_field(f: Any, value: Any) -> None:
+    """One option against its field's choices and bounds (ConfigError saying what is)."""
+    meta = f.metadata
+    if value is None:
+        if f.default is not None and f.default is not MISSING:
+            raise ConfigError(f"option {f.name!r} may not be empty")
+        return
+    if isinstance(value, list) and not value:
+        raise ConfigError(f"option {f.name!r} needs at least one value")
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"option {f.name!r} = {item!r} must be a finite number")
+        if meta.get("choices") and item not in meta["choices"]:
+            raise ConfigError(f"option {f.name!r} = {item!r} is not allowed; choose one of "
+                              f"{list(meta['choices'])}")
+        if "min" in meta and item < meta["min"]:
+            raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
+        if "max" in meta and item > meta["max"]:
+            raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
 
 
 def _field_kind(f) -> str:

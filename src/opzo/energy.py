@@ -177,24 +177,30 @@ class SynOpsCounter:
         self.sample_steps = 0
 
     @torch.no_grad()
-    def add_step(self, spikes: Sequence[Tensor], t: int) -> None:
+    def add_step(self, spikes: Sequence[Tensor], t: int) -> list[Tensor]:
         """Count one time step: ``spikes`` per hidden layer, each (B, n_l) (or (B, C, H, W));
-        ``t``: the step's index within its batch (0 starts a batch of B new samples)."""
+        ``t``: the step's index within its batch (0 starts a batch of B new samples).
+        Returns the step's spike count per layer (0-dim tensors on the spikes' device), so a
+        caller that also reports spikes need not sum them again."""
         if len(spikes) != len(self.neurons):
             raise ValueError(f"expected spikes of {len(self.neurons)} hidden layers, got "
                              f"{len(spikes)}")
         batch = int(spikes[0].shape[0])
+        counts: list[Tensor] = []
         for l, (s, f) in enumerate(zip(spikes, self.fanout)):
             s = s.reshape(s.shape[0], -1)
             if s.shape != (batch, f.numel()):
                 raise ValueError(f"layer {l + 1}: spikes of shape {tuple(s.shape)}, expected "
                                  f"({batch}, {f.numel()})")
             per_neuron = s.sum(0, dtype=self.dtype)  # exact: float64 sums of 0/1
-            self._spikes[l] += per_neuron.sum()
+            count = per_neuron.sum()
+            self._spikes[l] += count
             self._synops[l] += per_neuron @ f
+            counts.append(count)
         if t == 0:
             self.samples += batch
         self.sample_steps += batch
+        return counts
 
     def add(self, records: Iterable[StepRecord | Sequence[Tensor]]) -> None:
         """Count all steps of one batch (StepRecords, or per-layer spike lists)."""

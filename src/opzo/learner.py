@@ -41,9 +41,9 @@ from torch import Tensor
 from .distributed import Communicator, Shard
 from .energy import SynOpsCounter
 from .losses import InstantLoss, MaxOverTime
-from .network import SpikingNet
+from .network import NetState, SpikingNet
 from .rules.base import SpatialRule, StepContext
-from .traces import make_output_trace, make_trace, record_for_rule
+from .traces import OutputTrace, Trace, make_output_trace, make_trace, record_for_rule
 
 UPDATE_MODES = ("batch", "step")
 
@@ -58,6 +58,28 @@ class BatchStats:
     # Σ spikes and B·T·n_l per hidden layer (filled by evaluation; training skips the count)
     spike_counts: list[float] = field(default_factory=list)
     neuron_steps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    """What every time step of one batch shares (see :meth:`OnlineLearner.accumulate`)."""
+
+    x: Tensor
+    y: Tensor
+    T: int
+    batch: int
+    shard: Shard | None
+    traces: list[Trace]
+    head: OutputTrace
+    state: NetState
+    masks: list[Tensor] | None
+    gains: list[Tensor] | None
+    first: Tensor | None
+    first_in: Tensor | None
+    total: int
+    scale: float
+    reduce: Callable[[Tensor], None] | None
+    target: Tensor
 
 
 class OnlineLearner:
@@ -149,24 +171,61 @@ class OnlineLearner:
         ``y`` are these rows of a global batch (see the module docstring); with the
         learner's ``comm`` the gradients are then summed over the processes.
         """
-        net, rule = self.net, self.rule
+        x, T = self._checked_input(x, y, T, optimizer, shard)
+        b = self._start_batch(x, y, T, masks, shard)
+        out_sum = torch.zeros(b.batch, self.net.num_outputs, dtype=x.dtype, device=x.device)
+        loss_sum = x.new_zeros(())
+        for t in range(T):
+            o, loss = self._step(b, t)
+            out_sum += o
+            loss_sum += loss
+            if self.update == "step":
+                assert optimizer is not None
+                self._step_optimizer(b, optimizer)
+        for layer, tr in zip(self.net.hidden, b.traces):
+            tr.flush(layer)
+        if self.update != "step":
+            self._sum_gradients()
+        loss_value = float(loss_sum) / T
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                "training loss became NaN/inf: lower the learning rate or the noise scale "
+                "alpha, or check the input data"
+            )
+        return BatchStats(loss_sum=loss_value, correct=int((out_sum.argmax(1) == y).sum()),
+                          count=b.batch)
+
+    def _checked_input(self, x: Tensor, y: Tensor, T: int | None,
+                       optimizer: torch.optim.Optimizer | None, shard: Shard | None
+                       ) -> tuple[Tensor, int]:
+        """The input flattened, and T; ValueError for labels, values, an optimizer or a shard
+        that do not fit."""
+        net = self.net
         x, T = net.prepare_input(x, T)
-        static = x.dim() == 2
-        batch = x.shape[0] if static else x.shape[1]
+        batch = x.shape[0] if x.dim() == 2 else x.shape[1]
         if y.shape != (batch,):
             raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
         if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # sum: one pass
             raise ValueError("input contains NaN or infinite values")
         if y.min() < 0 or y.max() >= net.num_outputs:
             raise ValueError(f"labels must lie in 0..{net.num_outputs - 1}")
-        per_step = self.update == "step"
-        if per_step and optimizer is None:
+        if self.update == "step" and optimizer is None:
             raise ValueError('update="step" needs the optimizer to step after every time step')
         if optimizer is not None:
             self._check_optimizer(optimizer)
+        if shard is not None and shard.size != batch:
+            raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
+        return x, T
+
+    def _start_batch(self, x: Tensor, y: Tensor, T: int, masks: list[Tensor] | None,
+                     shard: Shard | None) -> _Batch:
+        """Fresh traces, membrane state, dropout masks and the rule's batch state; what every
+        step of the batch shares."""
+        net, rule = self.net, self.rule
+        static = x.dim() == 2
+        batch = x.shape[0] if static else x.shape[1]
         self._ensure_grads()
         hidden = list(net.hidden)
-        readout = net.readout
         traces = [
             make_trace(self.trace_name, net.neuron, static_input=(static and l == 0),
                        feeds_readout=(l == len(hidden) - 1), layer=hidden[l], gbar=self.gbar)
@@ -183,76 +242,59 @@ class OnlineLearner:
             gains = [m * gain for m in masks]
         rule.start_batch()
         first = first_in = None
-        if static and not per_step:  # the first layer's current is the same at every step
+        if static and self.update != "step":  # the first layer's current is the same always
             first_in = hidden[0].op_input(x)
             first = hidden[0].op(first_in)
         total = batch if shard is None else shard.total
-        if shard is not None and shard.size != batch:
-            raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
-        scale = 1.0 / (total * T)
         reduce = None
         if self.comm is not None:
             comm = self.comm
 
             def reduce(t: Tensor) -> None:
                 comm.all_reduce_([t])
-        out_sum = torch.zeros(batch, net.num_outputs, dtype=x.dtype, device=x.device)
-        loss_sum = x.new_zeros(())
-        target = F.one_hot(y, net.num_outputs).to(x.dtype)
+        return _Batch(x=x, y=y, T=T, batch=batch, shard=shard, traces=traces, head=head,
+                      state=state, masks=masks, gains=gains, first=first, first_in=first_in,
+                      total=total, scale=1.0 / (total * T), reduce=reduce,
+                      target=F.one_hot(y, net.num_outputs).to(x.dtype))
 
-        for t in range(T):
-            x_t = x if static else x[t]
-            noise = (rule.perturbation(t, batch, x) if shard is None
-                     else rule.perturbation(t, batch, x, shard))
-            if rule.noise is not None:
-                alpha, pos = rule.noise.alpha, rule.noise.position
-            else:
-                alpha, pos = 0.0, "after"
-            o, rec = net.step(state, x_t, first_current=first, first_input=first_in, noise=noise,
-                              noise_scale=alpha, noise_position=pos, masks=masks, gains=gains,
-                              local_derivative=True)
-            assert rec.inputs is not None and rec.readout_in is not None
-            out_sum += o
-            lb, e = self.loss.value_and_error(head.push(o, rec.readout_in), target, y)
-            loss_sum += lb.sum()
-            e.mul_(scale)
-            for l, tr in enumerate(traces):  # what each op saw (after its pooling)
-                tr.push(rec.inputs[l], rec, l)
-            rec = record_for_rule(rec, traces)  # the traces' local derivatives, if any
-            ctx = StepContext(t=t, T=T, output=o, error=e, loss=lb.mul_(scale), record=rec,
-                              net=net, target=target, labels=y, loss_fn=self.loss, scale=scale,
-                              batch_total=total, reduce=reduce)
-            deltas = rule.deltas(ctx)
-            for layer, tr, delta in zip(hidden, traces, deltas):
-                tr.accumulate(delta, layer)
-            head.accumulate(e, readout)
-            if per_step:
-                for layer, tr in zip(hidden, traces):
-                    tr.flush(layer)
-                assert optimizer is not None
-                self._sum_gradients()
-                with torch.enable_grad():
-                    optimizer.step()
-                rule.optimizer_step()
-                for p in self._parameters():
-                    p.grad.zero_()
-        for layer, tr in zip(hidden, traces):
+    def _step(self, b: _Batch, t: int) -> tuple[Tensor, Tensor]:
+        """Time step t: the noisy forward step, the loss and its error, the traces, the rule's
+        δ's and their gradients (OPZO paper Algorithm 1's inner loop). Returns o[t] and the
+        step's summed loss."""
+        net, rule = self.net, self.rule
+        x_t = b.x if b.x.dim() == 2 else b.x[t]
+        noise = (rule.perturbation(t, b.batch, b.x) if b.shard is None
+                 else rule.perturbation(t, b.batch, b.x, b.shard))
+        alpha, pos = ((rule.noise.alpha, rule.noise.position) if rule.noise is not None
+                      else (0.0, "after"))
+        o, rec = net.step(b.state, x_t, first_current=b.first, first_input=b.first_in,
+                          noise=noise, noise_scale=alpha, noise_position=pos, masks=b.masks,
+                          gains=b.gains, local_derivative=True)
+        assert rec.inputs is not None and rec.readout_in is not None
+        lb, e = self.loss.value_and_error(b.head.push(o, rec.readout_in), b.target, b.y)
+        loss = lb.sum()
+        e.mul_(b.scale)
+        for l, tr in enumerate(b.traces):  # what each op saw (after its pooling)
+            tr.push(rec.inputs[l], rec, l)
+        rec = record_for_rule(rec, b.traces)  # the traces' local derivatives, if any
+        ctx = StepContext(t=t, T=b.T, output=o, error=e, loss=lb.mul_(b.scale), record=rec,
+                          net=net, target=b.target, labels=b.y, loss_fn=self.loss,
+                          scale=b.scale, batch_total=b.total, reduce=b.reduce)
+        for layer, tr, delta in zip(net.hidden, b.traces, rule.deltas(ctx)):
+            tr.accumulate(delta, layer)
+        b.head.accumulate(e, net.readout)
+        return o, loss
+
+    def _step_optimizer(self, b: _Batch, optimizer: torch.optim.Optimizer) -> None:
+        """``update="step"`` (OTTT_O): the step's gradient into the weights now."""
+        for layer, tr in zip(self.net.hidden, b.traces):
             tr.flush(layer)
-        if not per_step:
-            self._sum_gradients()
-
-        correct = int((out_sum.argmax(1) == y).sum())
-        loss_value = float(loss_sum) / T
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                "training loss became NaN/inf: lower the learning rate or the noise scale "
-                "alpha, or check the input data"
-            )
-        return BatchStats(
-            loss_sum=loss_value,
-            correct=correct,
-            count=batch,
-        )
+        self._sum_gradients()
+        with torch.enable_grad():
+            optimizer.step()
+        self.rule.optimizer_step()
+        for p in self._parameters():
+            p.grad.zero_()
 
     def train_batch(
         self,
@@ -310,10 +352,10 @@ def evaluate_batch(net: SpikingNet, x: Tensor, y: Tensor, loss: InstantLoss,
                 loss_sum += loss.per_sample(o, y).sum().to(dtype)
             else:
                 outputs.append(o)
-            for l, s in enumerate(rec.spikes):
-                spikes[l] += s.sum(dtype=dtype)
-            if synops is not None:
-                synops.add_step(rec.spikes, t)
+            counts = (synops.add_step(rec.spikes, t) if synops is not None  # counted once
+                      else [s.sum(dtype=dtype) for s in rec.spikes])
+            for l, c in enumerate(counts):
+                spikes[l] += c
         if readout is None:
             loss_value = float(loss_sum) / T
         else:

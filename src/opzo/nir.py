@@ -91,7 +91,8 @@ import torch
 from torch import Tensor
 
 from .layers import ConvLayer, DenseLayer
-from .network import LayerToken, SpikingNet, net_string
+from .netstring import LayerToken, net_string
+from .network import SpikingNet
 from .neurons import Neuron
 from .neurons.lif import LIFParams
 
@@ -729,8 +730,9 @@ def export_run(run_dir: str | Path, out: str | Path, approximate: bool = False,
     accuracies.
     """
     nir = _nir()
+    from .build import build_network, make_source
     from .config import TrainConfig
-    from .train import CHECKPOINT, build_network, make_source
+    from .rundir import CHECKPOINT
 
     run = Path(run_dir)
     ckpt = run / CHECKPOINT

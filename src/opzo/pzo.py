@@ -82,7 +82,7 @@ from torch import Tensor
 from .learner import BatchStats
 from .losses import InstantLoss
 from .network import SpikingNet
-from .rules.base import NoiseSampler
+from .rules.noise import NoiseSampler, Perturbed
 
 __all__ = ["DFAThroughTime", "LaggedFeedback", "PZOFeedback", "TemporalFeedback",
            "UnrolledBatch", "UntruncatedLearner"]
@@ -113,7 +113,7 @@ class UnrolledBatch:
     readout_in: Tensor
 
 
-class TemporalFeedback:
+class TemporalFeedback(Perturbed):
     """How the output errors of all steps reach the hidden layers' features (the interface).
 
     :meth:`errors` returns g (T, B, Σ n_l), the error at every layer's features x_l[t];
@@ -121,24 +121,12 @@ class TemporalFeedback:
     """
 
     name = "feedback"
-    #: the perturbation injected at every step, or None
-    noise: NoiseSampler | None = None
 
     def bind(self, net: SpikingNet, steps: int) -> None:
         """Allocate state for ``net`` and up to ``steps`` time steps per batch."""
         self.sizes = list(net.hidden_sizes)
         self.num_outputs = net.num_outputs
         self.steps = int(steps)
-
-    def start_batch(self) -> None:
-        if self.noise is not None:
-            self.noise.reset()
-
-    def perturbation(self, t: int, batch: int, like: Tensor) -> list[Tensor] | None:
-        """z_l[t] per hidden layer (unscaled), or None."""
-        if self.noise is None:
-            return None
-        return self.noise.sample(t, batch, self.sizes, like)
 
     def update(self, batch: UnrolledBatch) -> None:
         """Learn from one batch's forward pass (PZO's momentum update)."""
@@ -147,16 +135,6 @@ class TemporalFeedback:
         """g[t] for every step, (T, B, Σ n_l), from the output errors e (T, B, m)."""
         raise NotImplementedError
 
-    def set_progress(self, fraction: float) -> None:
-        if self.noise is not None:
-            self.noise.set_progress(fraction)
-
-    def state_dict(self) -> dict:
-        return {"noise": self.noise.state_dict() if self.noise is not None else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.noise is not None and state.get("noise") is not None:
-            self.noise.load_state_dict(state["noise"])
 
 
 class LaggedFeedback(TemporalFeedback):

@@ -23,11 +23,12 @@ trace                 weight gradient               D_l[t]        memory per sam
 
 **The interface** (:class:`Trace`). Per step the learner calls ``push(x[t], record, l)``
 before the spatial rule runs (the trace sees u_l[t] and ψ there), then
-:func:`record_for_rule` hands the rule a step record whose ``local_grad`` multiplies by the
+:func:`record_for_rule` hands the rule a step record whose :func:`~opzo.rules.base.local_delta`
+multiplies by the
 trace's own local derivative D_l[t] where :meth:`Trace.local_derivative` gives one (OTPE's
 ḡ; OSTL's ψ[t], the same draw it uses for its reset term), then ``accumulate(δ_l[t], ...)``
 and, at the end of a batch (or of every step with per-step updates), ``flush``. Every spatial
-rule goes through ``record.local_grad`` for its δ's, and spatial BP passes the error to the
+rule goes through ``local_delta`` for its δ's, and spatial BP passes the error to the
 layer below through δ_l, so a trace's D_l also replaces ψ in the backward pass through layer
 l, as OTPE prescribes ("backpropagating error for OTPE or Approx OTPE is similar to OSTL and
 OTTT, with the exception of using ḡ instead of the most recent time-step's surrogate
@@ -84,13 +85,11 @@ from .layers import ConvLayer, DenseLayer
 from .network import StepRecord
 from .neurons import LIF, Neuron
 from .neurons.base import surrogate_at
+from .registry import Registry
 
 #: a hidden layer a trace writes gradients through (see :mod:`opzo.layers`)
 SynapticLayer = DenseLayer | ConvLayer
 
-#: the temporal credit rules; the ``f_`` variants take the loss on the leaky sum of outputs
-BASE_TRACES = ("ottt", "ostl", "otpe", "approx_otpe")
-TRACES = BASE_TRACES + tuple(f"f_{name}" for name in BASE_TRACES)
 #: how OTPE's leaky mean of surrogate derivatives ḡ is normalised (see :func:`leaky_mean`)
 GBAR_MODES = ("paper", "normalised")
 
@@ -115,6 +114,17 @@ class Trace:
     """Temporal credit of one hidden layer (the interface; see the module docstring)."""
 
     name = "trace"
+    #: keeps one eligibility per synapse (OSTL, OTPE): fully connected layers only, and a
+    #: neuron whose membrane potential is the only state on its own path
+    per_synapse: bool = False
+    #: what the trace reduces to at the layer that feeds a readout without state (the
+    #: readout's own dynamics are then absent): a registered name, or None for itself
+    at_readout: str | None = None
+
+    @classmethod
+    def create(cls, neuron: Neuron, static_input: bool, gbar: str) -> Trace:
+        """The trace of one hidden layer of ``neuron`` (``gbar``: OTPE's ḡ normalisation)."""
+        return cls(neuron.presynaptic_leaks, static_input)  # type: ignore[call-arg]
 
     def reset(self) -> None:
         """Forget the past (start of a new sample batch)."""
@@ -293,6 +303,12 @@ class OSTLTrace(Trace):
 
     name = "ostl"
 
+    per_synapse = True
+
+    @classmethod
+    def create(cls, neuron: Neuron, static_input: bool, gbar: str) -> Trace:
+        return cls(neuron, static_input)
+
     def __init__(self, lif: Neuron, static_input: bool = False) -> None:
         if lif.own_path_unsupported is not None:
             raise ValueError(f"trace {self.name!r}: {lif.own_path_unsupported}")
@@ -387,6 +403,12 @@ class OTPETrace(OSTLTrace):
 
     name = "otpe"
 
+    at_readout = "ostl"
+
+    @classmethod
+    def create(cls, neuron: Neuron, static_input: bool, gbar: str) -> Trace:
+        return cls(neuron, static_input, gbar)
+
     def __init__(self, lif: Neuron, static_input: bool = False, gbar: str = "paper") -> None:
         leaky_mean(torch.zeros((), device="cpu"), 1, 0.5, gbar)  # validate the mode now
         self.gbar_mode = gbar
@@ -456,6 +478,12 @@ class ApproxOTPETrace(Trace):
     """
 
     name = "approx_otpe"
+
+    at_readout = "ottt"
+
+    @classmethod
+    def create(cls, neuron: Neuron, static_input: bool, gbar: str) -> Trace:
+        return cls(neuron.presynaptic_leaks, static_input, gbar)
 
     def __init__(self, lam: float | Sequence[float], static_input: bool = False,
                  gbar: str = "paper") -> None:
@@ -533,10 +561,27 @@ class ApproxOTPETrace(Trace):
         return own + _nbytes(self.S, self.gbar) + self._pre.nbytes()
 
 
+#: name -> the :class:`Trace` subclass (a new trace: its class here and one line). Every
+#: name also exists as ``f_<name>``: the same trace with the loss on the leaky sum of the
+#: outputs (F-OTPE, OTPE paper section 3.2; see :func:`make_output_trace`).
+TRACES: Registry[type[Trace]] = Registry("temporal trace")
+TRACES.register("ottt", OTTTTrace, "OTTT: the presynaptic trace (OTTT / OPZO papers)")
+TRACES.register("ostl", OSTLTrace, "OSTL: one eligibility per synapse (OTPE paper)")
+TRACES.register("otpe", OTPETrace, "OTPE: OSTL plus the readout's path (OTPE paper section 3.1)")
+TRACES.register("approx_otpe", ApproxOTPETrace, "approximate OTPE: O(n) (OTPE paper "
+                "section 3.1)")
+
+
+def trace_names() -> tuple[str, ...]:
+    """Every trace name ``make_trace`` accepts: the registered ones and their ``f_`` forms."""
+    return (*TRACES, *(f"f_{name}" for name in TRACES))
+
+
 def _check_name(name: str) -> tuple[str, bool]:
     """(base trace name, leaky output?) of a trace name; ValueError if unknown."""
-    if name not in TRACES:
-        raise ValueError(f"unknown temporal trace {name!r}; choose one of {TRACES}")
+    names = trace_names()
+    if name not in names:
+        raise ValueError(f"unknown temporal trace {name!r}; choose one of {names}")
     leaky = name.startswith("f_")
     return (name[2:] if leaky else name), leaky
 
@@ -544,7 +589,7 @@ def _check_name(name: str) -> tuple[str, bool]:
 def make_trace(name: str, lif: Neuron | float, static_input: bool = False,
                feeds_readout: bool = False, layer: SynapticLayer | None = None,
                gbar: str = "paper") -> Trace:
-    """Build the temporal trace ``name`` (one of :data:`TRACES`) of one hidden layer.
+    """Build the temporal trace ``name`` (one of :func:`trace_names`) of one hidden layer.
 
     ``lif``: the network's neuron model (:mod:`opzo.neurons`; a bare float is taken as a
     LIF neuron's leak λ). OSTL and OTPE refuse a neuron whose own path has a second state.
@@ -559,23 +604,18 @@ def make_trace(name: str, lif: Neuron | float, static_input: bool = False,
     base, leaky_output = _check_name(name)
     if not isinstance(lif, Neuron):
         lif = LIF(lam=float(lif))
-    if base in ("ostl", "otpe") and lif.own_path_unsupported is not None:
+    cls = TRACES[base].factory
+    if cls.per_synapse and lif.own_path_unsupported is not None:
         raise ValueError(f"trace {name!r}: {lif.own_path_unsupported}")
-    if feeds_readout and not leaky_output:
-        base = {"otpe": "ostl", "approx_otpe": "ottt"}.get(base, base)
-    if base in ("ostl", "otpe") and layer is not None and not getattr(layer, "is_dense", True):
+    if feeds_readout and not leaky_output and cls.at_readout is not None:
+        cls = TRACES[cls.at_readout].factory
+    if cls.per_synapse and layer is not None and not getattr(layer, "is_dense", True):
         what = getattr(layer, "token", type(layer).__name__)
         raise ValueError(
             f"the {name!r} trace keeps one eligibility per synapse and is implemented for fully "
             f"connected layers only; layer {what} is a convolution. Use trace 'ottt' or "
             "'approx_otpe' (or their f_ variants) on convolutional networks")
-    if base == "ottt":
-        return OTTTTrace(lif.presynaptic_leaks, static_input)
-    if base == "ostl":
-        return OSTLTrace(lif, static_input)
-    if base == "otpe":
-        return OTPETrace(lif, static_input, gbar)
-    return ApproxOTPETrace(lif.presynaptic_leaks, static_input, gbar)
+    return cls.create(lif, static_input, gbar)
 
 
 class OutputTrace:

@@ -24,11 +24,16 @@ import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import DatasetError
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from .sources import ColorImageSource
 
 __all__ = [
     "CIFAR100_MEAN",
@@ -37,7 +42,9 @@ __all__ = [
     "CIFAR10_STD",
     "CIFAR10_STD_LEGACY",
     "CIFAR_NAMES",
+    "CIFAR_STATS",
     "CUTOUT_SIZE",
+    "cifar_source",
     "cutout",
     "load_cifar",
     "load_cifar10",
@@ -63,6 +70,11 @@ CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD: tuple[float, float, float] = (0.2673, 0.2564, 0.2762)
 #: Cutout square side used by DeVries & Taylor (2017): 16 for CIFAR-10, 8 for CIFAR-100.
 CUTOUT_SIZE: dict[str, int] = {"cifar10": 16, "cifar100": 8}
+#: Per-channel normalisation ``(mean, std)`` of each dataset, as :func:`cifar_source` uses it.
+CIFAR_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+}
 
 _URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 # name -> (folder the archive extracts to, archive name, train files, test files, label key,
@@ -338,3 +350,28 @@ def normalize(
     s = torch.tensor(std, dtype=torch.float32)[None, :, None, None]
     out = (x - m) / s
     return out.squeeze(0) if squeeze else out
+
+
+def cifar_source(cfg: TrainConfig, split: str) -> ColorImageSource:
+    """CIFAR-10 or CIFAR-100 (``cfg.dataset``) as the OPZO paper preprocesses it (appendix
+    C.3.1): per-channel normalisation (:data:`CIFAR_STATS`) and, on the training split when
+    ``cfg.augment``, random crop (4 pixels of padding), horizontal flip and cutout
+    (:data:`CUTOUT_SIZE`), drawn per batch from ``(cfg.seed, epoch, batch)``; the pixels are
+    fed directly or spike-encoded (``cfg.encoding``, ``cfg.latency_tau``,
+    ``cfg.latency_theta``). Read from ``cfg.data_root`` (:func:`load_cifar`)."""
+    # imported here: opzo.data.sources imports this module's augmentations
+    from .encoders import Encoder
+    from .sources import ColorImageSource
+
+    name = _canonical(cfg.dataset)
+    if cfg.data_root is None:
+        raise DatasetError(f"{_LAYOUT[name][6]} needs data_root, the folder holding its "
+                           "files. " + _how_to_obtain(name))
+    images, labels = load_cifar(name, cfg.data_root, split)
+    mean, std = CIFAR_STATS[name]
+    augment = split == "train" and cfg.augment
+    return ColorImageSource(
+        images, labels, classes=_LAYOUT[name][5],
+        encoder=Encoder(cfg.encoding, tau=cfg.latency_tau, theta=cfg.latency_theta),
+        mean=mean, std=std, augment_seed=cfg.seed if augment else None,
+        crop_padding=4, cutout_size=CUTOUT_SIZE[name])

@@ -12,6 +12,7 @@ import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,11 +20,16 @@ import torch
 from .errors import DatasetError
 from .idx import read_idx
 
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from .sources import ImageSource
+
 __all__ = [
     "DATASET_NAMES",
     "EMBEDDED_FILE",
     "ArrayDataset",
     "canonical_dataset_name",
+    "image_source",
     "load_dataset",
     "load_embedded_mnist",
     "load_mnist_like",
@@ -277,3 +283,17 @@ def load_dataset(
             f"dataset {name!r} needs a root folder holding its idx files. " + _how_to_obtain(name)
         )
     return load_mnist_like(root, split=split, name=name)
+
+
+def image_source(cfg: TrainConfig, split: str) -> ImageSource:
+    """MNIST, Fashion-MNIST or the embedded MNIST subset (``cfg.dataset``, read by
+    :func:`load_dataset` from ``cfg.data_root``) with the config's input encoder
+    (``cfg.encoding``: direct current normalised by the dataset's statistics, Bernoulli rate
+    or latency spikes with ``cfg.latency_tau``, ``cfg.latency_theta``)."""
+    # imported here: opzo.data.encoders and opzo.data.sources import this module
+    from .encoders import make_encoder
+    from .sources import ImageSource
+
+    return ImageSource(load_dataset(cfg.dataset, cfg.data_root, split),
+                       make_encoder(cfg.encoding, cfg.dataset, cfg.latency_tau,
+                                    cfg.latency_theta))

@@ -1,5 +1,9 @@
 """Readers for the neuromorphic datasets of the OPZO/OTPE papers (never downloading anything).
 
+Every reader is an :class:`EventDataset`: a split of labelled recordings, each binned into frames
+(or spike counts) on first access and kept in a :class:`FrameCache`. A reader only says where
+its files are, how a file is read and how its events become frames:
+
 * N-MNIST (Orchard et al. 2015): one ``.bin`` file per sample, read by :func:`read_nmnist_bin`;
   :class:`NMNISTFolder` gives ``(30, 2, 34, 34)`` frames of 3 ms.
 * DVS128 Gesture (Amir et al. 2017) in tonic's ``.npy`` layout: :class:`DVSGesture` gives
@@ -12,17 +16,23 @@
 Every dataset returns ``(frames, label)`` with ``frames`` a float32 :class:`torch.Tensor` and
 ``label`` an ``int``. Missing or invalid files raise :class:`~opzo.data.errors.DatasetError`
 naming the path, the expected layout and where to obtain the data.
+
+The training sources of ``opzo train`` (factories ``(cfg, split) -> FrameSource``, registered
+in :data:`opzo.data.DATASETS`) are at the end: :func:`nmnist_source`,
+:func:`dvs_gesture_source`, :func:`cifar10dvs_source` (the OPZO paper's preprocessing, appendix
+C.3.1), :func:`shd_source` and :func:`ssc_source` (the OTPE paper's, appendix A.1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,24 +40,40 @@ import torch
 from .cifar import random_crop
 from .errors import DatasetError
 from .events import EVENT_DTYPE, bin_by_count, bin_by_time, bin_units_by_time, resize_frames
+from .sources import FrameSource
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 __all__ = [
     "CIFAR10DVS",
     "CIFAR10DVS_CLASSES",
     "CIFAR10DVS_SENSOR",
+    "CIFAR10DVS_TRAIN_PER_CLASS",
     "DVSGESTURE_CLASSES",
     "DVSGESTURE_SENSOR",
+    "EVENT_FRAME_SIZE",
+    "HEIDELBERG_DURATION_S",
+    "NMNIST_BIN_US",
     "NMNIST_SENSOR",
     "SHD_UNITS",
     "DVSGesture",
+    "EqualCountDataset",
+    "EventDataset",
+    "FrameCache",
     "NMNISTFolder",
     "SpikingHeidelbergDigits",
     "SpikingSpeechCommands",
     "cached_mean_std",
+    "cifar10dvs_source",
     "compute_mean_std",
+    "dvs_gesture_source",
+    "nmnist_source",
     "read_cifar10dvs_npz",
     "read_gesture_npy",
     "read_nmnist_bin",
+    "shd_source",
+    "ssc_source",
 ]
 
 #: N-MNIST sensor size ``(W, H, 2)``.
@@ -82,7 +108,8 @@ PathLike = str | os.PathLike[str]
 
 class FrameCache:
     """Binned frames kept in memory after their first read: binning a recording gives the
-    same frames every epoch, so each file is read and binned once per dataset object.
+    same frames every epoch, so each sample is read and binned once per dataset object (every
+    :class:`EventDataset` holds one).
 
     Up to ``OPZO_FRAME_CACHE_MB`` MiB per dataset (default 2048; 0 turns the cache off);
     past the budget the remaining samples are binned afresh on every read. The cached
@@ -154,12 +181,165 @@ def _as_events(
     return events
 
 
-def _frames_or_error(path: Path, func: Any, *args: Any) -> np.ndarray:
-    """Run a binning function, turning its ValueError into a DatasetError naming ``path``."""
-    try:
-        return func(*args)
-    except ValueError as exc:
-        raise DatasetError(f"{path}: {exc}") from exc
+# ------------------------------------------------------------------------------ base classes
+
+
+class EventDataset:
+    """A split of labelled event recordings, each binned into float32 frames on first access.
+
+    What the five readers share lives here; a reader (one subclass per dataset) only says
+
+    * where its samples are: its ``__init__`` calls ``super().__init__`` with the split, the
+      expected layout and where to obtain the data, finds its folder among candidate paths
+      (:meth:`_find`), and lists the sample files with their labels (:meth:`_add`,
+      :meth:`_require_samples`);
+    * how a sample is read: :meth:`read` (one file -> events), or :meth:`events` when the
+      samples are not one file each (SHD / SSC);
+    * how events become frames: :meth:`bin` (events -> float32 array, time first), then
+      :meth:`resize` (spatial resampling; identity by default) and, on every read,
+      :meth:`transform` (augmentation, normalisation; identity by default; it must return a
+      new tensor, never modify the cached one).
+
+    Shared behaviour: the split check (``splits``), ``len``, ``dataset[i] -> (frames, label)``
+    with Python-style indices (an out-of-range index raises IndexError), :meth:`raw_frames`,
+    the :class:`FrameCache` (each sample is read and binned once per dataset object), and the
+    errors: a missing folder names every path searched, the expected layout and where to obtain
+    the data (opzo never downloads); a binning error (an event outside the sensor, ...) is a
+    :class:`~opzo.data.errors.DatasetError` naming the sample (:meth:`sample_name`).
+
+    Class attributes:
+        pretty: the dataset's name in messages.
+        n_classes: number of classes (labels are ``0 .. n_classes - 1``).
+        splits: the allowed split names.
+
+    Attributes:
+        split: the split read.
+        files: the sample files, one per sample, in sample order (empty for readers whose
+            samples share one file).
+        targets: the label of each sample.
+        layout: the expected layout, as error messages state it.
+        where: where to obtain the data, as error messages state it.
+        cache: the binned frames kept so far.
+    """
+
+    pretty: ClassVar[str] = "event dataset"
+    n_classes: ClassVar[int]
+    splits: ClassVar[tuple[str, ...]] = _SPLITS
+
+    def __init__(self, split: str, *, layout: str, where: str) -> None:
+        self.split = _check_split(split, self.splits)
+        self.layout, self.where = layout, where
+        self.cache = FrameCache()
+        self.files: list[Path] = []
+        self.targets: list[int] = []
+
+    # -- where the samples are (used by the readers' __init__)
+
+    def _not_found(self, what: str, candidates: Sequence[Path]) -> DatasetError:
+        """The error for ``what`` found in none of ``candidates``."""
+        searched = "; ".join(str(c.absolute()) for c in candidates)
+        return DatasetError(
+            f"{what} not found. Searched: {searched}. Expected {self.layout}. {self.where}"
+        )
+
+    def _find(self, candidates: Sequence[Path], what: str) -> Path:
+        """The first of ``candidates`` that is a folder (else a DatasetError naming all)."""
+        for candidate in candidates:
+            if candidate.is_dir():
+                return candidate
+        raise self._not_found(what, candidates)
+
+    def _add(self, files: Sequence[Path], label: int) -> None:
+        """Append samples ``files``, all of class ``label``."""
+        self.files += files
+        self.targets += [label] * len(files)
+
+    def _require_samples(self, what: str, folder: Path, pattern: str) -> None:
+        """Raise a DatasetError when no sample was found (``what`` in ``folder/pattern``)."""
+        if not self.targets:
+            raise DatasetError(
+                f"no {what} in {folder.absolute()}/{pattern}; expected {self.layout}. "
+                f"{self.where}"
+            )
+
+    # -- hooks of the readers
+
+    def read(self, path: Path) -> Any:
+        """The events of one sample file."""
+        raise NotImplementedError(f"{type(self).__name__} does not read files")
+
+    def events(self, index: int) -> Any:
+        """The raw events of sample ``index`` (what :meth:`bin` takes)."""
+        return self.read(self.files[index])
+
+    def bin(self, events: Any) -> np.ndarray:
+        """Frames (float32, time first) of one sample's events; ValueError for bad events."""
+        raise NotImplementedError
+
+    def resize(self, frames: np.ndarray) -> np.ndarray:
+        """Spatial resampling of binned frames (identity)."""
+        return frames
+
+    def transform(self, frames: torch.Tensor) -> torch.Tensor:
+        """Per-read change of the cached frames, e.g. augmentation (identity)."""
+        return frames
+
+    def sample_name(self, index: int) -> str:
+        """How error messages name sample ``index``: its file."""
+        return str(self.files[index])
+
+    # -- shared
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def _position(self, index: int) -> int:
+        index = operator.index(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        return index % len(self)
+
+    def _bin(self, index: int) -> torch.Tensor:
+        events = self.events(index)
+        try:
+            frames = self.bin(events)
+        except ValueError as exc:
+            raise DatasetError(f"{self.sample_name(index)}: {exc}") from exc
+        return torch.from_numpy(self.resize(frames))
+
+    def raw_frames(self, index: int) -> torch.Tensor:
+        """Frames of sample ``index`` before :meth:`transform` (no augmentation, no
+        normalisation); cached, do not modify."""
+        return self.cache.get(self._position(index), self._bin)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index = self._position(index)
+        return self.transform(self.raw_frames(index)), self.targets[index]
+
+
+class EqualCountDataset(EventDataset):
+    """Readers whose frames hold equal event counts on the ``sensor``, then resized to
+    ``size x size`` (DVS128 Gesture and CIFAR10-DVS as the OPZO paper preprocesses them,
+    appendix C.3.1): the events of a recording are split into ``n_frames`` slices of equal
+    counts (:func:`~opzo.data.events.bin_by_count`), resized with
+    :func:`~opzo.data.events.resize_frames` (``resize_mode``: ``"area"`` or ``"bilinear"``).
+    """
+
+    sensor: ClassVar[tuple[int, int, int]]
+
+    def __init__(
+        self, split: str, n_frames: int, size: int, resize_mode: str, *, layout: str, where: str
+    ) -> None:
+        super().__init__(split, layout=layout, where=where)
+        self.n_frames, self.size, self.resize_mode = int(n_frames), int(size), resize_mode
+
+    def bin(self, events: np.ndarray) -> np.ndarray:
+        return bin_by_count(events, self.sensor, self.n_frames)
+
+    def resize(self, frames: np.ndarray) -> np.ndarray:
+        resized = resize_frames(frames, self.size, self.resize_mode)
+        assert isinstance(resized, np.ndarray)
+        return resized
 
 
 # ----------------------------------------------------------------------------------- N-MNIST
@@ -204,8 +384,9 @@ def read_nmnist_bin(path: PathLike) -> np.ndarray:
     return events
 
 
-class NMNISTFolder:
-    """N-MNIST from a folder of ``.bin`` files, as 3 ms event-count frames.
+class NMNISTFolder(EventDataset):
+    """N-MNIST from a folder of ``.bin`` files, as 3 ms event-count frames (the OPZO paper's
+    preprocessing, appendix C.3.1: 30 frames of 3 ms).
 
     Accepted layouts (``<split>`` is ``Train`` or ``Test``, ``<digit>`` is ``0`` .. ``9``):
     tonic's ``root/NMNIST/<split>/<digit>/*.bin`` or the official archive's
@@ -216,61 +397,42 @@ class NMNISTFolder:
     events are dropped), and the digit as an int.
 
     Attributes:
+        folder: the split's folder found.
         files: the sample files, by digit then file name.
         targets: the label of each file.
     """
 
+    pretty = "N-MNIST"
+    n_classes = 10
+
     def __init__(
         self, root: PathLike, split: str = "train", bin_us: int = 3000, n_frames: int = 30
     ) -> None:
-        split = _check_split(split)
-        self.bin_us, self.n_frames = int(bin_us), int(n_frames)
-        self.cache = FrameCache()
-        root = Path(root).expanduser()
         folder_name = split.capitalize()
-        candidates = [root / "NMNIST" / folder_name, root / folder_name]
-        layout = (
-            f"ROOT/NMNIST/{folder_name}/<digit 0-9>/*.bin (tonic) or "
-            f"ROOT/{folder_name}/<digit 0-9>/*.bin (the official archive, unzipped)"
+        super().__init__(
+            split,
+            layout=(
+                f"ROOT/NMNIST/{folder_name}/<digit 0-9>/*.bin (tonic) or "
+                f"ROOT/{folder_name}/<digit 0-9>/*.bin (the official archive, unzipped)"
+            ),
+            where=f"{_NEVER} Download N-MNIST from {_NMNIST_URL} and unzip {folder_name}.zip.",
         )
-        for folder in candidates:
-            if folder.is_dir():
-                self.folder = folder
-                break
-        else:
-            searched = "; ".join(str(c.absolute()) for c in candidates)
-            raise DatasetError(
-                f"N-MNIST {split} folder not found. Searched: {searched}. Expected {layout}. "
-                f"{_NEVER} Download N-MNIST from {_NMNIST_URL} and unzip {folder_name}.zip."
-            )
-        self.files: list[Path] = []
-        self.targets: list[int] = []
-        for digit in range(10):
+        self.bin_us, self.n_frames = int(bin_us), int(n_frames)
+        root = Path(root).expanduser()
+        self.folder = self._find(
+            [root / "NMNIST" / folder_name, root / folder_name], f"N-MNIST {split} folder"
+        )
+        for digit in range(self.n_classes):
             sub = self.folder / str(digit)
             if sub.is_dir():
-                found = sorted(sub.glob("*.bin"))
-                self.files += found
-                self.targets += [digit] * len(found)
-        if not self.files:
-            raise DatasetError(
-                f"no N-MNIST .bin files in {self.folder.absolute()}/<digit 0-9>/; expected "
-                f"{layout}. {_NEVER} Download N-MNIST from {_NMNIST_URL}"
-            )
+                self._add(sorted(sub.glob("*.bin")), digit)
+        self._require_samples("N-MNIST .bin files", self.folder, "<digit 0-9>/")
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def read(self, path: Path) -> np.ndarray:
+        return read_nmnist_bin(path)
 
-    def events(self, index: int) -> np.ndarray:
-        """The raw events of sample ``index``."""
-        return read_nmnist_bin(self.files[index])
-
-    def _bin(self, index: int) -> torch.Tensor:
-        frames = _frames_or_error(self.files[index], bin_by_time, self.events(index),
-                                  NMNIST_SENSOR, self.bin_us, self.n_frames)
-        return torch.from_numpy(frames)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.cache.get(index, self._bin), self.targets[index]
+    def bin(self, events: np.ndarray) -> np.ndarray:
+        return bin_by_time(events, NMNIST_SENSOR, self.bin_us, self.n_frames)
 
 
 # ----------------------------------------------------------------------------- DVS Gesture
@@ -327,8 +489,9 @@ def read_gesture_npy(path: PathLike) -> np.ndarray:
     return _as_events(path, t_us, array[:, 0], array[:, 1], array[:, 2], _GESTURE_FORMAT)
 
 
-class DVSGesture:
-    """DVS128 Gesture in tonic's layout, as frames of equal event counts resized to 48x48.
+class DVSGesture(EqualCountDataset):
+    """DVS128 Gesture in tonic's layout, as frames of equal event counts resized to 48x48 (the
+    OPZO paper's preprocessing, appendix C.3.1: 20 frames, 48x48).
 
     Layout: ``root/DVSGesture/ibmGestureTrain/<user_session>/<label>.npy`` (and
     ``ibmGestureTest``), or the same without the ``DVSGesture`` level; the label is the file
@@ -338,9 +501,14 @@ class DVSGesture:
     :func:`~opzo.data.events.resize_frames` (``resize_mode``: ``"area"`` or ``"bilinear"``).
 
     Attributes:
+        folder: the split's folder found.
         files: sample files, by session folder then label.
         targets: the label of each file.
     """
+
+    pretty = "DVS Gesture"
+    n_classes = DVSGESTURE_CLASSES
+    sensor = DVSGESTURE_SENSOR
 
     def __init__(
         self,
@@ -350,63 +518,35 @@ class DVSGesture:
         size: int = 48,
         resize_mode: str = "area",
     ) -> None:
-        split = _check_split(split)
-        self.n_frames, self.size, self.resize_mode = int(n_frames), int(size), resize_mode
-        self.cache = FrameCache()
-        root = Path(root).expanduser()
         folder_name = "ibmGestureTrain" if split == "train" else "ibmGestureTest"
-        candidates = [root / "DVSGesture" / folder_name, root / folder_name]
-        layout = (
-            f"ROOT/DVSGesture/{folder_name}/<user_session>/<label 0-10>.npy (tonic's layout) "
-            f"or ROOT/{folder_name}/<user_session>/<label>.npy, each .npy being {_GESTURE_FORMAT}"
+        super().__init__(
+            split, n_frames, size, resize_mode,
+            layout=(
+                f"ROOT/DVSGesture/{folder_name}/<user_session>/<label 0-10>.npy (tonic's "
+                f"layout) or ROOT/{folder_name}/<user_session>/<label>.npy, each .npy being "
+                f"{_GESTURE_FORMAT}"
+            ),
+            where=(
+                f"{_NEVER} Get DVS128 Gesture from {_GESTURE_URL} and convert it with tonic "
+                f"(tonic.datasets.DVSGesture writes this layout)."
+            ),
         )
-        where = (
-            f"{_NEVER} Get DVS128 Gesture from {_GESTURE_URL} and convert it with tonic "
-            f"(tonic.datasets.DVSGesture writes this layout)."
+        root = Path(root).expanduser()
+        self.folder = self._find(
+            [root / "DVSGesture" / folder_name, root / folder_name], f"DVS Gesture {split} folder"
         )
-        folder = next((c for c in candidates if c.is_dir()), None)
-        if folder is None:
-            searched = "; ".join(str(c.absolute()) for c in candidates)
-            raise DatasetError(
-                f"DVS Gesture {split} folder not found. Searched: {searched}. Expected "
-                f"{layout}. {where}"
-            )
-        self.folder = folder
-        self.files: list[Path] = []
-        self.targets: list[int] = []
-        for session in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for session in sorted(p for p in self.folder.iterdir() if p.is_dir()):
             for file in sorted(session.glob("*.npy"), key=_stem_key):
-                if not file.stem.isdigit() or int(file.stem) >= DVSGESTURE_CLASSES:
+                if not file.stem.isdigit() or int(file.stem) >= self.n_classes:
                     raise DatasetError(
                         f"{file}: the file name must be the label, an integer in "
-                        f"0..{DVSGESTURE_CLASSES - 1}; expected {layout}"
+                        f"0..{self.n_classes - 1}; expected {self.layout}"
                     )
-                self.files.append(file)
-                self.targets.append(int(file.stem))
-        if not self.files:
-            raise DatasetError(
-                f"no .npy samples in {folder.absolute()}/<user_session>/; expected {layout}. "
-                f"{where}"
-            )
+                self._add([file], int(file.stem))
+        self._require_samples(".npy samples", self.folder, "<user_session>/")
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def events(self, index: int) -> np.ndarray:
-        """The raw events of sample ``index``."""
-        return read_gesture_npy(self.files[index])
-
-    def raw_frames(self, index: int) -> torch.Tensor:
-        """Frames of sample ``index`` (same as ``self[index][0]``; cached, do not modify)."""
-        return self.cache.get(index, self._bin)
-
-    def _bin(self, index: int) -> torch.Tensor:
-        counts = _frames_or_error(self.files[index], bin_by_count, self.events(index),
-                                  DVSGESTURE_SENSOR, self.n_frames)
-        return torch.from_numpy(resize_frames(counts, self.size, self.resize_mode))
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.raw_frames(index), self.targets[index]
+    def read(self, path: Path) -> np.ndarray:
+        return read_gesture_npy(path)
 
 
 # ----------------------------------------------------------------------------- CIFAR10-DVS
@@ -450,8 +590,10 @@ def read_cifar10dvs_npz(path: PathLike) -> np.ndarray:
     )
 
 
-class CIFAR10DVS:
-    """CIFAR10-DVS in SpikingJelly's ``.npz`` layout, with the 9000/1000 split.
+class CIFAR10DVS(EqualCountDataset):
+    """CIFAR10-DVS in SpikingJelly's ``.npz`` layout, with the 9000/1000 split (the OPZO paper's
+    preprocessing, appendix C.3.1: 10 frames of equal event counts, 48x48, random crop,
+    normalised by the training split's mean and std).
 
     Layout: ``root/<class_name>/<index>.npz`` (or under ``root/events_np/``, SpikingJelly's
     folder), one folder per class of :data:`CIFAR10DVS_CLASSES` (label = position in that
@@ -467,6 +609,10 @@ class CIFAR10DVS:
     before normalisation, so padded pixels hold zero events.
     """
 
+    pretty = "CIFAR10-DVS"
+    n_classes = len(CIFAR10DVS_CLASSES)
+    sensor = CIFAR10DVS_SENSOR
+
     def __init__(
         self,
         root: PathLike,
@@ -481,25 +627,25 @@ class CIFAR10DVS:
         resize_mode: str = "area",
         crop_padding: int = 4,
     ) -> None:
-        split = _check_split(split)
+        super().__init__(
+            split, n_frames, size, resize_mode,
+            layout=(
+                f"ROOT/<class>/<index>.npz for the classes {', '.join(CIFAR10DVS_CLASSES)} (or "
+                f"ROOT/events_np/<class>/, SpikingJelly's layout), each file {_CIFAR10DVS_FORMAT}"
+            ),
+            where=(
+                f"{_NEVER} Get CIFAR10-DVS from {_CIFAR10DVS_URL} and convert the .aedat files "
+                f"to .npz (spikingjelly.datasets.cifar10_dvs.CIFAR10DVS does this)."
+            ),
+        )
         if (mean is None) != (std is None) or (std is not None and not std > 0):
             raise ValueError(f"give both mean and a positive std, or neither (got {mean}, {std})")
-        self.n_frames, self.size, self.resize_mode = int(n_frames), int(size), resize_mode
         self.augment, self.generator, self.crop_padding = augment, generator, int(crop_padding)
-        self.cache = FrameCache()
         self.mean, self.std = mean, std
         root = Path(root).expanduser()
         candidates = [root, root / "events_np", root / "CIFAR10DVS", root / "CIFAR10DVS/events_np"]
-        layout = (
-            f"ROOT/<class>/<index>.npz for the classes {', '.join(CIFAR10DVS_CLASSES)} (or "
-            f"ROOT/events_np/<class>/, SpikingJelly's layout), each file {_CIFAR10DVS_FORMAT}"
-        )
-        where = (
-            f"{_NEVER} Get CIFAR10-DVS from {_CIFAR10DVS_URL} and convert the .aedat files to "
-            f".npz (spikingjelly.datasets.cifar10_dvs.CIFAR10DVS does this)."
-        )
         folder = None
-        for candidate in candidates:
+        for candidate in candidates:  # the first folder holding the class folders, all of them
             present = [c for c in CIFAR10DVS_CLASSES if (candidate / c).is_dir()]
             if len(present) == len(CIFAR10DVS_CLASSES):
                 folder = candidate
@@ -508,16 +654,11 @@ class CIFAR10DVS:
                 missing = [c for c in CIFAR10DVS_CLASSES if c not in present]
                 raise DatasetError(
                     f"incomplete CIFAR10-DVS folder {candidate.absolute()}: class folders "
-                    f"{', '.join(missing)} are missing; expected {layout}. {where}"
+                    f"{', '.join(missing)} are missing; expected {self.layout}. {self.where}"
                 )
         if folder is None:
-            searched = "; ".join(str(c.absolute()) for c in candidates)
-            raise DatasetError(
-                f"CIFAR10-DVS not found. Searched: {searched}. Expected {layout}. {where}"
-            )
+            raise self._not_found("CIFAR10-DVS", candidates)
         self.folder = folder
-        self.files: list[Path] = []
-        self.targets: list[int] = []
         for label, name in enumerate(CIFAR10DVS_CLASSES):
             found = sorted((folder / name).glob("*.npz"), key=_stem_key)
             if len(found) <= train_per_class:
@@ -525,38 +666,23 @@ class CIFAR10DVS:
                     f"{(folder / name).absolute()} holds {len(found)} .npz files, but the split "
                     f"uses the first {train_per_class} of each class for training and the rest "
                     f"for testing (the full dataset has 1000 per class: 900 train, 100 test). "
-                    f"The conversion is incomplete? Expected {layout}. {where}"
+                    f"The conversion is incomplete? Expected {self.layout}. {self.where}"
                 )
-            chosen = found[:train_per_class] if split == "train" else found[train_per_class:]
-            self.files += chosen
-            self.targets += [label] * len(chosen)
+            self._add(found[:train_per_class] if split == "train" else found[train_per_class:],
+                      label)
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def read(self, path: Path) -> np.ndarray:
+        return read_cifar10dvs_npz(path)
 
-    def events(self, index: int) -> np.ndarray:
-        """The raw events of sample ``index``."""
-        return read_cifar10dvs_npz(self.files[index])
-
-    def raw_frames(self, index: int) -> torch.Tensor:
-        """Resized frames of sample ``index`` without augmentation or normalisation (cached,
-        do not modify)."""
-        return self.cache.get(index, self._bin)
-
-    def _bin(self, index: int) -> torch.Tensor:
-        counts = _frames_or_error(self.files[index], bin_by_count, self.events(index),
-                                  CIFAR10DVS_SENSOR, self.n_frames)
-        return torch.from_numpy(resize_frames(counts, self.size, self.resize_mode))
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        frames = self.raw_frames(index)
+    def transform(self, frames: torch.Tensor) -> torch.Tensor:
+        """The random crop (if ``augment``), then the normalisation (if ``mean``, ``std``)."""
         if self.augment:
             t, c, h, w = frames.shape
             cropped = random_crop(frames.reshape(1, t * c, h, w), self.crop_padding, self.generator)
             frames = cropped.reshape(t, c, h, w)
         if self.mean is not None and self.std is not None:
             frames = (frames - self.mean) / self.std
-        return frames, self.targets[index]
+        return frames
 
 
 def compute_mean_std(dataset: Any) -> tuple[float, float]:
@@ -653,15 +779,17 @@ def _import_h5py() -> Any:
     return h5py
 
 
-class SpikingHeidelbergDigits:
-    """Spiking Heidelberg Digits (SHD) from its HDF5 file, as ``(n_bins, 700)`` spike counts.
+class SpikingHeidelbergDigits(EventDataset):
+    """Spiking Heidelberg Digits (SHD) from its HDF5 file, as ``(n_bins, 700)`` spike counts
+    (the OTPE paper's preprocessing, appendix A.1: the spikes binned in time steps).
 
     The file (``shd_train.h5`` / ``shd_test.h5``, decompressed) holds ``spikes/times``
     (per-sample arrays of spike times in seconds), ``spikes/units`` (the matching input units,
     0..699) and ``labels``. Each item is ``(counts, label)``: the window ``[0, duration_s)`` is
     cut into ``n_bins`` equal bins (:func:`~opzo.data.events.bin_units_by_time`; later spikes
     are dropped). h5py is imported only here; the file is opened on first access (and again in
-    each DataLoader worker, since the open handle is not pickled).
+    each DataLoader worker, since the open handle is not pickled). All samples live in the one
+    file ``path``, so ``files`` is empty.
 
     Args:
         path: the ``.h5`` file, or a folder holding ``shd_<split>.h5``.
@@ -671,9 +799,10 @@ class SpikingHeidelbergDigits:
     """
 
     n_classes = 20
-    prefix = "shd"
+    #: file names are ``<prefix>_<split>.h5``
+    prefix: ClassVar[str] = "shd"
     pretty = "SHD"
-    splits: tuple[str, ...] = ("train", "test")
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
 
     def __init__(
         self, path: PathLike, n_bins: int = 50, duration_s: float = 1.0, split: str = "train"
@@ -681,17 +810,22 @@ class SpikingHeidelbergDigits:
         self.n_bins, self.duration_s = int(n_bins), float(duration_s)
         if self.n_bins <= 0 or not self.duration_s > 0:
             raise ValueError(f"n_bins and duration_s must be positive, got {n_bins}, {duration_s}")
+        name = f"{self.prefix}_{split}.h5"
+        super().__init__(
+            split,
+            layout=_H5_LAYOUT,
+            where=f"{_NEVER} Download {name}.gz from {_SHD_URL} and decompress it "
+                  f"(gunzip {name}.gz).",
+        )
         path = Path(path).expanduser()
-        name = f"{self.prefix}_{_check_split(split, self.splits)}.h5"
         if path.is_dir():
             path = path / name
-        where = f"{_NEVER} Download {name}.gz from {_SHD_URL} and decompress it (gunzip {name}.gz)."
         if not path.is_file():
             gz = path.with_name(path.name + ".gz")
             hint = f" Found {gz}: decompress it first (gunzip)." if gz.is_file() else ""
             raise DatasetError(
-                f"{self.pretty} file not found: {path.absolute()}. Expected {_H5_LAYOUT} "
-                f"(e.g. {name}).{hint} {where}"
+                f"{self.pretty} file not found: {path.absolute()}. Expected {self.layout} "
+                f"(e.g. {name}).{hint} {self.where}"
             )
         self.path = path
         h5py = _import_h5py()
@@ -700,7 +834,8 @@ class SpikingHeidelbergDigits:
                 missing = [k for k in ("spikes/times", "spikes/units", "labels") if k not in f]
                 if missing:
                     raise DatasetError(
-                        f"{path}: missing {', '.join(missing)}; expected {_H5_LAYOUT}. {where}"
+                        f"{path}: missing {', '.join(missing)}; expected {self.layout}. "
+                        f"{self.where}"
                     )
                 labels = np.asarray(f["labels"][()]).reshape(-1)
                 n_times, n_units = len(f["spikes/times"]), len(f["spikes/units"])
@@ -709,24 +844,21 @@ class SpikingHeidelbergDigits:
         except OSError as exc:
             gz = " It looks gzip-compressed: run gunzip on it." if path.suffix == ".gz" else ""
             raise DatasetError(
-                f"{path}: not a readable HDF5 file ({exc}); expected {_H5_LAYOUT}. The file may "
-                f"be truncated or corrupt.{gz} {where}"
+                f"{path}: not a readable HDF5 file ({exc}); expected {self.layout}. The file "
+                f"may be truncated or corrupt.{gz} {self.where}"
             ) from exc
         if not (n_times == n_units == labels.size):
             raise DatasetError(
                 f"{path}: {n_times} spike-time arrays, {n_units} unit arrays and {labels.size} "
-                f"labels; expected equal counts ({_H5_LAYOUT})"
+                f"labels; expected equal counts ({self.layout})"
             )
         if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
             raise DatasetError(
                 f"{path}: labels range from {labels.min()} to {labels.max()}, expected "
                 f"0..{self.n_classes - 1} for {self.pretty}"
             )
-        self.targets: list[int] = [int(v) for v in labels]
+        self.targets = [int(v) for v in labels]
         self._file: Any = None
-
-    def __len__(self) -> int:
-        return len(self.targets)
 
     def _h5(self) -> Any:
         if self._file is None:
@@ -740,16 +872,16 @@ class SpikingHeidelbergDigits:
         units = np.asarray(f["spikes/units"][index]).astype(np.int64)
         return times, units
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index = index % len(self)
-        times, units = self.spikes(index)
-        try:
-            counts = bin_units_by_time(times, units, SHD_UNITS, self.n_bins, self.duration_s)
-        except ValueError as exc:
-            raise DatasetError(f"{self.path}: sample {index}: {exc}") from exc
-        return torch.from_numpy(counts), self.targets[index]
+    def events(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The spikes of sample ``index``: :meth:`spikes`."""
+        return self.spikes(index)
+
+    def bin(self, events: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        times, units = events
+        return bin_units_by_time(times, units, SHD_UNITS, self.n_bins, self.duration_s)
+
+    def sample_name(self, index: int) -> str:
+        return f"{self.path}: sample {index}"
 
     def close(self) -> None:
         """Close the HDF5 file (it is reopened on the next access)."""
@@ -780,3 +912,83 @@ class SpikingSpeechCommands(SpikingHeidelbergDigits):
     prefix = "ssc"
     pretty = "SSC"
     splits = ("train", "valid", "test")
+
+
+# ------------------------------------------------------------------------- training sources
+
+#: N-MNIST frame length in microseconds (OPZO paper appendix C.3.1: frames of 3 ms)
+NMNIST_BIN_US = 3000
+#: frame size of DVS128 Gesture and CIFAR10-DVS (OPZO paper appendix C.3.1: 48x48)
+EVENT_FRAME_SIZE = 48
+#: CIFAR10-DVS samples per class in the training split (the common 9000/1000 split); tests
+#: lower it to split a handful of files (:func:`cifar10dvs_source` reads it at each call)
+CIFAR10DVS_TRAIN_PER_CLASS = 900
+#: SHD / SSC: the T time bins cover the first second of each recording (later spikes dropped)
+HEIDELBERG_DURATION_S = 1.0
+
+
+def _data_root(cfg: TrainConfig, pretty: str) -> str:
+    if cfg.data_root is None:
+        raise DatasetError(f"{pretty} needs data_root, the folder holding its files. {_NEVER}")
+    return cfg.data_root
+
+
+def nmnist_source(cfg: TrainConfig, split: str) -> FrameSource:
+    """N-MNIST as the OPZO paper preprocesses it (appendix C.3.1): frames of 3 ms, the first
+    ``cfg.T`` of them (paper: 30), 2x34x34, read from ``cfg.data_root``."""
+    data = NMNISTFolder(_data_root(cfg, NMNISTFolder.pretty), split, bin_us=NMNIST_BIN_US,
+                        n_frames=cfg.T)
+    return FrameSource(data, classes=data.n_classes)
+
+
+def dvs_gesture_source(cfg: TrainConfig, split: str) -> FrameSource:
+    """DVS128 Gesture as the OPZO paper preprocesses it (appendix C.3.1): each recording
+    integrated into ``cfg.T`` frames of equal event counts (paper: 20), 48x48."""
+    data = DVSGesture(_data_root(cfg, DVSGesture.pretty), split, n_frames=cfg.T,
+                      size=EVENT_FRAME_SIZE)
+    return FrameSource(data, classes=data.n_classes)
+
+
+def cifar10dvs_source(cfg: TrainConfig, split: str) -> FrameSource:
+    """CIFAR10-DVS as the OPZO paper preprocesses it (appendix C.3.1): ``cfg.T`` frames of
+    equal event counts (paper: 10), 48x48, the 9000/1000 split, normalised by the global mean
+    and std of all frames of the training split (:func:`cached_mean_std`), random crop (4
+    pixels of padding) on the training split when ``cfg.augment``, drawn per batch from
+    ``(cfg.seed, epoch, batch)``."""
+    root = _data_root(cfg, CIFAR10DVS.pretty)
+    common: dict[str, Any] = dict(n_frames=cfg.T, size=EVENT_FRAME_SIZE,
+                                  train_per_class=CIFAR10DVS_TRAIN_PER_CLASS)
+    mean, std = cached_mean_std(CIFAR10DVS(root, "train", **common))
+    if not std > 0:
+        raise DatasetError(f"CIFAR10-DVS training frames in {root} are all equal "
+                           f"(mean {mean}, std 0): cannot normalise them")
+    augment = split == "train" and cfg.augment
+    # the reader's own generator is replaced per batch by FrameSource (augment_seed); a fixed
+    # one here keeps the first read (the frame shape) off torch's global generator
+    data = CIFAR10DVS(root, split, augment=augment, mean=mean, std=std,
+                      generator=torch.Generator().manual_seed(cfg.seed), **common)
+    return FrameSource(data, classes=data.n_classes, augment_seed=cfg.seed if augment else None)
+
+
+def _heidelberg_source(cls: type[SpikingHeidelbergDigits], cfg: TrainConfig,
+                       split: str) -> FrameSource:
+    """SHD / SSC as the OTPE paper preprocesses them (appendix A.1): the 700 input units'
+    spike counts in ``cfg.T`` time bins (paper: 50) over the first second."""
+    root = _data_root(cfg, cls.pretty)
+    if Path(root).expanduser().is_file():
+        raise DatasetError(
+            f"{cls.pretty} data_root must be the folder holding {cls.prefix}_train.h5 and "
+            f"{cls.prefix}_test.h5, not the file {root}")
+    data = cls(root, n_bins=cfg.T, duration_s=HEIDELBERG_DURATION_S, split=split)
+    return FrameSource(data, classes=cls.n_classes)
+
+
+def shd_source(cfg: TrainConfig, split: str) -> FrameSource:
+    """SHD (``shd_<split>.h5`` in ``cfg.data_root``) as the OTPE paper preprocesses it
+    (appendix A.1): spike counts of the 700 units in ``cfg.T`` bins over the first second."""
+    return _heidelberg_source(SpikingHeidelbergDigits, cfg, split)
+
+
+def ssc_source(cfg: TrainConfig, split: str) -> FrameSource:
+    """SSC (``ssc_<split>.h5`` in ``cfg.data_root``), preprocessed as :func:`shd_source`."""
+    return _heidelberg_source(SpikingSpeechCommands, cfg, split)

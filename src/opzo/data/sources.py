@@ -311,3 +311,37 @@ class SequenceSource:
         order = torch.arange(len(self), device="cpu") if permutation is None else permutation
         for chunk in order[start_batch * batch_size:].split(batch_size):
             yield self.spikes[:, chunk].contiguous(), self.labels[chunk]
+
+
+class Source(Protocol):
+    """What the training loop, evaluation and the run folder need of a dataset split; the
+    four sources above implement it, and a dataset's factory in :data:`opzo.data.DATASETS`
+    returns one."""
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """What one sample is: (C, H, W) for images and frames, (F,) for vectors."""
+        ...
+
+    @property
+    def classes(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def head(self, n: int) -> Source:
+        """The first ``n`` samples (``--limit-train`` / ``--limit-test``)."""
+        ...
+
+    def part(self, lo: int, hi: int) -> Source:
+        """Samples lo..hi−1 (one process's share of an evaluation)."""
+        ...
+
+    def labels_head(self, n: int) -> Tensor:
+        """The labels of the first ``n`` samples (the run folder's data fingerprint)."""
+        ...
+
+    def batches(self, batch_size: int, T: int, permutation: Tensor | None = None,
+                start_batch: int = 0, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(x, labels)`` batches in ``permutation`` order from ``start_batch``; inputs
+        flattened, (B, F) static or (T, B, F) per step."""
+        ...

@@ -17,13 +17,21 @@ checkpoint of torch's RNG state resumes them.
 :func:`philox_keep_mask_` and :func:`philox_signs_` draw dropout masks and Rademacher noise
 from the same generator, and :func:`lif_step` runs one time step of a layer of LIF neurons
 with its noise, dropout and local derivative in one pass (``lif_step.c``; :mod:`opzo.network`
-uses it for float32 CPU tensors outside autograd). All of them split their work over torch's
-thread count (``parallel.h``); results do not depend on the number of threads.
+uses it for float32 CPU tensors outside autograd through :func:`lif_step_unchecked`, with
+the layer's constants in a :class:`LifKernelParams` and the C arguments in one
+:class:`LifArgs`). All of them split their work over torch's thread count (``parallel.h``);
+results do not depend on the number of threads.
+
+:func:`unavailable` (the library counts as missing, for a given reason) and :func:`fresh` (it
+is looked for again, following the environment of the moment) are context managers for tests
+of the fallback and of a failed build; each restores the previous state on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -31,6 +39,8 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -126,9 +136,11 @@ def build(flag_sets: list[list[str]] | None = None, directory: Path | None = Non
     lib.opzo_philox_keep_mask.restype = None
     lib.opzo_philox_signs.argtypes = [ptr, i64, ctypes.c_uint64, cint]
     lib.opzo_philox_signs.restype = None
-    lib.opzo_lif_step.argtypes = [i64, i64, ptr, ptr, ptr, ptr, i64, f32, cint, ptr, f32, f32,
-                                  cint, cint, f32, f32, ptr, ptr, ptr, ptr, cint]
+    lib.opzo_lif_step.argtypes = [ctypes.POINTER(LifArgs)]
     lib.opzo_lif_step.restype = None
+    lib.opzo_lif_args_layout.argtypes = [ptr]
+    lib.opzo_lif_args_layout.restype = i64
+    _check_lif_args(lib)
     lib.opzo_philox4x32_10.argtypes = [ptr, ptr, ptr]
     lib.opzo_philox4x32_10.restype = None
     return lib
@@ -177,6 +189,50 @@ def ready() -> bool:
                       f"masks and neuron step use torch's slower ops instead{advice}",
                       stacklevel=3)
     return False
+
+
+def _swap_state(state: tuple[bool, ctypes.CDLL | None, str | None, bool]
+                ) -> tuple[bool, ctypes.CDLL | None, str | None, bool]:
+    """Set (tried, library, error, warned); return the previous ones."""
+    global _tried, _lib, _error, _warned
+    previous = (_tried, _lib, _error, _warned)
+    _tried, _lib, _error, _warned = state
+    return previous
+
+
+@contextlib.contextmanager
+def unavailable(reason: str = "made unavailable by opzo.native.unavailable()"
+                ) -> Iterator[None]:
+    """Within the block the library counts as unavailable, for ``reason``.
+
+    :func:`available` is False and :func:`error` is ``reason``; the kernels raise, and the
+    network and the noise samplers use torch's ops, after one warning from :func:`ready`
+    (the warning is due afresh inside the block, whatever was warned before). The previous
+    state (a loaded library, an earlier warning) comes back on exit. For tests of the
+    fallback path, and to run torch's ops on a machine that has the library::
+
+        with native.unavailable("no C compiler found"):
+            ...
+    """
+    previous = _swap_state((True, None, reason, False))
+    try:
+        yield
+    finally:
+        _swap_state(previous)
+
+
+@contextlib.contextmanager
+def fresh() -> Iterator[None]:
+    """Within the block the library is looked for afresh: its first use there loads it again
+    as the first use in a new process would, following the environment of that moment
+    (``$OPZO_NATIVE``, ``$CC``, ``$OPZO_CACHE_DIR``: a compiler or cache directory not used
+    before builds a new library, or fails to, leaving the reason in :func:`error`), and
+    :func:`ready` warns afresh. The previous state comes back on exit."""
+    previous = _swap_state((False, None, None, False))
+    try:
+        yield
+    finally:
+        _swap_state(previous)
 
 
 def _require() -> ctypes.CDLL:
@@ -259,8 +315,83 @@ def philox_signs_(t: Tensor, key: int | None = None, threads: int | None = None)
     return t
 
 
-#: surrogate codes of lif_step.c
+#: surrogate codes of lif_step.c (0: no local derivative)
 SURROGATE_CODES = {"sigmoid": 1, "fast-sigmoid": 2}
+_CODES = frozenset([0, *SURROGATE_CODES.values()])
+
+
+class LifArgs(ctypes.Structure):
+    """The one argument of the C entry point ``opzo_lif_step``: ``struct lif_args`` of
+    ``lif_step.c``, field by field (each documented there; pointers are ``data_ptr()``s,
+    None for NULL). :func:`build` checks this layout against the compiled library's.
+    :func:`lif_step_unchecked` fills one per call; a test can call a library of its own
+    build with one: ``lib.opzo_lif_step(LifArgs(rows=..., ...))``."""
+
+    _fields_ = [
+        ("rows", ctypes.c_int64), ("cols", ctypes.c_int64),  # geometry
+        ("current", ctypes.c_void_p), ("u", ctypes.c_void_p), ("s", ctypes.c_void_p),  # in
+        ("u_out", ctypes.c_void_p), ("s_out", ctypes.c_void_p),  # out
+        ("out", ctypes.c_void_p), ("dpsi", ctypes.c_void_p),
+        ("z", ctypes.c_void_p), ("z_ld", ctypes.c_int64),  # noise
+        ("alpha", ctypes.c_float), ("noise_before", ctypes.c_int),
+        ("mask", ctypes.c_void_p),  # dropout
+        ("lam", ctypes.c_float), ("v_th", ctypes.c_float), ("reset_zero", ctypes.c_int),
+        ("surrogate", ctypes.c_int), ("surr_param", ctypes.c_float), ("gain", ctypes.c_float),
+        ("threads", ctypes.c_int),
+    ]
+
+
+#: the fields in the order opzo_lif_args_layout reports their offsets (lif_step.c)
+_LIF_ARGS_ORDER = ("rows", "cols", "current", "u", "s", "u_out", "s_out", "out", "dpsi", "z",
+                   "z_ld", "alpha", "noise_before", "mask", "lam", "v_th", "reset_zero",
+                   "surrogate", "surr_param", "gain", "threads")
+
+
+def _check_lif_args(lib: ctypes.CDLL) -> None:
+    """Raise if :class:`LifArgs` does not match the library's ``struct lif_args``: the size,
+    and each field's offset by name."""
+    offsets = (ctypes.c_int64 * len(_LIF_ARGS_ORDER))()
+    size = lib.opzo_lif_args_layout(offsets)
+    theirs = dict(zip(_LIF_ARGS_ORDER, offsets))
+    ours = {name: getattr(LifArgs, name).offset for name, _ in LifArgs._fields_}
+    if size != ctypes.sizeof(LifArgs) or ours != theirs:
+        raise RuntimeError(f"struct lif_args of lif_step.c (size {size}, offsets {theirs}) "
+                           f"and its mirror LifArgs (size {ctypes.sizeof(LifArgs)}, offsets "
+                           f"{ours}) differ")
+
+
+@dataclass(frozen=True)
+class LifKernelParams:
+    """What the fused step keeps fixed over a layer's steps: the neuron and its surrogate.
+
+    ``lam`` (λ) and ``v_th`` (V_th) are the LIF neuron's leak and threshold; ``reset_zero``
+    resets to zero instead of subtracting V_th. ``surrogate_code`` is a
+    :data:`SURROGATE_CODES` value, or 0 for no local derivative (the step then returns None
+    for it); ``surrogate_param`` and ``gain`` are the surrogate's parameter and constant
+    factor (see :func:`lif_step`).
+    """
+
+    lam: float
+    v_th: float
+    reset_zero: bool = False
+    surrogate_code: int = 0
+    surrogate_param: float = 1.0
+    gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.surrogate_code not in _CODES:
+            raise ValueError(f"surrogate_code must be 0 or a SURROGATE_CODES value "
+                             f"{sorted(SURROGATE_CODES.values())}; got {self.surrogate_code!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def lif_kernel_params(lam: float, v_th: float, reset_zero: bool = False,
+                      surrogate_code: int = 0, surrogate_param: float = 1.0, gain: float = 1.0
+                      ) -> LifKernelParams:
+    """``LifKernelParams(...)`` of these values, one object for equal values (memoised: the
+    network asks for its layers' parameters at every time step, and a lookup costs less than
+    building the frozen object anew)."""
+    return LifKernelParams(lam, v_th, reset_zero, surrogate_code, surrogate_param, gain)
 
 
 def lif_step(current: Tensor, u: Tensor, s: Tensor, *, lam: float, v_th: float,
@@ -300,32 +431,38 @@ def lif_step(current: Tensor, u: Tensor, s: Tensor, *, lam: float, v_th: float,
     if surrogate is not None and surrogate not in SURROGATE_CODES:
         raise ValueError(f"lif_step has no native surrogate {surrogate!r}; choose one of "
                          f"{sorted(SURROGATE_CODES)}")
-    return lif_step_unchecked(current, u, s, lam, v_th, reset_zero, noise, alpha,
-                              noise_before, mask, SURROGATE_CODES.get(surrogate or "", 0),
-                              surrogate_param, gain, u_out, _threads(threads))
+    params = LifKernelParams(lam, v_th, reset_zero, SURROGATE_CODES.get(surrogate or "", 0),
+                             surrogate_param, gain)
+    return lif_step_unchecked(params, current, u, s, noise=noise, alpha=alpha,
+                              noise_before=noise_before, mask=mask, u_out=u_out,
+                              threads=_threads(threads))
 
 
-def lif_step_unchecked(current: Tensor, u: Tensor, s: Tensor, lam: float, v_th: float,
-                       reset_zero: bool, noise: Tensor | None, alpha: float,
-                       noise_before: bool, mask: Tensor | None, code: int,
-                       surrogate_param: float, gain: float, u_out: Tensor | None,
-                       threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """:func:`lif_step` without the checks, for the network's inner loop (its caller has
-    made sure of dtype, device, shapes and contiguity; ``code`` is a SURROGATE_CODES value
-    or 0; ``threads`` >= 1)."""
-    assert _lib is not None
+def lif_step_unchecked(params: LifKernelParams, current: Tensor, u: Tensor, s: Tensor, *,
+                       noise: Tensor | None = None, alpha: float = 0.0,
+                       noise_before: bool = False, mask: Tensor | None = None,
+                       u_out: Tensor | None = None, threads: int = 1
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`lif_step` without the checks, for the network's inner loop: the layer's
+    ``params`` (built outside the loop, e.g. by :func:`lif_kernel_params`) and this step's
+    tensors. The caller has made sure that the library is loaded, and of the tensors' dtype,
+    device, shapes and contiguity; ``threads`` >= 1."""
+    lib = _lib
+    assert lib is not None
     rows, cols = current.shape
     u_new = torch.empty_like(current) if u_out is None else u_out
     s_new = torch.empty_like(current)
     plain = noise is None and mask is None  # x = s'
     out = s_new if plain else torch.empty_like(current)
+    code = params.surrogate_code
     dpsi = torch.empty_like(current) if code else None
-    _lib.opzo_lif_step(rows, cols, current.data_ptr(), u.data_ptr(), s.data_ptr(),
-                       None if noise is None else noise.data_ptr(),
-                       0 if noise is None else noise.stride(0), alpha, noise_before,
-                       None if mask is None else mask.data_ptr(), lam, v_th, reset_zero, code,
-                       surrogate_param, gain, u_new.data_ptr(), s_new.data_ptr(),
-                       None if plain else out.data_ptr(),
-                       None if dpsi is None else dpsi.data_ptr(), threads)
+    # positional, in LifArgs's field order: the fastest way to fill a ctypes Structure
+    lib.opzo_lif_step(LifArgs(
+        rows, cols, current.data_ptr(), u.data_ptr(), s.data_ptr(),
+        u_new.data_ptr(), s_new.data_ptr(), None if plain else out.data_ptr(),
+        None if dpsi is None else dpsi.data_ptr(),
+        None if noise is None else noise.data_ptr(), 0 if noise is None else noise.stride(0),
+        alpha, noise_before, None if mask is None else mask.data_ptr(),
+        params.lam, params.v_th, params.reset_zero, code, params.surrogate_param, params.gain,
+        threads))
     return u_new, s_new, out, dpsi
-

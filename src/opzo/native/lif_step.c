@@ -18,6 +18,7 @@
  * vectorised add does), so they equal the unfused path bit for bit; dpsi differs from
  * torch's sigmoid by float rounding only. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -43,13 +44,32 @@ static inline float exp_nonpositive(float y) {
     return tiny ? 0.0f : p * scale;
 }
 
+/* The arguments of opzo_lif_step, grouped (mirrored field by field by the ctypes.Structure
+ * LifArgs in __init__.py: change both together). Every array is float32. */
 struct lif_args {
+    /* geometry: the layer's rows x cols neurons (batch x neurons of one sample) */
     int64_t rows, cols;
-    const float *current, *u, *s, *z, *mask;
-    int64_t z_ld; /* row stride of z (it may be a column block of a wider draw) */
+    /* inputs, contiguous (rows, cols): the current I[t+1], the previous potential and spikes */
+    const float *current, *u, *s;
+    /* outputs, contiguous (rows, cols): u' (may be the same array as current), s', x (NULL
+     * when z and mask are: x is then s'), dpsi (NULL: no local derivative) */
     float *u_out, *s_out, *out, *dpsi;
-    float alpha, lam, v_th, gain, surr_param;
-    int noise_before, reset_zero, surrogate;
+    /* noise z (NULL: none), its row stride (it may be a column block of a wider draw), its
+     * scale alpha, and whether it is added before the neuron (1) or after it (0) */
+    const float *z;
+    int64_t z_ld;
+    float alpha;
+    int noise_before;
+    /* dropout mask, contiguous (rows, cols) (NULL: none) */
+    const float *mask;
+    /* the neuron: leak lam, threshold v_th, reset to zero (1) or subtractive (0) */
+    float lam, v_th;
+    int reset_zero;
+    /* the surrogate of dpsi: SURR_* code, its parameter (1/a or k) and gain (see above) */
+    int surrogate;
+    float surr_param, gain;
+    /* threads to split the rows over (>= 1; the result does not depend on it) */
+    int threads;
 };
 
 /* Rows [r0, r1) in one pass per row. NOISE (0 none, 1 after, 2 before the neuron), MASK,
@@ -132,19 +152,32 @@ static void lif_range(void *ctx, int64_t r0, int64_t r1) {
     }
 }
 
-/* The fused step on rows x cols neurons (all arrays contiguous (rows, cols) except z, whose
- * rows are z_ld apart). z, mask and dpsi may be NULL (no noise, no dropout, no derivative);
- * out may be NULL when z and mask are (x is then s'). u_out may be the same array as current
- * (it is read before it is written). */
-void opzo_lif_step(int64_t rows, int64_t cols, const float *current, const float *u,
-                   const float *s, const float *z, int64_t z_ld, float alpha,
-                   int noise_before, const float *mask, float lam, float v_th, int reset_zero,
-                   int surrogate, float surr_param, float gain, float *u_out, float *s_out,
-                   float *out, float *dpsi, int threads) {
-    struct lif_args a = {rows, cols, current, u, s, z, mask, z_ld, u_out, s_out, out, dpsi,
-                         alpha, lam, v_th, gain, surr_param, noise_before, reset_zero,
-                         dpsi ? surrogate : SURR_NONE};
+/* The fused step described by *args (see struct lif_args; u_out may be the same array as
+ * current: it is read before it is written). A surrogate without dpsi computes nothing. */
+void opzo_lif_step(const struct lif_args *args) {
+    struct lif_args a = *args;
+    if (!a.dpsi) a.surrogate = SURR_NONE;
     /* split over rows; a thread needs about 16k neurons to be worth waking */
-    const int64_t min_rows = cols > 0 ? (16384 + cols - 1) / cols : rows;
-    opzo_parallel_for(rows, 1, min_rows, threads, lif_range, &a);
+    const int64_t min_rows = a.cols > 0 ? (16384 + a.cols - 1) / a.cols : a.rows;
+    opzo_parallel_for(a.rows, 1, min_rows, a.threads, lif_range, &a);
+}
+
+/* The layout of struct lif_args, for the Python side to check its mirror LifArgs against: the
+ * offset of each field, in declaration order (_LIF_ARGS_ORDER in __init__.py), into
+ * offsets[0..20]; returns sizeof(struct lif_args). */
+int64_t opzo_lif_args_layout(int64_t *offsets) {
+    const int64_t o[] = {
+        offsetof(struct lif_args, rows),         offsetof(struct lif_args, cols),
+        offsetof(struct lif_args, current),      offsetof(struct lif_args, u),
+        offsetof(struct lif_args, s),            offsetof(struct lif_args, u_out),
+        offsetof(struct lif_args, s_out),        offsetof(struct lif_args, out),
+        offsetof(struct lif_args, dpsi),         offsetof(struct lif_args, z),
+        offsetof(struct lif_args, z_ld),         offsetof(struct lif_args, alpha),
+        offsetof(struct lif_args, noise_before), offsetof(struct lif_args, mask),
+        offsetof(struct lif_args, lam),          offsetof(struct lif_args, v_th),
+        offsetof(struct lif_args, reset_zero),   offsetof(struct lif_args, surrogate),
+        offsetof(struct lif_args, surr_param),   offsetof(struct lif_args, gain),
+        offsetof(struct lif_args, threads)};
+    for (int i = 0; i < (int)(sizeof o / sizeof o[0]); i++) offsets[i] = o[i];
+    return (int64_t)sizeof(struct lif_args);
 }

@@ -1,30 +1,31 @@
 """Neuron models behind one interface (:class:`~opzo.neurons.base.Neuron`), by name.
 
-A new model is one file here with a :class:`Neuron` subclass and one line in
-:data:`NEURONS` (and its name in ``opzo.config.NEURONS``, which a test keeps equal).
+A new model is one file here with a :class:`Neuron` subclass and one ``NEURONS.register``
+line below; ``opzo train --neuron NAME``, the config's checks and the tests read
+:data:`NEURONS`.
 """
 
 from __future__ import annotations
 
+from ..registry import Registry
 from .alif import ALIF
-from .base import RESET_MODES, Neuron, NeuronFactory, fire, surrogate_at
+from .base import RESET_MODES, Neuron, fire, surrogate_at
 from .cuba import CubaLIF
 from .lif import LIF, LIFParams, lif_step
 
-#: name -> factory taking the training options (``lam``, ``v_th``, ``reset``, ``syn_lambda``,
-#: ``adapt_beta``, ``adapt_lambda``; each model takes the ones it has)
-NEURONS: dict[str, NeuronFactory] = {
-    "lif": LIF.from_options,
-    "cuba": CubaLIF.from_options,
-    "alif": ALIF.from_options,
-}
+#: name -> the :class:`Neuron` subclass, built from the training options by its
+#: ``from_options`` (``lam``, ``v_th``, ``reset``, ``syn_lambda``, ``adapt_beta``,
+#: ``adapt_lambda``; each model takes the ones it has)
+NEURONS: Registry[type[Neuron]] = Registry("neuron")
+NEURONS.register("lif", LIF, "leaky integrate-and-fire (OPZO paper eq. 1)")
+NEURONS.register("cuba", CubaLIF, "a synaptic current with leak syn_lambda feeds the membrane")
+NEURONS.register("alif", ALIF, "a threshold V_th + adapt_beta·a that rises with each spike, "
+                 "a decaying with adapt_lambda")
 
 
 def make_neuron(name: str, **options: float | str) -> Neuron:
     """The neuron model ``name`` (one of :data:`NEURONS`) from the training options."""
-    if name not in NEURONS:
-        raise ValueError(f"unknown neuron {name!r}; choose one of {tuple(NEURONS)}")
-    return NEURONS[name](**options)
+    return NEURONS[name].factory.from_options(**options)
 
 
 __all__ = ["ALIF", "LIF", "NEURONS", "RESET_MODES", "CubaLIF", "LIFParams", "Neuron",

@@ -30,7 +30,6 @@ A new model is one file with a subclass and one line in :data:`opzo.neurons.NEUR
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -139,7 +138,3 @@ class Neuron:
     def own_path_factor(self, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
         """κ[t+1] = ∂u[t+1]/∂u[t] along the own path, with ∂s[t]/∂u[t] = ψ[t]."""
         raise ValueError(self.own_path_unsupported or f"{self.name}: no own-path derivative")
-
-
-#: name -> factory taking the training options (see :meth:`Neuron.from_options`)
-NeuronFactory = Callable[..., Neuron]

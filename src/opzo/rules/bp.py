@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import SpatialRule, StepContext
+from .base import SpatialRule, StepContext, local_delta
 
 
 class SpatialBP(SpatialRule):
@@ -34,7 +34,7 @@ class SpatialBP(SpatialRule):
         for l in range(n - 1, -1, -1):
             gl = g[l]
             assert gl is not None
-            delta = rec.local_grad(l, gl)
+            delta = local_delta(rec, l, gl)
             deltas.append(delta)
             if l > 0:
                 below = net.hidden[l].input_grad(delta)

@@ -20,12 +20,17 @@ case), and g_l comes out flattened like the layer's spikes. What differs is F:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..network import SpikingNet
-from .base import NoiseSampler, SpatialRule, StepContext
+from .base import SpatialRule, StepContext
+from .noise import NoiseSampler, chip_noise_is_perturbation
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 class DirectFeedbackRule(SpatialRule):
@@ -86,6 +91,10 @@ class DKP(DirectFeedbackRule):
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.lam = lam
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> DKP:
+        return cls(lr=cfg.feedback_lr, weight_decay=cfg.weight_decay, lam=cfg.lif_lambda)
 
     def bind(self, net: SpikingNet) -> None:
         super().bind(net)
@@ -150,6 +159,13 @@ class OPZO(DirectFeedbackRule):
         self.alpha_factor = bool(alpha_factor)
         #: M is no longer updated (OPZO paper Table 9: "fix M" after part of training)
         self.frozen = False
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> OPZO:
+        """λ_M and the 1/α factor of the config (off unless asked: appendix C.3.2); on a
+        chip whose noise is the perturbation never 1/α."""
+        factor = bool(cfg.alpha_factor) and not chip_noise_is_perturbation(cfg)
+        return cls(NoiseSampler.from_config(cfg), lambda_m=cfg.lambda_m, alpha_factor=factor)
 
     def freeze_feedback(self, frozen: bool) -> None:
         self.frozen = bool(frozen)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..distributed import Shard
 from ..layers import DenseLayer
 from ..network import SpikingNet, StepRecord
-from .base import SpatialRule, StepContext
+from .base import SpatialRule, StepContext, local_delta
 
 
 class _SharedNoise:
@@ -193,7 +193,7 @@ class LocalLearning(SpatialRule):
             w = self.loss_scales[l] * ctx.scale
             e.mul_(w)
             readout.accumulate_grad(e, x)
-            out[l] = out[l] + rec.local_grad(l, readout.input_grad(e))
+            out[l] = out[l] + local_delta(rec, l, readout.input_grad(e))
             if l == k:
                 igl_out, igl_err, igl_loss = r, e, lb.mul_(w)
         if k is not None:

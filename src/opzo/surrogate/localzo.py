@@ -52,12 +52,16 @@ with a = 1.53163 for the default sigmoid (eq. 15: 0.766 δ).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .surrogate import Surrogate
+from .base import Surrogate
+
+if TYPE_CHECKING:
+    from ...config import TrainConfig
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -189,6 +193,13 @@ class SparsityStats:
         self._nonzero = torch.tensor(int(nonzero), dtype=torch.int64, device="cpu")
         self._total, self._calls = int(total), int(calls)
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """The fraction of neurons with a non-zero local derivative in training (LocalZO
+        paper section 5.2: 1 − the backward sparsity SparseGrad exploits)."""
+        if not self.track_stats:
+            return {}
+        return {"nonzero_grad_fraction": round(self.nonzero_fraction, 6)}
+
 
 class LocalZOSurrogate(SparsityStats, Surrogate):
     """LocalZO local derivative ψ(u) (LocalZO paper, sections 3-4, Algorithm 1, appendix A).
@@ -214,6 +225,10 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
     """
 
     name = "localzo"
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> LocalZOSurrogate:
+        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
 
     def __init__(
         self,
@@ -525,6 +540,11 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
     """
 
     name = "sparsegrad"
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> SparseGradSurrogate:
+        """The expected surrogate of the config's LocalZO distribution, thresholded."""
+        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
 
     def __init__(self, delta: float = 0.05, m: int = 1, distribution: str = "normal",
                  threshold: float | None = None, track_stats: bool = True, **localzo) -> None:

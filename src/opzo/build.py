@@ -1,0 +1,233 @@
+"""Building a run's pieces from a :class:`~opzo.config.TrainConfig`: the data source, the
+network, the learner with its rule and trace, the optimizer, the device.
+
+Every kind of part is looked up in its registry (:mod:`opzo.registry`): the neuron in
+:data:`opzo.neurons.NEURONS`, the rule in :data:`opzo.rules.RULES`, the surrogate in
+:data:`opzo.surrogate.SURROGATES`, the dataset in :data:`opzo.data.DATASETS`; nothing here
+lists their names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import native
+from .bptt import BPTTLearner
+from .config import TrainConfig
+from .data import DATASETS, Source
+from .distributed import Communicator, launched_by_torchrun, local_rank
+from .learner import OnlineLearner
+from .losses import InstantLoss, MaxOverTime
+from .network import SpikingMLP, SpikingNet
+from .neurons import make_neuron
+from .rules import RULES, LocalLearning, SpatialRule
+from .rundir import CHECKPOINT
+from .surrogate import SURROGATES, Surrogate
+
+
+def make_source(cfg: TrainConfig, split: str) -> Source:
+    """The config's dataset split as a source of network inputs, limits applied (the reader
+    registered in :data:`opzo.data.DATASETS`; never downloaded: a missing file raises
+    :class:`~opzo.data.DatasetError` naming it)."""
+    source = DATASETS[cfg.dataset].factory(cfg, split)
+    limit = cfg.limit_train if split == "train" else cfg.limit_test
+    return source.head(limit) if limit else source
+
+
+def build_surrogate(cfg: TrainConfig) -> Surrogate:
+    """The local derivative ψ of the config, with its parameters."""
+    return SURROGATES[cfg.surrogate].factory.from_config(cfg)
+
+
+def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classes: int
+                  ) -> SpikingNet:
+    """The SNN of the config: inputs → hidden layers of the config's neuron model → readout.
+
+    ``input_shape``: the source's ``input_shape`` ((1, H, W) for images, (C, H, W) for
+    frames, (F,) for vectors; a bare int is (F,)). With ``cfg.net`` the network of that string
+    (scaled by ``cfg.width``), else the fully connected net of ``cfg.hidden``.
+    """
+    surrogate = build_surrogate(cfg)
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
+    neuron = make_neuron(cfg.neuron, lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset,
+                         syn_lambda=cfg.syn_lambda, adapt_beta=cfg.adapt_beta,
+                         adapt_lambda=cfg.adapt_lambda)
+    net: SpikingNet
+    if cfg.net is not None:
+        net = SpikingNet(cfg.net, shape, num_classes, width=cfg.width, neuron=neuron,
+                         surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
+    else:
+        net = SpikingMLP([math.prod(shape), *cfg.hidden, num_classes], neuron=neuron,
+                         surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
+    if cfg.hw_noise:  # the deployed chip's noise on every current (opzo.hardware)
+        from .hardware import attach
+
+        attach(net, cfg.hw_noise, cfg.hw_noise_kind, cfg.hw_seed)
+    if cfg.init_scale != 1.0:
+        with torch.no_grad():
+            for layer in net.hidden:
+                # a standardized conv weight ignores its scale: scale its gain instead
+                gain = getattr(layer, "gain", None)
+                (gain if gain is not None else layer.weight).mul_(cfg.init_scale)
+    return net
+
+
+def load_weights(net: SpikingNet, path: str | Path) -> str:
+    """Copy trained weights into ``net``: from a run folder, its ``checkpoint.pt`` (the
+    ``model`` entry) or a file holding a bare state dict. Only the weights: no optimizer,
+    schedule or rule state. Raises ValueError naming the first layer whose shape (or
+    presence) differs, with both shapes. Returns a description of what was loaded."""
+    source = Path(path)
+    file = source / CHECKPOINT if source.is_dir() else source
+    if not file.is_file():
+        raise FileNotFoundError(f"cannot start from {source}: {file} does not exist (give a "
+                                "run folder of 'opzo train', its checkpoint.pt, or a .nir file)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # damaged or not a torch file
+        raise ValueError(f"{file} cannot be read as a checkpoint ({type(exc).__name__}: "
+                         f"{str(exc)[:120]})") from None
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise ValueError(f"{file} holds no network weights (expected an opzo checkpoint or a "
+                         "state dict)")
+    own = net.state_dict()
+    for name, value in own.items():
+        if name not in weights:
+            raise ValueError(f"{file} does not fit this network: it has no {name} (this "
+                             f"network: {net.describe()}); give the --net / --hidden of the "
+                             "run it comes from")
+        if tuple(weights[name].shape) != tuple(value.shape):
+            raise ValueError(f"{file} does not fit this network: {name} has shape "
+                             f"{tuple(weights[name].shape)} there and {tuple(value.shape)} "
+                             f"here ({net.describe()}); give the --net / --hidden of the run "
+                             "it comes from")
+    extra = [k for k in weights if k not in own]
+    if extra:
+        raise ValueError(f"{file} does not fit this network: it has {extra[0]}, which this "
+                         f"network ({net.describe()}) does not; give the --net / --hidden of "
+                         "the run it comes from")
+    net.load_state_dict(weights)
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return f"{file}" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
+def is_nir(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".nir"
+
+
+def network_from_nir(cfg: TrainConfig, path: str, input_shape: Sequence[int],
+                      classes: int) -> SpikingNet:
+    """The network of a NIR file, with the config's training-time options (surrogate,
+    dropout, kernels); its input and outputs must fit the dataset."""
+    from .nir import load_nir_network
+
+    net = load_nir_network(path, kernels=cfg.kernels)
+    net.surrogate = build_surrogate(cfg)
+    net.dropout = float(cfg.dropout)
+    if math.prod(net.input_shape) != math.prod(input_shape) or net.num_outputs != classes:
+        raise ValueError(f"the network of {path} ({net.describe()}, {net.num_outputs} outputs) "
+                         f"does not fit {cfg.dataset}: inputs {tuple(input_shape)}, {classes} "
+                         "classes")
+    if tuple(net.input_shape) != tuple(input_shape) and len(net.input_shape) > 1:
+        raise ValueError(f"the network of {path} takes inputs of shape {net.input_shape}; "
+                         f"{cfg.dataset} gives {tuple(input_shape)}")
+    if cfg.hw_noise:
+        from .hardware import attach
+
+        attach(net, cfg.hw_noise, cfg.hw_noise_kind, cfg.hw_seed)
+    return net
+
+
+def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss,
+                  comm: Communicator | None = None) -> OnlineLearner | BPTTLearner:
+    """The online learner with the config's rule, or the BPTT learner for ``bptt`` (with
+    ``comm``: data parallel, gradients summed over the processes). Build it after moving
+    ``net`` to its device: the rule's state is made where the network's weights are."""
+    if cfg.method == "bptt":
+        return BPTTLearner(net, loss, readout=make_readout(cfg), detach_reset=cfg.detach_reset,
+                           comm=comm)
+    return OnlineLearner(net, build_rule(cfg), loss, trace=cfg.trace, update=cfg.update,
+                         gbar=cfg.otpe_gbar, comm=comm)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of the ``device`` option. ``auto``: CUDA when available, else the
+    CPU; under torchrun ``auto`` and ``cuda`` mean this process's GPU (``LOCAL_RANK``).
+    Raises ValueError, saying what is available, for a device this machine does not have."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU "
+                             "here (a CPU-only build, or no driver); use --device cpu or auto")
+        if name == "cuda":
+            name = f"cuda:{local_rank() if launched_by_torchrun() else 0}"
+        index = int(name.split(":")[1])
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not (hasattr(torch.backends, "mps")
+                              and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps': the Apple GPU backend is not available here; use "
+                         "--device cpu or auto")
+    return torch.device(name)
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A batch tensor on ``device``: on CUDA copied from pinned (page-locked) CPU memory
+    without blocking the host; on the CPU unchanged."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def make_readout(cfg: TrainConfig) -> MaxOverTime | None:
+    """The max-over-time readout of ``readout = "max"``; None for the Σ_t o[t] readout."""
+    return MaxOverTime(cfg.readout_leak) if cfg.readout == "max" else None
+
+
+def build_rule(cfg: TrainConfig) -> SpatialRule:
+    """The spatial credit rule of the config, with its options (wrapped in
+    :class:`~opzo.rules.LocalLearning` for ``local_learning`` / ``igl_layer``)."""
+    rule = RULES[cfg.method].factory.from_config(cfg)
+    if cfg.local_learning or cfg.igl_layer is not None:
+        igl = None if cfg.igl_layer is None else cfg.igl_layer - 1  # the option counts from 1
+        return LocalLearning(rule, cfg.ll_scale, local=cfg.local_learning, igl_layer=igl,
+                             igl_scale=cfg.igl_scale)
+    return rule
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimizer; AdamW uses the fused kernel on CPU where available (~10x faster
+    than the per-tensor loop)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def kernels_in_use(cfg: TrainConfig, device: torch.device | None = None) -> str:
+    """"native" or "torch": what the network's step and dropout actually run on (the native
+    library may be asked for and unavailable; the reason is then given; off the CPU the
+    step runs on torch's ops). The noise's generator is the separate ``noise_rng``."""
+    if device is not None and device.type != "cpu":
+        return f"torch ({device.type}; the native kernels are the CPU path)"
+    if cfg.kernels == "torch":
+        return "torch"
+    if native.available():
+        return "native"
+    return f"torch (native unavailable: {native.error()})"

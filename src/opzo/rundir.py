@@ -1,0 +1,236 @@
+"""The run folder and what it promises: one writer (a lock), files written atomically,
+checkpoints that load or say why not, JSON-lines logs that survive a kill, the RNG states
+that make a resume exact, and the errors a run ends with.
+
+A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON line
+per epoch), ``diagnostics.jsonl``, ``summary.json`` (written at the end) and
+``checkpoint.pt`` (see :mod:`opzo.train` for when it is written).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .data import Source
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree opzo runs from, when it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: Path, log=print) -> list[dict]:
+    """The rows of a JSON-lines file of a run folder. A torn last line (an append cut short by
+    a kill) is dropped and the file repaired; any other unreadable line is a RunError naming
+    the file and the line."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if i == len(lines) - 1:
+                log(f"{path}: dropped a torn last line (an append cut short): {line[:60]!r}")
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+                break
+            raise RunError(f"{path}, line {i + 1}: not a JSON row ({exc}); repair or remove "
+                           "that line") from None
+        rows.append(row)
+    return rows
+
+
+def truncate_jsonl(path: Path, keep, log=print) -> None:
+    """Keep only the rows ``keep`` accepts (after repairing a torn last line)."""
+    if path.exists():
+        rows = [r for r in read_jsonl(path, log) if keep(r)]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """This process's peak resident memory (MiB; Linux's ru_maxrss) and, on CUDA, the peak
+    of torch's allocations on the device."""
+    out: dict[str, float] = {}
+    try:
+        import resource
+
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["rss"] = round(rss_kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+    except (ImportError, OSError):
+        pass
+    if device.type == "cuda":
+        out["cuda"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+class Interrupted(Exception):
+    """Raised after Ctrl-C / SIGTERM once the checkpoint is safely on disk."""
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked (taken by another process, holding another run,
+    damaged files); the message names the file and says what to do."""
+
+
+class Diverged(FloatingPointError):
+    """The loss or the weights became NaN / infinite; the last good checkpoint stands."""
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``RUN/.lock``, which holds the
+    writer's PID. The lock dies with its process (a SIGKILL leaves no stale lock). Where
+    ``fcntl`` does not exist (Windows) no lock is taken."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / self.NAME
+        self.fh = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the life of the run
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunError(f"{run_dir} is in use by another opzo process (PID {holder}); wait "
+                           "for it to finish (or stop it), or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self.fh = fh
+
+    def release(self) -> None:
+        if self.fh is not None:
+            self.fh.close()  # closing the file releases the lock
+            self.fh = None
+
+
+#: the files that make a folder a run folder: a new run never reuses one without overwrite
+RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT, "summary.json", "diagnostics.jsonl")
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Create ``run_dir``, take its lock, and refuse to start a new run over an old one."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunError(f"cannot use {run_dir} as the run folder: it is a file; choose another "
+                       "--out") from None
+    except OSError as exc:
+        raise RunError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}; "
+                       "choose another --out") from None
+    try:
+        lock = RunLock(run_dir)
+    except OSError as exc:
+        raise RunError(f"cannot write to the run folder {run_dir}: {exc.strerror or exc}; "
+                       "choose another --out") from None
+    if not resume:
+        present = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if present and not overwrite:
+            lock.release()
+            raise RunError(f"{run_dir} already holds a run ({', '.join(present)}); continue it "
+                           f"with --resume {run_dir}, replace it with --overwrite, or choose "
+                           "another --out")
+        for name in present:  # --overwrite: nothing of the old run may be resumed later
+            (run_dir / name).unlink()
+    return lock
+
+
+def data_fingerprint(source: Source, name: str) -> dict[str, Any]:
+    """What identifies a dataset split: its name, size, input shape and a hash of its first
+    1000 labels (MNIST and Fashion-MNIST share file names and shapes, not labels)."""
+    labels = source.labels_head(1000)
+    digest = hashlib.sha256(labels.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+    return {"dataset": name, "samples": len(source),
+            "input_shape": list(source.input_shape), "labels_sha": digest}
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """The checkpoint's dict with its tensors on ``device``; a RunError naming the file if it
+    is empty, truncated, damaged or not an opzo checkpoint."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError (zip), ...
+        size = path.stat().st_size if path.exists() else 0
+        raise RunError(f"{path} cannot be read ({size} bytes; {type(exc).__name__}: "
+                       f"{str(exc)[:120]}): the file is damaged or not a checkpoint") from None
+    needed = ("model", "optimizer", "epoch", "batch", "config")
+    missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise RunError(f"{path} is not an opzo checkpoint (it lacks {', '.join(missing)})")
+    return state
+
+
+#: options that may differ between a run's checkpoint and its resume: where it continues
+#: (device, threads) and the learning rate (to continue a diverged run more gently)
+RESUME_CHANGES = ("device", "threads", "lr", "out")
+
+
+def edited_options(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    now = cfg.to_dict()
+    return [f"{k} ({saved[k]!r} -> {now[k]!r})" for k in now
+            if k in saved and k not in RESUME_CHANGES and saved[k] != now[k]]
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor | None]:
+    """This process's generator states: torch's CPU generator and, on CUDA, the device's."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict[str, Tensor | None], device: torch.device) -> None:
+    cpu = state["cpu"]
+    assert cpu is not None
+    torch.set_rng_state(cpu.cpu())
+    cuda = state.get("cuda")
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda.cpu(), device)

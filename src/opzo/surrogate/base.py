@@ -1,0 +1,95 @@
+"""The local derivative ψ(u) of the spike function: the interface every surrogate implements.
+
+The forward spike is always the Heaviside step ``s = H(u - V_th)`` (spike when ``u > V_th``).
+Its derivative is zero almost everywhere, so learning uses a *local surrogate derivative*
+ψ(u) in its place. Every learning rule multiplies its error signal for a layer's spikes by
+ψ(u) of that layer (OPZO paper, eq. 7: ΔW_ij ∝ â_i[t] ψ(u_j[t]) (−g_j^t)).
+
+The implementations are registered in :data:`opzo.surrogate.SURROGATES`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ...config import TrainConfig
+
+
+class Surrogate:
+    """Base class: a callable ``ψ(u, v_th) -> Tensor`` of the same shape as ``u``."""
+
+    name: str = "surrogate"
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Surrogate:
+        """The surrogate with the options of a training config (``opzo train``)."""
+        return cls()
+
+    def __call__(self, u: Tensor, v_th: float) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
+        """g ⊙ ψ(u): an error at the spikes turned into an error at the potential."""
+        return g * self(u, v_th)
+
+    def gain(self) -> float:
+        """A constant factor of ψ that callers may fold into g (see :meth:`grad_scaled`)."""
+        return 1.0
+
+    def grad_scaled(self, g_scaled: Tensor, u: Tensor, v_th: float) -> Tensor:
+        """g ⊙ ψ(u) given ``g_scaled`` = g · :meth:`gain` (lets callers fuse the constant)."""
+        return self.grad(g_scaled, u, v_th)
+
+    def config(self) -> dict:
+        """The parameters that recreate this surrogate with :func:`make_surrogate`."""
+        return {"name": self.name}
+
+    def native_form(self) -> tuple[str, float, float] | None:
+        """(name, parameter, gain) of this ψ in the fused native LIF step
+        (:data:`opzo.native.SURROGATE_CODES`), or None where it has none (then ψ is computed
+        by torch when a rule asks for it)."""
+        return None
+
+    # statistics a surrogate may keep over an epoch (LocalZO's non-zero fraction); none here
+    def reset_stats(self) -> None:
+        """Start counting anew (at the start of an epoch)."""
+
+    def stats_state(self) -> Any:
+        """The counters, for a checkpoint taken within an epoch (None: nothing counted)."""
+        return None
+
+    def load_stats_state(self, state: Any) -> None:
+        """Continue counting from :meth:`stats_state`'s value."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """What the epoch's line of ``metrics.jsonl`` records about this surrogate."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class _SpikeFn(torch.autograd.Function):
+    """Heaviside forward, surrogate backward: for autograd references (BPTT, tests)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, v_th: float, surrogate: Surrogate) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.v_th = v_th
+        ctx.surrogate = surrogate
+        return (u > v_th).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        return grad_out * ctx.surrogate(u, ctx.v_th), None, None
+
+
+def spike_with_surrogate(u: Tensor, v_th: float, surrogate: Surrogate) -> Tensor:
+    """s = H(u − V_th) whose autograd derivative is ψ(u): the usual surrogate-gradient spike."""
+    return _SpikeFn.apply(u, v_th, surrogate)

@@ -1,0 +1,112 @@
+"""Writers of tiny dataset files in the real on-disk formats, shared by the reader and training
+tests (nothing is downloaded). Each is written independently of the reader it feeds: from the
+format's description, not with the reader's code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from opzo.data.neuromorphic import CIFAR10DVS_CLASSES
+
+# ----------------------------------------------------------------------------------- N-MNIST
+
+
+def encode_nmnist(x: list[int], y: list[int], p: list[int], t: list[int]) -> bytes:
+    """Events in the N-MNIST ``.bin`` format (Orchard et al. 2015): 5 bytes per event, ``x``,
+    ``y``, then polarity in bit 7 and a 23-bit microsecond timestamp in the remaining bits."""
+    out = bytearray()
+    for xi, yi, pi, ti in zip(x, y, p, t):
+        out += bytes([xi, yi, (pi << 7) | ((ti >> 16) & 0x7F), (ti >> 8) & 0xFF, ti & 0xFF])
+    return bytes(out)
+
+
+def write_nmnist_tree(root: Path, per_split: dict[str, int], count: int, t_max: int) -> None:
+    """A tiny N-MNIST tree in the official archive's layout, ``root/<split>/<digit>/<k>.bin``
+    (``per_split``: ``{"Train": n, "Test": m}`` files per digit), each file ``count`` events
+    (:func:`encode_nmnist`) with times below ``t_max`` microseconds, in a band of x that
+    depends on the digit (so the classes are learnable)."""
+    g = torch.Generator().manual_seed(0)
+    for split, n in per_split.items():
+        for digit in range(10):
+            folder = root / split / str(digit)
+            folder.mkdir(parents=True)
+            for k in range(n):
+                x = (torch.randint(0, 7, (count,), generator=g) + 3 * digit).tolist()
+                y = torch.randint(0, 34, (count,), generator=g).tolist()
+                p = torch.randint(0, 2, (count,), generator=g).tolist()
+                t = sorted(torch.randint(0, t_max, (count,), generator=g).tolist())
+                (folder / f"{k:05d}.bin").write_bytes(encode_nmnist(x, y, p, t))
+
+
+# ----------------------------------------------------------------------------- DVS Gesture
+
+
+def gesture_events(n: int, x0: int) -> np.ndarray:
+    """One DVS128 Gesture sample as tonic stores it (save it with ``np.save`` as
+    ``<label>.npy``): a 2-D float array with columns ``(x, y, p, t)``, ``t`` in milliseconds;
+    ``n`` events at ``x = x0 + i % 3``, ``y = 60``, alternating polarity, 0.5 ms apart."""
+    rows = [(x0 + (i % 3), 60, i % 2, 0.5 * i) for i in range(n)]
+    return np.asarray(rows, dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- CIFAR10-DVS
+
+
+def write_cifar10dvs(root: Path, indices: tuple[int, ...] = (2, 10, 1)) -> None:
+    """CIFAR10-DVS as SpikingJelly converts it: ``root/<class>/cifar10_<class>_<i>.npz`` for the
+    10 classes, each an ``.npz`` with 1-D arrays ``t, x, y, p``; sample ``i`` has ``i + 10``
+    events at x = 60 + i, y = 64, alternating polarity."""
+    for name in CIFAR10DVS_CLASSES:
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in indices:
+            n = i + 10
+            np.savez(
+                folder / f"cifar10_{name}_{i}.npz",
+                t=np.arange(n, dtype=np.int64) * 10,
+                x=np.full(n, 60 + i, dtype=np.int16),
+                y=np.full(n, 64, dtype=np.int16),
+                p=(np.arange(n) % 2).astype(np.int8),
+            )
+
+
+# ------------------------------------------------------------------------------- SHD / SSC
+
+
+def write_shd_h5(path: Path, times: list[list[float]], units: list[list[int]],
+                 labels: list[int]) -> None:
+    """An SHD / SSC HDF5 file (Cramer et al. 2020): ragged ``spikes/times`` (float32 seconds)
+    and ``spikes/units`` (uint16), one array per sample, and ``labels`` (uint16). Skips the
+    test when h5py is not installed."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        t_ds = f.create_dataset("spikes/times", (len(times),), dtype=h5py.vlen_dtype(np.float32))
+        u_ds = f.create_dataset("spikes/units", (len(units),), dtype=h5py.vlen_dtype(np.uint16))
+        for i, (t, u) in enumerate(zip(times, units)):
+            t_ds[i] = np.asarray(t, dtype=np.float32)
+            u_ds[i] = np.asarray(u, dtype=np.uint16)
+        f.create_dataset("labels", data=np.asarray(labels, dtype=np.uint16))
+
+
+# ------------------------------------------------------------------------------- CIFAR
+
+
+def write_cifar_pickle(path: Path, data: np.ndarray, labels: list[int], key: bytes) -> None:
+    """One batch of the CIFAR "python version" (``data_batch_1``, ``test_batch``, CIFAR-100's
+    ``train``...): a pickled dict with ``b"data"`` (``(N, 3072)`` uint8, see
+    :func:`cifar_images`) and the labels under ``key`` (``b"labels"`` for CIFAR-10,
+    ``b"fine_labels"`` for CIFAR-100)."""
+    with path.open("wb") as fh:
+        pickle.dump({b"batch_label": b"test", b"data": data, key: labels}, fh, protocol=2)
+
+
+def cifar_images(n: int, seed: int) -> np.ndarray:
+    """``n`` random images as the CIFAR batches store them: ``(n, 3072)`` uint8 rows of 1024
+    red, 1024 green, then 1024 blue values (row-major 32x32 planes)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
