@@ -121,7 +121,7 @@ def output_error(o: Tensor, y: Tensor, loss: InstantLoss, T: int) -> Tensor:
 
 
 def psi(net: SpikingNet, u: Tensor) -> Tensor:
-    """ψ(u) of the net's surrogate, from its formula (surrogate.py's docstring)."""
+    """ψ(u) of the net's surrogate, from its formula (the docstring of opzo.surrogate.sigmoid)."""
     v, sg = net.lif.v_th, net.surrogate
     if type(sg) is SigmoidSurrogate:
         e = torch.exp(-(u - v) / sg.a)

@@ -529,7 +529,7 @@ def test_randman_factory_splits_the_generated_task(monkeypatch) -> None:
     seconds; tests/test_randman.py checks the generator)."""
     spikes, labels = torch.rand(50, 10, 3), torch.arange(10) % 10
     codes: list[bool] = []
-    monkeypatch.setattr(randman, "_otpe_task",
+    monkeypatch.setattr(randman, "otpe_task",
                         lambda time_code: codes.append(time_code) or (spikes, labels))
     monkeypatch.setattr(randman, "RANDMAN_TRAIN", 7)
     for name, time_code in (("randman-time", True), ("randman-rate", False)):

@@ -61,7 +61,8 @@ OTPE_RANDMAN: dict = {
 }
 
 _INT64_MAX = np.iinfo(np.int64).max
-_CHUNK_ELEMENTS = 1 << 18  # phases evaluated per block: ~1 MiB of float32, stays in cache
+#: phases evaluated per block (``Randman.chunk_elements``): ~1 MiB of float32, stays in cache
+CHUNK_ELEMENTS = 1 << 18
 
 
 def spectrum_size(alpha: float, prec: float = 1e-3, max_f_cutoff: int = 1000) -> int:
@@ -121,6 +122,8 @@ class Randman:
         self.use_bias = bool(use_bias)
         self.seed = seed
         self.dtype = dtype
+        #: phases evaluated per block in :meth:`eval_random_function` (memory, not results)
+        self.chunk_elements = CHUNK_ELEMENTS
         self.f_cutoff = spectrum_size(self.alpha, self.prec, self.max_f_cutoff)
         gen = _torch_generator(seed)
         # P ~ U[0,1) with shape (E, D, 3, F): slots amplitude a, frequency scale f, phase φ
@@ -145,7 +148,7 @@ class Randman:
         emb, nf = self.embedding_dim, self.f_cutoff
         omega, theta, weight = self._omega[:, j], self._theta[:, j], self._weight[:, j]
         out = torch.empty(n, emb, dtype=self.dtype)
-        chunk = max(1, _CHUNK_ELEMENTS // (emb * nf))
+        chunk = max(1, self.chunk_elements // (emb * nf))
         for start in range(0, n, chunk):
             xs = x[start : start + chunk]
             phase = torch.addcmul(theta, xs[:, None, None], omega)  # (c, E, F)
@@ -349,7 +352,9 @@ RANDMAN_SEED, RANDMAN_TRAIN = 0, 8000
 
 
 @functools.lru_cache(maxsize=2)
-def _otpe_task(time_code: bool) -> tuple[Tensor, Tensor]:
+def otpe_task(time_code: bool) -> tuple[Tensor, Tensor]:
+    """The OTPE paper's Randman task of :data:`RANDMAN_SEED`, time- or rate-coded, as
+    ``(spikes (T, N, F), labels (N,))``; generated once per code and process."""
     return otpe_preset(time_code=time_code, seed=RANDMAN_SEED)
 
 
@@ -358,6 +363,6 @@ def randman_source(cfg: TrainConfig, split: str) -> SequenceSource:
     time-coded for ``cfg.dataset == "randman-time"``, else rate-coded: the first
     :data:`RANDMAN_TRAIN` samples are the training split, the rest the test split. Generated
     once per code and process (cached)."""
-    spikes, labels = _otpe_task(cfg.dataset == "randman-time")
+    spikes, labels = otpe_task(cfg.dataset == "randman-time")
     part = slice(None, RANDMAN_TRAIN) if split == "train" else slice(RANDMAN_TRAIN, None)
     return SequenceSource(spikes[:, part], labels[part], classes=OTPE_RANDMAN["nb_classes"])
