@@ -25,7 +25,6 @@ from opzo.data import (
     batch_seed,
     epoch_permutation,
     load_dataset,
-    neuromorphic,
     normalization_stats,
     randman,
 )
@@ -51,8 +50,10 @@ from opzo.data.neuromorphic import (
     NMNISTFolder,
     SpikingHeidelbergDigits,
     SpikingSpeechCommands,
+    cifar10dvs,
     cifar10dvs_source,
     compute_mean_std,
+    dvs_gesture,
     dvs_gesture_source,
     nmnist_source,
     shd_source,
@@ -254,8 +255,8 @@ def test_event_frames_are_binned_once(tmp_path: Path, monkeypatch, budget_mb, re
     if budget_mb is not None:
         monkeypatch.setenv("OPZO_FRAME_CACHE_MB", budget_mb)
     calls = []
-    real = neuromorphic.read_gesture_npy
-    monkeypatch.setattr(neuromorphic, "read_gesture_npy",
+    real = dvs_gesture.read_gesture_npy  # patched where DVSGesture.read looks it up
+    monkeypatch.setattr(dvs_gesture, "read_gesture_npy",
                         lambda path: calls.append(path) or real(path))
     data = DVSGesture(tmp_path / "data", "test", n_frames=4)
     first = [data[i][0].clone() for i in range(3)]
@@ -299,7 +300,7 @@ def test_dvs_gesture_source_and_training(tmp_path: Path) -> None:
 
 
 def test_cifar10_dvs_source_normalization_crop_and_training(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(neuromorphic, "CIFAR10DVS_TRAIN_PER_CLASS", 2)  # 3 files per class
+    monkeypatch.setattr(cifar10dvs, "CIFAR10DVS_TRAIN_PER_CLASS", 2)  # 3 files per class
     monkeypatch.setenv("OPZO_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_path / "data"
     write_cifar10dvs(root)
@@ -440,7 +441,7 @@ def test_event_factories_equal_hand_built_readers(tmp_path: Path, monkeypatch,
     """Each event dataset's registered factory (opzo.data.DATASETS) gives, unlimited, the
     frames of its reader built by hand with the papers' settings."""
     monkeypatch.setenv("OPZO_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(neuromorphic, "CIFAR10DVS_TRAIN_PER_CLASS", 2)
+    monkeypatch.setattr(cifar10dvs, "CIFAR10DVS_TRAIN_PER_CLASS", 2)
     write_nmnist_tree(tmp_path / "nmnist", {"Train": 1, "Test": 1}, count=30, t_max=9000)
     _write_gesture(tmp_path / "gesture")
     write_cifar10dvs(tmp_path / "c10dvs")
