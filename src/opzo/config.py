@@ -20,6 +20,7 @@ from .neurons import NEURONS
 from .registry import Registry
 from .rules import RULES
 from .surrogate import SURROGATES
+from .surrogate.localzo import DISTRIBUTIONS as LOCALZO_DISTRIBUTIONS
 from .traces import TRACES, trace_names
 
 
@@ -145,7 +146,7 @@ class TrainConfig:
     localzo_delta: float = _opt(0.05, "LocalZO smoothing δ", min=1e-9)
     localzo_m: int = _opt(1, "LocalZO samples m per neuron and step", min=1)
     localzo_dist: str = _opt("normal", "LocalZO distribution of z",
-                             ("normal", "uniform", "laplace", "sigmoid", "fast-sigmoid"))
+                             LOCALZO_DISTRIBUTIONS)
     # learning rule
     method: str = _opt("opzo", "spatial credit assignment rule. " + _described(RULES)
                        + "; bptt: exact backpropagation through time, the offline reference",

@@ -1,6 +1,8 @@
-"""The training run: data, network, rule, optimizer, epochs, evaluation, run folder, resume.
+"""The training run: the epoch loop, evaluation, stop signals, checkpoints and resume.
 
-A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON line
+The pieces come from :mod:`opzo.build` (data, network, learner, optimizer, device), the run
+folder's files and lock from :mod:`opzo.rundir`, the progress bar and epoch statistics from
+:mod:`opzo.progress`. A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON line
 per epoch), ``summary.json`` (written at the end) and ``checkpoint.pt`` (written atomically
 after every epoch and on Ctrl-C / SIGTERM). ``resume`` continues from the checkpoint and
 yields the same numbers as an uninterrupted run: the data order of each epoch is a function
