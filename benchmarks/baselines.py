@@ -27,7 +27,7 @@ def _bias_per_neuron(layer) -> torch.Tensor:
 def autograd_ottt_step(net: SpikingNet, x, y, T: int, loss: InstantLoss, opt) -> None:
     """OTTT with autograd: one backward per time step through the layers (traces detached)."""
     opt.zero_grad(set_to_none=False)
-    p, lam = net.lif, net.lif.lam
+    p, lam = net.neuron, net.neuron.lam
     batch = y.shape[0]
     u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
     s = [x.new_zeros(batch, n) for n in net.hidden_sizes]

@@ -116,7 +116,7 @@ def flat_step(net: SpikingMLP, opt, M_t: torch.Tensor, x, y, T: int) -> None:
     """The library's OPZO step (native kernels; see the module docstring) as one function.
     Same random draws in the same order, so the same gradients and M as the library's step
     under the same seed, to the last bit (tests/test_fused.py checks it)."""
-    lam, vth, keep = net.lif.lam, net.lif.v_th, 1.0 - net.dropout
+    lam, vth, keep = net.neuron.lam, net.neuron.v_th, 1.0 - net.dropout
     gamma, alpha, lm = 0.05, 0.2, 0.99999  # the loss's mix, the noise scale, λ_M
     # the sigmoid surrogate's parameter and gain are its 1/a, as the network passes them
     params = native.LifKernelParams(lam, vth, False, native.SURROGATE_CODES["sigmoid"],

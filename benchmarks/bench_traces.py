@@ -41,7 +41,7 @@ TRACE_NAMES = ("ottt", "ostl", "otpe", "approx_otpe", "f_otpe", "f_approx_otpe")
 def trace_state_per_sample(net: SpikingMLP, name: str, x: torch.Tensor) -> float:
     """Bytes per sample of the traces ``name`` of every hidden layer after the first steps."""
     n = len(net.hidden)
-    traces = [make_trace(name, net.lif, feeds_readout=(l == n - 1)) for l in range(n)]
+    traces = [make_trace(name, net.neuron, feeds_readout=(l == n - 1)) for l in range(n)]
     state = net.initial_state(x.shape[1], x)
     with torch.no_grad():
         for t in range(min(2, x.shape[0])):

@@ -70,7 +70,7 @@ def ties(net: SpikingNet, x: torch.Tensor) -> list[int]:
     with torch.no_grad():
         for _, rec in net.run(x, T):
             for l, u in enumerate(rec.u):
-                counts[l] += int((u == net.lif.v_th).sum())
+                counts[l] += int((u == net.neuron.v_th).sum())
     return counts
 
 
@@ -83,7 +83,7 @@ def compare(onir, net: SpikingNet, x: torch.Tensor, y: torch.Tensor, tmp: Path) 
     graph = nir.read(path)
     ref, counts = onir.spike_counts(net, x, T)
     back, _ = onir.spike_counts(onir.from_nir(graph), x, T)
-    row = {"net": net.describe(), "reset": net.lif.reset, "images": len(y),
+    row = {"net": net.describe(), "reset": net.neuron.reset, "images": len(y),
            "opzo_accuracy": accuracy(ref, y),
            "firing_rate": [round(float(c.mean()) / T, 4) for c in counts],
            "opzo_reimported_identical": bool(torch.equal(ref, back)),

@@ -23,7 +23,7 @@ def ottt_autograd_grads(net: SpikingMLP, x, y, T: int, loss: InstantLoss, masks=
     """
     for p in net.parameters():
         p.grad = None
-    lam, v_th = net.lif.lam, net.lif.v_th
+    lam, v_th = net.neuron.lam, net.neuron.v_th
     static = x.dim() == 2
     batch = y.shape[0]
     u_prev = [x.new_zeros(batch, n) for n in net.hidden_sizes]
@@ -38,7 +38,7 @@ def ottt_autograd_grads(net: SpikingMLP, x, y, T: int, loss: InstantLoss, masks=
             a = inp if a_prev[l] is None else lam * a_prev[l].detach() + inp
             with torch.no_grad():
                 current = F.linear(inp, lin.weight, lin.bias)
-                if net.lif.reset == "subtract":
+                if net.neuron.reset == "subtract":
                     u_val = lam * (u_prev[l] - v_th * s_prev[l]) + current
                 else:
                     u_val = lam * u_prev[l] * (1 - s_prev[l]) + current
@@ -226,8 +226,8 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
             short = 0.0 if net.skips[l] is None else outs[net.skips[l]]
             fired = s[l].detach() if detach_reset else s[l]
             if net.neuron.name == "lif":
-                u[l] = _lif_value(net.lif, u[l], fired, layer_op(layer, inp) + short)
-                s[l] = spike_with_surrogate(u[l], net.lif.v_th, net.surrogate)
+                u[l] = _lif_value(net.neuron, u[l], fired, layer_op(layer, inp) + short)
+                s[l] = spike_with_surrogate(u[l], net.neuron.v_th, net.surrogate)
             else:
                 extra[l] = neuron_step_reference(net.neuron, u[l], fired, extra[l],
                                                  layer_op(layer, inp) + short, net.surrogate)

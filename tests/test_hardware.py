@@ -36,7 +36,7 @@ def _x(batch=4):
 
 def _manual_potentials(net, x, T, noise_for_layer):
     """u_l[t] of eq. 1 written out, with noise_for_layer(t, l, current) added to I_l."""
-    lam, vth = net.lif.lam, net.lif.v_th
+    lam, vth = net.neuron.lam, net.neuron.v_th
     u = [torch.zeros(x.shape[0], n, dtype=x.dtype) for n in net.hidden_sizes]
     s = [torch.zeros_like(v) for v in u]
     out = []

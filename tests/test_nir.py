@@ -100,7 +100,7 @@ def test_nir_lif_euler_step_is_eq1_with_reset_to_zero(lam: float):
         v = v + dt / tau * (node.v_leak - v + r * i_t)
         z = v > node.v_threshold
         v = np.where(z, node.v_reset, v)
-        u, s = lif_step(u, s, current[t].clone(), net.lif)
+        u, s = lif_step(u, s, current[t].clone(), net.neuron)
         assert np.array_equal(z, s.numpy() > 0), f"step {t}"
         fired += int(z.sum())
     assert fired > 50
@@ -112,7 +112,7 @@ def test_no_leak_exports_as_if_node(tmp_path: Path, data: dict):
     assert type(graph.nodes["lif1"]).__name__ == "IF"
     back = onir.from_nir(graph)
     x = data["x"][:100]
-    assert back.lif.lam == 1.0
+    assert back.neuron.lam == 1.0
     assert torch.equal(onir.spike_counts(net, x, T)[0], onir.spike_counts(back, x, T)[0])
 
 
@@ -122,7 +122,7 @@ def test_subtractive_reset_is_refused_unless_approximate():
         onir.to_nir(net)
     graph = onir.to_nir(net, approximate=True)
     assert "approximately" in str(graph.metadata["reset"])
-    assert onir.from_nir(graph).lif.reset == "zero"
+    assert onir.from_nir(graph).neuron.reset == "zero"
 
 
 # ------------------------------------------------------------------- opzo → NIR → opzo
@@ -249,7 +249,7 @@ def test_snntorch_network_imports_and_fine_tunes_back(data, tmp_path):
     x, y = data["x"], data["y"]
     peer_out = _run_snntorch_module(peer, x)
     net = onir.from_nir(_through_file(_export_snntorch(peer, x), tmp_path))
-    assert net.lif.reset == "zero" and abs(net.lif.lam - 0.8) < 1e-6
+    assert net.neuron.reset == "zero" and abs(net.neuron.lam - 0.8) < 1e-6
     out = onir.spike_counts(net, x, T)[0]
     assert torch.allclose(out, peer_out, atol=1e-4)
     assert torch.equal(out.argmax(1), peer_out.argmax(1))
@@ -320,7 +320,7 @@ def test_layer_gains_and_thresholds_fold_into_weights():
                   v_leak=np.zeros(5, np.float32), v_threshold=np.full(5, 2.0, np.float32))
     graph = _fc_graph(lif=lif)
     net = onir.from_nir(graph)
-    assert net.lif.lam == pytest.approx(0.75) and net.lif.v_th == pytest.approx(0.5)
+    assert net.neuron.lam == pytest.approx(0.75) and net.neuron.v_th == pytest.approx(0.5)
     a = graph.nodes["a"]
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(20, 4, 6, generator=gen)

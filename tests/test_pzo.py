@@ -48,7 +48,7 @@ def _forward(net: SpikingMLP, x: Tensor, T: int, masks: list[Tensor] | None,
              z: Tensor | None = None, alpha: float = 0.0, keep: list | None = None) -> Tensor:
     """An independent forward pass in torch primitives (differentiable with surrogate ψ):
     õ (T, B, m); with ``keep`` the features x_l[t] are appended as keep[l][t]."""
-    lif = net.lif
+    lif = net.neuron
     static = x.dim() == 2
     B = x.shape[0] if static else x.shape[1]
     sizes = net.hidden_sizes

@@ -78,7 +78,7 @@ def forward_steps(net: SpikingNet, x: Tensor, T: int, masks: list[Tensor] | None
     u_l[t] = λ (u_l[t−1] − V_th s_l[t−1]) + op_l(x_{l−1}[t]) (+ α z_l[t] before the neuron),
     s_l[t] = H(u_l[t] − V_th), x_l[t] = (s_l[t] (+ α z_l[t] after the neuron)) ⊙ m_l."""
     assert all(j is None for j in net.skips)
-    lif = net.lif
+    lif = net.neuron
     static = x.dim() == 2
     batch = x.shape[0] if static else x.shape[1]
     u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
@@ -122,7 +122,7 @@ def output_error(o: Tensor, y: Tensor, loss: InstantLoss, T: int) -> Tensor:
 
 def psi(net: SpikingNet, u: Tensor) -> Tensor:
     """ψ(u) of the net's surrogate, from its formula (the docstring of opzo.surrogate.sigmoid)."""
-    v, sg = net.lif.v_th, net.surrogate
+    v, sg = net.neuron.v_th, net.surrogate
     if type(sg) is SigmoidSurrogate:
         e = torch.exp(-(u - v) / sg.a)
         return e / (1.0 + e) ** 2 / sg.a
@@ -135,7 +135,7 @@ def trace_grads(net: SpikingNet, steps: list[Step], deltas: list[list[Tensor]],
     """OTTT's weight gradients for given δ's: Σ_t ∂⟨δ_l[t], op_l(â_l[t]) + b̂[t] b_l⟩/∂θ with
     â_l[t] = λ â_l[t−1] + x_{l−1}[t], b̂[t] = λ b̂[t−1] + 1, by autograd (through the conv's
     weight standardization), and the readout's Σ_t e[t]ᵀ x_{N−1}[t], Σ_t Σ_b e[t]."""
-    lam = net.lif.lam
+    lam = net.neuron.lam
     params = dict(net.named_parameters())
     total = 0.0
     a: list[Tensor | None] = [None] * len(net.hidden)
@@ -316,7 +316,7 @@ def test_dkp_feedback_gradient_and_step_equal_their_formula():
         return out
 
     rule.optimizer.step = spy_step
-    T, batch, lam = 5, 6, net.lif.lam
+    T, batch, lam = 5, 6, net.neuron.lam
     g = torch.Generator().manual_seed(2)
     state: dict = {}
     net.train()
@@ -408,7 +408,7 @@ def per_step_reference(net: SpikingNet, x: Tensor, y: Tensor, T: int, loss: Inst
     differentiated under OTTT's approximation (u_l[t] rewritten as const + op_l(â_l[t]) +
     b̂[t] b_l with the weights of this step, see tests/reference.py) and the optimizer steps;
     the next step's forward pass runs with the updated weights."""
-    lif = net.lif
+    lif = net.neuron
     lam = lif.lam
     static = x.dim() == 2
     batch = y.shape[0]
@@ -544,7 +544,7 @@ def test_opzo_momentum_converges_to_the_expected_jacobian(dtype, distribution, p
     M = rule.M.double() / (1 - lam_m**steps)  # (6, 3)
 
     u0 = x @ w1.t() + b1  # (B, 6): the potential without noise (T = 1, from rest)
-    v_th = net.lif.v_th
+    v_th = net.neuron.v_th
     if position == "after":
         expected = w2.t()
     elif distribution == "gaussian":

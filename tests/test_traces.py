@@ -80,7 +80,7 @@ def _with_derivative(value, u, d):
 def eligibility_reference(net, x, y, T, loss, kind, masks=None, leaky=False):
     """OSTL (kind "ostl") or OTPE ("otpe") with spatial BP, by autograd (module docstring)."""
     _zero_grads(net)
-    lif, sur = net.lif, net.surrogate
+    lif, sur = net.neuron, net.surrogate
     lam = lif.lam
     n = len(net.hidden)
     batch = y.shape[0]
@@ -226,7 +226,7 @@ def test_f_otpe_is_exact_bptt_of_the_leaky_sum_loss(reset, static):
     net = _net(sizes, reset=reset, dropout=0.3)
     x, y = _data(sizes, static)
     masks = _masks(net, 6)
-    lam = net.lif.lam
+    lam = net.neuron.lam
     ref = bptt_reference(net, x, y, 5, LOSS, masks=masks, output_leak=lam)
     _assert_close(_ours(net, "f_otpe", x, y, 5, LOSS, masks), ref)
     # the plain loss is a different function (the test can fail)
@@ -488,7 +488,7 @@ def test_bptt_learner_with_an_output_leak_is_exact_for_the_f_loss(static):
     sizes = (7, 9, 4)
     net = _net(sizes, dropout=0.0)
     x, y = _data(sizes, static)
-    lam = net.lif.lam
+    lam = net.neuron.lam
     for p in net.parameters():
         p.grad = None
     BPTTLearner(net, LOSS, output_leak=lam).accumulate(x, y, T=5)
@@ -511,8 +511,8 @@ def _bptt_outputs(net, x, masks):
     for t in range(5):
         inp = x if static else x[t]
         for l, layer in enumerate(net.hidden):
-            u[l] = _lif(net.lif, u[l], s[l], layer(inp))
-            s[l] = (u[l] > net.lif.v_th).to(u[l].dtype)
+            u[l] = _lif(net.neuron, u[l], s[l], layer(inp))
+            s[l] = (u[l] > net.neuron.v_th).to(u[l].dtype)
             inp = s[l] * masks[l]
         outs.append(net.readout(inp))
     return outs

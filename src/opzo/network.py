@@ -257,11 +257,6 @@ class SpikingNet(nn.Module):
         self.skips = skips
 
     @property
-    def lif(self) -> Neuron:
-        """The neuron model (its name from before :mod:`opzo.neurons`; use ``neuron``)."""
-        return self.neuron
-
-    @property
     def hidden_sizes(self) -> list[int]:
         """n_l = C·H·W (or the width) of every hidden layer."""
         return [int(layer.out_features) for layer in self.hidden]

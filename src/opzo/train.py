@@ -2,14 +2,15 @@
 
 The pieces come from :mod:`opzo.build` (data, network, learner, optimizer, device), the run
 folder's files and lock from :mod:`opzo.rundir`, the progress bar and epoch statistics from
-:mod:`opzo.progress`. A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON line
-per epoch), ``summary.json`` (written at the end) and ``checkpoint.pt`` (written atomically
-after every epoch and on Ctrl-C / SIGTERM). ``resume`` continues from the checkpoint and
-yields the same numbers as an uninterrupted run: the data order of each epoch is a function
-of (seed, epoch), a stop request (SIGINT, SIGTERM) takes effect at the end of the batch in
-progress, so the checkpoint is always at a batch boundary, and it carries the RNG states
-(CPU and, on a GPU, CUDA; one per process of a distributed run), so noise and dropout
-continue identically. Exactness is promised on the same device (and number of processes).
+:mod:`opzo.progress`. A run folder holds ``config.json`` (the resolved options),
+``metrics.jsonl`` (one JSON line per epoch), ``summary.json`` (written at the end) and
+``checkpoint.pt`` (written atomically after every epoch and on Ctrl-C / SIGTERM). ``resume``
+continues from the checkpoint and yields the same numbers as an uninterrupted run: the data
+order of each epoch is a function of (seed, epoch), a stop request (SIGINT, SIGTERM) takes
+effect at the end of the batch in progress, so the checkpoint is always at a batch boundary,
+and it carries the RNG states (CPU and, on a GPU, CUDA; one per process of a distributed
+run), so noise and dropout continue identically. Exactness is promised on the same device
+(and number of processes).
 
 Devices and processes: ``cfg.device`` (``auto``: CUDA when available) holds the model, the
 rule's state and every batch (moved from pinned CPU memory); under ``torchrun`` (or
