@@ -72,14 +72,16 @@ def _train(args: argparse.Namespace) -> int:
     if launched_by_torchrun():  # every process must write to the folder process 0 chose
         comm = Communicator.init(resolve_device(cfg.device))
         run_dir = Path(str(comm.broadcast_object(str(run_dir))))
+    clean = False  # whether every process ends normally (then they part in step)
     try:
         run_training(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet,
                      overwrite=args.overwrite)
-    except Interrupted:
+        clean = True
+    except Interrupted:  # possibly a second signal that reached one process only: no waiting
         return 130
     finally:
         if comm is not None:
-            comm.close()
+            comm.close(clean)
     return 0
 
 

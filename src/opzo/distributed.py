@@ -155,7 +155,13 @@ class Communicator:
     def barrier(self) -> None:
         self.dist.barrier()
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Leave the process group. ``clean``: every process got here normally; they first
+        wait for each other, so that none tears its connections down while another still
+        uses them (gloo then aborts that process: "terminate called without an active
+        exception"). After a failure (another process may be gone) nobody waits."""
         if self.dist.is_initialized():
+            if clean:
+                self.dist.barrier()
             self.dist.destroy_process_group()
 
