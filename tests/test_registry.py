@@ -138,3 +138,11 @@ def test_traits_drive_the_config_checks(registered):
         DATASETS.unregister("tiny-vectors")
     with pytest.raises(ConfigError, match="not allowed"):
         TrainConfig(dataset="tiny-vectors").validate()
+
+
+def test_the_first_error_reported_is_the_one_to_fix_first():
+    # bptt takes no IGL at all: saying the IGL layer is out of range would mislead
+    with pytest.raises(ConfigError, match="'bptt' takes neither"):
+        TrainConfig(method="bptt", igl_layer=3, hidden=[10, 10]).validate()
+    with pytest.raises(ConfigError, match="choose 2..2"):
+        TrainConfig(igl_layer=3, hidden=[10, 10]).validate()

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, TrainConfig, add_arguments, config_from_args
+from .hardware import HW_KINDS
 
 #: options that may be given with --resume: where the run continues, and its learning rate
 #: (to continue a diverged run more gently); everything else is the run's config.json
@@ -77,7 +78,8 @@ def _train(args: argparse.Namespace) -> int:
         run_training(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet,
                      overwrite=args.overwrite)
         clean = True
-    except Interrupted:  # possibly a second signal that reached one process only: no waiting
+    except Interrupted as stop:  # a second signal may have stopped this process alone
+        clean = stop.agreed
         return 130
     finally:
         if comm is not None:
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "current (default: the run's own --hw-noise; 0: a clean chip); the output "
                     "gives the accuracy over --hw-repeats draws with its spread, and the clean "
                     "accuracy")
-    ev.add_argument("--hw-noise-kind", choices=["gaussian", "fixed"], default=None,
+    ev.add_argument("--hw-noise-kind", choices=HW_KINDS, default=None,
                     help="fresh Gaussian noise every step, or fixed per-neuron offsets (one "
                     "chip per repeat)")
     ev.add_argument("--hw-repeats", type=int, default=5, help="draws (chips) to average")

@@ -15,13 +15,19 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS
-from .neurons import NEURONS
+from .data import DATASETS, ENCODER_NAMES
+from .diagnostics import REFERENCES
+from .hardware import HW_KINDS
+from .learner import UPDATE_MODES
+from .losses import LOSS_KINDS
+from .network import KERNELS, NOISE_POSITIONS
+from .neurons import NEURONS, RESET_MODES
 from .registry import Registry
 from .rules import RULES
+from .rules.noise import NOISE_DISTRIBUTIONS, NOISE_RNGS
 from .surrogate import SURROGATES
 from .surrogate.localzo import DISTRIBUTIONS as LOCALZO_DISTRIBUTIONS
-from .traces import TRACES, trace_names
+from .traces import GBAR_MODES, TRACES, trace_names
 
 
 class ConfigError(ValueError):
@@ -92,7 +98,7 @@ class TrainConfig:
     encoding: str = _opt("direct", "image encoding: direct current at every step, Bernoulli "
                          "rate spikes, or one spike per pixel at a latency (image datasets "
                          "only; event datasets are fed as frames)",
-                         ("direct", "rate", "latency"))
+                         ENCODER_NAMES)
     latency_tau: float = _opt(20.0, "latency encoding: time constant τ_eff in steps (spike at "
                               "τ_eff·ln(x/(x−θ)))", min=1e-9)
     latency_theta: float = _opt(0.2, "latency encoding: pixels x ≤ θ (in [0, 1]) never spike",
@@ -124,7 +130,7 @@ class TrainConfig:
     lif_lambda: float = _opt(0.5, "membrane leak λ of the neuron (every model)", min=0.0,
                              max=1.0)
     v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
-    reset: str = _opt("subtract", "reset after a spike", ("subtract", "zero"))
+    reset: str = _opt("subtract", "reset after a spike", RESET_MODES)
     neuron: str = _opt("lif", "neuron model of the hidden layers. " + _described(NEURONS),
                        _Names(NEURONS.names))
     syn_lambda: float = _opt(0.5, "neuron cuba: leak λ_s of the synaptic current",
@@ -138,7 +144,7 @@ class TrainConfig:
                         "from the Philox generator; compiled on first use) or torch (torch "
                         "ops and torch's generator; with --noise-rng torch, the streams of "
                         "the results recorded before the native kernels)",
-                        ("native", "torch"))
+                        KERNELS)
     surrogate: str = _opt("sigmoid", "local derivative ψ. " + _described(SURROGATES),
                           _Names(SURROGATES.names))
     sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
@@ -152,7 +158,7 @@ class TrainConfig:
                        + "; bptt: exact backpropagation through time, the offline reference",
                        METHODS)
     loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE",
-                     ("mix", "ce", "mse"))
+                     LOSS_KINDS)
     gamma: float = _opt(0.05, "MSE weight γ of the mixed loss", min=0.0, max=1.0)
     readout: str = _opt("sum", "how the readout becomes class scores: sum (Σ_t o[t], a loss "
                         "at every step: OTTT / OPZO) or max (leaky-integrator outputs "
@@ -165,27 +171,27 @@ class TrainConfig:
     detach_reset: bool = _opt(False, "method bptt: treat the reset as a constant in the "
                               "gradient, as SparseGrad does (the online rules always do)")
     update: str = _opt("batch", "one optimizer step per batch (OTTT_A) or per time step "
-                       "(OTTT_O)", ("batch", "step"))
+                       "(OTTT_O)", UPDATE_MODES)
     trace: str = _opt("ottt", "temporal credit. " + _described(TRACES) + "; f_<name>: the "
                       "same with the loss on the leaky sum of the outputs (F-OTPE)",
                       _Names(trace_names))
     otpe_gbar: str = _opt("paper", "OTPE / approx_otpe: the leaky mean ḡ of surrogate "
                           "derivatives as printed in the paper ((1/t) Σ λ^(t−t') ψ) or "
-                          "normalised to a weighted mean", ("paper", "normalised"))
+                          "normalised to a weighted mean", GBAR_MODES)
     alpha: float = _opt(0.2, "noise scale α (opzo, zo)", min=1e-9)
     alpha_final: float | None = _opt(
         None, "decay α linearly to this value over the epochs (paper: 0.01); unset = fixed",
         min=1e-9)
     noise: str = _opt("gaussian", "noise distribution z (opzo, zo)",
-                      ("gaussian", "rademacher", "sphere"))
+                      NOISE_DISTRIBUTIONS)
     noise_position: str = _opt("after", "inject noise after the neuron (spikes) or before it "
-                               "(membrane potential)", ("after", "before"))
+                               "(membrane potential)", NOISE_POSITIONS)
     antithetic: bool = _opt(False, "use z and -z on alternate time steps (opzo, zo)")
     noise_rng: str = _opt("philox", "generator of the noise (opzo, zo): the native Philox "
                           "kernels (compiled on first use with the machine's C compiler; "
                           "about three times as fast) or torch's normal_/randint (the streams of "
                           "the results recorded before the kernels existed)",
-                          ("philox", "torch"))
+                          NOISE_RNGS)
     alpha_factor: bool | None = _opt(
         None, "keep the 1/α factor (default: off for opzo as in the paper, on for zo)")
     lambda_m: float = _opt(0.99999, "momentum λ_M of OPZO's feedback matrices",
@@ -210,7 +216,7 @@ class TrainConfig:
         "1/alpha in M's update; 0: none", min=0.0)
     hw_noise_kind: str = _opt("gaussian", "the chip's noise: fresh Gaussian noise at every "
                               "step, or a fixed per-neuron offset drawn once from hw_seed "
-                              "(device mismatch)", ("gaussian", "fixed"))
+                              "(device mismatch)", HW_KINDS)
     hw_seed: int = _opt(0, "seed of the fixed offsets of hw_noise_kind fixed (one chip)",
                         min=0)
     init_from: str | None = _opt(
@@ -246,7 +252,7 @@ class TrainConfig:
                              "similarity with a reference gradient (diagnostics.jsonl)")
     diag_every: int = _opt(50, "batches between two cosine-similarity measurements", min=1)
     diag_reference: str = _opt("bp", "reference gradient for the cosine similarity",
-                               ("bp", "bptt"))
+                               REFERENCES)
     # output
     out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
 
@@ -263,11 +269,14 @@ class TrainConfig:
             raise ConfigError(f"option 'device' = {self.device!r} is not allowed; use auto, cpu, "
                               "cuda, cuda:N (N = 0, 1, ...) or mps")
         tokens = self._net_tokens()
-        if complete:
-            self._check_network(tokens)
+        if complete:  # in this order: the first error found is the one to fix first
+            if self.net is None and self.width != 1.0:
+                raise ConfigError("option 'width' scales the layers of 'net'; for the fully "
+                                  "connected net give the sizes with 'hidden' directly")
+            self._check_trace(tokens)
             self._check_data(tokens)
             self._check_method()
-            self._check_trace(tokens)
+            self._check_igl(tokens)
         return self
 
     def _net_tokens(self) -> list | None:
@@ -281,10 +290,7 @@ class TrainConfig:
         except ValueError as exc:
             raise ConfigError(f"option 'net': {exc}") from None
 
-    def _check_network(self, tokens: list | None) -> None:
-        if self.net is None and self.width != 1.0:
-            raise ConfigError("option 'width' scales the layers of 'net'; for the fully "
-                              "connected net give the sizes with 'hidden' directly")
+    def _check_igl(self, tokens: list | None) -> None:
         if self.igl_layer is None:
             return
         n_hidden = (len(self.hidden) if tokens is None
@@ -308,7 +314,8 @@ class TrainConfig:
             raise ConfigError(f"{self.dataset} is fed as spike frames; the {self.encoding!r} "
                               "encoding applies to image datasets only")
         if data.steps is not None and self.T != data.steps:
-            raise ConfigError(f"{self.dataset} has {data.steps} time steps: set "
+            what = f" ({data.help})" if data.help else ""
+            raise ConfigError(f"{self.dataset}{what} has {data.steps} time steps: set "
                               f"T={data.steps} (got {self.T})")
         if data.vectors and tokens is not None and any(t.kind == "conv" for t in tokens):
             raise ConfigError(f"{self.dataset} gives vectors of input neurons, not images: "

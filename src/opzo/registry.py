@@ -5,15 +5,22 @@ The command line's choices, the config's checks, the builders of :mod:`opzo.buil
 tests all read the registry of a kind; nothing else lists the names. Adding a part is one file
 with its factory plus one ``register`` line in the package that owns the kind:
 
-==========  ==================================  =========================================
-kind        registry                            factory
-==========  ==================================  =========================================
-neuron      :data:`opzo.neurons.NEURONS`        ``(**options) -> Neuron``
-rule        :data:`opzo.rules.RULES`            ``(cfg) -> SpatialRule``
-trace       :data:`opzo.traces.TRACES`          ``(neuron, layer, ...) -> Trace``
-surrogate   :data:`opzo.surrogate.SURROGATES`   ``(cfg) -> Surrogate``
-dataset     :data:`opzo.data.DATASETS`          ``(cfg, split) -> Source``
-==========  ==================================  =========================================
+==========  ==================================  ==============================================
+kind        registry                            what is registered; how a config builds it
+==========  ==================================  ==============================================
+neuron      :data:`opzo.neurons.NEURONS`        the ``Neuron`` subclass; ``from_options(**opts)``
+rule        :data:`opzo.rules.RULES`            the ``SpatialRule`` subclass; ``from_config(cfg)``
+trace       :data:`opzo.traces.TRACES`          the ``Trace`` subclass; ``create(neuron, ...)``
+surrogate   :data:`opzo.surrogate.SURROGATES`   the ``Surrogate`` subclass; ``from_config(cfg)``
+dataset     :data:`opzo.data.DATASETS`          a factory ``(cfg, split) -> Source``
+==========  ==================================  ==============================================
+
+A class's own attributes say what the config's checks need of it (a neuron's
+``own_path_unsupported``, a trace's ``per_synapse``); a dataset's are registry traits
+(``builtin``, ``events``, ``vectors``, ``steps``). :meth:`Registry.build` calls what is
+registered (for a class: its constructor with defaults). The CLI's choices are read from the
+registries when used, so a part registered at run time is accepted; its help text is not in
+``opzo train --help``, which is written when :mod:`opzo.config` is imported.
 """
 
 from __future__ import annotations

@@ -105,7 +105,13 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 class Interrupted(Exception):
-    """Raised after Ctrl-C / SIGTERM once the checkpoint is safely on disk."""
+    """Raised after Ctrl-C / SIGTERM once the checkpoint is safely on disk. ``agreed``: every
+    process of a distributed run stops here together (False after a second signal, which
+    stops this process at once)."""
+
+    def __init__(self, run_dir: str, agreed: bool = True) -> None:
+        super().__init__(run_dir)
+        self.agreed = agreed
 
 
 class RunError(RuntimeError):

@@ -395,7 +395,7 @@ class _Run:
             # a second signal: stopped at once, the last checkpoint written stands
             log(f"interrupted; the last checkpoint stands. Continue with: "
                 f"opzo train --resume {self.run_dir}")
-            raise Interrupted(str(self.run_dir)) from None
+            raise Interrupted(str(self.run_dir), agreed=False) from None
         finally:
             self.stop.restore()
         return self.finish(kernels)
