@@ -6,8 +6,8 @@ the surrogates, the three neuron models, a conv net, a chip's noise) with the ``
 tree (``PYTHONPATH=<tree>/src``), and compares every number of every ``metrics.jsonl`` row
 except the wall-clock times. Exit status 1 if any differs.
 
-    git worktree add /tmp/before <commit>          # the tree to compare with
-    python benchmarks/same_numbers.py --before /tmp/before --after . \\
+    git worktree add ../opzo-before <commit>          # the tree to compare with
+    python benchmarks/same_numbers.py --before ../opzo-before --after . \\
         --csv benchmarks/results/same_numbers.csv
 """
 

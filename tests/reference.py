@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from opzo.layers import ConvLayer
 from opzo.losses import InstantLoss
-from opzo.network import SpikingMLP
+from opzo.network import SpikingMLP, SpikingNet
 from opzo.neurons.base import surrogate_at
-from opzo.surrogate import spike_with_surrogate
+from opzo.surrogate import FastSigmoidSurrogate, spike_with_surrogate
 
 
 def ottt_autograd_grads(net: SpikingMLP, x, y, T: int, loss: InstantLoss, masks=None):
@@ -310,3 +311,20 @@ def brute_op_fanout(layer) -> torch.Tensor:
         for src in sources(idx):
             count[src] += per_op_input[idx]
     return count.reshape(-1)
+
+
+def spiky_net(spec, shape, outputs: int = 4, seed: int = 0, **kw) -> SpikingNet:
+    """A float64 :class:`SpikingNet` whose neurons spike often (larger weights, conv gains and
+    biases; fast-sigmoid surrogate of slope 5 unless ``surrogate`` is given): a test network
+    on which every rule and trace has something to compare."""
+    torch.manual_seed(seed)
+    kw.setdefault("surrogate", FastSigmoidSurrogate(5.0))
+    net = SpikingNet(spec, shape, outputs, **kw).double()
+    with torch.no_grad():
+        for layer in net.hidden:
+            if isinstance(layer, ConvLayer):
+                layer.gain.mul_(3.0)
+                layer.bias.uniform_(0.0, 0.8)
+            else:
+                layer.weight.mul_(4.0)
+    return net

@@ -33,11 +33,10 @@ from opzo.netstring import net_string
 from opzo.neuron import LIFParams
 from opzo.rules import RULES
 from opzo.rules.base import StepContext
-from opzo.surrogate import FastSigmoidSurrogate
 from opzo.traces import make_trace, trace_names
 from opzo.train import Interrupted, run_training
 
-from .reference import bptt_layers_autograd_grads, presynaptic_autograd_grads
+from .reference import bptt_layers_autograd_grads, presynaptic_autograd_grads, spiky_net
 
 TRACE_NAMES = trace_names()
 
@@ -59,18 +58,6 @@ def _grads(net):
     return {name: p.grad.clone() for name, p in net.named_parameters()}
 
 
-def _conv_net(spec, shape, outputs=4, seed=0, **kw):
-    torch.manual_seed(seed)
-    kw.setdefault("surrogate", FastSigmoidSurrogate(5.0))
-    net = SpikingNet(spec, shape, outputs, **kw).double()
-    with torch.no_grad():  # larger weights and biases so that neurons spike often
-        for layer in net.hidden:
-            if isinstance(layer, ConvLayer):
-                layer.gain.mul_(3.0)
-                layer.bias.uniform_(0.0, 0.8)
-            else:
-                layer.weight.mul_(4.0)
-    return net
 
 
 def _data(shape, static, T=4, batch=5, outputs=4, seed=1):
@@ -212,7 +199,7 @@ def test_network_shape_errors_are_clear():
 
 
 def test_inputs_shaped_or_flat_give_the_same_output_and_bad_shapes_are_named():
-    net = _conv_net("4C3-AP2-6C3-FC", (2, 6, 6))
+    net = spiky_net("4C3-AP2-6C3-FC", (2, 6, 6))
     x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
     torch.manual_seed(0)
     a = net(x, T=3)
@@ -231,7 +218,7 @@ def test_inputs_shaped_or_flat_give_the_same_output_and_bad_shapes_are_named():
 
 @pytest.mark.parametrize("spec,shape", NETS_UNDER_TEST)
 def test_conv_bp_equals_autograd_for_one_step(spec, shape):
-    net = _conv_net(spec, shape)
+    net = spiky_net(spec, shape)
     x, y = _data(shape, static=True)
     loss = InstantLoss("mix", 0.3)
     ours = _ours(net, x, y, 1, loss)
@@ -247,7 +234,7 @@ def test_conv_bp_equals_autograd_for_one_step(spec, shape):
 @pytest.mark.parametrize("spec,shape", NETS_UNDER_TEST)
 def test_conv_bp_equals_autograd_ottt_over_time(spec, shape, reset, static):
     """OTTT: spatial BP within each step, detached temporal state, accumulated over T."""
-    net = _conv_net(spec, shape, lif=LIFParams(reset=reset), dropout=0.3)
+    net = spiky_net(spec, shape, lif=LIFParams(reset=reset), dropout=0.3)
     x, y = _data(shape, static, T=5)
     masks = net.dropout_masks(5, x)
     loss = InstantLoss("mix", 0.05)
@@ -262,7 +249,7 @@ def test_conv_bp_equals_autograd_ottt_over_time(spec, shape, reset, static):
 
 
 def test_conv_bp_float32_matches_float64_autograd_to_1e_5():
-    net = _conv_net("4C3-AP2-6C3-FC", (2, 6, 6))
+    net = spiky_net("4C3-AP2-6C3-FC", (2, 6, 6))
     x, y = _data((2, 6, 6), static=False, T=4)
     loss = InstantLoss("mix", 0.05)
     ref = presynaptic_autograd_grads(net, x, y, 4, loss)
@@ -277,7 +264,7 @@ def test_approx_otpe_on_conv_layers_equals_its_autograd_construction(static):
     """Approximate OTPE keeps a presynaptic trace ẑ = λ ẑ + â, so it works on conv layers too
     (∇W = conv weight-gradient of δ against ẑ, ḡ in place of ψ)."""
     spec, shape = "4C3-AP2-6C3-5-FC", (1, 6, 6)
-    net = _conv_net(spec, shape)
+    net = spiky_net(spec, shape)
     x, y = _data(shape, static, T=5)
     loss = InstantLoss("mix", 0.2)
     ours = _ours(net, x, y, 5, loss, trace="approx_otpe")
@@ -303,7 +290,7 @@ def test_per_synapse_traces_refuse_conv_layers(trace):
                                         ("3C3-3C3+-AP2-4C3-4C3-4C3+2-FC", (1, 6, 6))])
 @pytest.mark.parametrize("static", [True, False])
 def test_bptt_learner_on_conv_net_equals_plain_autograd_unroll(static, spec, shape):
-    net = _conv_net(spec, shape)
+    net = spiky_net(spec, shape)
     x, y = _data(shape, static, T=4)
     loss = InstantLoss("mix", 0.2)
     for p in net.parameters():
@@ -319,7 +306,7 @@ def test_static_input_fast_path_equals_the_repeated_sequence_on_conv(rule):
     x, y = _data(shape, static=True)
     results = []
     for inp in (x, x.expand(4, *x.shape)):
-        net = _conv_net(spec, shape)
+        net = spiky_net(spec, shape)
         torch.manual_seed(3)
         results.append(_ours(net, inp, y, 4, InstantLoss(), rule=RULES.build(rule)))
     _assert_close(results[0], results[1])
@@ -453,7 +440,7 @@ def test_opzo_on_a_spiking_conv_net_aligns_with_bp():
 def test_gradient_diagnostics_on_a_conv_net_with_image_shaped_input():
     from opzo.diagnostics import gradient_cosine
 
-    net = _conv_net("4C3-AP2-6C3-FC", (2, 6, 6), outputs=3)
+    net = spiky_net("4C3-AP2-6C3-FC", (2, 6, 6), outputs=3)
     x = torch.randn(8, 2, 6, 6, dtype=torch.float64)
     y = torch.randint(0, 3, (8,))
     loss = InstantLoss()

@@ -12,17 +12,17 @@ import torch
 from opzo import OPZO, InstantLoss, LocalLearning, OnlineLearner, SpatialBP
 from opzo.bptt import BPTTLearner
 from opzo.config import ConfigError, TrainConfig
-from opzo.layers import ConvLayer
-from opzo.network import SpikingMLP, SpikingNet
+from opzo.network import SpikingMLP
 from opzo.neurons import ALIF, LIF, NEURONS, CubaLIF, LIFParams, make_neuron
 from opzo.rules import RULES
-from opzo.surrogate import FastSigmoidSurrogate, SigmoidSurrogate
+from opzo.surrogate import SigmoidSurrogate
 from opzo.traces import make_trace
 
 from .reference import (
     bptt_layers_autograd_grads,
     neuron_step_reference,
     presynaptic_autograd_grads,
+    spiky_net,
 )
 
 NEW = {"cuba": lambda reset="subtract": CubaLIF(lam=0.6, syn_lam=0.4, reset=reset),
@@ -31,17 +31,7 @@ NETS = [("10-8-FC", (6,)), ("3C3-AP2-4C3-FC", (1, 6, 6)), ("6-6+-FC", (5,))]
 
 
 def _net(spec, shape, neuron, seed=0, **kw):
-    torch.manual_seed(seed)
-    kw.setdefault("surrogate", FastSigmoidSurrogate(5.0))
-    net = SpikingNet(spec, shape, 4, neuron=neuron, **kw).double()
-    with torch.no_grad():  # larger weights so that neurons spike often
-        for layer in net.hidden:
-            if isinstance(layer, ConvLayer):
-                layer.gain.mul_(3.0)
-                layer.bias.uniform_(0.0, 0.8)
-            else:
-                layer.weight.mul_(4.0)
-    return net
+    return spiky_net(spec, shape, 4, seed, neuron=neuron, **kw)
 
 
 def _data(shape, static, T=5, batch=5, seed=1):

@@ -88,10 +88,11 @@ def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLos
     if comm is not None:
         share = comm.shard(len(source))
         source = source.part(share.lo, share.hi)
+    readout = make_readout(cfg)
     if len(source):
         for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
             acc.add(evaluate_batch(net, to_device(x, device), to_device(labels, device), loss,
-                                   T=cfg.T, readout=make_readout(cfg), synops=synops))
+                                   T=cfg.T, readout=readout, synops=synops))
     if comm is not None:
         acc.all_reduce(comm, len(net.hidden))
         synops.all_reduce(comm)

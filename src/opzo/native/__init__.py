@@ -357,7 +357,8 @@ def _check_lif_args(lib: ctypes.CDLL) -> None:
     if size != ctypes.sizeof(LifArgs) or ours != theirs:
         raise RuntimeError(f"struct lif_args of lif_step.c (size {size}, offsets {theirs}) "
                            f"and its mirror LifArgs (size {ctypes.sizeof(LifArgs)}, offsets "
-                           f"{ours}) differ")
+                           f"{ours}) differ: an edit to one of them needs the same edit to "
+                           "the other (in lif_step.c and opzo/native/__init__.py)")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..surrogate import Surrogate
-from .base import LayerState, Neuron, Threshold, check_common, fire
+from .base import LayerState, Neuron, Threshold, check_common, fire, membrane_
 
 
 @dataclass(frozen=True)
@@ -82,13 +82,6 @@ class ALIF(Neuron):
     def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
         u, s, a = state["u"], state["s"], state["a"]
         theta = self.threshold(state)
-        if scratch:
-            u_new = current.add_(u, alpha=self.lam)
-        else:
-            u_new = torch.add(current, u, alpha=self.lam)
-        if self.reset == "subtract":
-            u_new.sub_(s, alpha=self.lam * self.v_th)
-        else:
-            u_new.addcmul_(u, s, value=-self.lam)
+        u_new = membrane_(current, u, s, self.lam, self.v_th, self.reset, scratch)
         s_new = torch.gt(u_new, theta).to(u_new.dtype)
         return {"u": u_new, "s": s_new, "a": torch.add(s_new, a, alpha=self.adapt_lam)}

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from ..surrogate import Surrogate, spike_with_surrogate
@@ -65,6 +66,19 @@ def surrogate_grad_scaled(surrogate: Surrogate, g: Tensor, u: Tensor, v_th: Thre
     if isinstance(v_th, Tensor):
         return surrogate.grad_scaled(g, u - v_th, 0.0)
     return surrogate.grad_scaled(g, u, v_th)
+
+
+def membrane_(inp: Tensor, u: Tensor, s: Tensor, lam: float, v_th: float, reset: str,
+              scratch: bool) -> Tensor:
+    """u[t+1] = inp + λ u[t] − λ V_th s[t] (reset "subtract") or − λ u[t] s[t] ("zero"): the
+    membrane update of OPZO paper eq. 1, fed by ``inp`` (the synaptic current, or CubaLIF's
+    filtered current). With ``scratch`` the result is written into ``inp``'s storage."""
+    u_new = inp.add_(u, alpha=lam) if scratch else torch.add(inp, u, alpha=lam)
+    if reset == "subtract":
+        u_new.sub_(s, alpha=lam * v_th)
+    else:
+        u_new.addcmul_(u, s, value=-lam)
+    return u_new
 
 
 def check_common(lam: float, v_th: float, reset: str) -> None:

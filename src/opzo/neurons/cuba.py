@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..surrogate import Surrogate
-from .base import LayerState, Neuron, check_common, fire
+from .base import LayerState, Neuron, check_common, fire, membrane_
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,7 @@ class CubaLIF(Neuron):
             i = current.add_(state["i"], alpha=self.syn_lam)
         else:
             i = torch.add(current, state["i"], alpha=self.syn_lam)
-        u_new = torch.add(i, u, alpha=self.lam)
-        if self.reset == "subtract":
-            u_new.sub_(s, alpha=self.lam * self.v_th)
-        else:
-            u_new.addcmul_(u, s, value=-self.lam)
+        u_new = membrane_(i, u, s, self.lam, self.v_th, self.reset, scratch=False)  # i is state
         s_new = torch.gt(u_new, self.v_th, out=torch.empty_like(u_new))
         return {"u": u_new, "s": s_new, "i": i}
 

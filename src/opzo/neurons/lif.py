@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..surrogate import Surrogate
-from .base import RESET_MODES, LayerState, Neuron, check_common, fire
+from .base import RESET_MODES, LayerState, Neuron, check_common, fire, membrane_
 
 __all__ = ["LIF", "LIFParams", "RESET_MODES", "lif_step"]
 
@@ -75,13 +75,6 @@ def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIF,
     ``u`` and ``s`` are the previous potential and spikes, ``current`` is I[t+1]. With
     ``current_is_scratch`` the current's storage is reused for u[t+1] (no allocation).
     """
-    if current_is_scratch:
-        u_new = current.add_(u, alpha=p.lam)
-    else:
-        u_new = torch.add(current, u, alpha=p.lam)
-    if p.reset == "subtract":
-        u_new.sub_(s, alpha=p.lam * p.v_th)
-    else:
-        u_new.addcmul_(u, s, value=-p.lam)
+    u_new = membrane_(current, u, s, p.lam, p.v_th, p.reset, current_is_scratch)
     s_new = torch.gt(u_new, p.v_th, out=torch.empty_like(u_new))
     return u_new, s_new
