@@ -179,12 +179,23 @@ def test_imported_conv_net_trains_with_opzo(nets, data):
 
 
 def _assert_peer_agrees(graph, net: SpikingNet, x: torch.Tensor, run) -> None:
+    """The peer's spikes are opzo's, neuron by neuron and sample by sample, up to float
+    rounding: a convolution summed in another order can move a membrane that sits within
+    ~1e-6 of the threshold to its other side (a few neurons in a million, depending on the
+    CPU's kernels). So: at most 1e-4 of the (sample, neuron) spike counts of any layer
+    differ, the outputs of every sample whose counts all agree are equal to 1e-4, and the
+    predicted class is the same for at least 99.5% of the samples. A wrong time constant,
+    threshold, reset or weight layout changes far more than that."""
     out, counts = onir.spike_counts(net, x, T)
     got, got_counts = run(graph, x, T)
-    assert torch.equal(got.argmax(1), out.argmax(1))
-    assert torch.allclose(got, out, atol=1e-4)
+    same = torch.ones(out.shape[0], dtype=torch.bool)
     for l, c in enumerate(counts, start=1):
-        assert torch.equal(got_counts[f"lif{l}"], c), f"spike counts of lif{l}"
+        differ = got_counts[f"lif{l}"] != c
+        assert differ.float().mean() <= 1e-4, f"spike counts of lif{l}: {int(differ.sum())}"
+        same &= ~differ.reshape(differ.shape[0], -1).any(1)
+    assert same.float().mean() >= 0.99
+    assert torch.allclose(got[same], out[same], atol=1e-4)
+    assert (got.argmax(1) == out.argmax(1)).float().mean() >= 0.995
 
 
 @pytest.mark.parametrize("spec", [FC, CONV, RES])
