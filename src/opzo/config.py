@@ -253,6 +253,18 @@ class TrainConfig:
     diag_every: int = _opt(50, "batches between two cosine-similarity measurements", min=1)
     diag_reference: str = _opt("bp", "reference gradient for the cosine similarity",
                                REFERENCES)
+    tensorboard: bool = _opt(
+        False, "also write TensorBoard logs to RUN/tensorboard/ (view them live with "
+        "tensorboard --logdir RUN/tensorboard): per epoch the metrics.jsonl values (train and "
+        "test loss and accuracy, firing rate and SynOps per layer, lr, alpha, LocalZO's "
+        "non-zero fraction), the gradient cosines and variances with --diagnostics, and "
+        "histograms of the weights and of the rule's feedback matrices (OPZO's M); every "
+        "--tensorboard-every batches the batch's loss and accuracy. The x axis is the number "
+        "of batches since the run began; a resumed run continues the same curves. Process 0 "
+        "alone writes. Needs pip install 'opzo[tensorboard]'")
+    tensorboard_every: int = _opt(50, "with --tensorboard: write the batch loss and accuracy "
+                                  "every N batches (at the batches whose number since the run "
+                                  "began is a multiple of N)", min=1)
     # output
     out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
 

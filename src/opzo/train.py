@@ -74,6 +74,7 @@ from .rundir import (
     set_rng_state,
     truncate_jsonl,
 )
+from .tensorboard import TensorBoardLogger
 
 
 def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLoss,
@@ -227,6 +228,8 @@ class _Run:
         if len(self.train_set) < self.world:
             raise ValueError(f"{len(self.train_set)} training samples cannot be shared by "
                              f"{self.world} processes: use fewer processes (--nproc)")
+        self.tb = TensorBoardLogger.for_run(  # --tensorboard: a missing package stops here
+            cfg, self.run_dir, math.ceil(len(self.train_set) / cfg.batch_size), self.main)
         lock = prepare_run_dir(self.run_dir, resume, overwrite) if self.main else None
         try:
             self.build(resume)
@@ -245,8 +248,11 @@ class _Run:
             if self.main:
                 atomic_write_text(self.run_dir / "config.json",
                                   json.dumps(cfg.to_dict(), indent=2) + "\n")
+            if self.start_epoch < cfg.epochs:
+                self.tb.open(self.start_epoch, self.start_batch, resume)
             return self.loop(stop_after)
         finally:
+            self.tb.close()
             if lock is not None:
                 lock.release()
 
@@ -461,9 +467,12 @@ class _Run:
             if self.first_loss is None:
                 self.first_loss = stats.loss_sum / max(stats.count, 1)
             acc.add(stats)
+            self.tb.log_batch(epoch, batch_index, stats.loss_sum / max(stats.count, 1),
+                              100.0 * stats.correct / max(stats.count, 1))
             s = acc.summary()
             bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
             if stopping or due:
+                self.tb.flush()  # the steps the checkpoint covers are on disk before it
                 self.safe_checkpoint(epoch, batch_index, acc, last_batch=batch_index - 1)
             if stopping:
                 bar.close()
@@ -494,6 +503,7 @@ class _Run:
             if self.main:
                 append_jsonl(self.diag_path, {"epoch": epoch + 1, "batch": batch_index,
                                               "cosine": _round(cos)})
+            self.tb.log_cosine(epoch, batch_index + 1, _round(cos))
         variance = self.variance
         try:
             return self.learner.train_batch(
@@ -531,6 +541,10 @@ class _Run:
         if rule is not None and rule.noise is not None:
             row["alpha"] = rule.noise.alpha
         row.update(net.surrogate.epoch_metrics())
+        v = self.variance
+        self.tb.log_epoch(epoch, row, net, rule, v and {"variance": v.result(),
+                                                        "relative_variance": v.relative()})
+        self.tb.flush()  # before the checkpoint: a resume purges what comes after it
         self.safe_checkpoint(epoch + 1, 0, Accumulator(), last_batch=batches - 1)
         if self.main:
             append_jsonl(self.metrics_path, row)
