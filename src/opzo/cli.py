@@ -22,7 +22,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig, add_arguments, config_from_args
+from .config import (
+    ConfigError,
+    TrainConfig,
+    add_argument_groups,
+    add_arguments,
+    config_from_args,
+)
 from .hardware import HW_KINDS
 
 #: options that may be given with --resume: where the run continues, and its learning rate
@@ -211,26 +217,45 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``opzo train --help``'s usage lines (argparse's own lists all the options: 47 lines)
+TRAIN_USAGE = ("opzo train [--config FILE] [--OPTION VALUE ...]\n"
+               "       opzo train --resume RUN_DIR [--device D] [--threads N] [--lr LR]")
+
+#: ``opzo train --help``'s footer: where the full reference is
+TRAIN_EPILOG = ("The full reference of every option, with examples: the page 'Command line' "
+                "(docs/cli.md) of the documentation site (build it with mkdocs serve).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opzo", description="Online, backprop-free training of spiking neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
-        "train", help="train an SNN online",
+        "train", help="train an SNN online", usage=TRAIN_USAGE, epilog=TRAIN_EPILOG,
         description="Train a fully connected or convolutional SNN (--net) online with a "
         "spatial credit rule. Every "
         "option can also be a key of a TOML/YAML --config file (use _ or -); options given "
         "on the command line override the file.")  # each option's help states its default
-    train.add_argument("--config", help="TOML or YAML file whose keys mirror these options")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--overwrite", action="store_true",
-                       help="replace the run already in --out (its files are deleted first)")
-    train.add_argument("--nproc", type=int, metavar="N",
-                       help="data parallel on N processes: runs this command under torchrun "
-                       "(torch.distributed; gloo on the CPU, nccl on CUDA); the batch size is "
-                       "the global batch, each process trains on its share of it")
-    add_arguments(train)
+    groups = add_argument_groups(train)  # --help lists the options by topic
+    run_group = groups["run folder and checkpoints"]
+    run_group.add_argument("--config", metavar="FILE",
+                           help="TOML or YAML file whose keys mirror these options")
+    run_group.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run "
+                           "with its saved options (only --device, --threads and --lr may "
+                           "change)")
+    run_group.add_argument("--overwrite", action="store_true",
+                           help="replace the run already in --out (its files are deleted "
+                           "first)")
+    groups["devices and processes"].add_argument(
+        "--nproc", type=int, metavar="N",
+        help="data parallel on N processes: runs this command under torchrun "
+        "(torch.distributed; gloo on the CPU, nccl on CUDA); the batch size is the global "
+        "batch, each process trains on its share of it")
+    groups["diagnostics and logging"].add_argument(
+        "--quiet", action="store_true",
+        help="no progress: neither the bar on a terminal nor, without one, the plain line "
+        "every 30 s within an epoch (batch, loss, samples/s, ETA)")
+    add_arguments(train, groups)
     train.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set")
     ev.add_argument("run", help="run folder written by 'opzo train'")

@@ -388,6 +388,42 @@ class TrainConfig:
         return cls(**kwargs).validate(complete)
 
 
+#: the topics of ``opzo train --help``: every field of :class:`TrainConfig` in one of them, in
+#: this order (a new field must be added here too: ``tests/test_cli_help.py`` checks it); the
+#: options of the command line alone (--config, --resume, ...) join them in ``opzo.cli``
+OPTION_TOPICS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "data_root", "encoding", "latency_tau", "latency_theta", "augment",
+             "limit_train", "limit_test"),
+    "network and neuron": ("net", "hidden", "width", "T", "dropout", "init_scale", "neuron",
+                           "lif_lambda", "v_th", "reset", "syn_lambda", "adapt_beta",
+                           "adapt_lambda", "kernels", "init_from"),
+    "method: spatial rule and loss": ("method", "loss", "gamma", "readout", "readout_leak",
+                                      "detach_reset", "update", "lambda_m", "freeze_m_after",
+                                      "feedback_lr", "local_learning", "ll_scale",
+                                      "igl_layer", "igl_scale"),
+    "method: temporal trace": ("trace", "otpe_gbar"),
+    "method: local derivative": ("surrogate", "sigmoid_a", "fast_sigmoid_k", "localzo_delta",
+                                 "localzo_m", "localzo_dist"),
+    "method: noise (opzo, zo)": ("alpha", "alpha_final", "noise", "noise_position",
+                                 "antithetic", "noise_rng", "alpha_factor"),
+    "optimisation": ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr",
+                     "weight_decay", "schedule", "seed"),
+    "chip (OPZO paper section 5.4)": ("hw_noise", "hw_noise_kind", "hw_seed"),
+    "run folder and checkpoints": ("out", "checkpoint_every", "checkpoint_minutes"),
+    "devices and processes": ("device", "threads"),
+    "diagnostics and logging": ("diagnostics", "diag_every", "diag_reference", "tensorboard",
+                                "tensorboard_every"),
+}
+
+
+def option_topic(name: str) -> str:
+    """The topic of ``opzo train --help`` that lists the config field ``name``."""
+    for topic, names in OPTION_TOPICS.items():
+        if name in names:
+            return topic
+    raise KeyError(f"config field {name!r} has no topic: add it to opzo.config.OPTION_TOPICS")
+
+
 def _check_field(f: Any, value: Any) -> None:
     """One option against its field's choices and bounds (ConfigError saying what is)."""
     meta = f.metadata
@@ -501,24 +537,37 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--option`` per config field (defaults left as None = not given)."""
+def add_argument_groups(parser: argparse.ArgumentParser
+                        ) -> dict[str, argparse._ArgumentGroup]:
+    """One argument group per topic of :data:`OPTION_TOPICS`, in its order (``--help``
+    lists the options by topic)."""
+    return {topic: parser.add_argument_group(topic) for topic in OPTION_TOPICS}
+
+
+def add_arguments(parser: argparse.ArgumentParser,
+                  groups: dict[str, argparse._ArgumentGroup] | None = None) -> None:
+    """Add one ``--option`` per config field (defaults left as None = not given), each in
+    the argument group of its topic (``groups``: from :func:`add_argument_groups`, made
+    here when not given)."""
+    if groups is None:
+        groups = add_argument_groups(parser)
     for f in fields(TrainConfig):
+        group = groups[option_topic(f.name)]
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{meta['help']} (default: {default})"
         kind = _field_kind(f)
         if kind == "bool":
-            parser.add_argument(flag, dest=f.name, default=None,
-                                action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(flag, dest=f.name, default=None,
+                               action=argparse.BooleanOptionalAction, help=help_text)
         elif kind == "list":
-            parser.add_argument(flag, dest=f.name, default=None, nargs="+", type=int,
-                                metavar="N", help=help_text)
+            group.add_argument(flag, dest=f.name, default=None, nargs="+", type=int,
+                               metavar="N", help=help_text)
         else:
             typ = {"int": int, "float": float, "str": str}[kind]
-            parser.add_argument(flag, dest=f.name, default=None, type=typ,
-                                choices=meta.get("choices"), help=help_text)
+            group.add_argument(flag, dest=f.name, default=None, type=typ,
+                               choices=meta.get("choices"), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, config_file: str | None) -> TrainConfig:

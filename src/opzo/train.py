@@ -443,7 +443,8 @@ class _Run:
         cfg, train_set = self.cfg, self.train_set
         first, acc = self.start_epoch_state(epoch)
         n_batches = math.ceil(len(train_set) / cfg.batch_size)
-        bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", self.progress)
+        bar = Progress(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", self.progress, first)
+        counted = acc.count  # samples of the epoch trained before this process began it
         t0 = time.perf_counter()
         order = epoch_permutation(len(train_set), cfg.seed, epoch)
         batch_index = first
@@ -470,7 +471,8 @@ class _Run:
             self.tb.log_batch(epoch, batch_index, stats.loss_sum / max(stats.count, 1),
                               100.0 * stats.correct / max(stats.count, 1))
             s = acc.summary()
-            bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%")
+            bar.update(batch_index, f"loss {s['loss']:.3f} acc {s['acc']:.1f}%",
+                       samples=acc.count - counted)
             if stopping or due:
                 self.tb.flush()  # the steps the checkpoint covers are on disk before it
                 self.safe_checkpoint(epoch, batch_index, acc, last_batch=batch_index - 1)
