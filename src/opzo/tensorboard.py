@@ -137,10 +137,12 @@ class TensorBoardLogger:
                 path.unlink()
             old = []
         # TensorBoard reads the files in the order of their names, which start with the
-        # second they were made: the new one must not share the last one's second
+        # second they were made: the new one must not share the last one's second (a stamp
+        # further ahead, another machine's clock, is not waited for)
         stamps = [int(m.group(1)) for p in old
                   if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", p.name))]
-        while stamps and int(time.time()) <= max(stamps):
+        deadline = time.monotonic() + 2.0
+        while stamps and int(time.time()) <= max(stamps) and time.monotonic() < deadline:
             time.sleep(0.05)
         purge = self.step(epoch, batch) + 1 if resume else None
         self.writer = self.writer_class(log_dir=str(self.log_dir), purge_step=purge)
