@@ -1,6 +1,8 @@
 """The run folder and what it promises: one writer (a lock), files written atomically,
 checkpoints that load or say why not, JSON-lines logs that survive a kill, the RNG states
-that make a resume exact, and the errors a run ends with.
+that make a resume exact, and the errors a run ends with. A write that fails (disk full, a
+file-size limit, a read-only or forbidden folder) is a :class:`WriteError` naming the file
+and the cause, with no temporary file left behind.
 
 A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON line
 per epoch), ``diagnostics.jsonl``, ``summary.json`` (written at the end) and
@@ -85,6 +87,9 @@ class _WholeWrites:
 
     def flush(self) -> None:
         pass
+
+    def fileno(self) -> int:
+        return self.fd
 
 
 def _write_atomically(path: Path, write) -> None:

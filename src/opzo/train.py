@@ -4,13 +4,18 @@ The pieces come from :mod:`opzo.build` (data, network, learner, optimizer, devic
 folder's files and lock from :mod:`opzo.rundir`, the progress bar and epoch statistics from
 :mod:`opzo.progress`. A run folder holds ``config.json`` (the resolved options),
 ``metrics.jsonl`` (one JSON line per epoch), ``summary.json`` (written at the end) and
-``checkpoint.pt`` (written atomically after every epoch and on Ctrl-C / SIGTERM). ``resume``
-continues from the checkpoint and yields the same numbers as an uninterrupted run: the data
-order of each epoch is a function of (seed, epoch), a stop request (SIGINT, SIGTERM) takes
-effect at the end of the batch in progress, so the checkpoint is always at a batch boundary,
-and it carries the RNG states (CPU and, on a GPU, CUDA; one per process of a distributed
-run), so noise and dropout continue identically. Exactness is promised on the same device
-(and number of processes).
+``checkpoint.pt`` (written atomically after every epoch, a minute into the run, every
+``checkpoint_minutes`` and on Ctrl-C / SIGTERM). ``resume`` continues from the checkpoint and
+yields the same numbers as an uninterrupted run: the data order of each epoch is a function
+of (seed, epoch); a stop request (SIGINT, SIGTERM) takes effect at a batch boundary (the end
+of the batch in progress, or, for a batch longer than :data:`STOP_GRACE_S` in one process,
+the start of it: the partial batch is discarded and what it changed put back); the
+checkpoint carries the RNG states (CPU and, on a GPU, CUDA; one per process of a distributed
+run), so noise and dropout continue identically, and every row of ``metrics.jsonl`` and
+``diagnostics.jsonl`` so far: the checkpoint is written before the epoch's rows are
+appended, and a resume rebuilds both files from it, so no kill loses a row. Exactness is
+promised on the same device, number of processes and number of CPU threads (a change of
+device or threads is warned about).
 
 Devices and processes: ``cfg.device`` (``auto``: CUDA when available) holds the model, the
 rule's state and every batch (moved from pinned CPU memory); under ``torchrun`` (or
@@ -475,7 +480,10 @@ class _Run:
         self.stop = StopSignals(log)
         # one process: a stop abandons a long batch at its next time step; several: the
         # processes agree on a stop once per batch, so it takes effect at the batch's end
-        self.learner.should_stop = self.stop.overdue if self.comm is None else None
+        self.abandonable = False  # whether the batch in progress may be given up
+        self.last_batch_s = math.inf  # how long the last batch took (unknown: long)
+        self.learner.should_stop = ((lambda: self.abandonable and self.stop.overdue())
+                                    if self.comm is None else None)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.run_epoch(epoch)
@@ -537,11 +545,14 @@ class _Run:
             batch_index += 1
             self.seen += 1
             before = self.snapshot() if self.comm is None else None
+            self.abandonable = before is not None
+            started = time.perf_counter()
             try:
                 stats = self.train_batch(x, labels, epoch, batch_index - 1)
             except BatchAbandoned:
                 bar.close()
                 self.abandon(before, epoch, batch_index - 1, acc)
+            self.last_batch_s = time.perf_counter() - started
             if stats is None:
                 continue
             if self.stop_after is not None and self.seen >= self.stop_after:
@@ -569,18 +580,24 @@ class _Run:
         bar.close()
         self.end_epoch(epoch, acc, time.perf_counter() - t0, batch_index)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any] | None:
         """What a batch changes before its end, as it is at the batch's start: the RNG
         states, the rule's state (OPZO's M, updated every time step), the surrogate's
-        counters, and with ``update="step"`` the weights and the optimizer. Small next to
-        the batch's own work (they are O(parameters), the batch O(B T parameters))."""
+        counters, and with ``update="step"`` the weights and the optimizer. The first are
+        small; the weights and the optimizer cost about what one of the batch's T optimizer
+        steps does, so they are copied only when the last batch took long enough to be
+        abandoned (over half of :data:`STOP_GRACE_S`); without them (None) the batch is not
+        abandoned but ends, within about the grace period."""
         rule, net = self.rule, self.net
+        step = self.cfg.update == "step" and self.cfg.method != "bptt"
+        if step and self.last_batch_s < STOP_GRACE_S / 2:
+            return None
         snap: dict[str, Any] = {
             "rng": rng_state(self.device),
             "rule": copy.deepcopy(rule.state_dict()) if rule is not None else None,
             "stats": copy.deepcopy(net.surrogate.stats_state()),
             "diag_rows": len(self.diag_rows)}
-        if self.cfg.update == "step" and self.cfg.method != "bptt":
+        if step:
             snap["model"] = copy.deepcopy(net.state_dict())
             snap["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
         return snap
@@ -605,8 +622,8 @@ class _Run:
                 rewrite_jsonl(self.diag_path, self.diag_rows)
         self.safe_checkpoint(epoch, batch, acc, last_batch=batch - 1)
         self.log(f"stopped at epoch {epoch + 1} within batch {batch + 1}, which is discarded; "
-                 f"checkpoint saved after batch {batch}. Continue with: opzo train --resume "
-                 f"{self.run_dir}")
+                 f"checkpoint saved at the batch boundary before it. Continue with: opzo train "
+                 f"--resume {self.run_dir}")
         raise Interrupted(str(self.run_dir))
 
     def train_batch(self, x: Tensor, labels: Tensor, epoch: int, batch_index: int
