@@ -42,7 +42,7 @@ import opzo.train as train_module
 from opzo import SpikingMLP
 from opzo.cli import main
 from opzo.config import ConfigError, TrainConfig, load_config_file
-from opzo.rundir import RunLock
+from opzo.rundir import RunLock, WriteError
 from opzo.train import Diverged, Interrupted, RunError, run_training
 
 from .conftest import SHARED_DATA
@@ -190,8 +190,7 @@ def _half_save(obj, f, *a, **k):
     if _n[0] == 3:  # the third checkpoint: write half of it, then die
         import io
         buf = io.BytesIO(); _save(obj, buf)
-        with open(f, "wb") as fh:
-            fh.write(buf.getvalue()[: len(buf.getvalue()) // 2]); fh.flush(); os.fsync(fh.fileno())
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2]); f.flush(); os.fsync(f.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
     return _save(obj, f, *a, **k)
 T.torch.save = _half_save
@@ -399,10 +398,17 @@ def test_torn_run_files_on_resume(tmp_path, capsys):
     metrics.write_text(good + '{"epoch": 2, "train_lo')  # a killed append
     run_training(_cfg(tmp_path, "a", epochs=3), run, resume=True, **QUIET)
     assert [r["epoch"] for r in _rows(run)] == [1, 2, 3]
-    lines = metrics.read_text().splitlines()  # a damaged line in the middle: named
+    lines = metrics.read_text().splitlines()  # a damaged line in the middle
     metrics.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     state["epoch"], state["batch"] = 1, 0
+    state["metrics_rows"] = state["metrics_rows"][:1]
+    torch.save(state, run / "checkpoint.pt")  # the checkpoint's rows rebuild the file
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert [r["epoch"] for r in _rows(run)] == [1, 2, 3]
+    assert metrics.read_text().splitlines()[0] == lines[0]
+    metrics.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    del state["metrics_rows"]  # a checkpoint of an older opzo: the damaged line is named
     torch.save(state, run / "checkpoint.pt")
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     assert f"{metrics}, line 2" in capsys.readouterr().err
@@ -429,10 +435,10 @@ def test_unusable_output_paths_give_one_error_line(tmp_path, capsys):
 
 def test_a_folder_that_becomes_unwritable_mid_run_is_named(tmp_path, monkeypatch):
     def refuse(obj, path):
-        raise PermissionError(13, "Permission denied", str(path))
+        raise WriteError(path, PermissionError(13, "Permission denied", str(path)))
 
     monkeypatch.setattr(train_module, "atomic_save", refuse)
-    with pytest.raises(RunError, match="cannot write the checkpoint .*checkpoint.pt"):
+    with pytest.raises(RunError, match="cannot write .*checkpoint.pt: permission denied"):
         run_training(_cfg(tmp_path, "a", epochs=1), tmp_path / "a", **QUIET)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .distributed import Communicator, Shard
-from .learner import BatchStats
+from .learner import BatchStats, check_stop
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
 
@@ -60,6 +60,9 @@ class BPTTLearner:
         self.rule = None
         #: data parallel: the process group whose gradients are summed (None: one process)
         self.comm = comm
+        #: asked at every time step of the forward pass; True gives the batch up
+        #: (:class:`~opzo.learner.BatchAbandoned`; the backward pass is not cut short)
+        self.should_stop: Callable[[], bool] | None = None
 
     def accumulate(self, x: Tensor, y: Tensor, T: int | None = None,
                    masks: list[Tensor] | None = None, shard: Shard | None = None
@@ -87,6 +90,7 @@ class BPTTLearner:
         with torch.enable_grad():
             first = self._first_currents(x, T, batch)
             for t in range(T):
+                check_stop(self.should_stop)
                 inp = x if static else x[t]
                 outs: list[Tensor] = []
                 for l, layer in enumerate(net.hidden):

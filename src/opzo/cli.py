@@ -39,7 +39,7 @@ RESUME_OPTIONS = ("device", "threads", "lr")
 def _train(args: argparse.Namespace) -> int:
     from .build import resolve_device
     from .distributed import Communicator, launched_by_torchrun
-    from .rundir import RUN_FILES
+    from .rundir import RUN_FILES, occupied
     from .train import Interrupted, default_run_dir, run_training
 
     if args.resume:
@@ -70,9 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         present = [f for f in RUN_FILES if (run_dir / f).exists()]
         if present and not args.overwrite:
-            raise ConfigError(
-                f"{run_dir} already holds a run ({', '.join(present)}); continue it with "
-                f"--resume {run_dir}, replace it with --overwrite, or choose another --out")
+            raise ConfigError(occupied(run_dir, present))
     if args.nproc is not None and args.nproc > 1 and not launched_by_torchrun():
         return _spawn(args, run_dir)
     comm = None

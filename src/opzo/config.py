@@ -245,8 +245,9 @@ class TrainConfig:
         None, "also write the checkpoint every N batches within an epoch (it is always written "
         "at the end of an epoch and on Ctrl-C / SIGTERM)", min=1)
     checkpoint_minutes: float = _opt(
-        10.0, "also write the checkpoint when this many minutes have passed since the last one, "
-        "at the end of a batch (so a SIGKILL loses minutes, not an epoch; 0: off)", min=0.0)
+        10.0, "also write the checkpoint when this many minutes have passed since the last one "
+        "(the run's first one after at most a minute), at the end of a batch (so a SIGKILL "
+        "loses minutes, not an epoch; 0: off)", min=0.0)
     # diagnostics
     diagnostics: bool = _opt(False, "record per-layer gradient variance per epoch and cosine "
                              "similarity with a reference gradient (diagnostics.jsonl)")

@@ -48,6 +48,19 @@ from .traces import OutputTrace, Trace, make_output_trace, make_trace, record_fo
 UPDATE_MODES = ("batch", "step")
 
 
+class BatchAbandoned(Exception):
+    """A learner's ``should_stop`` said yes at a time step: the batch is given up half-way.
+    Its partial gradients are in ``.grad`` and, with ``update="step"`` or a rule with
+    per-step state (OPZO's M), the weights or the rule's state may have changed: the caller
+    puts back what it saved at the batch's start (:mod:`opzo.train` does)."""
+
+
+def check_stop(should_stop: Callable[[], bool] | None) -> None:
+    """Raise :class:`BatchAbandoned` when ``should_stop`` (asked at every time step) says so."""
+    if should_stop is not None and should_stop():
+        raise BatchAbandoned
+
+
 @dataclass
 class BatchStats:
     """What one training batch measured (sums, so they can be pooled over an epoch)."""
@@ -119,6 +132,8 @@ class OnlineLearner:
         self.update = update
         #: the process group of data-parallel training (None: one process)
         self.comm = comm
+        #: asked at every time step; True gives the batch up (:class:`BatchAbandoned`)
+        self.should_stop: Callable[[], bool] | None = None
         self._checked_optimizer: torch.optim.Optimizer | None = None
         if not rule.is_bound_to(net):
             rule.bind(net)
@@ -176,6 +191,7 @@ class OnlineLearner:
         out_sum = torch.zeros(b.batch, self.net.num_outputs, dtype=x.dtype, device=x.device)
         loss_sum = x.new_zeros(())
         for t in range(T):
+            check_stop(self.should_stop)
             o, loss = self._step(b, t)
             out_sum += o
             loss_sum += loss

@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .learner import BatchStats
+from .learner import BatchStats, check_stop
 from .losses import InstantLoss
 from .network import SpikingNet
 from .rules.noise import NoiseSampler, Perturbed
@@ -277,6 +277,9 @@ class UntruncatedLearner:
         self.loss = loss or InstantLoss()
         self.steps = int(steps)
         feedback.bind(net, self.steps)
+        #: asked at every time step of the forward pass; True gives the batch up before the
+        #: feedback learns from it (:class:`~opzo.learner.BatchAbandoned`)
+        self.should_stop: Callable[[], bool] | None = None
 
     @torch.no_grad()
     def forward(self, x: Tensor, T: int | None = None, masks: list[Tensor] | None = None
@@ -305,6 +308,7 @@ class UntruncatedLearner:
         outs: list[Tensor] = []
         r_ins: list[Tensor] = []
         for t in range(T):
+            check_stop(self.should_stop)
             noise = fb.perturbation(t, batch, x)
             o, rec = net.step(state, x if static else x[t], first_current=first,
                               first_input=first_in, noise=noise, noise_scale=alpha,

@@ -1,6 +1,8 @@
 """The run folder and what it promises: one writer (a lock), files written atomically,
 checkpoints that load or say why not, JSON-lines logs that survive a kill, the RNG states
-that make a resume exact, and the errors a run ends with.
+that make a resume exact, and the errors a run ends with. A write that fails (disk full, a
+file-size limit, a read-only or forbidden folder) is a :class:`WriteError` naming the file
+and the cause, with no temporary file left behind.
 
 A run folder holds ``config.json`` (the resolved options), ``metrics.jsonl`` (one JSON line
 per epoch), ``diagnostics.jsonl``, ``summary.json`` (written at the end) and
@@ -9,6 +11,7 @@ per epoch), ``diagnostics.jsonl``, ``summary.json`` (written at the end) and
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,17 +30,104 @@ if TYPE_CHECKING:
 CHECKPOINT = "checkpoint.pt"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+#: what an OSError's errno means to someone whose run could not write a file
+_WRITE_CAUSES = {
+    errno.ENOSPC: "the disk is full (no space left on device)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is too large (a file-size limit: see ulimit -f)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied (operation not permitted)",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+def write_cause(exc: OSError) -> str:
+    """What stopped a write, in words (disk full, file too large, permission denied, ...)."""
+    return _WRITE_CAUSES.get(exc.errno or 0, exc.strerror or str(exc))
+
+
+class WriteError(RuntimeError):
+    """A file of the run folder could not be written (disk full, a file-size limit, a
+    read-only or forbidden folder). The message names the file and the cause; the temporary
+    file is removed and the file's previous content stands (:func:`atomic_save`,
+    :func:`atomic_write_text`) or the partial line is cut off (:func:`append_jsonl`)."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.path = path
+        self.cause = write_cause(exc)
+        super().__init__(f"cannot write {path}: {self.cause}")
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+class _WholeWrites:
+    """A binary file whose ``write`` writes every byte or raises the OSError that stopped it,
+    and keeps that error in ``error``: torch's writer swallows it and reports only
+    "unexpected pos ..." (so does a buffered file's short count)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self.fd, view[done:])
+        except OSError as exc:
+            self.error = exc
+            raise
+        return done
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(fh)`` into ``path``.tmp, flushed to the disk, then renamed over ``path``; on an
+    OSError the temporary file is removed (``path`` is untouched) and a WriteError raised."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        out = _WholeWrites(fd)
+        try:
+            write(out)
+            os.fsync(fd)
+        except RuntimeError:
+            if out.error is None:
+                raise
+            raise out.error from None
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise WriteError(path, exc) from None
+    except BaseException:  # a second Ctrl-C mid-write: no torn temporary file left behind
+        _remove(tmp)
+        raise
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path`` (a
+    :class:`WriteError` naming ``path`` and the cause if it cannot be written)."""
+    # torch writes through our file object, so a failed write keeps its errno (given a
+    # file name, torch's own writer reports only "unexpected pos ...")
+    _write_atomically(path, lambda fh: torch.save(obj, fh))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_save`)."""
+    _write_atomically(path, lambda fh: fh.write(text.encode()))
 
 
 def git_commit() -> str | None:
@@ -51,8 +141,37 @@ def git_commit() -> str | None:
 
 
 def append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    """Append one JSON line; a :class:`WriteError` naming ``path`` if it cannot be written
+    (a partial line is cut off again where the file system allows)."""
+    size = path.stat().st_size if path.exists() else None
+    try:
+        with path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    except OSError as exc:
+        if size is not None:
+            try:
+                os.truncate(path, size)
+            except OSError:
+                pass  # read_jsonl drops a torn last line
+        raise WriteError(path, exc) from None
+
+
+def jsonl_text(rows: list[dict]) -> str:
+    """The text of a JSON-lines file holding ``rows``."""
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def rewrite_jsonl(path: Path, rows: list[dict]) -> bool:
+    """Make ``path`` hold exactly ``rows`` (atomically), leaving it untouched when it already
+    does; whether it was rewritten."""
+    text = jsonl_text(rows)
+    try:
+        if path.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
 
 
 def read_jsonl(path: Path, log=print) -> list[dict]:
@@ -73,7 +192,7 @@ def read_jsonl(path: Path, log=print) -> list[dict]:
         except ValueError as exc:
             if i == len(lines) - 1:
                 log(f"{path}: dropped a torn last line (an append cut short): {line[:60]!r}")
-                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+                atomic_write_text(path, jsonl_text(rows))
                 break
             raise RunError(f"{path}, line {i + 1}: not a JSON row ({exc}); repair or remove "
                            "that line") from None
@@ -85,7 +204,7 @@ def truncate_jsonl(path: Path, keep, log=print) -> None:
     """Keep only the rows ``keep`` accepts (after repairing a torn last line)."""
     if path.exists():
         rows = [r for r in read_jsonl(path, log) if keep(r)]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(path, jsonl_text(rows))
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
@@ -162,6 +281,17 @@ class RunLock:
 RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT, "summary.json", "diagnostics.jsonl")
 
 
+def occupied(run_dir: Path, present: list[str]) -> str:
+    """What a new run is told about a folder that holds the files ``present`` of a run: how
+    to continue it, or, without a checkpoint, that nothing can be continued."""
+    if CHECKPOINT in present:
+        return (f"{run_dir} already holds a run ({', '.join(present)}); continue it with "
+                f"--resume {run_dir}, replace it with --overwrite, or choose another --out")
+    return (f"{run_dir} already holds a run without a checkpoint ({', '.join(present)}: it "
+            "stopped before its first checkpoint, or is starting), so there is nothing to "
+            "resume; replace it with --overwrite, or choose another --out")
+
+
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
     """Create ``run_dir``, take its lock, and refuse to start a new run over an old one."""
     try:
@@ -181,9 +311,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
         present = [f for f in RUN_FILES if (run_dir / f).exists()]
         if present and not overwrite:
             lock.release()
-            raise RunError(f"{run_dir} already holds a run ({', '.join(present)}); continue it "
-                           f"with --resume {run_dir}, replace it with --overwrite, or choose "
-                           "another --out")
+            raise RunError(occupied(run_dir, present))
         for name in present:  # --overwrite: nothing of the old run may be resumed later
             (run_dir / name).unlink()
     return lock

@@ -4,13 +4,18 @@ The pieces come from :mod:`opzo.build` (data, network, learner, optimizer, devic
 folder's files and lock from :mod:`opzo.rundir`, the progress bar and epoch statistics from
 :mod:`opzo.progress`. A run folder holds ``config.json`` (the resolved options),
 ``metrics.jsonl`` (one JSON line per epoch), ``summary.json`` (written at the end) and
-``checkpoint.pt`` (written atomically after every epoch and on Ctrl-C / SIGTERM). ``resume``
-continues from the checkpoint and yields the same numbers as an uninterrupted run: the data
-order of each epoch is a function of (seed, epoch), a stop request (SIGINT, SIGTERM) takes
-effect at the end of the batch in progress, so the checkpoint is always at a batch boundary,
-and it carries the RNG states (CPU and, on a GPU, CUDA; one per process of a distributed
-run), so noise and dropout continue identically. Exactness is promised on the same device
-(and number of processes).
+``checkpoint.pt`` (written atomically after every epoch, a minute into the run, every
+``checkpoint_minutes`` and on Ctrl-C / SIGTERM). ``resume`` continues from the checkpoint and
+yields the same numbers as an uninterrupted run: the data order of each epoch is a function
+of (seed, epoch); a stop request (SIGINT, SIGTERM) takes effect at a batch boundary (the end
+of the batch in progress, or, for a batch longer than :data:`STOP_GRACE_S` in one process,
+the start of it: the partial batch is discarded and what it changed put back); the
+checkpoint carries the RNG states (CPU and, on a GPU, CUDA; one per process of a distributed
+run), so noise and dropout continue identically, and every row of ``metrics.jsonl`` and
+``diagnostics.jsonl`` so far: the checkpoint is written before the epoch's rows are
+appended, and a resume rebuilds both files from it, so no kill loses a row. Exactness is
+promised on the same device, number of processes and number of CPU threads (a change of
+device or threads is warned about).
 
 Devices and processes: ``cfg.device`` (``auto``: CUDA when available) holds the model, the
 rule's state and every batch (moved from pinned CPU memory); under ``torchrun`` (or
@@ -20,6 +25,7 @@ gradients are summed (:mod:`opzo.distributed`); process 0 alone writes the run f
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import signal
@@ -51,7 +57,7 @@ from .data import Source, epoch_permutation
 from .diagnostics import GradientVariance, gradient_cosine
 from .distributed import Communicator, launched_by_torchrun
 from .energy import SynOpsCounter
-from .learner import BatchStats, evaluate_batch
+from .learner import BatchAbandoned, BatchStats, evaluate_batch
 from .losses import InstantLoss
 from .network import SpikingNet
 from .progress import Accumulator, Progress
@@ -60,6 +66,7 @@ from .rundir import (
     Diverged,
     Interrupted,
     RunError,
+    WriteError,
     append_jsonl,
     atomic_save,
     atomic_write_text,
@@ -70,11 +77,21 @@ from .rundir import (
     peak_memory_mb,
     prepare_run_dir,
     read_jsonl,
+    rewrite_jsonl,
     rng_state,
     set_rng_state,
     truncate_jsonl,
 )
 from .tensorboard import TensorBoardLogger
+
+#: the first checkpoint of a run is written at the end of the first batch that ends this
+#: many seconds after the start (then every ``checkpoint_minutes``), so that a SIGKILL early
+#: in the first epoch costs about a minute; tests lower it
+FIRST_CHECKPOINT_S = 60.0
+
+#: a stop request lets the batch in progress finish if it does within this many seconds;
+#: a longer batch is abandoned at its next time step (see :class:`StopSignals`)
+STOP_GRACE_S = 1.0
 
 
 def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLoss,
@@ -104,8 +121,11 @@ def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLos
 
 class StopSignals:
     """SIGINT (Ctrl-C) and SIGTERM (``kill``) while training: the first asks the run to stop
-    at the end of the batch in progress (so the checkpoint is at a batch boundary and resume
-    is exact); a second one stops at once (the last checkpoint written stands).
+    at a batch boundary, so the checkpoint is at one and resume is exact: at the end of the
+    batch in progress when it ends within :data:`STOP_GRACE_S`, else (a batch of a huge T or
+    a big net, in one process) at the batch's next time step, the partial batch discarded
+    and the checkpoint written from the state before it (:meth:`overdue`). A second signal
+    stops at once (the last checkpoint written stands).
 
     Handlers are installed from the main thread only, and put back by :meth:`restore`.
     """
@@ -114,6 +134,7 @@ class StopSignals:
 
     def __init__(self, log=print) -> None:
         self.requested = False
+        self.requested_at = 0.0  # time.monotonic() of the first request
         self.log = log
         self.previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -123,12 +144,19 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        self.log(f"\n{signal.Signals(signum).name}: stopping at the end of this batch (send "
-                 "it again to stop at once)")
+        self.request()
+        self.log(f"\n{signal.Signals(signum).name}: stopping at a batch boundary (send it again "
+                 "to stop at once)")
 
     def request(self) -> None:
+        if not self.requested:
+            self.requested_at = time.monotonic()
         self.requested = True
+
+    def overdue(self) -> bool:
+        """A stop was requested more than :data:`STOP_GRACE_S` ago: the learners abandon the
+        batch in progress (they ask this at every time step)."""
+        return self.requested and time.monotonic() - self.requested_at > STOP_GRACE_S
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
@@ -188,6 +216,13 @@ class _Run:
         self.ckpt_path = run_dir / CHECKPOINT
         self.metrics_path = run_dir / "metrics.jsonl"
         self.diag_path = run_dir / "diagnostics.jsonl"
+        #: the CPU threads this process computes with (recorded: the numbers depend on it)
+        self.threads = torch.get_num_threads()
+        # every row of metrics.jsonl / diagnostics.jsonl so far; the checkpoint carries them,
+        # so a resume rebuilds both files whatever moment a kill or a full disk struck
+        self.metrics_rows: list[dict] = []
+        self.diag_rows: list[dict] = []
+        self.has_checkpoint = False  # whether a checkpoint of this run exists
 
     # ---- building -------------------------------------------------------------------------
     def build(self, resume: bool) -> None:
@@ -232,38 +267,61 @@ class _Run:
             cfg, self.run_dir, math.ceil(len(self.train_set) / cfg.batch_size), self.main)
         lock = prepare_run_dir(self.run_dir, resume, overwrite) if self.main else None
         try:
-            self.build(resume)
-            self.data = {"train": data_fingerprint(self.train_set, cfg.dataset),
-                         "test": data_fingerprint(self.test_set, cfg.dataset)}
-            self.start_epoch, self.start_batch, self.partial = 0, 0, Accumulator()
-            self.state_stats = None  # a LocalZO / SparseGrad ψ's sparsity counters, mid-epoch
-            self.time_before = 0.0  # training time of earlier processes of this run
-            self.first_loss: float | None = None  # the run's first batch loss (divergence)
-            if resume:
-                self.restore()
-            elif self.main:
-                self.metrics_path.write_text("")
-                if cfg.diagnostics:
-                    self.diag_path.write_text("")
-            if self.main:
-                atomic_write_text(self.run_dir / "config.json",
-                                  json.dumps(cfg.to_dict(), indent=2) + "\n")
-            if self.start_epoch < cfg.epochs:
-                self.tb.open(self.start_epoch, self.start_batch, resume)
-            return self.loop(stop_after)
+            return self._train(resume, stop_after)
+        except WriteError as exc:
+            raise self.write_failed(exc) from None
         finally:
             self.tb.close()
             if lock is not None:
                 lock.release()
 
+    def write_failed(self, exc: WriteError) -> RunError:
+        """The error a file that cannot be written ends the run with: the file, the cause,
+        what stands and how to go on."""
+        if self.has_checkpoint and self.ckpt_path.is_file():
+            return RunError(f"{exc}; the last checkpoint in {self.run_dir} stands: make room "
+                            f"(or make the folder writable) and continue with: opzo train "
+                            f"--resume {self.run_dir}")
+        return RunError(f"{exc}; no checkpoint was written: make room (or make the folder "
+                        "writable) and start the run again with --overwrite")
+
+    def _train(self, resume: bool, stop_after: int | None) -> dict[str, Any]:
+        """:meth:`train` with the folder locked: build, restore or start, loop."""
+        cfg = self.cfg
+        self.build(resume)
+        self.data = {"train": data_fingerprint(self.train_set, cfg.dataset),
+                     "test": data_fingerprint(self.test_set, cfg.dataset)}
+        self.start_epoch, self.start_batch, self.partial = 0, 0, Accumulator()
+        self.state_stats = None  # a LocalZO / SparseGrad ψ's sparsity counters, mid-epoch
+        self.time_before = 0.0  # training time of earlier processes of this run
+        self.first_loss: float | None = None  # the run's first batch loss (divergence)
+        if resume:
+            self.restore()
+        elif self.main:
+            atomic_write_text(self.metrics_path, "")
+            if cfg.diagnostics:
+                atomic_write_text(self.diag_path, "")
+        config_path = self.run_dir / "config.json"
+        text = json.dumps(cfg.to_dict(), indent=2) + "\n"
+        # a finished run's files are left as they are (its --lr would change nothing)
+        if self.main and self.start_epoch < cfg.epochs and (
+                not config_path.is_file() or config_path.read_text() != text):
+            atomic_write_text(config_path, text)
+        if self.start_epoch < cfg.epochs:
+            self.tb.open(self.start_epoch, self.start_batch, resume)
+        return self.loop(stop_after)
+
     def restore(self) -> None:
         """Continue from the checkpoint (see the module docstring)."""
         cfg, run_dir, comm, device = self.cfg, self.run_dir, self.comm, self.device
         if not self.ckpt_path.is_file():
-            raise FileNotFoundError(
-                f"cannot resume: {self.ckpt_path} does not exist (no epoch finished yet?). "
-                "Start the run again without --resume.")
+            raise RunError(
+                f"cannot resume {run_dir}: it stopped before its first checkpoint "
+                f"({self.ckpt_path} does not exist), so there is nothing to continue from; "
+                f"start it again with --overwrite, e.g. opzo train --config "
+                f"{run_dir / 'config.json'} --overwrite")
         state = load_checkpoint(self.ckpt_path, device)
+        self.has_checkpoint = True
         edited = edited_options(state["config"], cfg)
         if edited:
             raise RunError(
@@ -283,6 +341,13 @@ class _Run:
             warnings.warn(f"{run_dir} was trained on {saved_device} and resumes on {device}: "
                           "it continues, but resume is exact only on the same device "
                           "(other kernels, other random streams)", stacklevel=2)
+        finished = int(state["epoch"]) >= cfg.epochs
+        saved_threads = state.get("threads")
+        if saved_threads is not None and int(saved_threads) != self.threads and not finished:
+            warnings.warn(f"{run_dir} was trained with {saved_threads} CPU thread(s) and "
+                          f"resumes with {self.threads}: it continues, but resume is exact "
+                          f"only with the same number of threads (sums are split by thread); "
+                          f"--threads {saved_threads} keeps it exact", stacklevel=2)
         try:
             self.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -294,7 +359,7 @@ class _Run:
             raise RunError(f"{self.ckpt_path} does not fit the network and rule of "
                            f"{run_dir / 'config.json'}: {str(exc)[:200]}") from None
         saved_lr = float(state["config"].get("lr", cfg.lr))
-        if cfg.lr != saved_lr:  # continue with another learning rate, schedule kept
+        if cfg.lr != saved_lr and not finished:  # another learning rate, the schedule kept
             ratio = cfg.lr / saved_lr if saved_lr else 0.0
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * ratio if saved_lr else cfg.lr
@@ -313,16 +378,39 @@ class _Run:
         if self.variance is not None and state.get("variance"):
             v = self.variance
             v.count, v.mean, v.m2 = state["variance"]
-        if self.main:  # keep only the lines written before the checkpoint's position
-            e, b = self.start_epoch, self.start_batch
-            truncate_jsonl(self.metrics_path, lambda r: r["epoch"] <= e, self.log)
-            truncate_jsonl(self.diag_path, lambda r: r["epoch"] <= e or (
-                r["epoch"] == e + 1 and "batch" in r and r["batch"] < b), self.log)
-        if self.start_epoch >= cfg.epochs:
-            self.log(f"{run_dir} has finished all {cfg.epochs} epochs: nothing to resume")
+        self.restore_rows(state)
+        if finished:
+            self.log(f"{run_dir} has finished all {cfg.epochs} epochs: nothing to resume"
+                     + (" (its files are left as they are)" if cfg.lr == saved_lr else
+                        f"; --lr {cfg.lr:g} is not applied, its files are left as they are"))
         else:
             self.log(f"resuming {run_dir} at epoch {self.start_epoch + 1}, batch "
                      f"{self.start_batch}")
+
+    def restore_rows(self, state: dict[str, Any]) -> None:
+        """The rows of metrics.jsonl and diagnostics.jsonl up to the checkpoint's position:
+        from the checkpoint, which carries them, and both files rewritten to hold exactly
+        them where they differ (a row lost to a kill or a full disk after the checkpoint was
+        written comes back; rows written after it go). An older checkpoint without rows:
+        the files' lines before its position are kept."""
+        rows = state.get("metrics_rows")
+        if rows is None:
+            e, b = self.start_epoch, self.start_batch
+            if self.main:
+                truncate_jsonl(self.metrics_path, lambda r: r["epoch"] <= e, self.log)
+                truncate_jsonl(self.diag_path, lambda r: r["epoch"] <= e or (
+                    r["epoch"] == e + 1 and "batch" in r and r["batch"] < b), self.log)
+                self.metrics_rows = read_jsonl(self.metrics_path, self.log)
+                self.diag_rows = read_jsonl(self.diag_path, self.log)
+            return
+        self.metrics_rows = list(rows)
+        self.diag_rows = list(state.get("diag_rows") or [])
+        if self.main:
+            if rewrite_jsonl(self.metrics_path, self.metrics_rows):
+                self.log(f"{self.metrics_path}: rebuilt from the checkpoint's "
+                         f"{len(self.metrics_rows)} rows")
+            if self.cfg.diagnostics:
+                rewrite_jsonl(self.diag_path, self.diag_rows)
 
     def checkpoint(self, epoch: int, batch: int, acc: Accumulator) -> None:
         """Every process's RNG state, and the rest from process 0 (the same everywhere).
@@ -334,32 +422,32 @@ class _Run:
         rng = rng_state(self.device)
         rng_states = [rng] if comm is None else comm.gather_object(rng)
         self.last_checkpoint = time.monotonic()
+        self.has_checkpoint = True
         if not self.main:
             return
         v = self.variance
-        try:
-            atomic_save({
-                "model": net.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None
-                else None,
-                "rule": rule.state_dict() if rule is not None else None,
-                "variance": (v.count, v.mean, v.m2) if v is not None else None,
-                "rng": torch.get_rng_state(),
-                "rng_states": rng_states,
-                "device": str(self.device),
-                "world_size": self.world,
-                "epoch": epoch, "batch": batch,
-                "partial": acc.__dict__.copy(),
-                "surrogate_stats": net.surrogate.stats_state() if batch else None,
-                "wall_time_s": self.elapsed(),
-                "first_loss": self.first_loss,
-                "data": self.data,
-                "config": self.cfg.to_dict(),
-            }, self.ckpt_path)
-        except OSError as exc:
-            raise RunError(f"cannot write the checkpoint {self.ckpt_path}: "
-                           f"{exc.strerror or exc}; the last checkpoint written stands") from None
+        atomic_save({
+            "model": net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None
+            else None,
+            "rule": rule.state_dict() if rule is not None else None,
+            "variance": (v.count, v.mean, v.m2) if v is not None else None,
+            "rng": torch.get_rng_state(),
+            "rng_states": rng_states,
+            "device": str(self.device),
+            "threads": self.threads,
+            "world_size": self.world,
+            "epoch": epoch, "batch": batch,
+            "partial": acc.__dict__.copy(),
+            "surrogate_stats": net.surrogate.stats_state() if batch else None,
+            "wall_time_s": self.elapsed(),
+            "first_loss": self.first_loss,
+            "data": self.data,
+            "config": self.cfg.to_dict(),
+            "metrics_rows": self.metrics_rows,
+            "diag_rows": self.diag_rows,
+        }, self.ckpt_path)
 
     def elapsed(self) -> float:
         """Training time of this run so far, over all the processes that ran it."""
@@ -367,12 +455,17 @@ class _Run:
 
     def checkpoint_due(self, batch_index: int) -> bool:
         """A mid-epoch checkpoint after this batch (every ``checkpoint_every`` batches, or
-        ``checkpoint_minutes`` after the last one)."""
+        ``checkpoint_minutes`` after the last one; the run's first one already
+        :data:`FIRST_CHECKPOINT_S` after the start)."""
         cfg = self.cfg
         if cfg.checkpoint_every and batch_index % cfg.checkpoint_every == 0:
             return True
-        return bool(cfg.checkpoint_minutes) and (
-            time.monotonic() - self.last_checkpoint > 60.0 * cfg.checkpoint_minutes)
+        if not cfg.checkpoint_minutes:
+            return False
+        wait = 60.0 * cfg.checkpoint_minutes
+        if not self.has_checkpoint:
+            wait = min(wait, FIRST_CHECKPOINT_S)
+        return time.monotonic() - self.last_checkpoint > wait
 
     def loop(self, stop_after: int | None) -> dict[str, Any]:
         """Every remaining epoch; a stop request ends it with :class:`Interrupted` after the
@@ -391,6 +484,12 @@ class _Run:
         self.t_start = time.perf_counter()
         self.last_checkpoint = time.monotonic()
         self.stop = StopSignals(log)
+        # one process: a stop abandons a long batch at its next time step; several: the
+        # processes agree on a stop once per batch, so it takes effect at the batch's end
+        self.abandonable = False  # whether the batch in progress may be given up
+        self.last_batch_s = math.inf  # how long the last batch took (unknown: long)
+        self.learner.should_stop = ((lambda: self.abandonable and self.stop.overdue())
+                                    if self.comm is None else None)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.run_epoch(epoch)
@@ -452,7 +551,15 @@ class _Run:
                                            start_batch=first, epoch=epoch):
             batch_index += 1
             self.seen += 1
-            stats = self.train_batch(x, labels, epoch, batch_index - 1)
+            before = self.snapshot() if self.comm is None else None
+            self.abandonable = before is not None
+            started = time.perf_counter()
+            try:
+                stats = self.train_batch(x, labels, epoch, batch_index - 1)
+            except BatchAbandoned:
+                bar.close()
+                self.abandon(before, epoch, batch_index - 1, acc)
+            self.last_batch_s = time.perf_counter() - started
             if stats is None:
                 continue
             if self.stop_after is not None and self.seen >= self.stop_after:
@@ -484,6 +591,52 @@ class _Run:
         bar.close()
         self.end_epoch(epoch, acc, time.perf_counter() - t0, batch_index)
 
+    def snapshot(self) -> dict[str, Any] | None:
+        """What a batch changes before its end, as it is at the batch's start: the RNG
+        states, the rule's state (OPZO's M, updated every time step), the surrogate's
+        counters, and with ``update="step"`` the weights and the optimizer. The first are
+        small; the weights and the optimizer cost about what one of the batch's T optimizer
+        steps does, so they are copied only when the last batch took long enough to be
+        abandoned (over half of :data:`STOP_GRACE_S`); without them (None) the batch is not
+        abandoned but ends, within about the grace period."""
+        rule, net = self.rule, self.net
+        step = self.cfg.update == "step" and self.cfg.method != "bptt"
+        if step and self.last_batch_s < STOP_GRACE_S / 2:
+            return None
+        snap: dict[str, Any] = {
+            "rng": rng_state(self.device),
+            "rule": copy.deepcopy(rule.state_dict()) if rule is not None else None,
+            "stats": copy.deepcopy(net.surrogate.stats_state()),
+            "diag_rows": len(self.diag_rows)}
+        if step:
+            snap["model"] = copy.deepcopy(net.state_dict())
+            snap["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+        return snap
+
+    def abandon(self, before: dict[str, Any] | None, epoch: int, batch: int,
+                acc: Accumulator) -> None:
+        """A stop request cut batch ``batch`` (0-based) short: put back the state of its
+        start (``before``, :meth:`snapshot`), write the checkpoint there (the batch boundary,
+        so resume is exact) and raise :class:`Interrupted`."""
+        assert before is not None  # one process only (see loop)
+        set_rng_state(before["rng"], self.device)
+        if self.rule is not None:
+            self.rule.load_state_dict(before["rule"])
+        if before["stats"] is not None:
+            self.net.surrogate.load_stats_state(before["stats"])
+        if "model" in before:
+            self.net.load_state_dict(before["model"])
+            self.optimizer.load_state_dict(before["optimizer"])
+        if len(self.diag_rows) > before["diag_rows"]:  # the abandoned batch's cosine row
+            del self.diag_rows[before["diag_rows"]:]
+            if self.main:
+                rewrite_jsonl(self.diag_path, self.diag_rows)
+        self.safe_checkpoint(epoch, batch, acc, last_batch=batch - 1)
+        self.log(f"stopped at epoch {epoch + 1} within batch {batch + 1}, which is discarded; "
+                 f"checkpoint saved at the batch boundary before it. Continue with: opzo train "
+                 f"--resume {self.run_dir}")
+        raise Interrupted(str(self.run_dir))
+
     def train_batch(self, x: Tensor, labels: Tensor, epoch: int, batch_index: int
                     ) -> BatchStats | None:
         """One batch: this process's rows of it, the diagnostics if due, the learner's
@@ -502,9 +655,10 @@ class _Run:
         if cfg.diagnostics and batch_index % cfg.diag_every == 0:
             cos = gradient_cosine(self.net, self.rule, x, labels, cfg.T, self.loss,
                                   cfg.diag_reference, trace=cfg.trace, gbar=cfg.otpe_gbar)
+            row = {"epoch": epoch + 1, "batch": batch_index, "cosine": _round(cos)}
+            self.diag_rows.append(row)
             if self.main:
-                append_jsonl(self.diag_path, {"epoch": epoch + 1, "batch": batch_index,
-                                              "cosine": _round(cos)})
+                append_jsonl(self.diag_path, row)
             self.tb.log_cosine(epoch, batch_index + 1, _round(cos))
         variance = self.variance
         try:
@@ -543,17 +697,22 @@ class _Run:
         if rule is not None and rule.noise is not None:
             row["alpha"] = rule.noise.alpha
         row.update(net.surrogate.epoch_metrics())
-        v = self.variance
-        self.tb.log_epoch(epoch, row, net, rule, v and {"variance": v.result(),
-                                                        "relative_variance": v.relative()})
+        # the rows first into the checkpoint, then into the files: whatever stops the run
+        # between the two, the resume rebuilds the files from the checkpoint
+        self.metrics_rows.append(row)
+        diag = None
+        if self.variance is not None:
+            diag = {"epoch": epoch + 1, "variance": self.variance.result(),
+                    "relative_variance": self.variance.relative()}
+            self.diag_rows.append(diag)
+        self.tb.log_epoch(epoch, row, net, rule,
+                          diag and {k: v for k, v in diag.items() if k != "epoch"})
         self.tb.flush()  # before the checkpoint: a resume purges what comes after it
         self.safe_checkpoint(epoch + 1, 0, Accumulator(), last_batch=batches - 1)
         if self.main:
             append_jsonl(self.metrics_path, row)
-            if self.variance is not None:
-                append_jsonl(self.diag_path, {
-                    "epoch": epoch + 1, "variance": self.variance.result(),
-                    "relative_variance": self.variance.relative()})
+            if diag is not None:
+                append_jsonl(self.diag_path, diag)
         sparsity = (f"  ψ≠0 {row['nonzero_grad_fraction']:.1%}"
                     if "nonzero_grad_fraction" in row else "")
         self.log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {train['loss']:.4f} "
@@ -579,7 +738,7 @@ class _Run:
             except ValueError:
                 summary = {}
         if self.main and not summary:
-            rows = read_jsonl(self.metrics_path, self.log)
+            rows = self.metrics_rows
             summary = {
                 "method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs,
                 "final_test_acc": rows[-1]["test_acc"] if rows else None,
