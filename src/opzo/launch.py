@@ -46,6 +46,8 @@ _STOP_LINES = (b"stopped at epoch", b"stopped after epoch", b"interrupted; the l
 _DONE_LINE = b"final test accuracy"
 #: torch's and gloo's log lines: glog style (W0520 11:43:24.1 ...) and c10's ([W520 11:43...])
 _LOG_LINE = re.compile(r"^\[?[WEIF]\d{3,4} \d\d:\d\d:\d\d")
+#: torch marks a rank's uncaught exception so: "[rank1]: Traceback ..."
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ")
 _NOISE = ("terminate called", "*****", "Setting OMP_NUM_THREADS", "warnings.warn(")
 
 
@@ -137,7 +139,7 @@ def _relay_stderr(stream, report: _Report) -> None:
         parts = re.split(rb"(\r|\n)", buf)
         buf = parts.pop()  # an incomplete last line waits for its end
         for i in range(0, len(parts), 2):
-            line = parts[i].decode("utf-8", "replace")
+            line = _RANK_PREFIX.sub("", parts[i].decode("utf-8", "replace"))
             end = parts[i + 1].decode()
             if state == "torchrun":  # to the end: who failed and how
                 m = re.search(r"rank\s*:\s*(\d+)", line)
@@ -271,21 +273,30 @@ def _conclude(rc: int, got: list[int], report: _Report, run_dir: Path, nproc: in
             say(line)
         return 0
     failures = report.failures
-    killed = [f for f in failures if f[1] < 0]
+    # torchrun stops the other processes with SIGTERM once one has failed: a SIGTERM'd one
+    # is the cause only when nothing else is
+    killed = sorted((f for f in failures if f[1] < 0),
+                    key=lambda f: -f[1] in (signal.SIGTERM, signal.SIGINT))
     stopped = [f for f in failures if f[1] in (130, 143)]
     own = [e for e in report.errors if "lost contact" not in e]
-    if killed:
+
+    def say_killed() -> int:
         rank, code, name = killed[0]
         name = name or signal.Signals(-code).name
         say(f"opzo: error: process {rank} of {nproc} was killed ({name}); the other processes "
             f"were stopped; {stands}")
         return 1
+
+    if killed and -killed[0][1] not in (signal.SIGTERM, signal.SIGINT):
+        return say_killed()
     if stopped and report.stop_line:  # a process got SIGINT / SIGTERM and all stopped
         return stopped[0][1]
     if own or report.errors:
         say((own or report.errors)[0])
         codes = [c for _, c, _ in failures if c in (2, 3)]
         return codes[0] if codes else 2
+    if killed:
+        return say_killed()
     rank_text = f"process {failures[0][0]} of {nproc}" if failures else "a process"
     what = (f"failed: {report.exceptions[0]}" if report.exceptions else
             f"ended with exit code {failures[0][1] if failures else rc}")
