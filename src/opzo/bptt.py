@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .distributed import Communicator, Shard
+from .hardware import sharded
 from .learner import BatchStats, check_stop
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
@@ -87,7 +88,7 @@ class BPTTLearner:
         out_sum = x.new_zeros(batch, net.num_outputs)
         leaky: Tensor | None = None  # O[t] with an output leak
         outputs: list[Tensor] = []  # o[t] for a max-over-time readout
-        with torch.enable_grad():
+        with torch.enable_grad(), sharded(net, shard):  # chip noise: for the global batch
             first = self._first_currents(x, T, batch)
             for t in range(T):
                 check_stop(self.should_stop)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,6 +41,8 @@ def _train(args: argparse.Namespace) -> int:
     from .rundir import RUN_FILES, occupied
     from .train import Interrupted, default_run_dir, run_training
 
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
     if args.resume:
         run_dir = Path(args.resume)
         cfg_path = run_dir / "config.json"
@@ -75,6 +76,9 @@ def _train(args: argparse.Namespace) -> int:
         return _spawn(args, run_dir)
     comm = None
     if launched_by_torchrun():  # every process must write to the folder process 0 chose
+        from .launch import watch_parent
+
+        watch_parent()  # no process of the run outlives torchrun
         comm = Communicator.init(resolve_device(cfg.device))
         run_dir = Path(str(comm.broadcast_object(str(run_dir))))
     clean = False  # whether every process ends normally (then they part in step)
@@ -94,8 +98,8 @@ def _train(args: argparse.Namespace) -> int:
 def _spawn(args: argparse.Namespace, run_dir: Path) -> int:
     """``opzo train --nproc N``: the same command as N processes under torchrun
     (``python -m torch.distributed.run --standalone``), with the run folder fixed here so
-    that every process writes to the same one. torchrun stops every process when one fails
-    and names the rank that failed first."""
+    that every process writes to the same one. Signals, failures and messages as one run
+    (:mod:`opzo.launch`)."""
     argv = list(args.argv)
     out: list[str] = []
     i = 0
@@ -112,15 +116,9 @@ def _spawn(args: argparse.Namespace, run_dir: Path) -> int:
            f"--nproc_per_node={args.nproc}", "-m", "opzo", *out]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per process unless told otherwise
-    try:
-        proc = subprocess.run(cmd, env=env)
-    except KeyboardInterrupt:  # torchrun passed the signal on; the processes checkpoint
-        return 130
-    if proc.returncode != 0 and not args.quiet:
-        print(f"opzo: the {args.nproc} processes under torchrun ended with exit code "
-              f"{proc.returncode} (torchrun's report above names the failing rank); the last "
-              f"checkpoint in {run_dir} stands", file=sys.stderr)
-    return proc.returncode
+    from .launch import launch
+
+    return launch(cmd, env, run_dir, args.nproc)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -17,17 +17,25 @@ A :class:`HardwareNoise` is attached to a network as ``net.hardware``; the netwo
 BPTT's forward) then applies it to every hidden layer's current, for every rule, in training
 and in inference. Its fixed offsets are non-persistent buffers: they move with ``net.to`` and
 are not part of the network's weights (checkpoints, NIR export).
+
+Data parallel (:mod:`opzo.distributed`): while :func:`sharded` holds a :class:`Shard`, the
+Gaussian noise is drawn for the whole global batch and each process keeps its rows, as the
+rules' own noise is: a sample gets the chip noise it would get in one process, and the
+generators of all processes advance alike.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .distributed import Shard
 
 HW_KINDS = ("gaussian", "fixed")
 
@@ -51,6 +59,8 @@ class HardwareNoise(nn.Module):
         self.kind = kind
         self.seed = int(seed)
         self.offsets: list[Tensor] = []
+        #: while set (:func:`sharded`): the currents are these rows of a global batch
+        self.shard: Shard | None = None
         if kind == "fixed":
             if sizes is None:
                 raise ValueError("fixed hardware noise needs the hidden layer sizes")
@@ -73,12 +83,36 @@ class HardwareNoise(nn.Module):
         if self.kind == "fixed":
             offset = self.offsets[l]
             return current.add_(offset) if scratch else current + offset
-        noise = torch.randn_like(current)
+        shard = self.shard
+        if shard is None:
+            noise = torch.randn_like(current)
+        else:  # drawn for the global batch; this process's rows
+            if current.shape[0] != shard.size:
+                raise ValueError(f"chip noise for shard {shard}: the current has "
+                                 f"{current.shape[0]} rows")
+            noise = shard.rows(torch.randn((shard.total, *current.shape[1:]),
+                                           dtype=current.dtype, device=current.device))
         return (current.add_(noise, alpha=self.scale) if scratch
                 else torch.add(current, noise, alpha=self.scale))
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, kind={self.kind!r}, seed={self.seed}"
+
+
+@contextmanager
+def sharded(net: nn.Module, shard: Shard | None) -> Iterator[None]:
+    """While in the block, ``net``'s chip noise (if any) is drawn for the global batch of
+    ``shard`` and the currents get the shard's rows (nothing changes with ``shard`` None or
+    no chip noise)."""
+    hw = getattr(net, "hardware", None)
+    if hw is None or shard is None:
+        yield
+        return
+    previous, hw.shard = hw.shard, shard
+    try:
+        yield
+    finally:
+        hw.shard = previous
 
 
 def attach(net: nn.Module, scale: float, kind: str = "gaussian", seed: int = 0

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from .distributed import Communicator, Shard
 from .energy import SynOpsCounter
+from .hardware import sharded
 from .losses import InstantLoss, MaxOverTime
 from .network import NetState, SpikingNet
 from .rules.base import SpatialRule, StepContext
@@ -190,14 +191,15 @@ class OnlineLearner:
         b = self._start_batch(x, y, T, masks, shard)
         out_sum = torch.zeros(b.batch, self.net.num_outputs, dtype=x.dtype, device=x.device)
         loss_sum = x.new_zeros(())
-        for t in range(T):
-            check_stop(self.should_stop)
-            o, loss = self._step(b, t)
-            out_sum += o
-            loss_sum += loss
-            if self.update == "step":
-                assert optimizer is not None
-                self._step_optimizer(b, optimizer)
+        with sharded(self.net, shard):  # the chip's noise, too, for the global batch
+            for t in range(T):
+                check_stop(self.should_stop)
+                o, loss = self._step(b, t)
+                out_sum += o
+                loss_sum += loss
+                if self.update == "step":
+                    assert optimizer is not None
+                    self._step_optimizer(b, optimizer)
         for layer, tr in zip(self.net.hidden, b.traces):
             tr.flush(layer)
         if self.update != "step":

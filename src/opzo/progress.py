@@ -50,7 +50,8 @@ class Progress:
         self.total = total
         self.prefix = prefix
         self.enabled = enabled
-        self.tty = sys.stderr.isatty()
+        # (the launcher of --nproc N pipes stderr; OPZO_PROGRESS_TTY: its own is a terminal)
+        self.tty = sys.stderr.isatty() or os.environ.get("OPZO_PROGRESS_TTY") == "1"
         self.start = time.perf_counter()
         self.last = 0.0
         self.first = first

@@ -55,8 +55,9 @@ from .build import (
 from .config import TrainConfig
 from .data import Source, epoch_permutation
 from .diagnostics import GradientVariance, gradient_cosine
-from .distributed import Communicator, launched_by_torchrun
+from .distributed import Communicator, Shard, launched_by_torchrun
 from .energy import SynOpsCounter
+from .hardware import sharded
 from .learner import BatchAbandoned, BatchStats, evaluate_batch
 from .losses import InstantLoss
 from .network import SpikingNet
@@ -99,18 +100,37 @@ def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLos
     """Test loss, accuracy, firing rates and synaptic operations per sample (per hidden layer
     and in total, :mod:`opzo.energy`) of ``net`` on ``source`` (no noise, no dropout), on the
     network's device. With ``comm`` each process evaluates its contiguous share of the
-    samples and the sums are added over the processes."""
+    samples and the sums are added over the processes; an evaluation that draws random
+    numbers (the chip's Gaussian noise, rate-coded inputs) instead shares every batch of the
+    one-process evaluation, drawn whole on every process, so that every sample gets the
+    numbers it gets in one process."""
     device = next(net.parameters()).device
     acc = Accumulator()
     synops = SynOpsCounter(net)
-    if comm is not None:
-        share = comm.shard(len(source))
-        source = source.part(share.lo, share.hi)
     readout = make_readout(cfg)
-    if len(source):
+    hw = net.hardware
+    random = (hw is not None and hw.kind == "gaussian" and hw.scale > 0) or cfg.encoding == "rate"
+    if comm is not None and random:
         for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
-            acc.add(evaluate_batch(net, to_device(x, device), to_device(labels, device), loss,
-                                   T=cfg.T, readout=readout, synops=synops))
+            shard = comm.shard(labels.shape[0])
+            mine = shard.size > 0
+            if not mine:  # a batch smaller than the processes: drawn for nothing, not counted
+                shard = Shard(0, labels.shape[0], labels.shape[0])
+            x = shard.rows(x, 0 if x.dim() == 2 else 1)
+            with sharded(net, shard):
+                stats = evaluate_batch(net, to_device(x, device),
+                                       to_device(shard.rows(labels), device), loss, T=cfg.T,
+                                       readout=readout, synops=synops if mine else None)
+            if mine:
+                acc.add(stats)
+    else:
+        if comm is not None:
+            share = comm.shard(len(source))
+            source = source.part(share.lo, share.hi)
+        if len(source):
+            for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
+                acc.add(evaluate_batch(net, to_device(x, device), to_device(labels, device),
+                                       loss, T=cfg.T, readout=readout, synops=synops))
     if comm is not None:
         acc.all_reduce(comm, len(net.hidden))
         synops.all_reduce(comm)
@@ -196,7 +216,7 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         if comm is not None and "DistBackendError" in type(exc).__name__ + str(type(exc)):
             raise RunError(
                 f"process {comm.rank} of {comm.world_size}: lost contact with another process "
-                f"of this run (it failed or was killed; its own message says why): {exc}. "
+                f"of this run (it failed or was killed; its own message says why). "
                 f"The last checkpoint in {run_dir} stands: continue with opzo train "
                 f"--resume {run_dir} --nproc {comm.world_size}") from None
         raise
@@ -210,6 +230,9 @@ class _Run:
         self.cfg, self.run_dir, self.device, self.comm = cfg, run_dir, device, comm
         self.main = comm is None or comm.is_main
         self.world = 1 if comm is None else comm.world_size
+        #: how to continue the run (with the number of processes it needs)
+        self.resume_cmd = f"opzo train --resume {run_dir}" + (
+            f" --nproc {self.world}" if self.world > 1 else "")
         # process 0 alone speaks and writes
         self.log = log if self.main else (lambda *_a, **_k: None)
         self.progress = progress and self.main
@@ -495,12 +518,12 @@ class _Run:
                 self.run_epoch(epoch)
                 if epoch + 1 < cfg.epochs and self.agree(self.stop.requested):
                     log(f"stopped after epoch {epoch + 1}; checkpoint saved. Continue with: "
-                        f"opzo train --resume {self.run_dir}")
+                        f"{self.resume_cmd}")
                     raise Interrupted(str(self.run_dir))
         except KeyboardInterrupt:
             # a second signal: stopped at once, the last checkpoint written stands
             log(f"interrupted; the last checkpoint stands. Continue with: "
-                f"opzo train --resume {self.run_dir}")
+                f"{self.resume_cmd}")
             raise Interrupted(str(self.run_dir), agreed=False) from None
         finally:
             self.stop.restore()
@@ -586,7 +609,7 @@ class _Run:
             if stopping:
                 bar.close()
                 self.log(f"stopped at epoch {epoch + 1}, batch {batch_index}; checkpoint "
-                         f"saved. Continue with: opzo train --resume {self.run_dir}")
+                         f"saved. Continue with: {self.resume_cmd}")
                 raise Interrupted(str(self.run_dir))
         bar.close()
         self.end_epoch(epoch, acc, time.perf_counter() - t0, batch_index)
