@@ -303,8 +303,8 @@ class _Run:
         what stands and how to go on."""
         if self.has_checkpoint and self.ckpt_path.is_file():
             return RunError(f"{exc}; the last checkpoint in {self.run_dir} stands: make room "
-                            f"(or make the folder writable) and continue with: opzo train "
-                            f"--resume {self.run_dir}")
+                            f"(or make the folder writable) and continue with: "
+                            f"{self.resume_cmd}")
         return RunError(f"{exc}; no checkpoint was written: make room (or make the folder "
                         "writable) and start the run again with --overwrite")
 
@@ -541,7 +541,7 @@ class _Run:
                             f"lower learning rate, e.g. --lr {self.cfg.lr / 10:g} --overwrite")
         return Diverged(
             f"{where} The last good checkpoint in {self.run_dir} stands: continue with a "
-            f"lower learning rate, e.g. opzo train --resume {self.run_dir} "
+            f"lower learning rate, e.g. {self.resume_cmd} "
             f"--lr {self.cfg.lr / 10:g}")
 
     def start_epoch_state(self, epoch: int) -> tuple[int, Accumulator]:
@@ -656,8 +656,8 @@ class _Run:
                 rewrite_jsonl(self.diag_path, self.diag_rows)
         self.safe_checkpoint(epoch, batch, acc, last_batch=batch - 1)
         self.log(f"stopped at epoch {epoch + 1} within batch {batch + 1}, which is discarded; "
-                 f"checkpoint saved at the batch boundary before it. Continue with: opzo train "
-                 f"--resume {self.run_dir}")
+                 f"checkpoint saved at the batch boundary before it. Continue with: "
+                 f"{self.resume_cmd}")
         raise Interrupted(str(self.run_dir))
 
     def train_batch(self, x: Tensor, labels: Tensor, epoch: int, batch_index: int
