@@ -47,3 +47,21 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         return _table(registries[kind])
 
     return _MARK.sub(fill, markdown)
+
+
+# The docstrings cross-reference in Sphinx's roles (:class:`~opzo.network.SpikingNet`), which
+# mkdocstrings leaves as text before the code span; show the name alone, as Sphinx would.
+_ROLE = re.compile(r":(?:class|func|meth|data|mod|attr|exc|obj):<code>[^<]*</code>")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    if not page.file.src_path.startswith("api/"):
+        return html
+
+    def name(match: re.Match) -> str:
+        shown = match.group(0).split("<code>", 1)[1][:-len("</code>")]
+        if shown.startswith("~"):  # ~a.b.C shows C
+            shown = shown[1:].rsplit(".", 1)[-1]
+        return f"<code>{shown}</code>"
+
+    return _ROLE.sub(name, html)
