@@ -1,15 +1,29 @@
-"""MkDocs hook: fill the registry tables of the site from the registries themselves.
+"""MkDocs hooks: pages filled from the code and the repository's own documents at build time.
 
-A page line ``<!-- registry: rules -->`` becomes a table of every entry of that registry (name,
-what it is, the class or factory it builds, its traits), read by importing opzo, so the site
-never lists a part that is not registered, or misses one that is.
+* A page line ``<!-- registry: rules -->`` becomes a table of every entry of that registry
+  (name, what it is, the class or factory it builds, its traits), read by importing opzo, so
+  the site never lists a part that is not registered, or misses one that is.
+* A page line ``<!-- include: README.md#What a run leaves behind -->`` becomes that section
+  of the file (from its ``## `` heading to the next one), so the guide and the README (and
+  ARCHITECTURE.md) say the same thing; a heading that is gone fails the build.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 _MARK = re.compile(r"^<!-- registry: (\w+) -->$", re.M)
+_INCLUDE = re.compile(r"^<!-- include: ([\w.]+)#(.+?) -->$", re.M)
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _section(name: str, title: str, where: str) -> str:
+    text = (_ROOT / name).read_text(encoding="utf-8")
+    match = re.search(r"^## " + re.escape(title) + r"\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    if match is None:
+        raise ValueError(f"{where}: {name} has no section '## {title}'")
+    return match.group(1).strip()
 
 
 def _registries() -> dict:
@@ -35,6 +49,8 @@ def _table(registry) -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    where = page.file.src_path
+    markdown = _INCLUDE.sub(lambda m: _section(m.group(1), m.group(2), where), markdown)
     if "<!-- registry:" not in markdown:
         return markdown
     registries = _registries()
@@ -42,7 +58,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     def fill(match: re.Match) -> str:
         kind = match.group(1)
         if kind not in registries:
-            raise ValueError(f"{page.file.src_path}: no registry {kind!r}; "
+            raise ValueError(f"{where}: no registry {kind!r}; "
                              f"known: {sorted(registries)}")
         return _table(registries[kind])
 
