@@ -6,6 +6,8 @@
 * A page line ``<!-- include: README.md#What a run leaves behind -->`` becomes that section
   of the file (from its ``## `` heading to the next one), so the guide and the README (and
   ARCHITECTURE.md) say the same thing; a heading that is gone fails the build.
+* A page line ``<!-- cli-help: train -->`` becomes the output of ``opzo train --help``, so the
+  command-line reference is the command line's own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,26 @@ from pathlib import Path
 
 _MARK = re.compile(r"^<!-- registry: (\w+) -->$", re.M)
 _INCLUDE = re.compile(r"^<!-- include: ([\w.]+)#(.+?) -->$", re.M)
+_CLI = re.compile(r"^<!-- cli-help: (\w+) -->$", re.M)
 _ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli_help(command: str) -> str:
+    """What ``opzo COMMAND --help`` prints, 100 columns wide, as a text block."""
+    import contextlib
+    import io
+    import os
+
+    from opzo.cli import main
+
+    os.environ["COLUMNS"] = "100"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main([command, "--help"])
+    text = out.getvalue().strip()
+    if not text:
+        raise ValueError(f"opzo {command} --help printed nothing")
+    return f"```text\n{text}\n```"
 
 
 def _section(name: str, title: str, where: str) -> str:
@@ -51,6 +72,7 @@ def _table(registry) -> str:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     where = page.file.src_path
     markdown = _INCLUDE.sub(lambda m: _section(m.group(1), m.group(2), where), markdown)
+    markdown = _CLI.sub(lambda m: _cli_help(m.group(1)), markdown)
     if "<!-- registry:" not in markdown:
         return markdown
     registries = _registries()
