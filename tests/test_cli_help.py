@@ -3,7 +3,7 @@
 * Every option is listed under a topic (data, network and neuron, method, optimisation,
   chip, run folder, devices, diagnostics), none in argparse's catch-all group; every config
   field has one topic, and every flag name of before still parses.
-* The usage is at most three lines; the footer names the full reference (docs/cli.md).
+* The usage is at most three lines; the footer names the full reference (docs/guide/cli.md).
 * Without a terminal, an epoch prints a plain progress line (batch i/n, loss, samples/s,
   ETA) every interval (30 s by default; OPZO_PROGRESS_INTERVAL in a test).
 """
@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from opzo.cli import build_parser
 from opzo.config import OPTION_TOPICS, TrainConfig
@@ -79,7 +80,9 @@ def test_usage_is_at_most_three_lines_and_the_footer_names_the_reference():
     assert usage[0].startswith("usage: opzo train")
     assert len(usage) <= 3, usage
     footer = text.rstrip().split("\n\n")[-1]
-    assert "docs/cli.md" in footer and "mkdocs serve" in footer
+    assert "docs/guide/cli.md" in footer and "mkdocs serve" in footer
+    # the page it names exists (the site's 'Command line' page)
+    assert (Path(__file__).resolve().parents[1] / "docs" / "guide" / "cli.md").is_file()
     # the topics appear as headings, in the order of OPTION_TOPICS
     heads = [line[:-1] for line in text.splitlines() if line.endswith(":")
              and not line.startswith(" ")]

@@ -219,7 +219,7 @@ TRAIN_USAGE = ("opzo train [--config FILE] [--OPTION VALUE ...]\n"
 
 #: ``opzo train --help``'s footer: where the full reference is
 TRAIN_EPILOG = ("The full reference of every option, with examples: the page 'Command line' "
-                "(docs/cli.md) of the documentation site (build it with mkdocs serve).")
+                "(docs/guide/cli.md) of the documentation site (build it with mkdocs serve).")
 
 
 def build_parser() -> argparse.ArgumentParser:
