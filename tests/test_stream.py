@@ -116,8 +116,9 @@ def test_weights_change_exactly_every_k_steps_and_state_persists():
     # the state carried over is not the rest state: from rest, the same weights give other
     # outputs for the next steps
     assert any(float(v.abs().sum()) > 0 for v in learner.state.u)
-    fresh = StreamLearner(copy.deepcopy(net), copy.deepcopy(rule),
-                          torch.optim.SGD(net.parameters(), lr=0.0), LOSS, update_every=4)
+    twin = copy.deepcopy(net)
+    fresh = StreamLearner(twin, copy.deepcopy(rule), torch.optim.SGD(twin.parameters(), lr=0.0),
+                          LOSS, update_every=4)
     after = learner.feed(x[:4], y[:4]).outputs
     assert not torch.equal(after, fresh.feed(x[:4], y[:4]).outputs)
 

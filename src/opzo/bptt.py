@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .distributed import Communicator, Shard
 from .hardware import sharded
-from .learner import BatchStats, check_stop
+from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
 
@@ -77,6 +77,7 @@ class BPTTLearner:
         x, T = net.prepare_input(x, T)
         static = x.dim() == 2
         batch = x.shape[0] if static else x.shape[1]
+        check_labels(y, batch, net.num_outputs, x)
         if masks is None:
             masks = (net.dropout_masks(batch, x) if shard is None
                      else net.dropout_masks(batch, x, shard))
@@ -153,6 +154,7 @@ class BPTTLearner:
                     T: int | None = None, on_grad: Callable[[], None] | None = None,
                     shard: Shard | None = None) -> BatchStats:
         """Clear ``.grad``, accumulate one batch by BPTT, step ``optimizer``."""
+        check_optimizer(optimizer, self.net)
         self.net.train()
         optimizer.zero_grad(set_to_none=False)
         stats = self.accumulate(x, y, T, shard=shard)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from .config import (
     ConfigError,
+    OptionParser,
     TrainConfig,
     add_argument_groups,
     add_arguments,
@@ -121,12 +123,30 @@ def _spawn(args: argparse.Namespace, run_dir: Path) -> int:
     return launch(cmd, env, run_dir, args.nproc)
 
 
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """``opzo eval``'s chip options, before anything is read: each names itself."""
+    for flag, value in (("--hw-noise", args.hw_noise), ("--hw-weight-noise",
+                                                        args.hw_weight_noise)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{flag} {value:g}: a noise scale is a finite number >= 0")
+    if args.hw_repeats < 1:
+        raise ConfigError(f"--hw-repeats {args.hw_repeats}: the number of draws (chips) to "
+                          "average must be >= 1")
+    if args.hw_seed is not None and args.hw_seed < 0:
+        raise ConfigError(f"--hw-seed {args.hw_seed}: a seed is >= 0")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .build import build_network, make_source, resolve_device
+    from .data import DATASETS
     from .losses import InstantLoss
     from .rundir import CHECKPOINT, data_fingerprint, load_checkpoint
     from .train import evaluate
 
+    _check_eval_options(args)
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise ConfigError(f"--dataset {args.dataset!r} is not a dataset of opzo; choose one "
+                          f"of {', '.join(DATASETS)}")
     run_dir = Path(args.run)
     ckpt = run_dir / CHECKPOINT
     if not ckpt.is_file():
@@ -137,19 +157,25 @@ def _eval(args: argparse.Namespace) -> int:
     trained_on = dict(state.get("data") or {})
     if args.dataset:
         cfg.dataset = args.dataset
-    if args.data_root:
+    if DATASETS[cfg.dataset].builtin:  # the package's own data: no folder is read
+        if args.data_root:
+            raise ConfigError(f"--data-root: {cfg.dataset} ships with the package and reads "
+                              "no folder; drop --data-root, or name the dataset that folder "
+                              "holds with --dataset")
+        cfg.data_root = None  # what an older run may have recorded was never read either
+    elif args.data_root:
         cfg.data_root = args.data_root
     cfg.validate()
     test_set = make_source(cfg, "test")
     here = data_fingerprint(test_set, cfg.dataset)
     saved = trained_on.get("test")
-    if not args.dataset and saved and any(here[k] != saved[k] for k in
+    if not args.dataset and saved and any(here[k] != saved.get(k) for k in
                                           ("samples", "input_shape", "labels_sha")):
         raise ConfigError(
             f"the test data at {cfg.data_root or cfg.dataset} are not those of this run's "
-            f"{saved['dataset']} test split ({saved['samples']} samples of shape "
-            f"{saved['input_shape']}; here {here['samples']} of {here['input_shape']}, other "
-            "labels). To evaluate on another dataset on purpose, name it with --dataset")
+            f"{saved.get('dataset')} test split ({saved.get('samples')} samples of shape "
+            f"{saved.get('input_shape')}; here {here['samples']} of {here['input_shape']}, "
+            "other labels). To evaluate on another dataset on purpose, name it with --dataset")
     shape = (trained_on.get("train") or {}).get("input_shape")
     if shape is not None and list(test_set.input_shape) != list(shape):
         raise ConfigError(f"the run's network takes inputs of shape {tuple(shape)}; "
@@ -223,7 +249,7 @@ TRAIN_EPILOG = ("The full reference of every option, with examples: the page 'Co
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(  # every subcommand's parser is one too: one-line errors
         prog="opzo", description="Online, backprop-free training of spiking neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
@@ -307,11 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_DIVERGED = 3
 
 
+#: exit code of a command stopped by Ctrl-C (SIGINT) / SIGTERM: 128 + SIGINT, as shells say
+EXIT_INTERRUPTED = 130
+
+#: what an interrupted command leaves behind, by command
+_INTERRUPTED = {
+    "train": "training had not begun or had ended: no trained batch is lost",
+    "eval": "nothing was written",
+    "export": "no NIR file was written",
+    "plot": "no PNG file was written",
+    "cost": "nothing was written",
+}
+
+
+def interrupted(command: str | None) -> int:
+    """The one line for Ctrl-C outside a training loop (which stops at a batch boundary
+    itself, :class:`opzo.train.StopSignals`); returns :data:`EXIT_INTERRUPTED`."""
+    what = _INTERRUPTED.get(command or "", "nothing was done")
+    print(f"opzo{' ' + command if command else ''}: interrupted (SIGINT); {what}",
+          file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; every expected failure is one ``opzo: error:`` line on stderr
-    (exit 2; 3 for a diverged run; 130 for a run stopped by Ctrl-C / SIGTERM)."""
-    parser = build_parser()
+    (exit 2; 3 for a diverged run; 130 for a command stopped by Ctrl-C / SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return interrupted(argv[0] if argv and argv[0] in _INTERRUPTED else None)
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
     if argv[:1] == ["cost"]:  # its own parser (opzo.cost.main_cost) takes every option
         try:
             return _cost(argv[1:])

@@ -34,6 +34,14 @@ class ConfigError(ValueError):
     """A configuration value or key is not allowed; the message says what is."""
 
 
+class OptionParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``opzo: error: ...``, with a pointer to
+    the command's ``--help`` (argparse's own prints the whole usage block first); exit 2."""
+
+    def error(self, message: str) -> Any:  # argparse's signature: NoReturn
+        self.exit(2, f"opzo: error: {message} (see '{self.prog} --help')\n")
+
+
 def _opt(default: Any, help: str, choices: Iterable[str] | None = None, **extra: Any) -> Any:
     meta = {"help": help, "choices": choices, **extra}
     if isinstance(default, list):
@@ -492,6 +500,13 @@ def _coerce(f, value: Any, source: str) -> Any:
             f"{source}: option {f.name!r} expects {kind}, got {value!r}") from None
 
 
+def _not_text(path: Path, exc: UnicodeDecodeError) -> ConfigError:
+    """The error for a config file that is not UTF-8 text (a binary or a mis-encoded file)."""
+    return ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte "
+                       f"{exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}): is it "
+                       "the right file? Save it as UTF-8")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML (.toml) or YAML (.yaml/.yml) config file into a flat mapping."""
     path = Path(path)
@@ -510,6 +525,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         try:
             with path.open("rb") as fh:
                 data = tomllib.load(fh)
+        except UnicodeDecodeError as exc:
+            raise _not_text(path, exc) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     elif suffix in (".yaml", ".yml"):
@@ -519,13 +536,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raise ConfigError(
                 "reading YAML config files needs PyYAML: pip install 'opzo[yaml]'") from None
         try:
-            with path.open() as fh:
+            with path.open(encoding="utf-8") as fh:
                 data = yaml.safe_load(fh) or {}
+        except UnicodeDecodeError as exc:
+            raise _not_text(path, exc) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise _not_text(path, exc) from None
         except ValueError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from None
     else:
@@ -583,4 +604,10 @@ def config_from_args(args: argparse.Namespace, config_file: str | None) -> Train
         value = getattr(args, f.name, None)
         if value is not None:
             merged[f.name] = value
-    return TrainConfig.from_dict(merged, source="options")
+    cfg = TrainConfig.from_dict(merged, source="options")
+    if cfg.data_root and DATASETS[cfg.dataset].builtin:  # it would be recorded, never read
+        raise ConfigError(f"dataset {cfg.dataset!r} ships with the package and reads no "
+                          f"data_root ({cfg.data_root}): drop --data-root (or data_root from "
+                          "the config file), or name the dataset that folder holds with "
+                          "--dataset")
+    return cfg

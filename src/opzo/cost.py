@@ -66,7 +66,6 @@ weights, for scale.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -300,7 +299,9 @@ def main_cost(argv: list[str] | None = None) -> int:
     Example: ``opzo cost --net conv5 --input-shape 3 32 32 --method all``;
     ``opzo cost --hidden 800 800 --input-shape 784`` (the MNIST FC net, the default).
     """
-    p = argparse.ArgumentParser(
+    from .config import OptionParser  # one-line errors, as every opzo command
+
+    p = OptionParser(
         prog="opzo cost",
         description="Memory and operations per sample and time step of each method's "
                     "error-backward procedure (OPZO paper Table 5), counted exactly for a "
@@ -335,7 +336,7 @@ def main_cost(argv: list[str] | None = None) -> int:
         costs = [learning_cost(net, m, args.local_learning, igl, args.borders)
                  for m in methods]
     except ValueError as exc:
-        p.exit(2, f"opzo cost: error: {exc}\n")
+        p.error(str(exc))
     if args.json:
         print(json.dumps(costs, indent=1))
     else:

@@ -220,7 +220,7 @@ def launch(cmd: list[str], env: dict[str, str], run_dir: Path, nproc: int) -> in
         else:  # a second one: at once
             kill_all()
 
-    previous = {s: signal.signal(s, on_signal) for s in _PASSED_ON}
+    previous = {s: signal.signal(s, on_signal) for s in _PASSED_ON}  # kept: see the end
     try:
         deadline = None
         while True:
@@ -238,9 +238,13 @@ def launch(cmd: list[str], env: dict[str, str], run_dir: Path, nproc: int) -> in
                 os.kill(pid, signal.SIGKILL)
         for t in readers:
             t.join(timeout=5.0)
-    finally:
+    except BaseException:
         for s, h in previous.items():
             signal.signal(s, h)
+        raise
+    # The handlers stay: a signal from now until this process has exited (the interpreter's
+    # teardown takes a moment) finds torchrun gone and changes nothing, where the default
+    # action would kill the launcher of a run that has ended well (exit -15 instead of 0).
     return _conclude(rc, got, report, run_dir, nproc)
 
 

@@ -62,6 +62,42 @@ def check_stop(should_stop: Callable[[], bool] | None) -> None:
         raise BatchAbandoned
 
 
+def check_labels(y: Tensor, batch: int, classes: int, like: Tensor) -> None:
+    """``y`` must be the batch's class indices: an int64 (torch.long) tensor of shape
+    (batch,) with values in 0..classes-1, on the input's device; else a ValueError naming
+    ``y`` and what it must be. (int32, uint8 or float labels are refused, not converted: a
+    float label such as 2.7 has no class.)"""
+    if not isinstance(y, Tensor):
+        raise ValueError(f"y (the labels) must be a torch.Tensor of class indices, got "
+                         f"{type(y).__name__}")
+    if y.dtype != torch.int64:
+        raise ValueError(f"y (the labels) has dtype {y.dtype}; class indices must be int64 "
+                         "(torch.long): pass y.long()")
+    if y.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
+    if y.device != like.device:
+        raise ValueError(f"y (the labels) is on {y.device}, x on {like.device}: move them "
+                         "to one device")
+    if batch and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"labels must lie in 0..{classes - 1}")
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, net: torch.nn.Module) -> set[int]:
+    """``optimizer`` must be a torch optimizer holding some of ``net``'s parameters (one that
+    holds none would step, and the network would never change); returns the ids of the
+    parameters it holds."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got "
+                         f"{type(optimizer).__name__}")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not any(id(p) in held for p in net.parameters()):
+        raise ValueError("optimizer holds none of the network's parameters, so the network "
+                         "would never change: build it from net.parameters() (with an online "
+                         "rule of its own parameters: [*net.parameters(), "
+                         "*rule.parameters()])")
+    return held
+
+
 @dataclass
 class BatchStats:
     """What one training batch measured (sums, so they can be pooled over an epoch)."""
@@ -149,12 +185,12 @@ class OnlineLearner:
                 p.grad = torch.zeros_like(p)
 
     def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """The rule's own parameters must be in the optimizer, or they would never learn
-        (checked once per optimizer)."""
-        extra = self.rule.parameters()
-        if not extra or optimizer is self._checked_optimizer:
+        """The optimizer must hold the network's parameters (some of them) and the rule's
+        own, or they would never learn (checked once per optimizer)."""
+        if optimizer is self._checked_optimizer:
             return
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        held = check_optimizer(optimizer, self.net)
+        extra = self.rule.parameters()
         if any(id(p) not in held for p in extra):
             raise ValueError(
                 f"rule {self.rule.name!r} trains parameters of its own (local readouts) that "
@@ -221,12 +257,9 @@ class OnlineLearner:
         net = self.net
         x, T = net.prepare_input(x, T)
         batch = x.shape[0] if x.dim() == 2 else x.shape[1]
-        if y.shape != (batch,):
-            raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
+        check_labels(y, batch, net.num_outputs, x)
         if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # sum: one pass
             raise ValueError("input contains NaN or infinite values")
-        if y.min() < 0 or y.max() >= net.num_outputs:
-            raise ValueError(f"labels must lie in 0..{net.num_outputs - 1}")
         if self.update == "step" and optimizer is None:
             raise ValueError('update="step" needs the optimizer to step after every time step')
         if optimizer is not None:
@@ -359,6 +392,7 @@ def evaluate_batch(net: SpikingNet, x: Tensor, y: Tensor, loss: InstantLoss,
     try:
         x, T = net.prepare_input(x, T)
         batch = x.shape[0] if x.dim() == 2 else x.shape[1]
+        check_labels(y, batch, net.num_outputs, x)
         dtype = torch.float32 if x.device.type == "mps" else torch.float64
         outputs: list[Tensor] = []  # o[t], for a max-over-time readout
         scores: Tensor | None = None  # Σ_t o[t]

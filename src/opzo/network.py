@@ -350,6 +350,8 @@ class SpikingNet(nn.Module):
         Accepted: (B, *input_shape) or (B, F) static over T steps, (T, B, *input_shape) or
         (T, B, F) one input per step.
         """
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
         f, dims = self.num_inputs, len(self.input_shape)
         if (dims > 1 and x.dim() in (dims + 1, dims + 2)
                 and tuple(x.shape[-dims:]) == self.input_shape):
@@ -361,14 +363,33 @@ class SpikingNet(nn.Module):
                 raise ValueError(f"input has {x.shape[1]} features, the network expects {f}")
             if T is None or T < 1:
                 raise ValueError("a static input of shape (B, F) needs the number of steps T >= 1")
+            if x.shape[0] == 0:
+                raise ValueError("x is an empty batch (0 samples): give at least one sample")
+            self._check_input_dtype(x)
             return x, int(T)
         if x.dim() == 3:
             if x.shape[2] != f:
                 raise ValueError(f"input has {x.shape[2]} features, the network expects {f}")
             if T is not None and T != x.shape[0]:
                 raise ValueError(f"T={T} disagrees with the input's {x.shape[0]} time steps")
+            if x.shape[0] == 0 or x.shape[1] == 0:
+                raise ValueError(f"x of shape {tuple(x.shape)} (T, B, F) is empty: give at "
+                                 "least one time step and one sample")
+            self._check_input_dtype(x)
             return x, int(x.shape[0])
         raise self._input_error(x)
+
+    def _check_input_dtype(self, x: Tensor) -> None:
+        """x must be of the network's floating dtype, on its device (an integer, float64 or
+        float16 input would fail deep inside a product, or be silently cast)."""
+        weight = next(self.parameters())
+        if x.dtype != weight.dtype:
+            raise ValueError(f"x has dtype {x.dtype}; the network computes in {weight.dtype}: "
+                             f"pass x.to({weight.dtype}) (or convert the network, e.g. "
+                             "net.double())")
+        if x.device != weight.device:
+            raise ValueError(f"x is on {x.device}, the network on {weight.device}: move one "
+                             "of them (x.to(device) or net.to(device))")
 
     def step(
         self,

@@ -81,6 +81,7 @@ import importlib
 import io
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -732,24 +733,40 @@ def export_run(run_dir: str | Path, out: str | Path, approximate: bool = False,
     nir = _nir()
     from .build import build_network, make_source
     from .config import TrainConfig
-    from .rundir import CHECKPOINT
+    from .data import DATASETS
+    from .rundir import CHECKPOINT, load_checkpoint
 
     run = Path(run_dir)
     ckpt = run / CHECKPOINT
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt} not found: pass a run folder written by 'opzo train'")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    # a RunError naming a damaged file, or the field that holds the wrong type
+    state = load_checkpoint(ckpt, torch.device("cpu"), needed=("model", "config"))
     cfg = TrainConfig.from_dict(state["config"], source=str(ckpt))
     if data_root:
+        if DATASETS[cfg.dataset].builtin:
+            raise ValueError(f"--data-root: the run's dataset {cfg.dataset} ships with the "
+                             "package and reads no folder; drop --data-root")
         cfg.data_root = data_root
     test_set = make_source(cfg, "test")
     net = build_network(cfg, test_set.input_shape, test_set.classes)
-    net.load_state_dict(state["model"])
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{ckpt} does not fit a network for {cfg.dataset} "
+                         f"({test_set.classes} classes, input {tuple(test_set.input_shape)}): "
+                         f"{str(exc)[:200]}") from None
     net.eval()
     graph = to_nir(net, dt=dt, approximate=approximate)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    nir.write(out, graph)
+    # written beside, then renamed: an interrupted export leaves no partial file at ``out``
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        nir.write(tmp, graph)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     back = load_nir_network(out, dt=dt)
     report: dict[str, Any] = {"run": str(run), "out": str(out), "net": net.describe(),
                               "dt": dt, "reset": net.neuron.reset,

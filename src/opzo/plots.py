@@ -9,7 +9,14 @@ epoch on a log scale (Fig. 2). Needs matplotlib (``pip install "opzo[plot]"``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+
+def _shown(path: Path | str) -> str:
+    """A path as text that can be drawn and printed: bytes of a file name that are not
+    UTF-8 (kept by Python as surrogates) become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -27,21 +34,26 @@ def _read_jsonl(path: Path) -> list[dict]:
         except ValueError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}, line {i + 1}: not a JSON row") from None
+            raise ValueError(f"{_shown(path)}, line {i + 1}: not a JSON row") from None
     return rows
 
 
 def _label(run: Path) -> str:
     cfg_path = run / "config.json"
     if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except ValueError as exc:
+            raise ValueError(f"{_shown(cfg_path)} is not valid JSON ({exc})") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{_shown(cfg_path)} holds no run options (not a JSON object)")
         method = str(cfg.get("method"))
         if cfg.get("local_learning"):
             method += "+LL"
         if cfg.get("igl_layer") is not None:
             method += f"+IGL{cfg['igl_layer']}"
-        return f"{method} ({run.name})"
-    return run.name
+        return f"{method} ({_shown(run.name)})"
+    return _shown(run.name)
 
 
 def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
@@ -58,11 +70,15 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
     paths = [Path(r) for r in runs]
     for p in paths:
         if not (p / "metrics.jsonl").is_file():
-            raise FileNotFoundError(f"{p / 'metrics.jsonl'} not found: pass run folders "
-                                    "written by 'opzo train'")
-        if not _read_jsonl(p / "metrics.jsonl"):
-            raise ValueError(f"{p / 'metrics.jsonl'} holds no finished epoch yet: nothing to "
-                             "plot")
+            raise FileNotFoundError(f"{_shown(p / 'metrics.jsonl')} not found: pass run "
+                                    "folders written by 'opzo train'")
+        rows = _read_jsonl(p / "metrics.jsonl")
+        if not rows:
+            raise ValueError(f"{_shown(p / 'metrics.jsonl')} holds no finished epoch yet: "
+                             "nothing to plot")
+        if not all(isinstance(r, dict) and "epoch" in r and "test_acc" in r for r in rows):
+            raise ValueError(f"{_shown(p / 'metrics.jsonl')} has rows without 'epoch' and "
+                             "'test_acc': is it a run folder's metrics.jsonl?")
     diag = {p: _read_jsonl(p / "diagnostics.jsonl") for p in paths}
     has_diag = any(diag.values())
     ncols = 3 if has_diag else 1
@@ -123,6 +139,12 @@ def plot_runs(runs: list[str | Path], out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    # drawn beside, then renamed: an interrupted plot leaves no partial file at ``out``
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower() or "png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return out

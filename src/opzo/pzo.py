@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .learner import BatchStats, check_stop
+from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss
 from .network import SpikingNet
 from .rules.noise import NoiseSampler, Perturbed
@@ -370,12 +370,13 @@ class UntruncatedLearner:
         ``on_forward`` is called with the forward record before the feedback learns from it
         (tests and diagnostics use it)."""
         net = self.net
+        flat, _ = net.prepare_input(x, T)  # the labels are checked before the forward pass
+        check_labels(y, flat.shape[0] if flat.dim() == 2 else flat.shape[1], net.num_outputs,
+                     flat)
         batch = self.forward(x, T, masks)
         if on_forward is not None:
             on_forward(batch)
         T, B = batch.T, batch.outputs.shape[1]
-        if y.shape != (B,):
-            raise ValueError(f"labels must have shape ({B},), got {tuple(y.shape)}")
         m = net.num_outputs
         target = F.one_hot(y, m).to(batch.outputs.dtype)
         flat = batch.outputs.reshape(T * B, m)
@@ -404,6 +405,7 @@ class UntruncatedLearner:
     def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
                     T: int | None = None) -> BatchStats:
         """Clear ``.grad``, accumulate one batch, step ``optimizer``."""
+        check_optimizer(optimizer, self.net)
         self.net.train()
         optimizer.zero_grad(set_to_none=False)
         stats = self.accumulate(x, y, T)

@@ -326,9 +326,12 @@ def data_fingerprint(source: Source, name: str) -> dict[str, Any]:
             "input_shape": list(source.input_shape), "labels_sha": digest}
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+def load_checkpoint(path: Path, device: torch.device,
+                    needed: tuple[str, ...] = ("model", "optimizer", "epoch", "batch", "config")
+                    ) -> dict[str, Any]:
     """The checkpoint's dict with its tensors on ``device``; a RunError naming the file if it
-    is empty, truncated, damaged or not an opzo checkpoint."""
+    is empty, truncated, damaged or not an opzo checkpoint: it lacks one of the ``needed``
+    fields, or a field holds the wrong type (:data:`CHECKPOINT_FIELDS`, naming the field)."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except FileNotFoundError:
@@ -337,11 +340,61 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
         size = path.stat().st_size if path.exists() else 0
         raise RunError(f"{path} cannot be read ({size} bytes; {type(exc).__name__}: "
                        f"{str(exc)[:120]}): the file is damaged or not a checkpoint") from None
-    needed = ("model", "optimizer", "epoch", "batch", "config")
     missing = [k for k in needed if not isinstance(state, dict) or k not in state]
     if missing:
         raise RunError(f"{path} is not an opzo checkpoint (it lacks {', '.join(missing)})")
+    for key, (ok, expected) in CHECKPOINT_FIELDS.items():
+        if key in state and not ok(state[key]):
+            raise RunError(f"{path} is damaged or not an opzo checkpoint: its field {key!r} "
+                           f"holds {_kind(state[key])}, expected {expected}")
     return state
+
+
+def _kind(value: Any) -> str:
+    """A short description of a value for an error message: its type and a glimpse."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _tensor_dict(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, Tensor)
+                                       for k, t in v.items())
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+#: what each field of a checkpoint must hold (checked when present): a test and its words
+CHECKPOINT_FIELDS: dict[str, tuple[Any, str]] = {
+    "model": (_tensor_dict, "the network's weights (a dict of names to tensors)"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("param_groups"), list),
+                  "the optimizer's state (a dict with param_groups)"),
+    "epoch": (_count, "a whole number >= 0"),
+    "batch": (_count, "a whole number >= 0"),
+    "config": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+               "the run's options (a dict)"),
+    "scheduler": (_optional(lambda v: isinstance(v, dict)), "a dict or None"),
+    "rule": (_optional(lambda v: isinstance(v, dict)), "a dict or None"),
+    "partial": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                "the epoch's partial statistics (a dict)"),
+    "rng": (_optional(lambda v: isinstance(v, Tensor)), "a tensor"),
+    "rng_states": (_optional(lambda v: isinstance(v, list) and all(
+        isinstance(r, dict) and isinstance(r.get("cpu"), Tensor) for r in v)),
+        "a list of generator states (dicts holding a 'cpu' tensor)"),
+    "world_size": (lambda v: _count(v) and v >= 1, "a whole number >= 1"),
+    "device": (lambda v: isinstance(v, str), "a device name"),
+    "wall_time_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                    "a number of seconds"),
+    "first_loss": (_optional(lambda v: isinstance(v, (int, float))), "a number or None"),
+    "data": (_optional(lambda v: isinstance(v, dict) and all(
+        r is None or isinstance(r, dict) for r in v.values())),
+        "the data's fingerprints (a dict of dicts) or None"),
+}
 
 
 #: options that may differ between a run's checkpoint and its resume: where it continues

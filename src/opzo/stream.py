@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .learner import check_optimizer
 from .losses import InstantLoss
 from .network import NetState, SpikingNet
 from .rules.base import SpatialRule, StepContext
@@ -83,6 +84,7 @@ class StreamLearner:
                  update_every: int = 1, gbar: str = "paper") -> None:
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1 step, got {update_every}")
+        check_optimizer(optimizer, net)
         self.net = net
         self.rule = rule
         self.optimizer = optimizer
@@ -155,6 +157,10 @@ class StreamLearner:
             raise ValueError("a stream chunk has shape (n, B, F): one input per time step")
         x, n = net.prepare_input(x, None)
         batch = x.shape[1]
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.int64:
+            raise ValueError(f"y (the labels) must be an int64 (torch.long) tensor of class "
+                             f"indices, got {getattr(y, 'dtype', type(y).__name__)}: pass "
+                             "y.long()")
         if y.shape != (n, batch):
             raise ValueError(f"labels must have shape ({n}, {batch}), got {tuple(y.shape)}")
         if y.numel() and (y.min() < -1 or y.max() >= net.num_outputs):

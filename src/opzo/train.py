@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -184,6 +185,14 @@ class StopSignals:
         self.previous = {}
 
 
+def _to_stderr(log):
+    """Where stop and warning lines go: stderr when ``log`` is ``print`` (the command line,
+    whose stdout is the run's progress), else ``log`` itself."""
+    if log is print:
+        return lambda *a, **k: print(*a, **{**k, "file": sys.stderr, "flush": True})
+    return log
+
+
 def _round(d: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in d.items()}
 
@@ -235,6 +244,7 @@ class _Run:
             f" --nproc {self.world}" if self.world > 1 else "")
         # process 0 alone speaks and writes
         self.log = log if self.main else (lambda *_a, **_k: None)
+        self.alert = _to_stderr(self.log)  # stops, interruptions and warnings
         self.progress = progress and self.main
         self.ckpt_path = run_dir / CHECKPOINT
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -500,13 +510,14 @@ class _Run:
             f"test), net {self.net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, "
             f"{kernels} kernels -> {self.run_dir}")
         if len(test_set) > len(train_set):
-            log(f"warning: the test split ({len(test_set)} samples) is larger than the "
-                f"training split ({len(train_set)}): are the train and test files swapped?")
+            self.alert(f"warning: the test split ({len(test_set)} samples) is larger than the "
+                       f"training split ({len(train_set)}): are the train and test files "
+                       "swapped?")
         self.seen = self.start_batch
         self.stop_after = stop_after
         self.t_start = time.perf_counter()
         self.last_checkpoint = time.monotonic()
-        self.stop = StopSignals(log)
+        self.stop = StopSignals(self.alert)
         # one process: a stop abandons a long batch at its next time step; several: the
         # processes agree on a stop once per batch, so it takes effect at the batch's end
         self.abandonable = False  # whether the batch in progress may be given up
@@ -517,13 +528,13 @@ class _Run:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.run_epoch(epoch)
                 if epoch + 1 < cfg.epochs and self.agree(self.stop.requested):
-                    log(f"stopped after epoch {epoch + 1}; checkpoint saved. Continue with: "
-                        f"{self.resume_cmd}")
+                    self.alert(f"stopped after epoch {epoch + 1}; checkpoint saved. "
+                               f"Continue with: {self.resume_cmd}")
                     raise Interrupted(str(self.run_dir))
         except KeyboardInterrupt:
             # a second signal: stopped at once, the last checkpoint written stands
-            log(f"interrupted; the last checkpoint stands. Continue with: "
-                f"{self.resume_cmd}")
+            self.alert(f"interrupted; the last checkpoint stands. Continue with: "
+                       f"{self.resume_cmd}")
             raise Interrupted(str(self.run_dir), agreed=False) from None
         finally:
             self.stop.restore()
@@ -608,8 +619,8 @@ class _Run:
                 self.safe_checkpoint(epoch, batch_index, acc, last_batch=batch_index - 1)
             if stopping:
                 bar.close()
-                self.log(f"stopped at epoch {epoch + 1}, batch {batch_index}; checkpoint "
-                         f"saved. Continue with: {self.resume_cmd}")
+                self.alert(f"stopped at epoch {epoch + 1}, batch {batch_index}; checkpoint "
+                           f"saved. Continue with: {self.resume_cmd}")
                 raise Interrupted(str(self.run_dir))
         bar.close()
         self.end_epoch(epoch, acc, time.perf_counter() - t0, batch_index)
@@ -655,9 +666,9 @@ class _Run:
             if self.main:
                 rewrite_jsonl(self.diag_path, self.diag_rows)
         self.safe_checkpoint(epoch, batch, acc, last_batch=batch - 1)
-        self.log(f"stopped at epoch {epoch + 1} within batch {batch + 1}, which is discarded; "
-                 f"checkpoint saved at the batch boundary before it. Continue with: "
-                 f"{self.resume_cmd}")
+        self.alert(f"stopped at epoch {epoch + 1} within batch {batch + 1}, which is "
+                   f"discarded; checkpoint saved at the batch boundary before it. Continue "
+                   f"with: {self.resume_cmd}")
         raise Interrupted(str(self.run_dir))
 
     def train_batch(self, x: Tensor, labels: Tensor, epoch: int, batch_index: int
@@ -743,9 +754,9 @@ class _Run:
                  f"({train_time:.1f}s){sparsity}")
         if (self.first_loss is not None and train["loss"] > 1.5 * self.first_loss
                 and train["loss"] > self.first_loss + 0.5):
-            self.log(f"warning: the training loss of epoch {epoch + 1} ({train['loss']:.4g}) "
-                     f"is far above the first batch's ({self.first_loss:.4g}): the "
-                     f"learning rate ({cfg.lr:g}) may be too high")
+            self.alert(f"warning: the training loss of epoch {epoch + 1} "
+                       f"({train['loss']:.4g}) is far above the first batch's "
+                       f"({self.first_loss:.4g}): the learning rate ({cfg.lr:g}) may be too high")
 
     def finish(self, kernels: str) -> dict[str, Any]:
         """summary.json (process 0), with every process's peak memory."""

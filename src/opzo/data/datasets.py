@@ -8,6 +8,7 @@ class-balanced MNIST subset shipped inside the package (see ``embedded/LICENSE-M
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.resources
 import os
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DATASET_NAMES",
     "EMBEDDED_FILE",
+    "KNOWN_LABELS",
     "ArrayDataset",
     "canonical_dataset_name",
     "image_source",
+    "labels_digest",
     "load_dataset",
     "load_embedded_mnist",
     "load_mnist_like",
@@ -65,6 +68,37 @@ _INFO: dict[str, tuple[str, str, str]] = {
         "(files land in /usr/share/datasets/fashion-mnist/)",
     ),
 }
+
+#: What the official files of each MNIST-like dataset hold: sha256 (first 16 hex digits) of
+#: the first 1000 labels of each split as bytes, :func:`labels_digest`. Computed once from
+#: the official idx files (tests/test_faults_errors.py recomputes them from ../shared/data):
+#:   labels_digest(load_mnist_like(ROOT, split, name).labels) for ROOT holding the files.
+#: MNIST and Fashion-MNIST share file names, sizes and shapes; their labels tell them apart.
+KNOWN_LABELS: dict[tuple[str, str], str] = {
+    ("mnist", "train"): "b03ead2884240483",
+    ("mnist", "test"): "d14ba0a1a3818ede",
+    ("fashion-mnist", "train"): "a2d1512599a9270a",
+    ("fashion-mnist", "test"): "86fea14d645de73e",
+}
+
+
+def labels_digest(labels: torch.Tensor | np.ndarray) -> str:
+    """sha256 (16 hex digits) of the first 1000 labels as one byte each: what
+    :data:`KNOWN_LABELS` holds for the official files."""
+    head = np.asarray(labels[:1000]).astype(np.uint8)
+    return hashlib.sha256(head.tobytes()).hexdigest()[:16]
+
+
+def _check_identity(labels: np.ndarray, name: str, split: str, folder: Path) -> None:
+    """Refuse files that are recognisably another known dataset's (Fashion-MNIST's files
+    given as MNIST, or the reverse): the run would train on one and record the other."""
+    digest = labels_digest(labels)
+    for (other, other_split), known in KNOWN_LABELS.items():
+        if known == digest and other != name:
+            raise DatasetError(
+                f"{folder.absolute()} holds {_INFO[other][1]} ({other_split} split), not "
+                f"{_INFO[name][1]}: give --dataset {other} to use it, or a folder with the "
+                f"{_INFO[name][1]} files")
 
 
 @dataclass
@@ -111,9 +145,17 @@ def canonical_dataset_name(name: str) -> str:
     """
     key = name.strip().lower().replace("_", "-")
     if key not in _ALIASES:
+        from . import DATASETS  # the registry of every dataset (imports this module)
+
+        if key in DATASETS:
+            raise DatasetError(
+                f"{key} is not an MNIST-like dataset: load_dataset reads "
+                f"{', '.join(DATASET_NAMES)}; read {key} with opzo.build.make_source (as "
+                f"'opzo train --dataset {key}' does)")
         raise DatasetError(
-            f"unknown dataset name {name!r}; allowed names: {', '.join(DATASET_NAMES)}"
-        )
+            f"unknown dataset name {name!r}; opzo's datasets are {', '.join(DATASETS)} "
+            f"(load_dataset reads {', '.join(DATASET_NAMES)}; the others through "
+            "opzo.build.make_source)")
     return _ALIASES[key]
 
 
@@ -218,6 +260,7 @@ def load_mnist_like(
         images = read_idx(img_path)
         labels = read_idx(lbl_path)
         _validate(images, labels, name, (img_path, lbl_path))
+        _check_identity(labels, name, split, folder)
         return ArrayDataset(
             images=torch.from_numpy(images),
             labels=torch.from_numpy(labels.astype(np.int64)),
