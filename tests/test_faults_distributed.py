@@ -196,7 +196,8 @@ def test_sigterm_to_a_rank_or_to_torchrun_stops_the_run_at_a_batch_boundary(tmp_
     _none_left(out_dir)
     _clean(err)
     assert rc in (130, 143), (rc, err)
-    assert re.search(r"stopped (at|after) epoch", out) and f"--resume {out_dir} --nproc 2" in out
+    # the stop message, like every stop and error message, is on stderr
+    assert re.search(r"stopped (at|after) epoch", err) and f"--resume {out_dir} --nproc 2" in err
     assert "opzo: error" not in err
     state = torch.load(out_dir / "checkpoint.pt", weights_only=False)
     assert state["world_size"] == 2

@@ -173,6 +173,8 @@ def _relay_stderr(stream, report: _Report) -> None:
             if line.startswith("opzo: error:"):
                 report.errors.append(line)
                 continue
+            if any(s.decode() in line for s in _STOP_LINES):  # stop messages go to stderr
+                report.stop_line = True
             if _LOG_LINE.match(line) or any(line.lstrip().startswith(n) for n in _NOISE):
                 continue
             if "Warning" in line:  # every process warns alike: once
