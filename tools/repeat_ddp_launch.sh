@@ -6,7 +6,8 @@
 # JOB picks what is launched:
 #   JOB=steps (default)  the test worker (tests/ddp_worker.py, job "steps") under torchrun;
 #   JOB=train            `opzo train --nproc 2` of a realistic net (400-200, T 10, 3 epochs)
-#                        on MNIST (DATA_ROOT, default /work/shared/data/mnist; LIMIT training
+#                        on MNIST (DATA_ROOT, default ../shared/data/mnist beside the
+#                        repository; LIMIT training
 #                        samples, default 12000), as a user launches it.
 # BUSY=1 keeps one more core busy during the launches (a `while True: pass` process), as a
 # loaded machine would. SRC: the source tree to test (default the repository's src).
@@ -30,7 +31,7 @@ for i in $(seq 1 "$n"); do
   start=$(date +%s)
   if [ "$job" = train ]; then
     OMP_NUM_THREADS=1 PYTHONPATH="$src" timeout 600 "$py" -m opzo train --nproc 2 \
-      --dataset mnist --data-root "${DATA_ROOT:-/work/shared/data/mnist}" \
+      --dataset mnist --data-root "${DATA_ROOT:-$root/../shared/data/mnist}" \
       --limit-train "${LIMIT:-12000}" --hidden 400 200 --T 10 --epochs 3 --threads 1 \
       --quiet --overwrite --out "$work" > "$out/launch_$i.log" 2>&1
   else
