@@ -414,7 +414,7 @@ def test_stop_and_warning_lines_go_to_stderr_progress_to_stdout(tmp_path):
                           timeout=120, env=env)
     assert proc.returncode == 130, proc.stderr
     assert "opzo: opzo on embedded-mnist" in proc.stdout  # progress: stdout
-    for line in ("SIGTERM: stopping at the end of this batch", "stopped at epoch 1, batch 3",
+    for line in ("SIGTERM: stopping at a batch boundary", "stopped at epoch 1, batch 3",
                  "warning: the test split"):
         assert line in proc.stderr and line not in proc.stdout, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr

@@ -396,12 +396,15 @@ def test_a_stop_request_takes_effect_within_seconds_during_a_long_batch(tmp_path
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     took = None
-    for line in proc.stdout:  # the checkpoint is written, the run says it stopped
+    assert proc.stderr is not None
+    said = []
+    for line in proc.stderr:  # the checkpoint is written, the run says so (on stderr)
+        said.append(line)
         if line.startswith("stopped at epoch"):
             took = time.monotonic() - sent
             break
     code = proc.wait(timeout=120)  # (then the interpreter's own exit: a second or so)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    stderr = "".join(said) + proc.stderr.read()
     assert code == 130 and took is not None, stderr
     print(f"signal to stop: {took:.2f} s; to exit: {time.monotonic() - sent:.2f} s")
     assert took < 2.5, f"the stop took {took:.1f} s"

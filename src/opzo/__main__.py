@@ -34,9 +34,10 @@ def run() -> int:
     # nothing (the launcher of --nproc N, too, has returned its processes' verdict)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from .distributed import launched_by_torchrun
-
-    if code == EXIT_INTERRUPTED or launched_by_torchrun():
+    # one of several processes started by torchrun (opzo.distributed.launched_by_torchrun,
+    # read here without importing torch, which an interrupt may have left half-imported)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if code == EXIT_INTERRUPTED or under_torchrun:
         # A KeyboardInterrupt that passed through code run by exec() (dataclasses build their
         # methods so, while modules are imported) marks the interpreter, which then ends by
         # killing itself with SIGINT (status -2) although the interrupt was handled. And one
