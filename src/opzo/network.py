@@ -76,6 +76,7 @@ from . import native
 from .distributed import Shard
 from .hardware import HardwareNoise
 from .layers import ConvLayer, DenseLayer
+from .layers_extra import Pool2d
 from .netstring import LayerToken, net_string, parse_net
 from .neurons import LIF, Neuron
 from .neurons.base import Threshold, surrogate_at
@@ -211,16 +212,21 @@ class SpikingNet(nn.Module):
         self.dropout = float(dropout)
         hidden: list[nn.Module] = []
         skips: list[int | None] = []
-        pool: tuple[int, int] | None = None
+        pool: tuple[int, int] | Pool2d | None = None
         current = shape
         readout: DenseLayer | None = None
         for tok in tokens:
-            if tok.kind in ("pool", "gap"):
+            if tok.kind in ("pool", "maxpool", "aap", "gap"):
                 if len(current) != 3:
                     raise ValueError(f"{self.spec}: pooling ({tok}) needs a feature map, the "
                                      f"input there has shape {current}")
-                pool = (tok.kernel, tok.kernel) if tok.kind == "pool" else (current[1],
-                                                                           current[2])
+                if tok.kind == "pool" and tok.stride in (0, tok.kernel) and tok.pad <= 0:
+                    pool = (tok.kernel, tok.kernel)  # non-overlapping (the fast sliced form)
+                elif tok.kind == "gap":
+                    pool = (current[1], current[2])
+                else:
+                    pool = Pool2d({"pool": "avg", "maxpool": "max", "aap": "adaptive"}[tok.kind],
+                                  tok.kernel, tok.stride or None, max(tok.pad, 0))
                 continue
             try:
                 if tok.kind == "conv":
@@ -229,8 +235,9 @@ class SpikingNet(nn.Module):
                             f"a convolution ({tok}) needs an image-shaped input (C, H, W); "
                             f"this network's input has shape {current}: pass input_shape "
                             "(C, H, W)")
-                    layer: DenseLayer | ConvLayer = ConvLayer(current, tok.size, tok.kernel,
-                                                              pool=pool)
+                    layer: DenseLayer | ConvLayer = ConvLayer(
+                        current, tok.size, tok.kernel, pool=pool, stride=tok.stride or 1,
+                        padding=None if tok.pad < 0 else tok.pad)
                 elif tok.kind == "dense":
                     layer = DenseLayer(current, tok.size, pool=pool)
                 else:
