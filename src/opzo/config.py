@@ -306,8 +306,11 @@ class TrainConfig:
         """The parsed network string, or None for the fully connected net of 'hidden'."""
         if self.net is None:
             return None
+        from .nets import is_named, named_tokens  # the networks built by name (issue 26)
         from .netstring import parse_net
 
+        if is_named(self.net):
+            return named_tokens(self.net)
         try:
             return parse_net(self.net, self.width)
         except ValueError as exc:

@@ -166,6 +166,12 @@ class Term:
     scale: float = 1.0
     in_scale: float = 1.0
     gain: str | None = None
+    #: an average pooling after the op (linear; NF-ResNet's stem: conv, then AvgPool(3, 2, 1))
+    post: Pool2d | None = None
+
+    def out_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.in_shape) if self.op is None else tuple(self.op.out_shape)
+        return shape if self.post is None else self.post.output_shape(shape)
 
 
 class CompositeLayer(nn.Module):
@@ -181,29 +187,29 @@ class CompositeLayer(nn.Module):
     pool = None
 
     def __init__(self, terms: Sequence[Term], out_shape: Sequence[int], token: str,
-                 gain_init: float = 0.0) -> None:
+                 gain_init: float = 0.0, head: nn.Module | None = None) -> None:
         super().__init__()
         self.terms = list(terms)
-        self.out_shape = tuple(int(d) for d in out_shape)
+        #: the per-sample shape of Σ terms (the current, unless a ``head`` maps it further)
+        self.sum_shape = tuple(int(d) for d in out_shape)
+        #: an optional synaptic layer applied to the sum (NF-ResNet's readout: the linear
+        #: layer after global average pooling of the residual stream)
+        self.head = head
+        self.out_shape = self.sum_shape if head is None else tuple(head.out_shape)
         self._token = token
         self.ops = nn.ModuleDict({str(k): t.op for k, t in enumerate(self.terms)
                                   if t.op is not None})
         for t in self.terms:
             if t.gain is not None and not hasattr(self, t.gain):
                 self.register_parameter(t.gain, nn.Parameter(torch.full((), float(gain_init))))
-        n = math.prod(self.out_shape)
         self._sizes: list[int] = []
         for k, t in enumerate(self.terms):
-            if t.op is None:
-                if math.prod(t.in_shape) != n:
-                    raise ValueError(f"{token}: an identity term needs the layer's shape "
-                                     f"{self.out_shape}, its source has {t.in_shape}")
-                self._sizes.append(n)
-            else:
-                if tuple(t.op.out_shape) != self.out_shape:
-                    raise ValueError(f"{token}: term {k} gives shape {tuple(t.op.out_shape)}, "
-                                     f"the layer's current has {self.out_shape}")
-                self._sizes.append(math.prod(t.op.op_in_shape))
+            if t.out_shape() != self.sum_shape and math.prod(t.out_shape()) != math.prod(
+                    self.sum_shape):
+                raise ValueError(f"{token}: term {k} gives shape {t.out_shape()}, the "
+                                 f"layer's sum has {self.sum_shape}")
+            self._sizes.append(math.prod(t.in_shape) if t.op is None
+                               else math.prod(t.op.op_in_shape))
         src0 = [t.source for t in self.terms]
         #: the earlier hidden layers' outputs / currents this layer reads, in term order
         #: (the network hands them to :meth:`op_input`)
@@ -219,6 +225,13 @@ class CompositeLayer(nn.Module):
     @property
     def out_features(self) -> int:
         return math.prod(self.out_shape)
+
+    @property
+    def weight(self) -> Tensor:
+        """A weight of this layer (the head's, else the first op's), for its dtype and device."""
+        if self.head is not None:
+            return self.head.weight
+        return next(iter(self.ops.values())).weight
 
     def _gain(self, t: Term) -> Tensor | float:
         return 1.0 if t.gain is None else getattr(self, t.gain)
@@ -244,15 +257,35 @@ class CompositeLayer(nn.Module):
     def _split(self, x: Tensor) -> list[Tensor]:
         return list(torch.split(x, self._sizes, dim=1))
 
-    def op(self, x: Tensor) -> Tensor:
-        """I = Σ_k c_k g_k op_k(part_k) for the concatenated op input."""
+    def _post(self, t: Term, v: Tensor) -> Tensor:
+        if t.post is None:
+            return v
+        shape = t.op.out_shape if t.op is not None else t.in_shape
+        return t.post(v.reshape(v.shape[0], *shape)).flatten(1)
+
+    def _post_t(self, t: Term, g: Tensor) -> Tensor:
+        if t.post is None:
+            return g
+        shape = t.op.out_shape if t.op is not None else t.in_shape
+        return t.post.transpose(g.reshape(g.shape[0], *self.sum_shape), shape[1:]).flatten(1)
+
+    def _term_value(self, k: int, t: Term, part: Tensor) -> Tensor:
+        """op_k(part) after its post pooling (no scale, no gain)."""
+        return self._post(t, part if t.op is None else self._op(k).op(part))
+
+    def _sum(self, x: Tensor) -> Tensor:
         total = None
         for k, (t, part) in enumerate(zip(self.terms, self._split(x))):
-            v = part if t.op is None else self._op(k).op(part)
-            v = v * (t.scale * self._gain(t))
+            v = self._term_value(k, t, part) * (t.scale * self._gain(t))
             total = v if total is None else total + v
         assert total is not None
         return total
+
+    def op(self, x: Tensor) -> Tensor:
+        """I = head(Σ_k c_k g_k post_k(op_k(part_k))) for the concatenated op input (no head:
+        the sum itself)."""
+        total = self._sum(x)
+        return total if self.head is None else self.head(total)
 
     def forward(self, x: Tensor | None, *sources: Tensor) -> Tensor:
         """I for x_{l−1} and the sources (autograd-differentiable; BPTT uses it)."""
@@ -260,9 +293,11 @@ class CompositeLayer(nn.Module):
 
     def _term_grads(self, delta: Tensor) -> list[Tensor]:
         """The error at each term's source (before the op's own pooling: x, not P x)."""
+        if self.head is not None:
+            delta = self.head.input_grad(delta)
         out = []
         for k, t in enumerate(self.terms):
-            d = delta * (t.scale * self._gain(t))
+            d = self._post_t(t, delta * (t.scale * self._gain(t)))
             if t.op is not None:
                 d = self._op(k).input_grad(d)
             if t.in_scale != 1.0:
@@ -288,14 +323,20 @@ class CompositeLayer(nn.Module):
 
     def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:
         """Add the gradient of ⟨δ, Σ_k c_k g_k op_k(â_k; W_k, b̂ b_k)⟩ to every weight, bias
-        and term gain (``trace``: the trace of the concatenated op input)."""
+        and term gain (``trace``: the trace of the concatenated op input; with a ``head`` it
+        must be the instantaneous input, as for a readout: the head sees the sum at b̂ = 1)."""
+        if self.head is not None:
+            with torch.no_grad():
+                summed = self._sum(trace)
+            self.head.accumulate_grad(delta, self.head.op_input(summed), bias_trace)
+            delta = self.head.input_grad(delta)
         for k, (t, part) in enumerate(zip(self.terms, self._split(trace))):
             if t.op is None and t.gain is None:
                 continue
             g = self._gain(t)
             op = None if t.op is None else self._op(k)
             if op is not None:
-                op.accumulate_grad(delta * (t.scale * g), part, bias_trace)
+                op.accumulate_grad(self._post_t(t, delta * (t.scale * g)), part, bias_trace)
             if t.gain is not None:
                 param = getattr(self, t.gain)
                 with torch.no_grad():
@@ -309,7 +350,7 @@ class CompositeLayer(nn.Module):
                             view = value.reshape(value.shape[0], *op.out_shape)
                             view = view + (bias_trace - 1.0) * b.reshape(shape)
                             value = view.flatten(1)
-                    gg = (delta * value).sum() * t.scale
+                    gg = (delta * self._post(t, value)).sum() * t.scale
                 if param.grad is None:
                     param.grad = gg.reshape(()).clone()
                 else:

@@ -30,6 +30,8 @@ NETS: dict[str, str] = {
     "conv9r": "64C3-128C3-AP2-256C3-256C3+-AP2-512C3-512C3+-AP2-512C3-512C3+-FC",
     "resnet18": _resnet((2, 2, 2, 2)),
     "resnet34": _resnet((3, 4, 6, 3)),
+    # TET's VGGSNN (Deng et al. 2022) for 48x48 event frames (issue 26)
+    "vggsnn": "64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-AP2-FC",
 }
 
 _TOKEN_HELP = ("use <n>C<k> (convolution: n channels, k x k kernel; <n>C<k>s<s>p<p> with "

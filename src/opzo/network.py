@@ -438,17 +438,21 @@ class SpikingNet(nn.Module):
         surr = self._native_surrogate() if fused and local_derivative else None
         lif_kernel = (native.lif_kernel_params(neuron.lam, neuron.v_th, neuron.reset == "zero",
                                                *(surr or ())) if fused else None)
+        keep = getattr(self, "kept_currents", ())
+        currents: dict[int, Tensor] = {}
         for l, layer in enumerate(self.hidden):
             if l == 0 and first_current is not None:
                 current, scratch = first_current, False
                 op_in = layer.op_input(inp) if first_input is None else first_input
             else:
-                op_in = layer.op_input(inp)
+                op_in = layer.op_input(inp, *_sources(layer, outs, currents))
                 current, scratch = layer.op(op_in), True
             j = self.skips[l]
             if j is not None:  # residual shortcut: x_j joins the current
                 current = current.add_(outs[j]) if scratch else current + outs[j]
                 scratch = True
+            if l in keep:  # a later layer reads this current (opzo.layers_extra)
+                currents[l] = current.clone()
             if hardware is not None:  # the chip's noise on the current (opzo.hardware)
                 current = hardware.perturb_(current, l, scratch)
                 scratch = True
@@ -487,7 +491,7 @@ class SpikingNet(nn.Module):
             outs.append(out)
             ins.append(op_in)
             inp = out
-        r_in = self.readout.op_input(inp)
+        r_in = self.readout.op_input(inp, *_sources(self.readout, outs, currents))
         o = self.readout.op(r_in)
         return o, StepRecord(us, spikes, outs, masks, self.surrogate, neuron.v_th, gains,
                              inputs=ins, readout_in=r_in, dpsi=dpsis, thresholds=thresholds)
@@ -520,6 +524,14 @@ class SpikingNet(nn.Module):
             total = o if total is None else total + o
         assert total is not None
         return total
+
+
+def _sources(layer: nn.Module, outs: Sequence[Tensor], currents: dict[int, Tensor]
+             ) -> list[Tensor]:
+    """What a composite layer (:class:`~opzo.layers_extra.CompositeLayer`) reads besides its
+    input: earlier layers' outputs x_j (``("out", j)``) or currents I_j (``("cur", j)``)."""
+    return [outs[j] if kind == "out" else currents[j]
+            for kind, j in getattr(layer, "sources", ())]
 
 
 def _fusable(current: Tensor, u: Tensor, s: Tensor, mask: Tensor | None,
