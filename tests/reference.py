@@ -76,7 +76,17 @@ def layer_op(layer, x, bias_factor=1.0):
     """The synaptic current of a DenseLayer / ConvLayer for a flat input x (pooling included),
     with the bias multiplied by ``bias_factor`` (b̂ for the detached-trace rewriting)."""
     b = x.shape[0]
-    if layer.pool is not None:
+    pool = layer.pool
+    if pool is not None and hasattr(pool, "kind"):  # a strided / max / adaptive pooling
+        x4 = x.reshape(b, *layer.in_shape)
+        if pool.kind == "avg":
+            x = F.avg_pool2d(x4, pool.kernel, pool.stride, pool.padding)
+        elif pool.kind == "max":
+            x = F.max_pool2d(x4, pool.kernel, pool.stride, pool.padding)
+        else:
+            x = F.adaptive_avg_pool2d(x4, pool.kernel)
+        x = x.flatten(1)
+    elif pool is not None:
         x = F.avg_pool2d(x.reshape(b, *layer.in_shape), layer.pool).flatten(1)
     if hasattr(layer, "gain"):
         out = F.conv2d(x.reshape(b, *layer.op_in_shape), sws_weight(layer),

@@ -22,7 +22,7 @@ from .distributed import Communicator, Shard
 from .hardware import sharded
 from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss, MaxOverTime
-from .network import SpikingNet
+from .network import SpikingNet, _sources
 
 #: per-step inputs with fewer non-zeros than this fraction go through a sparse product
 SPARSE_INPUT_DENSITY = 0.05
@@ -95,10 +95,13 @@ class BPTTLearner:
                 check_stop(self.should_stop)
                 inp = x if static else x[t]
                 outs: list[Tensor] = []
+                currents: dict[int, Tensor] = {}
                 for l, layer in enumerate(net.hidden):
-                    current = layer(inp) if l > 0 else (first if static else first[t])
+                    current = (layer(inp, *_sources(layer, outs, currents)) if l > 0
+                               else (first if static else first[t]))
                     if net.skips[l] is not None:  # residual shortcut
                         current = current + outs[net.skips[l]]
+                    currents[l] = current
                     if net.hardware is not None:  # the chip's noise (opzo.hardware)
                         current = net.hardware.perturb_(current, l, scratch=False)
                     state[l] = neuron.step(state[l], current, net.surrogate,
@@ -106,7 +109,7 @@ class BPTTLearner:
                     spikes = state[l]["s"]
                     inp = spikes if masks is None else spikes * masks[l]
                     outs.append(inp)
-                o = net.readout(inp)
+                o = net.readout(inp, *_sources(net.readout, outs, currents))
                 if self.readout is not None:
                     outputs.append(o)
                     continue

@@ -58,7 +58,13 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
                          syn_lambda=cfg.syn_lambda, adapt_beta=cfg.adapt_beta,
                          adapt_lambda=cfg.adapt_lambda)
     net: SpikingNet
-    if cfg.net is not None:
+    from .nets import build_named, is_named
+
+    if is_named(cfg.net):  # resnet19, nfresnet34 (opzo.nets)
+        assert cfg.net is not None
+        net = build_named(cfg.net, shape, num_classes, width=cfg.width, neuron=neuron,
+                          surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
+    elif cfg.net is not None:
         net = SpikingNet(cfg.net, shape, num_classes, width=cfg.width, neuron=neuron,
                          surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
     else:
@@ -92,6 +98,10 @@ def load_weights(net: SpikingNet, path: str | Path) -> str:
     except Exception as exc:  # damaged or not a torch file
         raise ValueError(f"{file} cannot be read as a checkpoint ({type(exc).__name__}: "
                          f"{str(exc)[:120]})") from None
+    if isinstance(state, dict) and isinstance(state.get("net"), dict):  # OTTT's checkpoints
+        from .ottt import load_ottt_state
+
+        return load_ottt_state(net, state["net"], str(file))
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
         raise ValueError(f"{file} holds no network weights (expected an opzo checkpoint or a "

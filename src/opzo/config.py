@@ -121,12 +121,14 @@ class TrainConfig:
     hidden: list[int] = _opt([800, 800], "hidden layer sizes of the fully connected net, e.g. "
                              "800 800 (ignored when 'net' is given)", min=1)
     net: str | None = _opt(
-        None, "network string as in the OPZO paper, e.g. 128C3-AP2-256C3-AP2-512C3-FC "
-        "(<n>C<k>: conv with n channels and a k x k kernel, scaled weight standardization; "
-        "AP<k>: average pooling; GAP: global average pooling; <n>: fully connected hidden "
-        "layer; FC: the readout, last; a hidden token ending in + or +k adds the spikes of k "
+        None, 'network string as in the OPZO paper, e.g. 128C3-AP2-256C3-AP2-512C3-FC (<n>C<k>: '
+        'conv with n channels and a k x k kernel, scaled weight standardization; '
+        '<n>C<k>s<s>p<p>: with stride s and padding p, e.g. 64C7s2; AP<k>: average pooling, '
+        'AP<k>s<s>p<p> strided and padded, e.g. AP3s2p1; MP<k>: max pooling; AAP<n>: adaptive'
+        ' average pooling to n x n; GAP: global average pooling; <n>: fully connected hidden '
+        'layer; FC: the readout, last; a hidden token ending in + or +k adds the spikes of k '
         "layers back to its current: residual), or a name: conv5, conv9 (the paper's 5- and "
-        "9-layer conv nets), conv9r, resnet18, resnet34 (residual, appendix D.5); unset = "
+        '9-layer conv nets), conv9r, resnet18, resnet34 (residual, appendix D.5); unset = '
         "fully connected from 'hidden'")
     width: float = _opt(1.0, "multiplies the channels (and neurons) of every hidden layer of "
                         "'net' (e.g. 0.25 for a CPU-sized conv5)", min=1e-6)
@@ -304,8 +306,11 @@ class TrainConfig:
         """The parsed network string, or None for the fully connected net of 'hidden'."""
         if self.net is None:
             return None
+        from .nets import is_named, named_tokens  # the networks built by name (issue 26)
         from .netstring import parse_net
 
+        if is_named(self.net):
+            return named_tokens(self.net)
         try:
             return parse_net(self.net, self.width)
         except ValueError as exc:

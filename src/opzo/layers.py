@@ -60,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers_extra import Pool2d
+
 __all__ = ["ConvLayer", "DenseLayer", "ScaledWSConv2d", "avg_pool", "avg_pool_input_grad"]
 
 
@@ -247,13 +249,20 @@ class _InputPooling:
 
     in_shape: tuple[int, ...]
     op_in_shape: tuple[int, ...]
-    pool: tuple[int, int] | None
+    #: (k_h, k_w) for non-overlapping average pooling, a :class:`~opzo.layers_extra.Pool2d`
+    #: for a strided / padded / max / adaptive one, or None
+    pool: tuple[int, int] | Pool2d | None
 
     @staticmethod
-    def _pooled_shape(in_shape: tuple[int, ...], pool: int | Sequence[int] | None
-                      ) -> tuple[tuple[int, int] | None, tuple[int, ...]]:
+    def _pooled_shape(in_shape: tuple[int, ...], pool: int | Sequence[int] | Pool2d | None
+                      ) -> tuple[tuple[int, int] | Pool2d | None, tuple[int, ...]]:
         if pool is None:
             return None, in_shape
+        if isinstance(pool, Pool2d):
+            if len(in_shape) != 3:
+                raise ValueError(f"pooling {pool.token} needs a feature map (C, H, W) as "
+                                 f"input, got shape {in_shape}")
+            return pool, pool.output_shape(in_shape)
         kh, kw = _pair(pool)
         if len(in_shape) != 3:
             raise ValueError(f"average pooling needs a feature map (C, H, W) as input, got "
@@ -267,6 +276,8 @@ class _InputPooling:
         """P x, flattened: the input the synaptic op sees (``x`` itself without pooling)."""
         if self.pool is None:
             return x
+        if isinstance(self.pool, Pool2d):
+            return self.pool(x.reshape(x.shape[0], *self.in_shape)).flatten(1)
         return avg_pool(x.reshape(x.shape[0], *self.in_shape), self.pool, floor=True).flatten(1)
 
     def op_input_grad(self, g: Tensor) -> Tensor:
@@ -274,11 +285,15 @@ class _InputPooling:
         if self.pool is None:
             return g
         g = g.reshape(g.shape[0], *self.op_in_shape)
+        if isinstance(self.pool, Pool2d):
+            return self.pool.transpose(g, self.in_shape[1:]).flatten(1)
         return avg_pool_input_grad(g, self.pool, self.in_shape[1:]).flatten(1)
 
     def _pool_token(self) -> str:
         if self.pool is None:
             return ""
+        if isinstance(self.pool, Pool2d):
+            return self.pool.token + "-"
         kh, kw = self.pool
         return f"AP{kh}-" if kh == kw else f"AP{kh}x{kw}-"
 
@@ -295,7 +310,7 @@ class DenseLayer(_InputPooling, nn.Linear):
     is_dense = True
 
     def __init__(self, in_shape: int | Sequence[int], out_features: int,
-                 pool: int | Sequence[int] | None = None, bias: bool = True) -> None:
+                 pool: int | Sequence[int] | Pool2d | None = None, bias: bool = True) -> None:
         shape = (int(in_shape),) if isinstance(in_shape, int) else tuple(int(d) for d in in_shape)
         pool_k, op_in_shape = self._pooled_shape(shape, pool)
         super().__init__(_numel(op_in_shape), int(out_features), bias=bias)
@@ -317,7 +332,7 @@ class DenseLayer(_InputPooling, nn.Linear):
         """I = W P x + b (autograd-differentiable; the BPTT reference uses it)."""
         return F.linear(self.op_input(x), self.weight, self.bias)
 
-    def input_grad(self, delta: Tensor) -> Tensor:
+    def input_grad(self, delta: Tensor, weight: Tensor | None = None) -> Tensor:
         """Pᵀ Wᵀ δ (as a row batch: (δ W) then the pooling transpose)."""
         return self.op_input_grad(delta @ self.weight)
 
@@ -343,7 +358,7 @@ class ConvLayer(_InputPooling, ScaledWSConv2d):
     is_dense = False
 
     def __init__(self, in_shape: Sequence[int], out_channels: int, kernel_size: int = 3,
-                 pool: int | Sequence[int] | None = None, stride: int = 1,
+                 pool: int | Sequence[int] | Pool2d | None = None, stride: int = 1,
                  padding: int | None = None) -> None:
         shape = tuple(int(d) for d in in_shape)
         if len(shape) != 3:
@@ -367,7 +382,12 @@ class ConvLayer(_InputPooling, ScaledWSConv2d):
     @property
     def token(self) -> str:
         """This layer in the network-string notation (pooling included), e.g. ``AP2-256C3``."""
-        return f"{self._pool_token()}{self.out_channels}C{self.kernel_size}"
+        text = f"{self._pool_token()}{self.out_channels}C{self.kernel_size}"
+        if self.stride != 1:
+            text += f"s{self.stride}"
+        if self.padding != self.kernel_size // 2:
+            text += f"p{self.padding}"
+        return text
 
     def op(self, x: Tensor) -> Tensor:
         """I = conv(x, Ŵ) + b for the (pooled) input x, (B, C·H·W) in and out."""
@@ -378,11 +398,12 @@ class ConvLayer(_InputPooling, ScaledWSConv2d):
         """I = conv(P x, Ŵ) + b, flattened (autograd-differentiable, through Ŵ as well)."""
         return self.op(self.op_input(x))
 
-    def input_grad(self, delta: Tensor) -> Tensor:  # type: ignore[override]
-        """Pᵀ convᵀ(δ, Ŵ), flattened."""
+    def input_grad(self, delta: Tensor,  # type: ignore[override]
+                   weight: Tensor | None = None) -> Tensor:
+        """Pᵀ convᵀ(δ, Ŵ), flattened (``weight``: Ŵ, if the caller has it)."""
         b = delta.shape[0]
         g = ScaledWSConv2d.input_grad(self, delta.reshape(b, *self.out_shape),
-                                      (b, *self.op_in_shape))
+                                      (b, *self.op_in_shape), weight)
         return self.op_input_grad(g.flatten(1))
 
     def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:

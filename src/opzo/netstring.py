@@ -30,10 +30,15 @@ NETS: dict[str, str] = {
     "conv9r": "64C3-128C3-AP2-256C3-256C3+-AP2-512C3-512C3+-AP2-512C3-512C3+-FC",
     "resnet18": _resnet((2, 2, 2, 2)),
     "resnet34": _resnet((3, 4, 6, 3)),
+    # TET's VGGSNN (Deng et al. 2022) for 48x48 event frames (issue 26)
+    "vggsnn": "64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-AP2-FC",
 }
 
-_TOKEN_HELP = ("use <n>C<k> (convolution: n channels, k x k kernel), AP<k> (k x k average "
-               "pooling), GAP (global average pooling), <n> (fully connected hidden layer) "
+_TOKEN_HELP = ("use <n>C<k> (convolution: n channels, k x k kernel; <n>C<k>s<s>p<p> with "
+               "stride s and padding p, e.g. 64C7s2 or 128C1s2p0), AP<k> (k x k average "
+               "pooling; AP<k>s<s>p<p> strided and padded, e.g. AP3s2p1), MP<k>[s<s>][p<p>] "
+               "(max pooling), AAP<n> (adaptive average pooling to n x n; AAP = AAP1), "
+               "GAP (global average pooling), <n> (fully connected hidden layer) "
                "and FC (the readout, last), joined by '-', e.g. 128C3-AP2-256C3-AP2-512C3-FC; "
                "a hidden token ending in + or +k adds the spikes of k layers back to its current "
                "(residual); "
@@ -42,18 +47,31 @@ _TOKEN_HELP = ("use <n>C<k> (convolution: n channels, k x k kernel), AP<k> (k x 
 
 @dataclass(frozen=True)
 class LayerToken:
-    """One token of a network string: ``kind`` is ``conv`` (``size`` channels, ``kernel``),
-    ``pool`` (``kernel``), ``gap``, ``dense`` (``size`` neurons) or ``readout``; ``skip``: for
-    a residual hidden layer, how many layers back its shortcut comes from (0: none)."""
+    """One token of a network string: ``kind`` is ``conv`` (``size`` channels, ``kernel``,
+    ``stride``, ``pad``), ``pool`` (average, ``kernel``, ``stride``, ``pad``), ``maxpool``
+    (``kernel``, ``stride``, ``pad``), ``aap`` (adaptive average pooling to ``kernel`` x
+    ``kernel``), ``gap``, ``dense`` (``size`` neurons) or ``readout``; ``skip``: for a residual
+    hidden layer, how many layers back its shortcut comes from (0: none). ``stride`` 0 and
+    ``pad`` −1 mean the defaults (a conv: stride 1, padding k // 2; a pooling: stride k,
+    padding 0)."""
 
     kind: str
     size: int = 0
     kernel: int = 0
     skip: int = 0
+    stride: int = 0
+    pad: int = -1
+
+    def _suffix(self) -> str:
+        return ((f"s{self.stride}" if self.stride else "")
+                + (f"p{self.pad}" if self.pad >= 0 else ""))
 
     def __str__(self) -> str:
         text = {"conv": f"{self.size}C{self.kernel}", "pool": f"AP{self.kernel}",
+                "maxpool": f"MP{self.kernel}", "aap": f"AAP{self.kernel}",
                 "gap": "GAP", "dense": f"{self.size}", "readout": "FC"}[self.kind]
+        if self.kind in ("conv", "pool", "maxpool"):
+            text += self._suffix()
         if self.skip:
             text += "+" if self.skip == 1 else f"+{self.skip}"
         return text
@@ -67,6 +85,14 @@ def _skip(text: str | None, raw: str) -> int:
     if span < 1:
         raise ValueError(f"layer token {raw!r}: a shortcut comes from >= 1 layer back")
     return span
+
+
+def _stride_pad(stride: str | None, pad: str | None, raw: str) -> tuple[int, int]:
+    """A token's ``s<s>`` / ``p<p>`` suffixes (0 / −1: the default)."""
+    s = int(stride) if stride is not None else 0
+    if stride is not None and s < 1:
+        raise ValueError(f"layer token {raw!r}: the stride must be >= 1")
+    return s, (int(pad) if pad is not None else -1)
 
 
 def parse_net(spec: str, width: float = 1.0) -> list[LayerToken]:
@@ -86,15 +112,28 @@ def parse_net(spec: str, width: float = 1.0) -> list[LayerToken]:
         tok = raw.strip().upper()
         if not tok:
             raise ValueError(f"empty layer token in {spec!r} (two '-' in a row?); {_TOKEN_HELP}")
-        if m := re.fullmatch(r"(\d+)C(\d+)(\+\d*)?", tok):
+        if m := re.fullmatch(r"(\d+)C(\d+)(?:S(\d+))?(?:P(\d+))?(\+\d*)?", tok):
             n, k = int(m[1]), int(m[2])
+            stride, pad = _stride_pad(m[3], m[4], raw)
             if n < 1 or k < 1:
                 raise ValueError(f"layer token {raw!r}: channels and kernel must be >= 1")
-            tokens.append(LayerToken("conv", max(1, round(n * width)), k, _skip(m[3], raw)))
-        elif m := re.fullmatch(r"AP(\d+)", tok):
-            if int(m[1]) < 1:
+            tokens.append(LayerToken("conv", max(1, round(n * width)), k, _skip(m[5], raw),
+                                     stride, pad))
+        elif m := re.fullmatch(r"([AM])P(\d+)(?:S(\d+))?(?:P(\d+))?", tok):
+            stride, pad = _stride_pad(m[3], m[4], raw)
+            k = int(m[2])
+            if k < 1:
                 raise ValueError(f"layer token {raw!r}: the pooling size must be >= 1")
-            tokens.append(LayerToken("pool", kernel=int(m[1])))
+            if pad >= 0 and 2 * pad > k:
+                raise ValueError(f"layer token {raw!r}: the padding must be at most half the "
+                                 "pooling size")
+            tokens.append(LayerToken("pool" if m[1] == "A" else "maxpool", kernel=k,
+                                     stride=stride, pad=pad))
+        elif m := re.fullmatch(r"AAP(\d*)", tok):
+            n = int(m[1]) if m[1] else 1
+            if n < 1:
+                raise ValueError(f"layer token {raw!r}: the output size must be >= 1")
+            tokens.append(LayerToken("aap", kernel=n))
         elif tok == "GAP":
             tokens.append(LayerToken("gap"))
         elif m := re.fullmatch(r"(\d+)(\+\d*)?", tok):
@@ -120,11 +159,12 @@ def parse_net(spec: str, width: float = 1.0) -> list[LayerToken]:
                              "at a hidden layer, not at the network input)")
         n_hidden += tok.kind in ("conv", "dense")
     seen_dense = False
+    pools = ("pool", "maxpool", "aap", "gap")
     for prev, tok in zip([None, *tokens], tokens):
-        if tok.kind in ("pool", "gap") and prev is not None and prev.kind in ("pool", "gap"):
+        if tok.kind in pools and prev is not None and prev.kind in pools:
             raise ValueError(f"{spec!r}: two pooling tokens in a row ({prev}-{tok}); pooling "
                              "applies to the input of the next layer, use one")
-        if tok.kind in ("pool", "gap") and seen_dense:
+        if tok.kind in pools and seen_dense:
             raise ValueError(f"{spec!r}: pooling ({tok}) after a fully connected layer; "
                              "pooling applies to feature maps")
         if tok.kind == "conv" and seen_dense:

@@ -76,6 +76,7 @@ from . import native
 from .distributed import Shard
 from .hardware import HardwareNoise
 from .layers import ConvLayer, DenseLayer
+from .layers_extra import Pool2d
 from .netstring import LayerToken, net_string, parse_net
 from .neurons import LIF, Neuron
 from .neurons.base import Threshold, surrogate_at
@@ -211,16 +212,21 @@ class SpikingNet(nn.Module):
         self.dropout = float(dropout)
         hidden: list[nn.Module] = []
         skips: list[int | None] = []
-        pool: tuple[int, int] | None = None
+        pool: tuple[int, int] | Pool2d | None = None
         current = shape
         readout: DenseLayer | None = None
         for tok in tokens:
-            if tok.kind in ("pool", "gap"):
+            if tok.kind in ("pool", "maxpool", "aap", "gap"):
                 if len(current) != 3:
                     raise ValueError(f"{self.spec}: pooling ({tok}) needs a feature map, the "
                                      f"input there has shape {current}")
-                pool = (tok.kernel, tok.kernel) if tok.kind == "pool" else (current[1],
-                                                                           current[2])
+                if tok.kind == "pool" and tok.stride in (0, tok.kernel) and tok.pad <= 0:
+                    pool = (tok.kernel, tok.kernel)  # non-overlapping (the fast sliced form)
+                elif tok.kind == "gap":
+                    pool = (current[1], current[2])
+                else:
+                    pool = Pool2d({"pool": "avg", "maxpool": "max", "aap": "adaptive"}[tok.kind],
+                                  tok.kernel, tok.stride or None, max(tok.pad, 0))
                 continue
             try:
                 if tok.kind == "conv":
@@ -229,8 +235,9 @@ class SpikingNet(nn.Module):
                             f"a convolution ({tok}) needs an image-shaped input (C, H, W); "
                             f"this network's input has shape {current}: pass input_shape "
                             "(C, H, W)")
-                    layer: DenseLayer | ConvLayer = ConvLayer(current, tok.size, tok.kernel,
-                                                              pool=pool)
+                    layer: DenseLayer | ConvLayer = ConvLayer(
+                        current, tok.size, tok.kernel, pool=pool, stride=tok.stride or 1,
+                        padding=None if tok.pad < 0 else tok.pad)
                 elif tok.kind == "dense":
                     layer = DenseLayer(current, tok.size, pool=pool)
                 else:
@@ -431,17 +438,21 @@ class SpikingNet(nn.Module):
         surr = self._native_surrogate() if fused and local_derivative else None
         lif_kernel = (native.lif_kernel_params(neuron.lam, neuron.v_th, neuron.reset == "zero",
                                                *(surr or ())) if fused else None)
+        keep = getattr(self, "kept_currents", ())
+        currents: dict[int, Tensor] = {}
         for l, layer in enumerate(self.hidden):
             if l == 0 and first_current is not None:
                 current, scratch = first_current, False
                 op_in = layer.op_input(inp) if first_input is None else first_input
             else:
-                op_in = layer.op_input(inp)
+                op_in = layer.op_input(inp, *_sources(layer, outs, currents))
                 current, scratch = layer.op(op_in), True
             j = self.skips[l]
             if j is not None:  # residual shortcut: x_j joins the current
                 current = current.add_(outs[j]) if scratch else current + outs[j]
                 scratch = True
+            if l in keep:  # a later layer reads this current (opzo.layers_extra)
+                currents[l] = current.clone()
             if hardware is not None:  # the chip's noise on the current (opzo.hardware)
                 current = hardware.perturb_(current, l, scratch)
                 scratch = True
@@ -480,7 +491,7 @@ class SpikingNet(nn.Module):
             outs.append(out)
             ins.append(op_in)
             inp = out
-        r_in = self.readout.op_input(inp)
+        r_in = self.readout.op_input(inp, *_sources(self.readout, outs, currents))
         o = self.readout.op(r_in)
         return o, StepRecord(us, spikes, outs, masks, self.surrogate, neuron.v_th, gains,
                              inputs=ins, readout_in=r_in, dpsi=dpsis, thresholds=thresholds)
@@ -513,6 +524,14 @@ class SpikingNet(nn.Module):
             total = o if total is None else total + o
         assert total is not None
         return total
+
+
+def _sources(layer: nn.Module, outs: Sequence[Tensor], currents: dict[int, Tensor]
+             ) -> list[Tensor]:
+    """What a composite layer (:class:`~opzo.layers_extra.CompositeLayer`) reads besides its
+    input: earlier layers' outputs x_j (``("out", j)``) or currents I_j (``("cur", j)``)."""
+    return [outs[j] if kind == "out" else currents[j]
+            for kind, j in getattr(layer, "sources", ())]
 
 
 def _fusable(current: Tensor, u: Tensor, s: Tensor, mask: Tensor | None,

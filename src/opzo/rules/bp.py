@@ -30,16 +30,35 @@ class SpatialBP(SpatialRule):
         deltas: list[Tensor] = []  # δ_l from the top layer down
         #: the error at each layer's output x_l, complete once every layer above has run
         g: list[Tensor | None] = [None] * n
+        #: parts of ∂L/∂I_l that come straight from a later layer's current (composite
+        #: layers reading I_l, e.g. NF-ResNet's residual stream; opzo.layers_extra)
+        extra: list[Tensor | None] = [None] * n
         g[n - 1] = net.readout.input_grad(ctx.error)
+        _from_sources(net.readout, ctx.error, g, extra)
         for l in range(n - 1, -1, -1):
             gl = g[l]
-            assert gl is not None
+            if gl is None:  # nothing reads this layer's output through its spikes
+                gl = rec.u[l].new_zeros(rec.u[l].shape)
             delta = local_delta(rec, l, gl)
+            if extra[l] is not None:
+                delta = delta + extra[l]
             deltas.append(delta)
-            if l > 0:
-                below = net.hidden[l].input_grad(delta)
+            layer = net.hidden[l]
+            if l > 0 and getattr(layer, "uses_input", True):
+                below = layer.input_grad(delta)
                 g[l - 1] = below if g[l - 1] is None else g[l - 1] + below
+            _from_sources(layer, delta, g, extra)
             j = skips[l]
             if j is not None:  # a residual shortcut x_j → I_l passes δ_l back unchanged
                 g[j] = delta if g[j] is None else g[j] + delta
         return deltas[::-1]
+
+
+def _from_sources(layer, delta: Tensor, g: list[Tensor | None],
+                  extra: list[Tensor | None]) -> None:
+    """A composite layer's errors at the earlier outputs and currents it reads."""
+    if not getattr(layer, "sources", None):
+        return
+    for (kind, j), grad in layer.source_grads(delta):
+        into = g if kind == "out" else extra
+        into[j] = grad if into[j] is None else into[j] + grad
