@@ -20,9 +20,11 @@ from torch import Tensor
 
 from .distributed import Communicator, Shard
 from .hardware import sharded
+from .layer_major import bptt_outputs
 from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet, _sources
+from .norm import has_sequence_norm
 
 #: per-step inputs with fewer non-zeros than this fraction go through a sparse product
 SPARSE_INPUT_DENSITY = 0.05
@@ -90,10 +92,25 @@ class BPTTLearner:
         leaky: Tensor | None = None  # O[t] with an output leak
         outputs: list[Tensor] = []  # o[t] for a max-over-time readout
         with torch.enable_grad(), sharded(net, shard):  # chip noise: for the global batch
-            first = self._first_currents(x, T, batch)
+            # a normaliser over all time steps (tdBN, BN along T): layer by layer over the
+            # whole sequence (opzo.layer_major); otherwise step by step
+            seq = (bptt_outputs(net, x, T, masks, self.detach_reset)
+                   if has_sequence_norm(net) else None)
+            first = self._first_currents(x, T, batch) if seq is None else None
             for t in range(T):
                 check_stop(self.should_stop)
                 inp = x if static else x[t]
+                if seq is not None:
+                    o = seq[t]
+                    if self.readout is not None:
+                        outputs.append(o)
+                        continue
+                    out_sum = out_sum + o.detach()
+                    if self.output_leak:
+                        leaky = o if leaky is None else self.output_leak * leaky + o
+                        o = leaky
+                    total = total + self.loss.per_sample(o, y).sum()
+                    continue
                 outs: list[Tensor] = []
                 currents: dict[int, Tensor] = {}
                 for l, layer in enumerate(net.hidden):
@@ -143,6 +160,8 @@ class BPTTLearner:
         layer = self.net.hidden[0]
         if x.dim() == 2:
             return layer(x)
+        if getattr(layer, "per_step", False):  # batch norm per step (opzo.norm): per step
+            return tuple(layer(x[t]) for t in range(T))
         flat = x.reshape(T * batch, -1)
         if layer.is_dense and layer.pool is None:
             nonzero = int(torch.count_nonzero(flat))

@@ -70,6 +70,11 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
     else:
         net = SpikingMLP([math.prod(shape), *cfg.hidden, num_classes], neuron=neuron,
                          surrogate=surrogate, dropout=cfg.dropout, kernels=cfg.kernels)
+    norm = getattr(cfg, "norm", "none")
+    if norm != "none":  # batch norm after every convolution (opzo.norm)
+        from .norm import apply_norm
+
+        apply_norm(net, norm)
     if cfg.hw_noise:  # the deployed chip's noise on every current (opzo.hardware)
         from .hardware import attach
 

@@ -22,6 +22,7 @@ from .learner import UPDATE_MODES
 from .losses import LOSS_KINDS
 from .network import KERNELS, NOISE_POSITIONS
 from .neurons import NEURONS, RESET_MODES
+from .norm import NORMS, SEQUENCE_NORMS
 from .registry import Registry
 from .rules import RULES
 from .rules.noise import NOISE_DISTRIBUTIONS, NOISE_RNGS
@@ -155,6 +156,13 @@ class TrainConfig:
                         "ops and torch's generator; with --noise-rng torch, the streams of "
                         "the results recorded before the native kernels)",
                         KERNELS)
+    norm: str = _opt("none", "batch norm of every convolution's current before its neurons "
+                     "(opzo.norm): bn (per-step batch statistics over batch and space, one "
+                     "module shared by all steps, running averages for evaluation; every "
+                     "method), tdbn (threshold-dependent BN, Zheng et al. 2021: statistics "
+                     "over batch, time and space, scaled by alpha·V_th) or bn-all-t (BN along "
+                     "all time steps, OPZO paper Table 13); tdbn and bn-all-t see the future "
+                     "of a step: method bptt only", NORMS)
     surrogate: str = _opt("sigmoid", "local derivative ψ. " + _described(SURROGATES),
                           _Names(SURROGATES.names))
     sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
@@ -300,7 +308,23 @@ class TrainConfig:
             self._check_data(tokens)
             self._check_method()
             self._check_igl(tokens)
+            self._check_norm(tokens)
         return self
+
+    def _check_norm(self, tokens: list | None) -> None:
+        """Batch norm needs convolutions; statistics over all steps need the whole sequence."""
+        if self.norm == "none":
+            return
+        if self.net is not None and self.net.strip().lower() == "nfresnet34":
+            raise ConfigError("net 'nfresnet34' is normaliser-free by design: use norm 'none'")
+        if tokens is None or not any(t.kind == "conv" for t in tokens):
+            raise ConfigError(f"norm {self.norm!r} normalises convolutions; this network has "
+                              "none: give a convolutional 'net' or norm 'none'")
+        if self.norm in SEQUENCE_NORMS and self.method != "bptt":
+            raise ConfigError(f"norm {self.norm!r} normalises over all time steps, so step t "
+                              f"would use statistics of later steps: method {self.method!r} "
+                              "learns online, one step at a time; use method 'bptt', or norm "
+                              "'bn' (per-step statistics)")
 
     def _net_tokens(self) -> list | None:
         """The parsed network string, or None for the fully connected net of 'hidden'."""
@@ -410,7 +434,7 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
              "limit_train", "limit_test"),
     "network and neuron": ("net", "hidden", "width", "T", "dropout", "init_scale", "neuron",
                            "lif_lambda", "v_th", "reset", "syn_lambda", "adapt_beta",
-                           "adapt_lambda", "kernels", "init_from"),
+                           "adapt_lambda", "kernels", "norm", "init_from"),
     "method: spatial rule and loss": ("method", "loss", "gamma", "readout", "readout_leak",
                                       "detach_reset", "update", "lambda_m", "freeze_m_after",
                                       "feedback_lr", "local_learning", "ll_scale",

@@ -12,8 +12,10 @@ multiplies every channel count (rounded, at least 1) for CPU-sized tests.
   second and third stages with stride 2 and a 1×1 stride-2 projection shortcut; the shortcut
   joins the second convolution's current before its neurons (as in a spiking ResNet:
   LIF(conv2(...) + shortcut)); then global average pooling, a hidden FC layer of 256 and the
-  readout. The convolutions are scaled-weight-standardized (this module has no batch norm:
-  the normalisers of issue 26 piece 1 are not in this tree yet).
+  readout. The convolutions are scaled-weight-standardized; with ``norm`` (``bn``, ``tdbn``,
+  ``bn-all-t``; :mod:`opzo.norm`) they are plain convolutions each followed by that
+  normaliser (tdBN's ResNet-19: tdBN after every convolution, the projection's included,
+  α = 1/√2 on the two branches added before a block's second neurons).
 * ``nfresnet34`` (the OTTT paper's normaliser-free ResNet-34, Xiao et al. 2022, its released
   ImageNet model ``online_spiking_nfresnet34``): a 7×7 stride-2 scaled-WS stem, 3×3 stride-2
   average pooling (padding 1, zeros counted), then [3, 4, 6, 3] pre-activation basic blocks at
@@ -167,7 +169,8 @@ class ResNet19(_BuiltNet):
     """tdBN's ResNet-19 (see the module docstring), scaled by ``width``."""
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, *, width: float = 1.0,
-                 blocks: Sequence[int] = (3, 3, 2), fc: int = 256, **kw) -> None:
+                 blocks: Sequence[int] = (3, 3, 2), fc: int = 256, norm: str = "none",
+                 **kw) -> None:
         shape = tuple(int(d) for d in input_shape)
         if len(shape) != 3:
             raise ValueError(f"resnet19 needs image-shaped input (C, H, W), got {shape}")
@@ -200,6 +203,10 @@ class ResNet19(_BuiltNet):
         self._install("resnet19", hidden, readout, skips)
         if width != 1.0:
             self.spec += f"(width={width:g})"
+        if norm != "none":  # tdBN's ResNet-19: a normaliser after every convolution
+            from .norm import apply_norm
+
+            apply_norm(self, norm)
 
 
 #: the networks built here by name (the string ones live in opzo.netstring.NETS)

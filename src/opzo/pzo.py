@@ -65,8 +65,14 @@ credit inside each layer).
 Not offered: noise before the neuron (M_k would then estimate the Jacobian with respect to
 the current, through layer l's own Heaviside, and ψ would be counted twice) and antithetic
 noise (z[t] = −z[t−1] correlates neighbouring steps, so E[z[t−1] õ[t]ᵀ] would pick up −J_0
-at lag 1). Batch normalisation along time (Table 13's "5-layer CNN (BN)" row) is not
-implemented: the networks of :mod:`opzo.network` have no normalisation layer.
+at lag 1).
+
+Batch normalisation along all time steps (Table 13's "5-layer CNN (BN)" row; norm
+``bn-all-t`` or ``tdbn``, :mod:`opzo.norm`): the forward pass runs layer by layer over the
+whole sequence (:func:`opzo.layer_major.untruncated_forward`), each normaliser's statistics
+taken over (batch, time, space); ε_l[t] above is then ∂L/∂I_l[t] at the normalised current,
+and the weight gradient takes it back through the normaliser's transpose over all T·B rows
+at once (exact for a normaliser whose statistics are those rows').
 """
 
 from __future__ import annotations
@@ -79,9 +85,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .layer_major import untruncated_forward
 from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss
 from .network import SpikingNet
+from .norm import has_sequence_norm, normed_layers
 from .rules.noise import NoiseSampler, Perturbed
 
 __all__ = ["DFAThroughTime", "LaggedFeedback", "PZOFeedback", "TemporalFeedback",
@@ -272,6 +280,10 @@ class UntruncatedLearner:
             raise ValueError(f"PZO without truncation takes the error back through each layer's "
                              f"LIF neuron (leak and reset, the recursion derived for eq. 1); "
                              f"the network's neuron is {net.neuron.name!r}: use a LIF network")
+        if any(m.per_step for m in normed_layers(net)):
+            raise ValueError("untruncated PZO takes batch norm along all time steps (norm "
+                             "'bn-all-t' or 'tdbn', OPZO paper Table 13), not per-step "
+                             "statistics (norm 'bn')")
         self.net = net
         self.feedback = feedback
         self.loss = loss or InstantLoss()
@@ -296,6 +308,18 @@ class UntruncatedLearner:
         state = net.initial_state(batch, x)
         fb.start_batch()
         alpha = fb.noise.alpha if fb.noise is not None else 0.0
+        if has_sequence_norm(net):  # BN along all time steps: layer-major (opzo.layer_major)
+            noises = []
+            for t in range(T):
+                check_stop(self.should_stop)
+                z = fb.perturbation(t, batch, x)  # may be a reused buffer: copied
+                noises.append(None if z is None else [v.clone() for v in z])
+            drawn = None if noises[0] is None else noises
+            rec = untruncated_forward(net, x, T, masks, drawn, alpha)
+            return UnrolledBatch(
+                T=T, x=x, static=static, masks=masks,
+                noise=None if drawn is None else torch.stack([torch.cat(z, 1) for z in drawn]),
+                alpha=alpha, **rec)
         first = first_in = None
         if static:
             first_in = net.hidden[0].op_input(x)
