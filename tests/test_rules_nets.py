@@ -140,7 +140,7 @@ def _run(net, rule, T, seed=2):
     return x, y, masks, log
 
 
-NETS = ["nf", "r19", "r19-bn", "vgg"]
+NETS = ["nf", "r19", "r19-bn", "vgg", "sew"]
 
 
 @pytest.mark.parametrize("rule_name", ["dfa", "dkp", "zo", "opzo"])

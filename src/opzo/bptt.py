@@ -87,6 +87,7 @@ class BPTTLearner:
             raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
         norm = batch if shard is None else shard.total  # the B of the batch mean
         state = [neuron.initial_state(batch, n, x) for n in net.hidden_sizes]
+        adds = getattr(net, "adds", None)
         total = x.new_zeros(())
         out_sum = x.new_zeros(batch, net.num_outputs)
         leaky: Tensor | None = None  # O[t] with an output leak
@@ -125,6 +126,8 @@ class BPTTLearner:
                                            self.detach_reset)
                     spikes = state[l]["s"]
                     inp = spikes if masks is None else spikes * masks[l]
+                    if adds is not None and adds[l] is not None:  # SEW's ADD
+                        inp = inp + net.added(l, outs)
                     outs.append(inp)
                 o = net.readout(inp, *_sources(net.readout, outs, currents))
                 if self.readout is not None:

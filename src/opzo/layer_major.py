@@ -38,6 +38,7 @@ def bptt_outputs(net: SpikingNet, x: Tensor, T: int, masks: list[Tensor] | None,
     """o[t] for t = 0..T−1, layer-major, differentiable (BPTT through layers and time).
     ``x``: (B, F) static or (T, B, F) flattened."""
     neuron = net.neuron
+    adds = getattr(net, "adds", None)
     static = x.dim() == 2
     batch = x.shape[0] if static else x.shape[1]
     outs: list[list[Tensor]] = []
@@ -63,7 +64,10 @@ def bptt_outputs(net: SpikingNet, x: Tensor, T: int, masks: list[Tensor] | None,
                     c = net.hardware.perturb_(c, l, scratch=False)
                 state = neuron.step(state, c, net.surrogate, detach_reset)
                 s = state["s"]
-                layer_out.append(s if masks is None else s * masks[l])
+                out = s if masks is None else s * masks[l]
+                if adds is not None and adds[l] is not None:  # SEW's ADD
+                    out = out + net.added(l, {adds[l][0]: outs[adds[l][0]][t]})
+                layer_out.append(out)
             outs.append(layer_out)
             prev = layer_out
         assert prev is not None
@@ -81,6 +85,7 @@ def untruncated_forward(net: SpikingNet, x: Tensor, T: int, masks: list[Tensor] 
     (T, B, m), ``readout_in`` (T, B, n_r). Each normaliser keeps the statistics of its
     whole-sequence call for the transposes of the weight gradients."""
     neuron = net.neuron
+    adds = getattr(net, "adds", None)
     static = x.dim() == 2
     batch = x.shape[0] if static else x.shape[1]
     outs: list[list[Tensor]] = []
@@ -117,6 +122,8 @@ def untruncated_forward(net: SpikingNet, x: Tensor, T: int, masks: list[Tensor] 
                     out = out + alpha * noise[t][l]
                 if masks is not None:
                     out = out * masks[l]
+                if adds is not None and adds[l] is not None:  # SEW's ADD
+                    out = out + net.added(l, {adds[l][0]: outs[adds[l][0]][t]})
                 out_l.append(out)
             us.append(torch.stack(u_l))
             ss.append(torch.stack(s_l))

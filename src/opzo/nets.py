@@ -1,4 +1,4 @@
-"""Named large networks (issue 26): ``vggsnn``, ``resnet19``, ``nfresnet34``.
+"""Named large networks (issue 26): ``vggsnn``, ``resnet19``, ``sew-resnet34``, ``nfresnet34``.
 
 Each is a :class:`~opzo.network.SpikingNet` (the same one-step forward, StepRecord, rules,
 traces, BPTT), built from :mod:`opzo.layers` and :mod:`opzo.layers_extra`; ``width``
@@ -54,7 +54,7 @@ from .layers_extra import CompositeLayer, Pool2d, Term
 from .netstring import LayerToken
 from .network import SpikingNet
 
-__all__ = ["NAMED_NETS", "NFResNet", "ResNet19", "build_named", "is_named"]
+__all__ = ["NAMED_NETS", "NFResNet", "ResNet19", "SEWResNet", "build_named", "is_named"]
 
 #: NF-ResNet's constants (OTTT's code): the scale after each spiking nonlinearity and the
 #: residual branch's α
@@ -70,10 +70,12 @@ class _BuiltNet(SpikingNet):
     """A SpikingNet whose hidden layers are given, not parsed from a string."""
 
     def _install(self, name: str, hidden: Sequence[nn.Module], readout: nn.Module,
-                 skips: Sequence[int | None] | None = None) -> None:
+                 skips: Sequence[int | None] | None = None,
+                 adds: Sequence[tuple[int, Pool2d | None] | None] | None = None) -> None:
         self.hidden = nn.ModuleList(hidden)
         self.readout = readout
         self.skips = list(skips) if skips is not None else [None] * len(hidden)
+        self.adds = list(adds) if adds is not None else [None] * len(hidden)
         self.spec = name
         #: hidden layers whose current a later layer reads (kept by SpikingNet.step)
         self.kept_currents = {j for layer in [*hidden, readout]
@@ -209,15 +211,87 @@ class ResNet19(_BuiltNet):
             apply_norm(self, norm)
 
 
+class SEWResNet(_BuiltNet):
+    """SEW ResNet with ADD connections (Fang et al. 2021, "Deep Residual Learning in Spiking
+    Neural Networks", NeurIPS, section 3.2 and Table 1 / its ImageNet SEW-ResNet-34): a 7×7
+    stride-2 stem convolution (64 channels) with its neurons, 3×3 stride-2 max pooling
+    (padding 1) of the stem's spikes, then basic blocks, [3, 4, 6, 3] at 64, 128, 256, 512
+    channels (``width`` scales them), the first block of stages 2–4 with stride 2. A block
+    with input spikes x (the previous block's output; the max-pooled stem spikes for the
+    first block) is
+
+        s1 = LIF(conv1(x));  s2 = LIF(conv2(s1));  out = s2 + sc,   sc = x, or
+        sc = LIF(ds(x)) with ds a 1×1 stride-2 convolution where the shape changes
+
+    (spike-element-wise ADD: the block's output is the sum of two spike tensors, an integer
+    in {0, 1, 2}). Then global average pooling of the last block's output and a linear
+    readout. The convolutions are scaled-weight-standardized, or plain and followed by a
+    normaliser with ``norm`` (:mod:`opzo.norm`; SEW ResNet has BN after every convolution).
+
+    In opzo's terms the ADD is on a layer's output, not on its current: hidden layer l =
+    conv2 delivers x_l = s2 ⊙ m_l + P x_j (:attr:`~opzo.network.SpikingNet.adds`; P the max
+    pooling for the first block, else none), and spatial BP sends the error at x_l both
+    through s2's surrogate and unchanged (Pᵀ) to x_j. A downsampling block's layers are
+    ordered ds, conv1, conv2 (conv1 reads the block input x_j as an earlier output, a
+    :class:`~opzo.layers_extra.CompositeLayer`), so that every layer reads earlier ones only.
+    The hidden layers are the stem, then per block [conv1, conv2] or [ds, conv1, conv2]
+    (36 spiking layers for SEW-ResNet-34).
+    """
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, *, width: float = 1.0,
+                 blocks: Sequence[int] = (3, 4, 6, 3), norm: str = "none", **kw) -> None:
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) != 3:
+            raise ValueError(f"sew-resnet34 needs image-shaped input (C, H, W), got {shape}")
+        super().__init__(self._dummy(shape), shape, num_outputs, **kw)
+        chans = [_ch(c, width) for c in (64, 128, 256, 512)]
+        hidden: list[nn.Module] = [ConvLayer(shape, chans[0], 7, stride=2, padding=3)]
+        adds: list[tuple[int, Pool2d | None] | None] = [None]
+        pool: Pool2d | None = Pool2d("max", 3, 2, 1)  # the stem's max pooling
+        j = 0  # the hidden layer whose output is the next block's input
+        for stage, (nb, c) in enumerate(zip(blocks, chans)):
+            for b in range(int(nb)):
+                stride = 2 if (stage > 0 and b == 0) else 1
+                in_shape = hidden[j].out_shape
+                entered = pool.output_shape(in_shape) if pool is not None else in_shape
+                if stride != 1 or entered[0] != c:  # ds(x) with its neurons, then conv1(x)
+                    hidden.append(ConvLayer(in_shape, c, 1, pool=pool, stride=stride,
+                                            padding=0))
+                    adds.append(None)
+                    sc: tuple[int, Pool2d | None] = (len(hidden) - 1, None)
+                    conv1 = ConvLayer(in_shape, c, 3, pool=pool, stride=stride)
+                    hidden.append(CompositeLayer([Term(("out", j), conv1, in_shape)],
+                                                 conv1.out_shape, conv1.token))
+                else:
+                    conv1 = ConvLayer(in_shape, c, 3, pool=pool, stride=stride)
+                    hidden.append(conv1)
+                    sc = (j, None if pool is None else Pool2d("max", 3, 2, 1))
+                adds.append(None)
+                hidden.append(ConvLayer(conv1.out_shape, c, 3))
+                adds.append(sc)
+                j = len(hidden) - 1
+                pool = None
+        readout = DenseLayer(hidden[-1].out_shape, int(num_outputs),
+                             pool=Pool2d("adaptive", 1))
+        self._install("sew-resnet34" if tuple(blocks) == (3, 4, 6, 3) else "sew-resnet",
+                      hidden, readout, adds=adds)
+        if width != 1.0:
+            self.spec += f"(width={width:g})"
+        if norm != "none":
+            from .norm import apply_norm
+
+            apply_norm(self, norm)
+
+
 #: the networks built here by name (the string ones live in opzo.netstring.NETS)
-NAMED_NETS = {"nfresnet34": NFResNet, "resnet19": ResNet19}
+NAMED_NETS = {"nfresnet34": NFResNet, "resnet19": ResNet19, "sew-resnet34": SEWResNet}
 
 
 def named_tokens(spec: str) -> list[LayerToken]:
     """Stand-in tokens for the config's checks: one conv token per hidden layer, then the
     readout (the nets themselves are built by :func:`build_named`)."""
     name = spec.strip().lower()
-    n = 2 * 16 if name == "nfresnet34" else 1 + 2 * 8 + 1
+    n = {"nfresnet34": 2 * 16, "sew-resnet34": 1 + 2 * 16 + 3}.get(name, 1 + 2 * 8 + 1)
     return [LayerToken("conv", 1, 3)] * n + [LayerToken("readout")]
 
 

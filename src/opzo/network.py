@@ -262,6 +262,31 @@ class SpikingNet(nn.Module):
         self.readout = readout
         #: per hidden layer, the hidden layer its residual shortcut comes from (or None)
         self.skips = skips
+        #: per hidden layer, an earlier layer whose output joins this layer's output (SEW
+        #: ResNet's ADD, :mod:`opzo.nets`): x_l = s_l ⊙ m_l + P x_j for (j, P), P a pooling
+        #: (:class:`~opzo.layers_extra.Pool2d`) or None; None: no ADD
+        self.adds: list[tuple[int, Pool2d | None] | None] = [None] * len(hidden)
+
+    def added(self, l: int, outs: Sequence[Tensor] | dict[int, Tensor]) -> Tensor:
+        """P x_j, what joins hidden layer l's output by an ADD (``self.adds[l]`` = (j, P))."""
+        add = self.adds[l]
+        assert add is not None
+        j, pool = add
+        v = outs[j]
+        if pool is None:
+            return v
+        return pool(v.reshape(v.shape[0], *self.hidden[j].out_shape)).flatten(1)
+
+    def added_grad(self, l: int, g: Tensor) -> tuple[int, Tensor]:
+        """(j, Pᵀ g): an error g at hidden layer l's output taken to x_j along its ADD (for
+        a max pooling, at the step of the last forward call)."""
+        add = self.adds[l]
+        assert add is not None
+        j, pool = add
+        if pool is None:
+            return j, g
+        g4 = g.reshape(g.shape[0], *self.hidden[l].out_shape)
+        return j, pool.transpose(g4, self.hidden[j].out_shape[1:]).flatten(1)
 
     @property
     def hidden_sizes(self) -> list[int]:
@@ -439,6 +464,7 @@ class SpikingNet(nn.Module):
         lif_kernel = (native.lif_kernel_params(neuron.lam, neuron.v_th, neuron.reset == "zero",
                                                *(surr or ())) if fused else None)
         keep = getattr(self, "kept_currents", ())
+        adds = getattr(self, "adds", None)
         currents: dict[int, Tensor] = {}
         for l, layer in enumerate(self.hidden):
             if l == 0 and first_current is not None:
@@ -483,6 +509,8 @@ class SpikingNet(nn.Module):
                     out = torch.add(s, noise[l], alpha=noise_scale)
                 if mask is not None:
                     out = out * mask if out is s else out.mul_(mask)
+            if adds is not None and adds[l] is not None:  # SEW's ADD: x_l = s_l + P x_j
+                out = out + self.added(l, outs)
             state.u[l] = u
             state.s[l] = s
             dpsis.append(d)

@@ -8,7 +8,8 @@ derivatives. Needs weight transport (the forward weights are read for the backwa
 the transposed convolution with the standardized weight Ŵ for a conv layer, followed by the
 transpose of the layer's input pooling (:mod:`opzo.layers`). Implemented explicitly (no
 autograd graph); tests check it against autograd, FC and conv. A residual shortcut from layer
-j into layer l's current adds δ_l to the error at x_j.
+j into layer l's current adds δ_l to the error at x_j; an ADD of x_j to layer l's output
+(SEW ResNet, x_l = s_l ⊙ m_l + P x_j) adds Pᵀ g_l, the error at x_l itself, to it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class SpatialBP(SpatialRule):
         net, rec = ctx.net, ctx.record
         n = len(net.hidden)
         skips = net.skips
+        adds = getattr(net, "adds", None)
         deltas: list[Tensor] = []  # δ_l from the top layer down
         #: the error at each layer's output x_l, complete once every layer above has run
         g: list[Tensor | None] = [None] * n
@@ -39,6 +41,9 @@ class SpatialBP(SpatialRule):
             gl = g[l]
             if gl is None:  # nothing reads this layer's output through its spikes
                 gl = rec.u[l].new_zeros(rec.u[l].shape)
+            elif adds is not None and adds[l] is not None:  # x_l = s_l + P x_j (SEW's ADD)
+                j, gj = net.added_grad(l, gl)
+                g[j] = gj if g[j] is None else g[j] + gj
             delta = local_delta(rec, l, gl)
             if extra[l] is not None:
                 delta = delta + extra[l]
