@@ -39,6 +39,13 @@ input pixel of its window **with weight 1, not 1/k²**. So:
   there reach nothing: fan-out 0.
 * a residual shortcut from layer j into layer l (I_l = op_l(x_{l−1}) + b_l + x_j) is an
   identity edge: one synapse per neuron of j (1 to 1, to the neuron at the same position).
+* the layers of issue 26 (:mod:`opzo.layers_extra`, :mod:`opzo.norm`, :mod:`opzo.nets`):
+  strided / padded / max / adaptive pooling count every member of each window (a max
+  pooling's winner is data-dependent: an upper bound); a composite layer's terms count the
+  synapses of their ops on the outputs they read (a term reading a current, NF-ResNet's
+  stream, drives no spike events: its synapses are counted where the current was made); a
+  batch norm adds none; SEW's ADD x_l = s_l + P x_j gives x_j's spikes the fan-out of x_l
+  (through Pᵀ), as they reach every synapse x_l drives.
 
 The fan-outs are computed from the network's shapes with torch primitives (the transposed
 convolution of ones with a ones kernel, a repeat for the pooling), never from its weights.
@@ -60,6 +67,7 @@ pooled over an evaluation set::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -67,7 +75,9 @@ import torch
 from torch import Tensor
 
 from .layers import ConvLayer, DenseLayer
+from .layers_extra import CompositeLayer, Pool2d
 from .network import SpikingNet, StepRecord
+from .norm import Normed
 
 __all__ = ["SynOpsCounter", "count_synops", "op_fanout", "synaptic_fanout"]
 
@@ -82,6 +92,29 @@ def _device_of(net: SpikingNet) -> torch.device:
     return net.readout.weight.device
 
 
+def pool_count_transpose(pool: Pool2d, fan: Tensor, in_shape: Sequence[int]) -> Tensor:
+    """For every element of a pooling's input (C, H, W), the sum of ``fan`` over the pooled
+    values whose window holds it (Pᵀ with weight 1 per window member; zero padding and
+    dropped rows reach nothing), flattened. Max pooling counts every member of a window."""
+    c, h, w = (int(d) for d in in_shape)
+    g = fan.reshape(1, *fan.shape[-3:])
+    if pool.kind == "adaptive":  # Pᵀ divides by each window's area: multiply it back
+        rows = [r1 - r0 for r0, r1 in pool._windows(h)]
+        cols = [c1 - c0 for c0, c1 in pool._windows(w)]
+        area = torch.tensor(rows, dtype=g.dtype, device=g.device)[:, None] * torch.tensor(
+            cols, dtype=g.dtype, device=g.device)[None, :]
+        return pool.transpose(g * area, (h, w)).reshape(-1)
+    avg = Pool2d("avg", pool.kernel, pool.stride, pool.padding)  # the same windows
+    return (avg.transpose(g, (h, w)) * float(pool.kernel ** 2)).reshape(-1)
+
+
+def _term_fanout(term, *, device, dtype) -> Tensor:
+    """Synapses per element of a composite layer's term source (1 for an identity term)."""
+    if term.op is None:
+        return torch.ones(math.prod(term.in_shape), device=device, dtype=dtype)
+    return op_fanout(term.op, device=device, dtype=dtype)
+
+
 def op_fanout(layer: DenseLayer | ConvLayer, *, device: torch.device | None = None,
               dtype: torch.dtype | None = None) -> Tensor:
     """For every element of what ``layer`` receives (its ``in_shape``, flattened), the number
@@ -93,6 +126,14 @@ def op_fanout(layer: DenseLayer | ConvLayer, *, device: torch.device | None = No
     """
     device = layer.weight.device if device is None else torch.device(device)
     dtype = count_dtype(device) if dtype is None else dtype
+    if isinstance(layer, Normed):  # batch norm is elementwise: the op's synapses
+        return op_fanout(layer.inner, device=device, dtype=dtype)
+    if isinstance(layer, CompositeLayer):  # the terms that read the layer's input
+        fan = torch.zeros(math.prod(layer.in_shape), device=device, dtype=dtype)
+        for t in layer.terms:
+            if t.source == "in":
+                fan = fan + _term_fanout(t, device=device, dtype=dtype)
+        return fan
     op_in = tuple(int(d) for d in layer.op_in_shape)
     if isinstance(layer, ConvLayer):
         c_in, h, w = op_in
@@ -108,6 +149,8 @@ def op_fanout(layer: DenseLayer | ConvLayer, *, device: torch.device | None = No
         fan = torch.full(op_in, float(layer.out_features), device=device, dtype=dtype)
     if layer.pool is None:
         return fan.reshape(-1).clone()
+    if isinstance(layer.pool, Pool2d):
+        return pool_count_transpose(layer.pool, fan.reshape(op_in), layer.in_shape)
     kh, kw = layer.pool
     c, h_in, w_in = (int(d) for d in layer.in_shape)
     fan = fan.reshape(c, op_in[1], op_in[2])
@@ -131,14 +174,31 @@ def synaptic_fanout(net: SpikingNet, *, device: torch.device | None = None,
     out: list[Tensor] = []
     for l in range(len(hidden)):
         nxt = hidden[l + 1] if l + 1 < len(hidden) else net.readout
-        f = op_fanout(nxt, device=device, dtype=dtype)
+        if getattr(nxt, "uses_input", True):
+            f = op_fanout(nxt, device=device, dtype=dtype)
+        else:  # the next layer reads earlier layers only (SEW's conv1 after a downsampling)
+            f = torch.zeros(hidden[l].out_features, device=device,
+                            dtype=count_dtype(device) if dtype is None else dtype)
         if f.numel() != hidden[l].out_features:
             raise ValueError(f"layer {l + 1} has {hidden[l].out_features} neurons but the op "
                              f"after it takes {f.numel()} inputs")
         shortcuts = sum(1 for j in net.skips if j == l)
         if shortcuts:
             f = f + shortcuts
+        for reader in [*hidden[l + 1:], net.readout]:  # composite terms reading x_l
+            for t in getattr(reader, "terms", ()):
+                if t.source == ("out", l):
+                    f = f + _term_fanout(t, device=device, dtype=dtype)
         out.append(f)
+    adds = getattr(net, "adds", None) or []
+    for l in range(len(adds) - 1, -1, -1):  # SEW's ADD x_l = s_l + P x_j: x_j's spikes
+        if adds[l] is None:                  # drive whatever x_l drives
+            continue
+        j, pool = adds[l]
+        f = out[l]
+        if pool is not None:
+            f = pool_count_transpose(pool, f.reshape(hidden[l].out_shape), hidden[j].out_shape)
+        out[j] = out[j] + f
     return out
 
 
