@@ -295,3 +295,17 @@ def test_sequence_norms_are_refused_where_a_step_would_see_the_future():
     with pytest.raises(ValueError, match="normaliser-free"):
         from opzo.nets import NFResNet
         apply_norm(NFResNet((2, 16, 16), 4, width=1 / 16, blocks=(1, 1, 1, 1)), "bn")
+
+
+def test_command_line_refusals_are_one_line(tmp_path, capsys):
+    from opzo.cli import main
+
+    base = ["train", "--net", "4C3-FC", "--epochs", "1", "--out", str(tmp_path / "r")]
+    assert main([*base, "--norm", "tdbn", "--method", "dfa"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("opzo: error: norm 'tdbn' normalises over all time steps")
+    assert "\n" not in err
+    # batch statistics per process would make the result depend on the number of processes
+    assert main([*base, "--norm", "bn", "--nproc", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("opzo: error: norm 'bn' with several processes") and "\n" not in err

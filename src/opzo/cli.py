@@ -74,6 +74,12 @@ def _train(args: argparse.Namespace) -> int:
         present = [f for f in RUN_FILES if (run_dir / f).exists()]
         if present and not args.overwrite:
             raise ConfigError(occupied(run_dir, present))
+    if getattr(cfg, "norm", "none") != "none" and (
+            (args.nproc is not None and args.nproc > 1) or launched_by_torchrun()):
+        raise ConfigError(f"norm {cfg.norm!r} with several processes would normalise each "
+                          "process's rows with their own statistics (no synchronised batch "
+                          "norm yet), so the result would depend on --nproc: train in one "
+                          "process, or norm 'none'")
     if args.nproc is not None and args.nproc > 1 and not launched_by_torchrun():
         return _spawn(args, run_dir)
     comm = None
