@@ -472,10 +472,12 @@ def config_options() -> tuple[Option, ...]:
     """Every option of ``opzo train``: the fields of :class:`TrainConfig` (the run's own and
     the parts'), then the options of the parts registered since."""
     late = _late_options()
-    taken = sorted(set(late) & {a for o in _FIELD_OPTIONS for a in o.aliases})
+    own = {f.name for f in fields(TrainConfig) if "option" not in f.metadata}
+    taken = sorted((set(late) & {a for o in _FIELD_OPTIONS for a in o.aliases})
+                   | ({o.name for o in part_options()} & own))
     if taken:
-        raise ValueError(f"option {taken[0]!r} of a part is another name of an option of "
-                         "the run: give it another name")
+        raise ValueError(f"option {taken[0]!r} of a part is (another name of) an option of "
+                         "the run itself: give it another name")
     return (*_FIELD_OPTIONS, *late.values())
 
 
