@@ -23,11 +23,11 @@ rule and trace works on conv networks with no conv-specific code; the layers res
 Networks are written as in the OPZO paper (appendix C.3.2), tokens joined by "-":
 
 * ``<n>C<k>``: a convolution to n channels with a k×k kernel, stride 1, "same" padding,
-  scaled weight standardization, then LIF neurons;
+  scaled weight standardization, then the network's neurons (LIF by default);
 * ``AP<k>``: k×k average pooling of the spikes of the layer before it (it is the input
   transform of the next op; floor mode for sizes not divisible by k);
 * ``GAP``: global average pooling (the whole H×W map to 1×1);
-* ``<n>``: a fully connected hidden layer of n LIF neurons (flattens a feature map);
+* ``<n>``: a fully connected hidden layer of n neurons (flattens a feature map);
 * ``FC``: the readout, last;
 * a ``+`` after a hidden token makes it residual: the layer adds the spikes its input layer
   delivered to its synaptic current, I_l = op_l(x_{l−1}) + b_l + x_{l−1} (an identity
