@@ -44,7 +44,7 @@ RESET_MODES = ("subtract", "zero")
 #: the options every neuron model reads (its own come after them in its ``options``);
 #: ``leak`` is the model-neutral name of ``lif_lambda`` (the key of the runs before it)
 NEURON_OPTIONS: tuple[Option, ...] = (
-    Option("lif_lambda", 0.5, "membrane leak λ of the neuron (every model; also --leak)",
+    Option("lif_lambda", 0.5, "membrane leak λ of the neuron (every model)",
            min=0.0, max=1.0, aliases=("leak",)),
     Option("v_th", 1.0, "firing threshold V_th", min=1e-9),
     Option("reset", "subtract", "reset after a spike", choices=RESET_MODES),
