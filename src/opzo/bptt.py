@@ -18,9 +18,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .batch import BatchStats, check_labels, check_optimizer, check_stop
 from .distributed import Communicator, Shard
 from .hardware import sharded
-from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet, _sources
 

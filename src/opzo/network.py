@@ -23,11 +23,11 @@ rule and trace works on conv networks with no conv-specific code; the layers res
 Networks are written as in the OPZO paper (appendix C.3.2), tokens joined by "-":
 
 * ``<n>C<k>``: a convolution to n channels with a k×k kernel, stride 1, "same" padding,
-  scaled weight standardization, then LIF neurons;
+  scaled weight standardization, then the network's neurons (LIF by default);
 * ``AP<k>``: k×k average pooling of the spikes of the layer before it (it is the input
   transform of the next op; floor mode for sizes not divisible by k);
 * ``GAP``: global average pooling (the whole H×W map to 1×1);
-* ``<n>``: a fully connected hidden layer of n LIF neurons (flattens a feature map);
+* ``<n>``: a fully connected hidden layer of n neurons (flattens a feature map);
 * ``FC``: the readout, last;
 * a ``+`` after a hidden token makes it residual: the layer adds the spikes its input layer
   delivered to its synaptic current, I_l = op_l(x_{l−1}) + b_l + x_{l−1} (an identity
@@ -73,6 +73,7 @@ import torch
 from torch import Tensor, nn
 
 from . import native
+from .deprecation import warn_renamed
 from .distributed import Shard
 from .hardware import HardwareNoise
 from .layers import ConvLayer, DenseLayer
@@ -168,8 +169,9 @@ class SpikingNet(nn.Module):
     ``spec``: a network string or name (parsed by :func:`parse_net` with ``width``), or
     tokens as :func:`parse_net` returns them (taken as they are; ``width`` is not applied).
     ``neuron``: the neuron model of every hidden layer (:mod:`opzo.neurons`; default LIF;
-    ``lif`` is its older name). ``hidden``: the hidden layers (:class:`~opzo.layers.DenseLayer` or
-    :class:`~opzo.layers.ConvLayer`, each with its input pooling); ``readout``: a
+    ``lif`` is its old name, which warns once). ``hidden``: the hidden layers
+    (:class:`~opzo.layers.DenseLayer` or :class:`~opzo.layers.ConvLayer`, each with its input
+    pooling); ``readout``: a
     :class:`~opzo.layers.DenseLayer` (with its pooling and flattening).
     """
 
@@ -187,8 +189,11 @@ class SpikingNet(nn.Module):
         neuron: Neuron | None = None,
     ) -> None:
         super().__init__()
-        if lif is not None and neuron is not None:
-            raise ValueError("give the neuron model once: neuron= (lif= is its older name)")
+        if lif is not None:
+            if neuron is not None:
+                raise ValueError("give the neuron model once: neuron= (lif= is its older name)")
+            warn_renamed("SpikingNet(lif=...)", "SpikingNet(neuron=...)")
+            neuron, lif = lif, None
         tokens = parse_net(spec, width) if isinstance(spec, str) else list(spec)
         shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(
             int(d) for d in input_shape)
@@ -207,7 +212,7 @@ class SpikingNet(nn.Module):
         self.input_shape = shape
         self.spec = net_string(tokens)
         #: the neuron model of every hidden layer (:mod:`opzo.neurons`)
-        self.neuron: Neuron = neuron or lif or LIF()
+        self.neuron: Neuron = neuron or LIF()
         self.surrogate = surrogate or SigmoidSurrogate()
         self.dropout = float(dropout)
         hidden: list[nn.Module] = []
@@ -571,6 +576,11 @@ class SpikingMLP(SpikingNet):
                 "sizes must list the input, at least one hidden layer and the output, all "
                 f"positive, e.g. [784, 800, 800, 10]; got {sizes}"
             )
+        if lif is not None:
+            if neuron is not None:
+                raise ValueError("give the neuron model once: neuron= (lif= is its older name)")
+            warn_renamed("SpikingMLP(lif=...)", "SpikingMLP(neuron=...)")
+            neuron = lif
         tokens = [LayerToken("dense", n) for n in sizes[1:-1]] + [LayerToken("readout")]
-        super().__init__(tokens, (sizes[0],), sizes[-1], lif=lif, surrogate=surrogate,
+        super().__init__(tokens, (sizes[0],), sizes[-1], surrogate=surrogate,
                          dropout=dropout, kernels=kernels, neuron=neuron)

@@ -94,8 +94,7 @@ from torch import Tensor
 from .layers import ConvLayer, DenseLayer
 from .netstring import LayerToken, net_string
 from .network import SpikingNet
-from .neurons import Neuron
-from .neurons.lif import LIFParams
+from .neurons import LIF, Neuron
 
 __all__ = ["DEFAULT_DT", "NIRError", "export_run", "from_nir", "load_nir_network",
            "lif_to_nir_params", "run_snntorch", "run_spikingjelly", "to_nir"]
@@ -110,7 +109,7 @@ _RTOL = 1e-6
 SUBTRACT_RESET_MESSAGE = (
     "this network resets by subtraction (u <- u - V_th after a spike, opzo's default), which "
     "NIR cannot express: NIR's LIF node resets the potential to a fixed v_reset and forgets "
-    "the overshoot. Train with '--reset zero' (LIFParams(reset='zero')) for an exact export, "
+    "the overshoot. Train with '--reset zero' (LIF(reset='zero')) for an exact export, "
     "or export anyway with --approximate (approximate=True), which writes reset-to-zero "
     "neurons and reports how often they agree with the trained network")
 
@@ -220,7 +219,7 @@ def to_nir(net: SpikingNet, dt: float = DEFAULT_DT, approximate: bool = False) -
     bias = ro.bias if ro.bias is not None else torch.zeros(ro.out_features)
     add("readout", nir.Affine(weight=_f32(ro.weight), bias=_f32(bias)))
     add("output", nir.Output(output_type=np.array([ro.out_features])))
-    from . import __version__
+    from .version import __version__
 
     metadata = {"producer": f"opzo {__version__}", "dt": float(dt), "net": net.spec,
                 "lif_lambda": float(lif.lam), "v_th": float(lif.v_th),
@@ -543,7 +542,7 @@ def from_nir(graph: Any, dt: float | None = None, standardize: bool = False,
                            "into it this cannot be folded into the weights")
     try:
         net = SpikingNet(tokens, in_shape, int(weights[-1][1].shape[0]),
-                         lif=LIFParams(lam=min(max(lam, 0.0), 1.0), v_th=v_th, reset="zero"),
+                         neuron=LIF(lam=min(max(lam, 0.0), 1.0), v_th=v_th, reset="zero"),
                          kernels=kernels)
     except ValueError as exc:
         raise NIRError(f"the graph's layers {net_string(tokens)} on input {in_shape} do not "
@@ -796,6 +795,27 @@ def export_run(run_dir: str | Path, out: str | Path, approximate: bool = False,
             "accuracy_exported": 100.0 * correct_nir / n,
             "note": "subtractive reset exported as reset to zero: a different network"}
     return report
+
+
+def network_from_nir(cfg: Any, path: str, input_shape: Sequence[int],
+                     classes: int) -> SpikingNet:
+    """``opzo train --init-from FILE.nir``: the network of a NIR file, with the config's
+    training-time options (surrogate, dropout, kernels, chip noise); its input and outputs
+    must fit the dataset (``cfg``: a :class:`~opzo.config.TrainConfig`)."""
+    from .build import attach_chip_noise, build_surrogate
+
+    net = load_nir_network(path, kernels=cfg.kernels)
+    net.surrogate = build_surrogate(cfg)
+    net.dropout = float(cfg.dropout)
+    if math.prod(net.input_shape) != math.prod(input_shape) or net.num_outputs != classes:
+        raise ValueError(f"the network of {path} ({net.describe()}, {net.num_outputs} outputs) "
+                         f"does not fit {cfg.dataset}: inputs {tuple(input_shape)}, {classes} "
+                         "classes")
+    if tuple(net.input_shape) != tuple(input_shape) and len(net.input_shape) > 1:
+        raise ValueError(f"the network of {path} takes inputs of shape {net.input_shape}; "
+                         f"{cfg.dataset} gives {tuple(input_shape)}")
+    attach_chip_noise(cfg, net)
+    return net
 
 
 def format_report(report: dict[str, Any]) -> str:

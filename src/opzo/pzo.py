@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .learner import BatchStats, check_labels, check_optimizer, check_stop
+from .batch import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss
 from .network import SpikingNet
 from .rules.noise import NoiseSampler, Perturbed

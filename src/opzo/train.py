@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__
+from .batch import BatchAbandoned, BatchStats
 from .build import (
     build_learner,
     build_network,
@@ -49,7 +49,6 @@ from .build import (
     make_optimizer,
     make_readout,
     make_source,
-    network_from_nir,
     resolve_device,
     to_device,
 )
@@ -59,9 +58,10 @@ from .diagnostics import GradientVariance, gradient_cosine
 from .distributed import Communicator, Shard, launched_by_torchrun
 from .energy import SynOpsCounter
 from .hardware import sharded
-from .learner import BatchAbandoned, BatchStats, evaluate_batch
+from .learner import evaluate_batch
 from .losses import InstantLoss
 from .network import SpikingNet
+from .nir import network_from_nir
 from .progress import Accumulator, Progress
 from .rundir import (
     CHECKPOINT,
@@ -85,6 +85,7 @@ from .rundir import (
     truncate_jsonl,
 )
 from .tensorboard import TensorBoardLogger
+from .version import __version__
 
 #: the first checkpoint of a run is written at the end of the first batch that ends this
 #: many seconds after the start (then every ``checkpoint_minutes``), so that a SIGKILL early

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..registry import Option
 from ..surrogate import Surrogate
-from .base import LayerState, Neuron, Threshold, check_common, fire, membrane_
+from .base import NEURON_OPTIONS, LayerState, Neuron, Threshold, check_common, fire, membrane_
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class ALIF(Neuron):
 
     name = "alif"
     state_vars = ("u", "s", "a")
+    options = (*NEURON_OPTIONS,
+               Option("adapt_beta", 0.2, "neuron alif: threshold increase β per unit of "
+                      "adaptation", min=0.0),
+               Option("adapt_lambda", 0.9, "neuron alif: leak λ_a of the adaptation",
+                      min=0.0, max=1.0))
     own_path_unsupported = (
         "the alif neuron's threshold V_th + β a depends on its past spikes, a second state on "
         "its own path from the weights to its spikes, so the per-synapse eligibility "
@@ -57,9 +63,10 @@ class ALIF(Neuron):
                              f"{self.adapt_lam}")
 
     @classmethod
-    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
-                     adapt_beta: float = 0.2, adapt_lambda: float = 0.9, **_: Any) -> ALIF:
-        return cls(lam=lam, v_th=v_th, reset=reset, beta=adapt_beta, adapt_lam=adapt_lambda)
+    def from_options(cls, *, adapt_beta: float = 0.2, adapt_lambda: float = 0.9,
+                     **options: Any) -> ALIF:
+        return super().from_options(**options, beta=adapt_beta,  # type: ignore[return-value]
+                                    adapt_lam=adapt_lambda)
 
     def describe(self) -> str:
         return f"{super().describe()}, β={self.beta:g}, λ_a={self.adapt_lam:g}"

@@ -30,14 +30,25 @@ A new model is one file with a subclass and one line in :data:`opzo.neurons.NEUR
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from ..registry import Option
 from ..surrogate import Surrogate, spike_with_surrogate
 
 RESET_MODES = ("subtract", "zero")
+
+#: the options every neuron model reads (its own come after them in its ``options``);
+#: ``leak`` is the model-neutral name of ``lif_lambda`` (the key of the runs before it)
+NEURON_OPTIONS: tuple[Option, ...] = (
+    Option("lif_lambda", 0.5, "membrane leak λ of the neuron (every model)",
+           min=0.0, max=1.0, aliases=("leak",)),
+    Option("v_th", 1.0, "firing threshold V_th", min=1e-9),
+    Option("reset", "subtract", "reset after a spike", choices=RESET_MODES),
+)
 
 #: one layer's state: name -> (B, n) tensor (see :attr:`Neuron.state_vars`)
 LayerState = dict[str, Tensor]
@@ -103,6 +114,8 @@ class Neuron:
     native: ClassVar[bool] = False
     #: why OSTL / OTPE's scalar eligibility does not hold for this model (None: it holds)
     own_path_unsupported: ClassVar[str | None] = None
+    #: the options the model reads (CLI flags, config keys): the common ones, then its own
+    options: ClassVar[tuple[Option, ...]] = NEURON_OPTIONS
 
     lam: float
     v_th: float
@@ -111,9 +124,16 @@ class Neuron:
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def from_options(cls, **options: Any) -> Neuron:
-        """Build from the training options (``lam``, ``v_th``, ``reset`` and the model's
-        own, e.g. ``syn_lambda``); options another model uses are ignored."""
-        raise NotImplementedError
+        """Build from the values of the training options (:attr:`options`): each field of
+        the model takes the option of its name, ``lam`` the membrane leak ``lif_lambda`` (or
+        ``lam``); options another model reads are ignored. A model whose fields are named
+        otherwise than its options maps them in its own ``from_options``."""
+        values = dict(options)
+        leak = values.pop("lif_lambda", None)
+        if leak is not None:
+            values.setdefault("lam", leak)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     def describe(self) -> str:
         """One line with the model and its parameters."""

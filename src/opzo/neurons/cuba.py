@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..registry import Option
 from ..surrogate import Surrogate
-from .base import LayerState, Neuron, check_common, fire, membrane_
+from .base import NEURON_OPTIONS, LayerState, Neuron, check_common, fire, membrane_
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class CubaLIF(Neuron):
 
     name = "cuba"
     state_vars = ("u", "s", "i")
+    options = (*NEURON_OPTIONS,
+               Option("syn_lambda", 0.5, "neuron cuba: leak λ_s of the synaptic current",
+                      min=0.0, max=1.0))
     own_path_unsupported = (
         "the cuba neuron's synaptic current i is a second state between the weights and the "
         "membrane (∂u/∂W needs ∂i/∂W as well), so the per-synapse eligibility ε = κ ε + x of "
@@ -56,9 +60,8 @@ class CubaLIF(Neuron):
             raise ValueError(f"synaptic leak syn_lam must lie in [0, 1], got {self.syn_lam}")
 
     @classmethod
-    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
-                     syn_lambda: float = 0.5, **_: Any) -> CubaLIF:
-        return cls(lam=lam, v_th=v_th, reset=reset, syn_lam=syn_lambda)
+    def from_options(cls, *, syn_lambda: float = 0.5, **options: Any) -> CubaLIF:
+        return super().from_options(**options, syn_lam=syn_lambda)  # type: ignore[return-value]
 
     def describe(self) -> str:
         return f"{super().describe()}, λ_s={self.syn_lam:g}"

@@ -12,15 +12,15 @@ Own path: κ = λ (1 − V_th ψ) (subtractive) or λ (1 − s − u ψ) (zero);
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..deprecation import warn_renamed
 from ..surrogate import Surrogate
 from .base import RESET_MODES, LayerState, Neuron, check_common, fire, membrane_
 
-__all__ = ["LIF", "LIFParams", "RESET_MODES", "lif_step"]
+__all__ = ["LIF", "RESET_MODES", "lif_step"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,6 @@ class LIF(Neuron):
 
     def __post_init__(self) -> None:
         check_common(self.lam, self.v_th, self.reset)
-
-    @classmethod
-    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
-                     **_: Any) -> LIF:
-        return cls(lam=lam, v_th=v_th, reset=reset)
 
     def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
              detach_reset: bool = False) -> LayerState:
@@ -64,8 +59,13 @@ class LIF(Neuron):
         return torch.addcmul(s, u, psi).neg_().add_(1.0).mul_(self.lam)
 
 
-#: the LIF neuron's historical name (it was a parameter record before the neuron seam)
-LIFParams = LIF
+def __getattr__(name: str) -> object:
+    """``LIFParams``: the LIF neuron's old name (it was a parameter record before the neuron
+    seam); warns once, then is :class:`LIF`."""
+    if name == "LIFParams":
+        warn_renamed("opzo.neurons.LIFParams", "opzo.neurons.LIF")
+        return LIF
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIF,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -23,10 +22,9 @@ from torch import Tensor
 from ..losses import InstantLoss
 from ..network import SpikingNet, StepRecord
 from ..neurons.base import surrogate_grad_scaled
+from ..registry import Option, Options
 from .noise import NoiseSampler, Perturbed
 
-if TYPE_CHECKING:
-    from ..config import TrainConfig
 
 @dataclass
 class StepContext:
@@ -69,11 +67,14 @@ class SpatialRule(Perturbed):
     name = "rule"
     #: the perturbation injected in the forward pass, or None for a noise-free rule
     noise: NoiseSampler | None = None
+    #: the options it reads (CLI flags, config keys; merged by :mod:`opzo.config`)
+    options: tuple[Option, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> SpatialRule:
-        """The rule with the options of a training config (``opzo train``); rules without
-        options take none. Registered in :data:`opzo.rules.RULES`."""
+    def from_config(cls, cfg: Options) -> SpatialRule:
+        """The rule with the values of its :attr:`options` (``cfg.<name>``; a rule may also
+        read the run's common options, e.g. ``weight_decay``); rules without options take
+        none. Registered in :data:`opzo.rules.RULES`."""
         return cls()
 
     def bind(self, net: SpikingNet) -> None:

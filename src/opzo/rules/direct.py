@@ -20,17 +20,14 @@ case), and g_l comes out flattened like the layer's spikes. What differs is F:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..network import SpikingNet
+from ..registry import Option, Options
 from .base import SpatialRule, StepContext
-from .noise import NoiseSampler, chip_noise_is_perturbation
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
+from .noise import NOISE_OPTIONS, NoiseSampler, chip_noise_is_perturbation
 
 
 class DirectFeedbackRule(SpatialRule):
@@ -86,6 +83,8 @@ class DKP(DirectFeedbackRule):
     """Direct Kolen-Pollack: F from zero, gradient Σ_t â_l[t] e[t]ᵀ, AdamW(lr, wd)."""
 
     name = "dkp"
+    options = (Option("feedback_lr", 2e-4, "learning rate of DKP's feedback matrices",
+                      min=0.0),)
 
     def __init__(self, lr: float = 2e-4, weight_decay: float = 2e-4, lam: float | None = None):
         self.lr = float(lr)
@@ -93,7 +92,7 @@ class DKP(DirectFeedbackRule):
         self.lam = lam
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> DKP:
+    def from_config(cls, cfg: Options) -> DKP:
         return cls(lr=cfg.feedback_lr, weight_decay=cfg.weight_decay, lam=cfg.lif_lambda)
 
     def bind(self, net: SpikingNet) -> None:
@@ -149,6 +148,14 @@ class OPZO(DirectFeedbackRule):
     """
 
     name = "opzo"
+    options = (
+        *NOISE_OPTIONS,
+        Option("lambda_m", 0.99999, "momentum λ_M of OPZO's feedback matrices", min=0.0,
+               max=0.999999999),
+        Option("freeze_m_after", None, "opzo: stop updating the momentum feedback M after "
+               "this many epochs (OPZO paper Table 9's ablation); unset = never", type=int,
+               min=0),
+    )
 
     def __init__(self, noise: NoiseSampler | None = None, lambda_m: float = 0.99999,
                  alpha_factor: bool = False) -> None:
@@ -161,7 +168,7 @@ class OPZO(DirectFeedbackRule):
         self.frozen = False
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> OPZO:
+    def from_config(cls, cfg: Options) -> OPZO:
         """λ_M and the 1/α factor of the config (off unless asked: appendix C.3.2); on a
         chip whose noise is the perturbation never 1/α."""
         factor = bool(cfg.alpha_factor) and not chip_noise_is_perturbation(cfg)

@@ -10,23 +10,24 @@ The implementations are registered in :data:`opzo.surrogate.SURROGATES`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from ...config import TrainConfig
+from ..registry import Option, Options
 
 
 class Surrogate:
     """Base class: a callable ``ψ(u, v_th) -> Tensor`` of the same shape as ``u``."""
 
     name: str = "surrogate"
+    #: the options it reads (CLI flags, config keys; merged by :mod:`opzo.config`)
+    options: tuple[Option, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> Surrogate:
-        """The surrogate with the options of a training config (``opzo train``)."""
+    def from_config(cls, cfg: Options) -> Surrogate:
+        """The surrogate with the values of its :attr:`options` (``cfg.<name>``)."""
         return cls()
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:  # pragma: no cover - abstract

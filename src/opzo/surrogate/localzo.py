@@ -52,16 +52,13 @@ with a = 1.53163 for the default sigmoid (eq. 15: 0.766 δ).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Option, Options
 from .base import Surrogate
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -74,6 +71,13 @@ __all__ = [
 
 #: Sampling distributions of z accepted by :class:`LocalZOSurrogate`.
 DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "laplace", "sigmoid", "fast-sigmoid")
+
+#: the options of LocalZO and of SparseGrad (which takes LocalZO's distribution)
+LOCALZO_OPTIONS: tuple[Option, ...] = (
+    Option("localzo_delta", 0.05, "LocalZO smoothing δ", min=1e-9),
+    Option("localzo_m", 1, "LocalZO samples m per neuron and step", min=1),
+    Option("localzo_dist", "normal", "LocalZO distribution of z", choices=DISTRIBUTIONS),
+)
 
 _ZETA3 = 1.2020569031595942
 #: ``2 J_1 = −2 ∫_0^∞ σ''(t)/t dt = 7ζ(3)/(2π²) ≈ 0.42628`` (the paper's 0.4262, section 4.4).
@@ -225,9 +229,10 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
     """
 
     name = "localzo"
+    options = LOCALZO_OPTIONS
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> LocalZOSurrogate:
+    def from_config(cls, cfg: Options) -> LocalZOSurrogate:
         return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
 
     def __init__(
@@ -540,9 +545,10 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
     """
 
     name = "sparsegrad"
+    options = LOCALZO_OPTIONS
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> SparseGradSurrogate:
+    def from_config(cls, cfg: Options) -> SparseGradSurrogate:
         """The expected surrogate of the config's LocalZO distribution, thresholded."""
         return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
 

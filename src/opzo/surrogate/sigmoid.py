@@ -9,15 +9,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
+from ..registry import Option, Options
 from .base import Surrogate
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 
 class SigmoidSurrogate(Surrogate):
@@ -27,6 +23,7 @@ class SigmoidSurrogate(Surrogate):
     """
 
     name = "sigmoid"
+    options = (Option("sigmoid_a", 0.25, "width a of the sigmoid surrogate", min=1e-9),)
 
     def __init__(self, a: float = 0.25) -> None:
         if not a > 0:
@@ -34,7 +31,7 @@ class SigmoidSurrogate(Surrogate):
         self.a = float(a)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> SigmoidSurrogate:
+    def from_config(cls, cfg: Options) -> SigmoidSurrogate:
         return cls(a=cfg.sigmoid_a)
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:
@@ -68,6 +65,8 @@ class FastSigmoidSurrogate(Surrogate):
     """ψ(u) = 1 / (k·|u − V_th| + 1)² (fast sigmoid, OTPE paper section 4; slope k = 25)."""
 
     name = "fast-sigmoid"
+    options = (Option("fast_sigmoid_k", 25.0, "slope k of the fast-sigmoid surrogate",
+                      min=1e-9),)
 
     def __init__(self, k: float = 25.0) -> None:
         if not k > 0:
@@ -75,7 +74,7 @@ class FastSigmoidSurrogate(Surrogate):
         self.k = float(k)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> FastSigmoidSurrogate:
+    def from_config(cls, cfg: Options) -> FastSigmoidSurrogate:
         return cls(k=cfg.fast_sigmoid_k)
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:
