@@ -24,6 +24,7 @@ from ..losses import InstantLoss
 from ..network import SpikingNet, StepRecord
 from ..neurons.base import surrogate_grad_scaled
 from .noise import NoiseSampler, Perturbed
+from .profile import CostProfile
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -69,6 +70,9 @@ class SpatialRule(Perturbed):
     name = "rule"
     #: the perturbation injected in the forward pass, or None for a noise-free rule
     noise: NoiseSampler | None = None
+    #: how the rule's feedback reaches a layer, what it stores and learns, for
+    #: :func:`opzo.cost.learning_cost`; None: the rule has no cost model
+    cost_profile: CostProfile | None = None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> SpatialRule:

@@ -28,6 +28,7 @@ from torch import Tensor
 from ..network import SpikingNet
 from .base import SpatialRule, StepContext
 from .noise import NoiseSampler, chip_noise_is_perturbation
+from .profile import CostProfile
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 class DirectFeedbackRule(SpatialRule):
     """g_l = F_l e for all layers at once; subclasses define how F is made and updated."""
+
+    cost_profile = CostProfile("direct")
 
     def bind(self, net: SpikingNet) -> None:
         super().bind(net)
@@ -86,6 +89,9 @@ class DKP(DirectFeedbackRule):
     """Direct Kolen-Pollack: F from zero, gradient Σ_t â_l[t] e[t]ᵀ, AdamW(lr, wd)."""
 
     name = "dkp"
+    #: AdamW on F: its gradient and two moments per feedback weight
+    cost_profile = CostProfile("direct", learns_feedback=True, optimizer_copies=3,
+                               activity_trace=True)
 
     def __init__(self, lr: float = 2e-4, weight_decay: float = 2e-4, lam: float | None = None):
         self.lr = float(lr)
@@ -149,6 +155,7 @@ class OPZO(DirectFeedbackRule):
     """
 
     name = "opzo"
+    cost_profile = CostProfile("direct", learns_feedback=True, stores_noise=True)
 
     def __init__(self, noise: NoiseSampler | None = None, lambda_m: float = 0.99999,
                  alpha_factor: bool = False) -> None:

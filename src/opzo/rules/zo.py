@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .base import SpatialRule, StepContext
 from .noise import NoiseSampler
+from .profile import CostProfile
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -23,6 +24,7 @@ class ZO(SpatialRule):
     """Single-point zeroth-order estimator (see the module docstring)."""
 
     name = "zo"
+    cost_profile = CostProfile("scalar", stores_noise=True)
 
     def __init__(self, noise: NoiseSampler | None = None, alpha_factor: bool = True) -> None:
         self.noise = noise or NoiseSampler()
