@@ -312,9 +312,12 @@ class SpikingNet(nn.Module):
 
     def uses_native_kernels(self, like: Tensor) -> bool:
         """Whether a step on tensors like ``like`` runs on the native kernels: asked for, a
-        neuron model they compute (LIF), float32 on the CPU, no autograd graph to build, and
-        the library loaded (else a warning, once)."""
-        return (self.kernels == "native" and self.neuron.native and like.dtype == torch.float32
+        neuron model they compute exactly (its
+        :meth:`~opzo.neurons.Neuron.uses_native_kernel`: LIF, not a subclass with other
+        dynamics), float32 on the CPU, no autograd graph to build, and the library loaded
+        (else a warning, once)."""
+        return (self.kernels == "native" and self.neuron.uses_native_kernel()
+                and like.dtype == torch.float32
                 and like.device.type == "cpu"
                 and not (torch.is_grad_enabled() and any(p.requires_grad
                                                          for p in self.parameters()))

@@ -173,9 +173,10 @@ def to_nir(net: SpikingNet, dt: float = DEFAULT_DT, approximate: bool = False) -
     if not dt > 0:
         raise NIRError(f"the time step dt must be > 0, got {dt}")
     lif = net.neuron
-    if lif.name != "lif":
+    if not lif.exports_to_nir():
         raise NIRError(f"NIR export maps the discrete LIF neuron only; this network's neurons "
-                       f"are {lif.name!r} ({lif.describe()}). Train with --neuron lif to export")
+                       f"are {lif.name!r} ({lif.describe()}), which NIR's LIF node does not "
+                       "describe. Train with --neuron lif to export")
     if lif.reset != "zero" and not approximate:
         raise NIRError(SUBTRACT_RESET_MESSAGE)
     nodes: dict[str, Any] = {"input": nir.Input(input_type=np.array(net.input_shape))}

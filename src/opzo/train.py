@@ -504,7 +504,7 @@ class _Run:
         """Every remaining epoch; a stop request ends it with :class:`Interrupted` after the
         checkpoint is written."""
         cfg, log, train_set, test_set = self.cfg, self.log, self.train_set, self.test_set
-        kernels = kernels_in_use(cfg, self.device)
+        kernels = kernels_in_use(self.net, self.device, self.learner)
         where = f"{self.device}" + (f" x {self.world} processes" if self.world > 1 else "")
         log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} "
             f"test), net {self.net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, "
