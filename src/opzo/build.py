@@ -212,14 +212,28 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def kernels_in_use(cfg: TrainConfig, device: torch.device | None = None) -> str:
-    """"native" or "torch": what the network's step and dropout actually run on (the native
-    library may be asked for and unavailable; the reason is then given; off the CPU the
-    step runs on torch's ops). The noise's generator is the separate ``noise_rng``."""
-    if device is not None and device.type != "cpu":
+def kernels_in_use(net: SpikingNet, device: torch.device | None = None,
+                   learner: OnlineLearner | BPTTLearner | None = None) -> str:
+    """"native" or "torch ...": what the built network's neuron step and dropout actually run
+    on, with the reason when it is not the native kernels: asked for torch
+    (``kernels="torch"``), a neuron model the fused LIF kernel does not compute
+    (:meth:`~opzo.neurons.Neuron.uses_native_kernel`), off the CPU or not float32, the
+    library unavailable, or (``learner`` a :class:`~opzo.bptt.BPTTLearner`) training that
+    differentiates the step with autograd. The noise's generator is the separate
+    ``noise_rng``."""
+    weight = next(net.parameters())
+    device = weight.device if device is None else device
+    if device.type != "cpu":
         return f"torch ({device.type}; the native kernels are the CPU path)"
-    if cfg.kernels == "torch":
+    if net.kernels == "torch":
         return "torch"
-    if native.available():
-        return "native"
-    return f"torch (native unavailable: {native.error()})"
+    if not net.neuron.uses_native_kernel():
+        return (f"torch (the {net.neuron.name} neuron ({type(net.neuron).__name__}) has no "
+                "native kernel)")
+    if weight.dtype != torch.float32:
+        return f"torch ({weight.dtype}; the native kernels are float32)"
+    if not native.available():
+        return f"torch (native unavailable: {native.error()})"
+    if isinstance(learner, BPTTLearner):
+        return "torch (training: autograd through the step; evaluation: native)"
+    return "native"

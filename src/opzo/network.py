@@ -324,9 +324,12 @@ class SpikingNet(nn.Module):
 
     def uses_native_kernels(self, like: Tensor) -> bool:
         """Whether a step on tensors like ``like`` runs on the native kernels: asked for, a
-        neuron model they compute (LIF), float32 on the CPU, no autograd graph to build, and
-        the library loaded (else a warning, once)."""
-        return (self.kernels == "native" and self.neuron.native and like.dtype == torch.float32
+        neuron model they compute exactly (its
+        :meth:`~opzo.neurons.Neuron.uses_native_kernel`: LIF, not a subclass with other
+        dynamics), float32 on the CPU, no autograd graph to build, and the library loaded
+        (else a warning, once)."""
+        return (self.kernels == "native" and self.neuron.uses_native_kernel()
+                and like.dtype == torch.float32
                 and like.device.type == "cpu"
                 and not (torch.is_grad_enabled() and any(p.requires_grad
                                                          for p in self.parameters()))
@@ -425,24 +428,18 @@ class SpikingNet(nn.Module):
         α = ``noise_scale``. ``local_derivative``: a learning rule will ask for
         m_l ⊙ ψ(u_l[t]); the fused native step then computes it in the same pass.
         """
+        after = noise_position == "after"
+        fused = self.uses_native_kernels(x_t)
+        kernel = self._native_kernel(local_derivative) if fused else None
+        threads = native.default_threads()
+        hardware = self._chip_noise(noise, after)
         inp = x_t
         us: list[Tensor] = []
         spikes: list[Tensor] = []
         outs: list[Tensor] = []
         ins: list[Tensor] = []
         dpsis: list[Tensor | None] = []
-        after = noise_position == "after"
-        fused = self.uses_native_kernels(x_t)
-        hardware = self.hardware
-        if (hardware is not None and hardware.kind == "gaussian" and noise is not None
-                and not after):
-            hardware = None  # the rule's perturbation before the neuron is the chip's noise
-        neuron = self.neuron
         thresholds: list[Threshold] | None = None
-        threads = native.default_threads()
-        surr = self._native_surrogate() if fused and local_derivative else None
-        lif_kernel = (native.lif_kernel_params(neuron.lam, neuron.v_th, neuron.reset == "zero",
-                                               *(surr or ())) if fused else None)
         keep = getattr(self, "kept_currents", ())
         currents: dict[int, Tensor] = {}
         for l, layer in enumerate(self.hidden):
@@ -452,44 +449,26 @@ class SpikingNet(nn.Module):
             else:
                 op_in = layer.op_input(inp, *_sources(layer, outs, currents))
                 current, scratch = layer.op(op_in), True
-            j = self.skips[l]
-            if j is not None:  # residual shortcut: x_j joins the current
-                current = current.add_(outs[j]) if scratch else current + outs[j]
-                scratch = True
-            if l in keep:  # a later layer reads this current (opzo.layers_extra)
-                currents[l] = current.clone()
-            if hardware is not None:  # the chip's noise on the current (opzo.hardware)
-                current = hardware.perturb_(current, l, scratch)
-                scratch = True
+            current, scratch = self._add_to_current(l, current, scratch, outs, hardware,
+                                                    currents if l in keep else None)
             mask = None if masks is None else masks[l]
             z = None if noise is None else noise[l]
             if fused and _fusable(current, state.u[l], state.s[l], mask, z):
                 flat = current.reshape(current.shape[0], -1)
                 u, s, out, d = native.lif_step_unchecked(
-                    lif_kernel, flat, state.u[l], state.s[l], noise=z, alpha=noise_scale,
+                    kernel, flat, state.u[l], state.s[l], noise=z, alpha=noise_scale,
                     noise_before=not after, mask=mask, u_out=flat if scratch else None,
                     threads=threads)
+                state.u[l] = u
+                state.s[l] = s
             else:
                 d = None
-                if noise is not None and not after:
-                    current = torch.add(current, noise[l], alpha=noise_scale)
-                    scratch = True
-                prev = state.layer(l)
-                theta = neuron.threshold(prev)
+                u, s, out, theta = self._neuron_step(state, l, current, scratch, z,
+                                                     noise_scale, after, mask)
                 if isinstance(theta, Tensor):  # a moving threshold (ALIF): record it
                     if thresholds is None:
-                        thresholds = [neuron.v_th] * len(self.hidden)
+                        thresholds = [self.neuron.v_th] * len(self.hidden)
                     thresholds[l] = theta
-                new = neuron.step_(prev, current, scratch)
-                state.set_layer(l, new)
-                u, s = new["u"], new["s"]
-                out = s
-                if noise is not None and after:
-                    out = torch.add(s, noise[l], alpha=noise_scale)
-                if mask is not None:
-                    out = out * mask if out is s else out.mul_(mask)
-            state.u[l] = u
-            state.s[l] = s
             dpsis.append(d)
             us.append(u)
             spikes.append(s)
@@ -498,8 +477,65 @@ class SpikingNet(nn.Module):
             inp = out
         r_in = self.readout.op_input(inp, *_sources(self.readout, outs, currents))
         o = self.readout.op(r_in)
-        return o, StepRecord(us, spikes, outs, masks, self.surrogate, neuron.v_th, gains,
+        return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.neuron.v_th, gains,
                              inputs=ins, readout_in=r_in, dpsi=dpsis, thresholds=thresholds)
+
+    def _native_kernel(self, local_derivative: bool) -> object:
+        """The fused kernel's parameters for this network's LIF neuron (and, when a rule asks
+        for m ⊙ ψ(u), the surrogate's native form; :func:`opzo.native.lif_kernel_params`)."""
+        neuron = self.neuron
+        surr = self._native_surrogate() if local_derivative else None
+        return native.lif_kernel_params(neuron.lam, neuron.v_th, neuron.reset == "zero",
+                                        *(surr or ()))
+
+    def _chip_noise(self, noise: list[Tensor] | None, after: bool) -> HardwareNoise | None:
+        """The chip's noise to add to the currents at this step: none where the rule's
+        Gaussian perturbation before the neuron already is the chip's noise."""
+        hardware = self.hardware
+        if (hardware is not None and hardware.kind == "gaussian" and noise is not None
+                and not after):
+            return None
+        return hardware
+
+    def _add_to_current(self, l: int, current: Tensor, scratch: bool, outs: list[Tensor],
+                        hardware: HardwareNoise | None,
+                        kept: dict[int, Tensor] | None = None) -> tuple[Tensor, bool]:
+        """Hidden layer l's current with its residual shortcut x_j and the chip's noise
+        (:mod:`opzo.hardware`) added; ``scratch``: whether its storage may be overwritten.
+        ``kept``: where to keep a copy of the current before the chip's noise, for a later
+        layer that reads it (:mod:`opzo.layers_extra`)."""
+        j = self.skips[l]
+        if j is not None:  # residual shortcut: x_j joins the current
+            current = current.add_(outs[j]) if scratch else current + outs[j]
+            scratch = True
+        if kept is not None:
+            kept[l] = current.clone()
+        if hardware is not None:
+            current = hardware.perturb_(current, l, scratch)
+            scratch = True
+        return current, scratch
+
+    def _neuron_step(self, state: NetState, l: int, current: Tensor, scratch: bool,
+                     z: Tensor | None, noise_scale: float, after: bool, mask: Tensor | None
+                     ) -> tuple[Tensor, Tensor, Tensor, Threshold]:
+        """Hidden layer l's neuron step on torch ops (the neuron's in-place ``step_``), with
+        the perturbation α z before or after it and the dropout mask on what it delivers.
+        Updates ``state``; returns u, s, the delivered x and the threshold s was compared
+        with."""
+        if z is not None and not after:
+            current = torch.add(current, z, alpha=noise_scale)
+            scratch = True
+        prev = state.layer(l)
+        theta = self.neuron.threshold(prev)
+        new = self.neuron.step_(prev, current, scratch)
+        state.set_layer(l, new)
+        s = new["s"]
+        out = s
+        if z is not None and after:
+            out = torch.add(s, z, alpha=noise_scale)
+        if mask is not None:
+            out = out * mask if out is s else out.mul_(mask)
+        return new["u"], s, out, theta
 
     def run(self, x: Tensor, T: int | None = None) -> Iterator[tuple[Tensor, StepRecord]]:
         """Run the network forward from rest over T steps without noise, yielding o[t] and the

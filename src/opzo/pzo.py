@@ -268,7 +268,7 @@ class UntruncatedLearner:
 
     def __init__(self, net: SpikingNet, feedback: TemporalFeedback, steps: int,
                  loss: InstantLoss | None = None) -> None:
-        if net.neuron.name != "lif":
+        if not net.neuron.supports_untruncated_pzo():
             raise ValueError(f"PZO without truncation takes the error back through each layer's "
                              f"LIF neuron (leak and reset, the recursion derived for eq. 1); "
                              f"the network's neuron is {net.neuron.name!r}: use a LIF network")

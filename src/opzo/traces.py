@@ -316,8 +316,9 @@ class OSTLTrace(Trace):
         return cls(neuron, static_input)
 
     def __init__(self, lif: Neuron, static_input: bool = False) -> None:
-        if lif.own_path_unsupported is not None:
-            raise ValueError(f"trace {self.name!r}: {lif.own_path_unsupported}")
+        problem = lif.own_path_problem()
+        if problem is not None:
+            raise ValueError(f"trace {self.name!r}: {problem}")
         self.neuron = lif
         self.static_input = static_input
         self.reset()
@@ -613,8 +614,9 @@ def make_trace(name: str, lif: Neuron | float, static_input: bool = False,
     if not isinstance(lif, Neuron):
         lif = LIF(lam=float(lif))
     cls = TRACES[base].factory
-    if cls.per_synapse and lif.own_path_unsupported is not None:
-        raise ValueError(f"trace {name!r}: {lif.own_path_unsupported}")
+    problem = lif.own_path_problem() if cls.per_synapse else None
+    if problem is not None:
+        raise ValueError(f"trace {name!r}: {problem}")
     if feeds_readout and not leaky_output and cls.at_readout is not None:
         cls = TRACES[cls.at_readout].factory
     if cls.per_synapse and layer is not None and not getattr(layer, "is_dense", True):

@@ -12,7 +12,8 @@ the temporal traces and the rules have about it:
   BPTT (:mod:`opzo.bptt`) and the tests' references use it.
 * **a fast step** (:meth:`Neuron.step_`): the same values with in-place ops, for the online
   learners' forward pass (outside autograd). The LIF neuron also has a native fused kernel
-  (:attr:`Neuron.native`), which :meth:`~opzo.network.SpikingNet.step` uses when it can.
+  (:meth:`Neuron.uses_native_kernel`), which :meth:`~opzo.network.SpikingNet.step` uses
+  when it can.
 * **the threshold** (:meth:`Neuron.threshold`): the V_th the next step's spike compares
   with, a float or a (B, n) tensor (ALIF: it changes per neuron and step). Every local
   derivative ψ(u − V_th) uses it (:func:`surrogate_at`).
@@ -25,12 +26,21 @@ the temporal traces and the rules have about it:
   leaky sums, â_k[t] = λ_k â_k[t−1] + â_{k−1}[t] (â_0 = x), whose leaks, from the input
   towards the membrane, this tuple gives; its last entry is the membrane leak λ.
 
+**Capabilities** are the model's own answers, never looked up by its name:
+:meth:`Neuron.uses_native_kernel` (the fused LIF kernel computes its step),
+:meth:`Neuron.exports_to_nir` (NIR's LIF / IF node is its model, :mod:`opzo.nir`),
+:meth:`Neuron.supports_untruncated_pzo` (:mod:`opzo.pzo`'s recursion is its gradient) and
+:meth:`Neuron.own_path_problem` (OSTL / OTPE). A capability declared for a model's dynamics
+is not inherited by a subclass that changes them (:func:`same_dynamics`): a LIF subclass
+with its own step runs its own step, not LIF's kernel.
+
 A new model is one file with a subclass and one line in :data:`opzo.neurons.NEURONS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -102,6 +112,30 @@ def check_common(lam: float, v_th: float, reset: str) -> None:
         raise ValueError(f"unknown reset mode {reset!r}; choose one of {RESET_MODES}")
 
 
+#: what makes up a model's dynamics: a subclass that overrides any of them is another model
+DYNAMICS = ("state_vars", "initial_state", "threshold", "step", "step_", "presynaptic_leaks",
+            "own_path_factor")
+
+
+def _defined_by(cls: type, attr: str) -> type:
+    """The class of ``cls``'s MRO whose body defines ``attr``."""
+    return next(k for k in cls.__mro__ if attr in vars(k))
+
+
+def same_dynamics(neuron: Neuron, model: type[Neuron]) -> bool:
+    """Whether ``neuron`` computes exactly ``model``'s dynamics: an instance of ``model`` whose
+    class overrides none of :data:`DYNAMICS` (a subclass that only adds a description or an
+    option keeps them; one with its own step is another model)."""
+    return _same_dynamics(type(neuron), model)
+
+
+@functools.cache
+def _same_dynamics(cls: type, model: type) -> bool:
+    """:func:`same_dynamics` by class (asked at every step of the network: cached)."""
+    return issubclass(cls, model) and all(_defined_by(cls, a) is _defined_by(model, a)
+                                          for a in DYNAMICS)
+
+
 class Neuron:
     """The interface of a neuron model (see the module docstring). Subclasses are frozen
     dataclasses with at least ``lam`` (membrane leak λ), ``v_th`` (base threshold) and
@@ -110,8 +144,6 @@ class Neuron:
     name: ClassVar[str] = "neuron"
     #: per-layer state variables; "u" and "s" first
     state_vars: ClassVar[tuple[str, ...]] = ("u", "s")
-    #: whether the native fused LIF kernel computes this model's step
-    native: ClassVar[bool] = False
     #: why OSTL / OTPE's scalar eligibility does not hold for this model (None: it holds)
     own_path_unsupported: ClassVar[str | None] = None
     #: the options the model reads (CLI flags, config keys): the common ones, then its own
@@ -172,3 +204,37 @@ class Neuron:
     def own_path_factor(self, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
         """κ[t+1] = ∂u[t+1]/∂u[t] along the own path, with ∂s[t]/∂u[t] = ψ[t]."""
         raise ValueError(self.own_path_unsupported or f"{self.name}: no own-path derivative")
+
+    # -- capabilities (declared by the model; see the module docstring) -------------------
+    def uses_native_kernel(self) -> bool:
+        """Whether the native fused LIF kernel (:func:`opzo.native.lif_step`) computes this
+        model's step exactly. Only LIF's dynamics (:func:`same_dynamics`) answer True."""
+        return False
+
+    def exports_to_nir(self) -> bool:
+        """Whether NIR's LIF / IF node is this model (:func:`opzo.nir.to_nir`)."""
+        return False
+
+    def supports_untruncated_pzo(self) -> bool:
+        """Whether :mod:`opzo.pzo`'s recursion (derived for eq. 1's leak and reset) is this
+        model's gradient."""
+        return False
+
+    def own_path_problem(self) -> str | None:
+        """Why OSTL / OTPE's scalar eligibility ε = κ ε + x is not this model's gradient, or
+        None when it is: :attr:`own_path_unsupported`, else a reason when the class's
+        :meth:`own_path_factor` was written for other dynamics than its own (inherited from
+        a parent whose step it overrides) or is not written at all."""
+        if self.own_path_unsupported is not None:
+            return self.own_path_unsupported
+        cls = type(self)
+        factor = _defined_by(cls, "own_path_factor")
+        stale = [a for a in ("step", "step_", "threshold")
+                 if not issubclass(factor, _defined_by(cls, a))]
+        if factor is Neuron or stale:
+            return (f"the {self.name} neuron ({cls.__name__}) has no own-path derivative "
+                    f"κ = ∂u[t+1]/∂u[t] written for its own dynamics (own_path_factor comes "
+                    f"from {factor.__name__}), so OSTL / OTPE cannot use it; use trace "
+                    "'ottt' or 'approx_otpe' (or their f_ variants), or write its "
+                    "own_path_factor")
+        return None

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..deprecation import warn_renamed
 from ..surrogate import Surrogate
-from .base import RESET_MODES, LayerState, Neuron, check_common, fire, membrane_
+from .base import RESET_MODES, LayerState, Neuron, check_common, fire, membrane_, same_dynamics
 
 __all__ = ["LIF", "RESET_MODES", "lif_step"]
 
@@ -32,7 +32,6 @@ class LIF(Neuron):
     reset: str = "subtract"
 
     name = "lif"
-    native = True
 
     def __post_init__(self) -> None:
         check_common(self.lam, self.v_th, self.reset)
@@ -50,6 +49,17 @@ class LIF(Neuron):
     def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
         u, s = lif_step(state["u"], state["s"], current, self, current_is_scratch=scratch)
         return {"u": u, "s": s}
+
+    # -- capabilities: they hold for eq. 1 itself, not for a subclass with other dynamics ---
+    def uses_native_kernel(self) -> bool:
+        """The fused kernel computes eq. 1 with either reset, any λ and V_th."""
+        return same_dynamics(self, LIF) and self.reset in RESET_MODES
+
+    def exports_to_nir(self) -> bool:
+        return same_dynamics(self, LIF)
+
+    def supports_untruncated_pzo(self) -> bool:
+        return same_dynamics(self, LIF)
 
     def own_path_factor(self, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
         """Subtractive reset u[t+1] = λ(u[t] − V_th s[t]) + I[t+1]:   κ = λ (1 − V_th ψ[t]).

@@ -24,6 +24,7 @@ from ..network import SpikingNet, StepRecord
 from ..neurons.base import surrogate_grad_scaled
 from ..registry import Option, Options
 from .noise import NoiseSampler, Perturbed
+from .profile import CostProfile
 
 
 @dataclass
@@ -69,6 +70,9 @@ class SpatialRule(Perturbed):
     noise: NoiseSampler | None = None
     #: the options it reads (CLI flags, config keys; merged by :mod:`opzo.config`)
     options: tuple[Option, ...] = ()
+    #: how the rule's feedback reaches a layer, what it stores and learns, for
+    #: :func:`opzo.cost.learning_cost`; None: the rule has no cost model
+    cost_profile: CostProfile | None = None
 
     @classmethod
     def from_config(cls, cfg: Options) -> SpatialRule:

@@ -16,12 +16,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import SpatialRule, StepContext, local_delta
+from .profile import CostProfile
 
 
 class SpatialBP(SpatialRule):
     """Spatial BP = OTTT (see the module docstring)."""
 
     name = "bp"
+    cost_profile = CostProfile("transposed")
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         net, rec = ctx.net, ctx.record

@@ -28,10 +28,13 @@ from ..network import SpikingNet
 from ..registry import Option, Options
 from .base import SpatialRule, StepContext
 from .noise import NOISE_OPTIONS, NoiseSampler, chip_noise_is_perturbation
+from .profile import CostProfile
 
 
 class DirectFeedbackRule(SpatialRule):
     """g_l = F_l e for all layers at once; subclasses define how F is made and updated."""
+
+    cost_profile = CostProfile("direct")
 
     def bind(self, net: SpikingNet) -> None:
         super().bind(net)
@@ -85,6 +88,9 @@ class DKP(DirectFeedbackRule):
     name = "dkp"
     options = (Option("feedback_lr", 2e-4, "learning rate of DKP's feedback matrices",
                       min=0.0),)
+    #: AdamW on F: its gradient and two moments per feedback weight
+    cost_profile = CostProfile("direct", learns_feedback=True, optimizer_copies=3,
+                               activity_trace=True)
 
     def __init__(self, lr: float = 2e-4, weight_decay: float = 2e-4, lam: float | None = None):
         self.lr = float(lr)
@@ -156,6 +162,7 @@ class OPZO(DirectFeedbackRule):
                "this many epochs (OPZO paper Table 9's ablation); unset = never", type=int,
                min=0),
     )
+    cost_profile = CostProfile("direct", learns_feedback=True, stores_noise=True)
 
     def __init__(self, noise: NoiseSampler | None = None, lambda_m: float = 0.99999,
                  alpha_factor: bool = False) -> None:

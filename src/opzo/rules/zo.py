@@ -13,6 +13,7 @@ from torch import Tensor
 from ..registry import Options
 from .base import SpatialRule, StepContext
 from .noise import NOISE_OPTIONS, NoiseSampler
+from .profile import CostProfile
 
 
 class ZO(SpatialRule):
@@ -20,6 +21,7 @@ class ZO(SpatialRule):
 
     name = "zo"
     options = NOISE_OPTIONS
+    cost_profile = CostProfile("scalar", stores_noise=True)
 
     def __init__(self, noise: NoiseSampler | None = None, alpha_factor: bool = True) -> None:
         self.noise = noise or NoiseSampler()
