@@ -23,11 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..surrogate import Surrogate
-from .base import LayerState, Neuron, Threshold, check_common, fire, membrane_
+from .base import LayerState, Neuron, Ops, Threshold, check_common
 
 
 @dataclass(frozen=True)
@@ -67,21 +65,8 @@ class ALIF(Neuron):
     def threshold(self, state: LayerState) -> Threshold:
         return self.v_th + self.beta * state["a"]
 
-    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
-             detach_reset: bool = False) -> LayerState:
-        u, s, a = state["u"], state["s"], state["a"]
-        fired = s.detach() if detach_reset else s
+    def dynamics(self, state: LayerState, current: Tensor, ops: Ops) -> LayerState:
         theta = self.threshold(state)
-        if self.reset == "subtract":
-            u = self.lam * (u - self.v_th * fired) + current
-        else:
-            u = self.lam * u * (1.0 - fired) + current
-        s = fire(u, theta, surrogate)
-        return {"u": u, "s": s, "a": self.adapt_lam * a + s}
-
-    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
-        u, s, a = state["u"], state["s"], state["a"]
-        theta = self.threshold(state)
-        u_new = membrane_(current, u, s, self.lam, self.v_th, self.reset, scratch)
-        s_new = torch.gt(u_new, theta).to(u_new.dtype)
-        return {"u": u_new, "s": s_new, "a": torch.add(s_new, a, alpha=self.adapt_lam)}
+        u = ops.membrane(state["u"], state["s"], current, self.lam, self.v_th, self.reset)
+        s = ops.fire(u, theta)
+        return {"u": u, "s": s, "a": ops.leak(state["a"], self.adapt_lam, s)}

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..surrogate import Surrogate
-from .base import RESET_MODES, LayerState, Neuron, check_common, fire, membrane_
+from .base import RESET_MODES, InPlaceOps, LayerState, Neuron, Ops, check_common
 
 __all__ = ["LIF", "LIFParams", "RESET_MODES", "lif_step"]
 
@@ -42,19 +41,9 @@ class LIF(Neuron):
                      **_: Any) -> LIF:
         return cls(lam=lam, v_th=v_th, reset=reset)
 
-    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
-             detach_reset: bool = False) -> LayerState:
-        u, s = state["u"], state["s"]
-        fired = s.detach() if detach_reset else s
-        if self.reset == "subtract":
-            u = self.lam * (u - self.v_th * fired) + current
-        else:
-            u = self.lam * u * (1.0 - fired) + current
-        return {"u": u, "s": fire(u, self.v_th, surrogate)}
-
-    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
-        u, s = lif_step(state["u"], state["s"], current, self, current_is_scratch=scratch)
-        return {"u": u, "s": s}
+    def dynamics(self, state: LayerState, current: Tensor, ops: Ops) -> LayerState:
+        u = ops.membrane(state["u"], state["s"], current, self.lam, self.v_th, self.reset)
+        return {"u": u, "s": ops.fire(u, self.v_th)}
 
     def own_path_factor(self, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
         """Subtractive reset u[t+1] = λ(u[t] − V_th s[t]) + I[t+1]:   κ = λ (1 − V_th ψ[t]).
@@ -75,6 +64,5 @@ def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIF,
     ``u`` and ``s`` are the previous potential and spikes, ``current`` is I[t+1]. With
     ``current_is_scratch`` the current's storage is reused for u[t+1] (no allocation).
     """
-    u_new = membrane_(current, u, s, p.lam, p.v_th, p.reset, current_is_scratch)
-    s_new = torch.gt(u_new, p.v_th, out=torch.empty_like(u_new))
-    return u_new, s_new
+    new = p.dynamics({"u": u, "s": s}, current, InPlaceOps(current, current_is_scratch))
+    return new["u"], new["s"]
