@@ -55,6 +55,11 @@ class ALIF(Neuron):
                              f"{self.adapt_lam}")
 
     @classmethod
+    def examples(cls) -> list[Neuron]:
+        return [cls(lam=0.7, beta=0.5, adapt_lam=0.8),
+                cls(lam=0.6, v_th=0.9, reset="zero", beta=0.3, adapt_lam=0.5)]
+
+    @classmethod
     def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
                      adapt_beta: float = 0.2, adapt_lambda: float = 0.9, **_: Any) -> ALIF:
         return cls(lam=lam, v_th=v_th, reset=reset, beta=adapt_beta, adapt_lam=adapt_lambda)

@@ -192,6 +192,13 @@ class Neuron:
         own, e.g. ``syn_lambda``); options another model uses are ignored."""
         raise NotImplementedError
 
+    @classmethod
+    def examples(cls) -> list[Neuron]:
+        """A few small, differing parameter sets of this model, for the conformance tests
+        (``tests/test_conformance.py``): both reset modes and non-default leaks, so that
+        every term of the dynamics matters. Default: the model with its defaults."""
+        return [cls()]
+
     def describe(self) -> str:
         """One line with the model and its parameters."""
         return f"{self.name} neuron, λ={self.lam:g}, V_th={self.v_th:g}, reset {self.reset}"

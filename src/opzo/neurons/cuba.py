@@ -54,6 +54,10 @@ class CubaLIF(Neuron):
             raise ValueError(f"synaptic leak syn_lam must lie in [0, 1], got {self.syn_lam}")
 
     @classmethod
+    def examples(cls) -> list[Neuron]:
+        return [cls(lam=0.6, syn_lam=0.4), cls(lam=0.7, v_th=0.9, reset="zero", syn_lam=0.6)]
+
+    @classmethod
     def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
                      syn_lambda: float = 0.5, **_: Any) -> CubaLIF:
         return cls(lam=lam, v_th=v_th, reset=reset, syn_lam=syn_lambda)

@@ -37,6 +37,10 @@ class LIF(Neuron):
         check_common(self.lam, self.v_th, self.reset)
 
     @classmethod
+    def examples(cls) -> list[Neuron]:
+        return [cls(lam=0.6), cls(lam=0.8, v_th=0.9, reset="zero")]
+
+    @classmethod
     def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
                      **_: Any) -> LIF:
         return cls(lam=lam, v_th=v_th, reset=reset)

@@ -72,6 +72,12 @@ class SpatialRule(Perturbed):
     noise: NoiseSampler | None = None
 
     @classmethod
+    def examples(cls) -> list[SpatialRule]:
+        """Small instances for the conformance tests (``tests/test_conformance.py``);
+        default: the rule with its defaults. Each call makes new objects."""
+        return [cls()]
+
+    @classmethod
     def from_config(cls, cfg: TrainConfig) -> SpatialRule:
         """The rule with the options of a training config (``opzo train``); rules without
         options take none. Registered in :data:`opzo.rules.RULES`."""

@@ -10,7 +10,7 @@ The implementations are registered in :data:`opzo.surrogate.SURROGATES`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -23,6 +23,25 @@ class Surrogate:
     """Base class: a callable ``ψ(u, v_th) -> Tensor`` of the same shape as ``u``."""
 
     name: str = "surrogate"
+    #: whether ψ is drawn at random (LocalZO): its documented form is then its expectation
+    sampled: ClassVar[bool] = False
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        """A few small instances for the conformance tests (``tests/test_conformance.py``);
+        default: the surrogate with its defaults."""
+        return [cls()]
+
+    def expected(self, u: Tensor, v_th: float) -> Tensor:
+        """ψ(u) from its documented formula (E_z[ψ] for a :attr:`sampled` one); default: the
+        surrogate itself."""
+        return self(u, v_th)
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor | None:
+        """The documented smooth function G(u) whose derivative in u is :meth:`expected`
+        (the smooth step ψ stands in for), differentiable by autograd; None where the
+        documentation gives none."""
+        return None
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Surrogate:
