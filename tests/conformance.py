@@ -41,7 +41,14 @@ from opzo.layers import ConvLayer
 from opzo.neurons.base import Neuron, surrogate_at
 from opzo.rules import ZO, DirectFeedbackRule, SpatialBP, SpatialRule
 from opzo.surrogate import FastSigmoidSurrogate, Surrogate, spike_with_surrogate
-from opzo.traces import TRACES, make_trace
+from opzo.traces import (
+    TRACES,
+    ApproxOTPETrace,
+    OSTLTrace,
+    OTPETrace,
+    OTTTTrace,
+    make_trace,
+)
 
 from .reference import (
     bptt_layers_autograd_grads,
@@ -173,6 +180,17 @@ def eligibility_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind: str,
     return _grads(net)
 
 
+def trace_claim(name: str) -> str | None:
+    """The approximation a registered trace claims, read from its class: "ottt",
+    "approx_otpe", "ostl" or "otpe" (None: none with a reference here)."""
+    cls = TRACES[name].factory
+    for claim, base in (("approx_otpe", ApproxOTPETrace), ("otpe", OTPETrace),
+                        ("ostl", OSTLTrace), ("ottt", OTTTTrace)):
+        if issubclass(cls, base):
+            return claim
+    return None
+
+
 def check_neuron_learning(neuron: Neuron, trace: str, kind: str, static: bool = False) -> None:
     """Spatial BP with ``trace`` (and its f_ form) equals autograd of what the trace claims,
     on a ``kind`` net of this neuron, where the neuron accepts the trace there."""
@@ -184,12 +202,13 @@ def check_neuron_learning(neuron: Neuron, trace: str, kind: str, static: bool = 
         name = f"f_{trace}" if leaky else trace
         OnlineLearner(net, SpatialBP(), LOSS, trace=name).accumulate(x, y, T=T_STEPS)
         ours = _grads(net)
-        if trace in ("ottt", "approx_otpe"):
-            ref = presynaptic_autograd_grads(net, x, y, T_STEPS, LOSS, kind=trace, leaky=leaky)
-        elif trace in ("ostl", "otpe"):
+        claim = trace_claim(trace)
+        if claim in ("ottt", "approx_otpe"):
+            ref = presynaptic_autograd_grads(net, x, y, T_STEPS, LOSS, kind=claim, leaky=leaky)
+        elif claim in ("ostl", "otpe"):
             if any(j is not None for j in net.skips):
                 return  # the eligibility reference has no residual shortcuts
-            ref = eligibility_autograd_grads(net, x, y, T_STEPS, LOSS, trace, leaky=leaky)
+            ref = eligibility_autograd_grads(net, x, y, T_STEPS, LOSS, claim, leaky=leaky)
         else:  # a trace without a reference here: at least every gradient is finite
             assert all(torch.isfinite(g).all() for g in ours.values()), name
             continue
