@@ -110,3 +110,86 @@ def cifar_images(n: int, seed: int) -> np.ndarray:
     """``n`` random images as the CIFAR batches store them: ``(n, 3072)`` uint8 rows of 1024
     red, 1024 green, then 1024 blue values (row-major 32x32 planes)."""
     return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
+
+
+# ------------------------------------------------------------ one small example per dataset
+
+
+def _example_cifar10(root: Path, monkeypatch) -> dict:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        write_cifar_pickle(folder / f"data_batch_{i + 1}", cifar_images(3, i),
+                           [(3 * i + k) % 10 for k in range(3)], b"labels")
+    write_cifar_pickle(folder / "test_batch", cifar_images(4, 9), [0, 1, 2, 3], b"labels")
+    return {"data_root": str(root), "T": 2}
+
+
+def _example_cifar100(root: Path, monkeypatch) -> dict:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    write_cifar_pickle(folder / "train", cifar_images(6, 0), [0, 99, 50, 3, 7, 8],
+                       b"fine_labels")
+    write_cifar_pickle(folder / "test", cifar_images(3, 1), [42, 5, 1], b"fine_labels")
+    return {"data_root": str(root), "T": 2}
+
+
+def _example_gesture(root: Path, monkeypatch) -> dict:
+    for split, sessions in (("ibmGestureTrain", ("user01_led",)), ("ibmGestureTest",
+                                                                   ("user24_led",))):
+        for name in sessions:
+            folder = root / "DVSGesture" / split / name
+            folder.mkdir(parents=True)
+            for label in range(11):
+                np.save(folder / f"{label}.npy", gesture_events(40 + 4 * label, 20 + 2 * label))
+    return {"data_root": str(root), "T": 3}
+
+
+def _example_cifar10dvs(root: Path, monkeypatch) -> dict:
+    from opzo.data.neuromorphic import cifar10dvs
+
+    monkeypatch.setattr(cifar10dvs, "CIFAR10DVS_TRAIN_PER_CLASS", 2)  # 3 files per class
+    write_cifar10dvs(root)
+    return {"data_root": str(root), "T": 3}
+
+
+def _example_shd(name: str):
+    def write(root: Path, monkeypatch) -> dict:
+        for split, n in (("train", 6), ("test", 3)):
+            times = [[0.01 * (k + 1), 0.3, 0.9] for k in range(n)]
+            units = [[k, 100 + k, 699] for k in range(n)]
+            write_shd_h5(root / f"{name}_{split}.h5", times, units, list(range(n)))
+        return {"data_root": str(root), "T": 4}
+    return write
+
+
+def _example_nmnist(root: Path, monkeypatch) -> dict:
+    write_nmnist_tree(root, {"Train": 1, "Test": 1}, count=30, t_max=15000)
+    return {"data_root": str(root), "T": 3}
+
+
+def _shared(folder: str):
+    def locate(root: Path, monkeypatch) -> dict:
+        from .conftest import SHARED_DATA
+
+        path = SHARED_DATA / folder
+        if not path.is_dir():
+            pytest.skip(f"{path} is not there")
+        return {"data_root": str(path), "T": 2}
+    return locate
+
+
+#: dataset name -> a writer of a small example in the dataset's real format under a folder
+#: (``(root, monkeypatch) -> options``), returning the options that read it (datasets made
+#: or shipped by the package need none; a new dataset that reads files adds its writer here)
+EXAMPLES = {
+    "mnist": _shared("mnist"),
+    "fashion-mnist": _shared("fashion-mnist"),
+    "cifar10": _example_cifar10,
+    "cifar100": _example_cifar100,
+    "nmnist": _example_nmnist,
+    "dvs-gesture": _example_gesture,
+    "cifar10-dvs": _example_cifar10dvs,
+    "shd": _example_shd("shd"),
+    "ssc": _example_shd("ssc"),
+}

@@ -153,6 +153,24 @@ class BPTTLearner:
                 return current.reshape(T, batch, -1).unbind(0)
         return layer(flat).reshape(T, batch, -1).unbind(0)
 
+    # -- the Learner protocol (opzo.learner.Learner): nothing of its own besides the model --
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters (BPTT owns no other)."""
+        return list(self.net.parameters())
+
+    def state_dict(self) -> dict | None:
+        """None: BPTT keeps no state between batches."""
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Nothing to restore."""
+
+    def start_epoch(self, progress: float, freeze_feedback: bool) -> None:
+        """No schedule, no feedback."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {}
+
     def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
                     T: int | None = None, on_grad: Callable[[], None] | None = None,
                     shard: Shard | None = None) -> BatchStats:

@@ -692,6 +692,9 @@ def add_arguments(parser: argparse.ArgumentParser,
         group = groups[option_topic(opt.name)]
         flags = ["--" + n.replace("_", "-") for n in (opt.name, *opt.aliases)]
         help_text = f"{opt.help} (default: {opt.default})"
+        if opt.name in PART_KINDS:  # the parts registered now, with their descriptions
+            help_text = help_text.replace(_DESCRIBED_AT_IMPORT[opt.name],
+                                          _described(PART_KINDS[opt.name]))
         if opt.kind == "bool":
             group.add_argument(*flags, dest=opt.name, default=None,
                                action=argparse.BooleanOptionalAction, help=help_text)
@@ -726,3 +729,8 @@ def config_from_args(args: argparse.Namespace, config_file: str | None) -> Train
 
 
 _FIELD_OPTIONS: tuple[Option, ...] = tuple(_field_option(f) for f in fields(TrainConfig))
+
+#: the parts' descriptions as the help texts above were written (at import): ``--help``
+#: replaces them by the registries' descriptions at the time it is asked (a part registered
+#: later, by a plugin or a test, is described too)
+_DESCRIBED_AT_IMPORT: dict[str, str] = {k: _described(r) for k, r in PART_KINDS.items()}

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,41 @@ from .rules.base import SpatialRule, StepContext
 from .traces import OutputTrace, Trace, make_output_trace, make_trace, record_for_rule
 
 UPDATE_MODES = ("batch", "step")
+
+
+class Learner(Protocol):
+    """What a run (:mod:`opzo.train`) asks of a learner, whatever it is (online with a rule,
+    :class:`~opzo.bptt.BPTTLearner`, :class:`~opzo.pzo.UntruncatedLearner`): the run never
+    asks which kind it holds.
+
+    * :meth:`parameters`: every tensor the optimizer must hold, the model's first, then what
+      the learner owns besides (local readouts);
+    * :meth:`state_dict` / :meth:`load_state_dict`: the learner's own state for the checkpoint
+      (a rule's feedback and noise; None when it has none);
+    * :meth:`start_epoch`: the epoch hook (schedules over training, freezing learned
+      feedback);
+    * :meth:`epoch_metrics`: the learner's entries of the epoch's metrics row (the noise
+      scale α);
+    * ``train_batch(x, y, optimizer, T=..., shard=..., on_grad=...)``: one batch.
+    """
+
+    net: SpikingNet
+    #: the spatial rule (None: the learner has none, e.g. BPTT); for the diagnostics
+    rule: SpatialRule | None
+
+    def parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def state_dict(self) -> dict | None: ...
+
+    def load_state_dict(self, state: dict | None) -> None: ...
+
+    def start_epoch(self, progress: float, freeze_feedback: bool) -> None: ...
+
+    def epoch_metrics(self) -> dict[str, Any]: ...
+
+    def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
+                    T: int | None = None, on_grad: Callable[[], None] | None = None,
+                    shard: Shard | None = None) -> BatchStats: ...
 
 
 @dataclass
@@ -119,6 +155,29 @@ class OnlineLearner:
     def _parameters(self) -> list[torch.nn.Parameter]:
         """The model's parameters and the rule's own (local readouts)."""
         return [*self.net.parameters(), *self.rule.parameters()]
+
+    # -- the Learner protocol ---------------------------------------------------------------
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters, then the rule's own (local readouts)."""
+        return self._parameters()
+
+    def state_dict(self) -> dict | None:
+        """The rule's state (feedback, noise stream)."""
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.rule.load_state_dict(state)  # type: ignore[arg-type]
+
+    def start_epoch(self, progress: float, freeze_feedback: bool) -> None:
+        """The rule's schedules at ``progress`` in [0, 1]; its learned feedback frozen or
+        not (OPZO paper Table 9's ablation)."""
+        self.rule.set_progress(progress)
+        self.rule.freeze_feedback(freeze_feedback)
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """The noise scale α of a perturbed rule."""
+        noise = self.rule.noise
+        return {"alpha": noise.alpha} if noise is not None else {}
 
     def _ensure_grads(self) -> None:
         for p in self._parameters():

@@ -334,14 +334,13 @@ class _Run:
         self.net = net
         self.loss = InstantLoss(cfg.loss, cfg.gamma)
         self.learner = build_learner(cfg, net, self.loss, comm)
-        self.rule = rule = self.learner.rule
+        self.rule = self.learner.rule  # for the diagnostics (None: BPTT measures itself)
+        # the model's parameters and the learner's own (local readouts), in one list
+        params = self.learner.parameters()
         if comm is not None:  # the same start everywhere, whatever each process computed
-            comm.broadcast_([*net.parameters(), *net.buffers(),
-                             *(rule.parameters() if rule is not None else [])])
+            comm.broadcast_([*params, *net.buffers()])
         self.variance = GradientVariance(net) if cfg.diagnostics else None
-        # the rule's own parameters (local readouts) learn with the model's optimizer
-        extra = rule.parameters() if rule is not None else []
-        self.optimizer = make_optimizer([*net.parameters(), *extra], cfg)
+        self.optimizer = make_optimizer(params, cfg)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                      T_max=cfg.epochs)
                           if cfg.schedule == "cosine" else None)
@@ -474,8 +473,7 @@ class _Run:
             self.optimizer.load_state_dict(st.optimizer)
             if self.scheduler is not None and st.scheduler is not None:
                 self.scheduler.load_state_dict(st.scheduler)
-            if self.rule is not None:
-                self.rule.load_state_dict(st.rule)
+            self.learner.load_state_dict(st.rule)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise RunError(f"{self.ckpt_path} does not fit the network and rule of "
                            f"{self.run_dir / 'config.json'}: {str(exc)[:200]}") from None
@@ -535,8 +533,8 @@ class _Run:
     def checkpoint(self, epoch: int, batch: int, acc: Accumulator) -> None:
         """Every process's RNG state, and the rest from process 0 (the same everywhere).
         Weights that are not finite are never saved: the last good checkpoint stands."""
-        net, rule, comm = self.net, self.rule, self.comm
-        params = [*net.parameters(), *(rule.parameters() if rule is not None else [])]
+        net, learner, comm = self.net, self.learner, self.comm
+        params = learner.parameters()
         if not all(bool(torch.isfinite(p.detach().sum())) for p in params):
             raise FloatingPointError("the weights became NaN/inf")
         rng = rng_state(self.device)
@@ -550,7 +548,7 @@ class _Run:
             model=net.state_dict(),
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
-            rule=rule.state_dict() if rule is not None else None,
+            rule=learner.state_dict(),
             variance=(v.count, v.mean, v.m2) if v is not None else None,
             rng=torch.get_rng_state(),
             rng_states=rng_states,
@@ -645,10 +643,9 @@ class _Run:
         """The first batch of ``epoch`` and its statistics so far (both nonzero only when a
         resume continues within it); schedules, feedback freezing and the epoch's counters
         set up."""
-        cfg, rule, net = self.cfg, self.rule, self.net
-        if rule is not None:
-            rule.set_progress(epoch / max(cfg.epochs - 1, 1))
-            rule.freeze_feedback(cfg.freeze_m_after is not None and epoch >= cfg.freeze_m_after)
+        cfg, net = self.cfg, self.net
+        self.learner.start_epoch(epoch / max(cfg.epochs - 1, 1),
+                                 cfg.freeze_m_after is not None and epoch >= cfg.freeze_m_after)
         first = self.start_batch if epoch == self.start_epoch else 0
         if self.variance is not None and not (epoch == self.start_epoch and first > 0):
             self.variance.reset()
@@ -719,13 +716,13 @@ class _Run:
         steps does, so they are copied only when the last batch took long enough to be
         abandoned (over half of :data:`STOP_GRACE_S`); without them (None) the batch is not
         abandoned but ends, within about the grace period."""
-        rule, net = self.rule, self.net
+        net = self.net
         step = self.cfg.update == "step" and self.cfg.method != "bptt"
         if step and self.last_batch_s < STOP_GRACE_S / 2:
             return None
         snap: dict[str, Any] = {
             "rng": rng_state(self.device),
-            "rule": copy.deepcopy(rule.state_dict()) if rule is not None else None,
+            "rule": copy.deepcopy(self.learner.state_dict()),
             "stats": copy.deepcopy(net.surrogate.stats_state()),
             "diag_rows": len(self.diag_rows)}
         if step:
@@ -740,8 +737,7 @@ class _Run:
         so resume is exact) and raise :class:`Interrupted`."""
         assert before is not None  # one process only (see loop)
         set_rng_state(before["rng"], self.device)
-        if self.rule is not None:
-            self.rule.load_state_dict(before["rule"])
+        self.learner.load_state_dict(before["rule"])
         if before["stats"] is not None:
             self.net.surrogate.load_stats_state(before["stats"])
         if "model" in before:
@@ -801,7 +797,7 @@ class _Run:
                   ) -> None:
         """The schedule's step, the test evaluation, the checkpoint, the epoch's rows of
         metrics.jsonl / diagnostics.jsonl and its log line."""
-        cfg, net, rule = self.cfg, self.net, self.rule
+        cfg, net = self.cfg, self.net
         if self.scheduler is not None:
             with warnings.catch_warnings():  # resumed exactly at an epoch end
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
@@ -814,8 +810,7 @@ class _Run:
                "synops": test["synops"], "synops_total": test["synops_total"],
                "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_time_s": round(train_time, 3)}
-        if rule is not None and rule.noise is not None:
-            row["alpha"] = rule.noise.alpha
+        row.update(self.learner.epoch_metrics())
         row.update(net.surrogate.epoch_metrics())
         # the rows first into the checkpoint, then into the files: whatever stops the run
         # between the two, the resume rebuilds the files from the checkpoint
@@ -825,7 +820,7 @@ class _Run:
             diag = {"epoch": epoch + 1, "variance": self.variance.result(),
                     "relative_variance": self.variance.relative()}
             self.diag_rows.append(diag)
-        self.tb.log_epoch(epoch, row, net, rule,
+        self.tb.log_epoch(epoch, row, net, self.rule,
                           diag and {k: v for k, v in diag.items() if k != "epoch"})
         self.tb.flush()  # before the checkpoint: a resume purges what comes after it
         self.safe_checkpoint(epoch + 1, 0, Accumulator(), last_batch=batches - 1)

@@ -7,13 +7,16 @@ the temporal traces and the rules have about it:
   each (B, n) like the layer; always ``"u"`` (membrane potential) and ``"s"`` (last
   spikes) first, then the model's own (CubaLIF: ``"i"``, the synaptic current; ALIF:
   ``"a"``, the adaptation). :class:`~opzo.network.NetState` keeps any number of them.
-* **a pure step** (:meth:`Neuron.step`): one time step as out-of-place torch ops, spikes
-  through :func:`fire` (Heaviside forward, surrogate backward), differentiable by autograd;
-  BPTT (:mod:`opzo.bptt`) and the tests' references use it.
-* **a fast step** (:meth:`Neuron.step_`): the same values with in-place ops, for the online
-  learners' forward pass (outside autograd). The LIF neuron also has a native fused kernel
-  (:meth:`Neuron.uses_native_kernel`), which :meth:`~opzo.network.SpikingNet.step` uses
-  when it can.
+* **its dynamics, written once** (:meth:`Neuron.dynamics`): one time step in terms of three
+  primitives of an :class:`Ops` object (``leak``: λ x + input; ``membrane``: eq. 1's leak,
+  reset and input; ``fire``: H(u − θ)). Both steps below run it:
+* **a pure step** (:meth:`Neuron.step`): the dynamics on :class:`PureOps`, out-of-place
+  torch ops with spikes through :func:`fire` (Heaviside forward, surrogate backward),
+  differentiable by autograd; BPTT (:mod:`opzo.bptt`) and the tests' references use it.
+* **a fast step** (:meth:`Neuron.step_`): the dynamics on :class:`InPlaceOps`, the same
+  values with in-place ops, for the online learners' forward pass (outside autograd). The
+  LIF neuron also has a native fused kernel (:meth:`Neuron.uses_native_kernel`), which
+  :meth:`~opzo.network.SpikingNet.step` uses when it can.
 * **the threshold** (:meth:`Neuron.threshold`): the V_th the next step's spike compares
   with, a float or a (B, n) tensor (ALIF: it changes per neuron and step). Every local
   derivative ψ(u − V_th) uses it (:func:`surrogate_at`).
@@ -102,6 +105,79 @@ def membrane_(inp: Tensor, u: Tensor, s: Tensor, lam: float, v_th: float, reset:
     return u_new
 
 
+class Ops:
+    """The primitives a neuron's :meth:`Neuron.dynamics` is written in. Two implementations
+    give the same values: :class:`PureOps` (differentiable, for BPTT and references) and
+    :class:`InPlaceOps` (in place, for the online forward pass)."""
+
+    def leak(self, x: Tensor, lam: float, inp: Tensor) -> Tensor:
+        """λ x + inp: a first-order leaky sum (a synaptic current, an adaptation)."""
+        raise NotImplementedError
+
+    def membrane(self, u: Tensor, s: Tensor, inp: Tensor, lam: float, v_th: float,
+                 reset: str) -> Tensor:
+        """u[t+1] = λ (u[t] − V_th s[t]) + inp (reset "subtract") or λ u[t] (1 − s[t]) + inp
+        ("zero"): OPZO paper eq. 1's membrane update."""
+        raise NotImplementedError
+
+    def fire(self, u: Tensor, theta: Threshold) -> Tensor:
+        """s = H(u − θ) as the membrane's dtype."""
+        raise NotImplementedError
+
+
+class PureOps(Ops):
+    """Out-of-place ops, spikes through the surrogate (autograd differentiates them).
+    ``detach_reset``: the spikes in the reset term are constants (SparseGrad's choice)."""
+
+    __slots__ = ("detach_reset", "surrogate")
+
+    def __init__(self, surrogate: Surrogate, detach_reset: bool = False) -> None:
+        self.surrogate = surrogate
+        self.detach_reset = detach_reset
+
+    def leak(self, x: Tensor, lam: float, inp: Tensor) -> Tensor:
+        return lam * x + inp
+
+    def membrane(self, u: Tensor, s: Tensor, inp: Tensor, lam: float, v_th: float,
+                 reset: str) -> Tensor:
+        fired = s.detach() if self.detach_reset else s
+        if reset == "subtract":
+            return lam * (u - v_th * fired) + inp
+        return lam * u * (1.0 - fired) + inp
+
+    def fire(self, u: Tensor, theta: Threshold) -> Tensor:
+        return fire(u, theta, self.surrogate)
+
+
+class InPlaceOps(Ops):
+    """In-place ops outside autograd. ``current``: the step's synaptic current; with
+    ``scratch`` its storage may hold the first result computed from it (afterwards that
+    result is state, and the ops allocate)."""
+
+    __slots__ = ("current", "scratch")
+
+    def __init__(self, current: Tensor, scratch: bool = False) -> None:
+        self.current: Tensor | None = current
+        self.scratch = scratch
+
+    def _reuse(self, inp: Tensor) -> bool:
+        """Whether ``inp``'s storage may take the result (then it no longer may)."""
+        if self.scratch and inp is self.current:
+            self.current = None
+            return True
+        return False
+
+    def leak(self, x: Tensor, lam: float, inp: Tensor) -> Tensor:
+        return inp.add_(x, alpha=lam) if self._reuse(inp) else torch.add(inp, x, alpha=lam)
+
+    def membrane(self, u: Tensor, s: Tensor, inp: Tensor, lam: float, v_th: float,
+                 reset: str) -> Tensor:
+        return membrane_(inp, u, s, lam, v_th, reset, self._reuse(inp))
+
+    def fire(self, u: Tensor, theta: Threshold) -> Tensor:
+        return torch.gt(u, theta, out=torch.empty_like(u))
+
+
 def check_common(lam: float, v_th: float, reset: str) -> None:
     """Validate the parameters every model has: leak λ, threshold V_th, reset mode."""
     if not 0.0 <= lam <= 1.0:
@@ -113,8 +189,8 @@ def check_common(lam: float, v_th: float, reset: str) -> None:
 
 
 #: what makes up a model's dynamics: a subclass that overrides any of them is another model
-DYNAMICS = ("state_vars", "initial_state", "threshold", "step", "step_", "presynaptic_leaks",
-            "own_path_factor")
+DYNAMICS = ("state_vars", "initial_state", "threshold", "dynamics", "step", "step_",
+            "presynaptic_leaks", "own_path_factor")
 
 
 def _defined_by(cls: type, attr: str) -> type:
@@ -167,6 +243,13 @@ class Neuron:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in values.items() if k in names})
 
+    @classmethod
+    def examples(cls) -> list[Neuron]:
+        """A few small, differing parameter sets of this model, for the conformance tests
+        (``tests/test_conformance.py``): both reset modes and non-default leaks, so that
+        every term of the dynamics matters. Default: the model with its defaults."""
+        return [cls()]
+
     def describe(self) -> str:
         """One line with the model and its parameters."""
         return f"{self.name} neuron, λ={self.lam:g}, V_th={self.v_th:g}, reset {self.reset}"
@@ -182,18 +265,27 @@ class Neuron:
         return self.v_th
 
     # -- dynamics --------------------------------------------------------------------------
+    def dynamics(self, state: LayerState, current: Tensor, ops: Ops) -> LayerState:
+        """One time step from ``state`` with synaptic input ``current`` (I[t+1] = W x[t+1] +
+        b), written once in ``ops``' primitives; returns the new state (every name of
+        :attr:`state_vars`). :meth:`step` and :meth:`step_` run it; a model may instead
+        override both."""
+        raise NotImplementedError(f"{type(self).__name__} writes neither dynamics() nor "
+                                  "step() / step_()")
+
     def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
              detach_reset: bool = False) -> LayerState:
         """One pure, differentiable step from ``state`` with synaptic input ``current``
         (I[t+1] = W x[t+1] + b); returns the new state. ``detach_reset``: the spikes in the
-        reset term are constants (SparseGrad's choice)."""
-        raise NotImplementedError
+        reset term are constants (SparseGrad's choice). :meth:`dynamics` on
+        :class:`PureOps`."""
+        return self.dynamics(state, current, PureOps(surrogate, detach_reset))
 
     def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
         """The same step's values with in-place ops (outside autograd); ``scratch``: the
         current's storage may be reused. Returns the new state (the old tensors are left
-        as they were: step records keep them)."""
-        raise NotImplementedError
+        as they were: step records keep them). :meth:`dynamics` on :class:`InPlaceOps`."""
+        return self.dynamics(state, current, InPlaceOps(current, scratch))
 
     # -- learning --------------------------------------------------------------------------
     @property

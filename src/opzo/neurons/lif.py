@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 
 from ..deprecation import warn_renamed
-from ..surrogate import Surrogate
-from .base import RESET_MODES, LayerState, Neuron, check_common, fire, membrane_, same_dynamics
+from .base import RESET_MODES, InPlaceOps, LayerState, Neuron, Ops, check_common, same_dynamics
 
 __all__ = ["LIF", "RESET_MODES", "lif_step"]
 
@@ -36,19 +35,13 @@ class LIF(Neuron):
     def __post_init__(self) -> None:
         check_common(self.lam, self.v_th, self.reset)
 
-    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
-             detach_reset: bool = False) -> LayerState:
-        u, s = state["u"], state["s"]
-        fired = s.detach() if detach_reset else s
-        if self.reset == "subtract":
-            u = self.lam * (u - self.v_th * fired) + current
-        else:
-            u = self.lam * u * (1.0 - fired) + current
-        return {"u": u, "s": fire(u, self.v_th, surrogate)}
+    @classmethod
+    def examples(cls) -> list[Neuron]:
+        return [cls(lam=0.6), cls(lam=0.8, v_th=0.9, reset="zero")]
 
-    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
-        u, s = lif_step(state["u"], state["s"], current, self, current_is_scratch=scratch)
-        return {"u": u, "s": s}
+    def dynamics(self, state: LayerState, current: Tensor, ops: Ops) -> LayerState:
+        u = ops.membrane(state["u"], state["s"], current, self.lam, self.v_th, self.reset)
+        return {"u": u, "s": ops.fire(u, self.v_th)}
 
     # -- capabilities: they hold for eq. 1 itself, not for a subclass with other dynamics ---
     def uses_native_kernel(self) -> bool:
@@ -85,6 +78,5 @@ def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIF,
     ``u`` and ``s`` are the previous potential and spikes, ``current`` is I[t+1]. With
     ``current_is_scratch`` the current's storage is reused for u[t+1] (no allocation).
     """
-    u_new = membrane_(current, u, s, p.lam, p.v_th, p.reset, current_is_scratch)
-    s_new = torch.gt(u_new, p.v_th, out=torch.empty_like(u_new))
-    return u_new, s_new
+    new = p.dynamics({"u": u, "s": s}, current, InPlaceOps(current, current_is_scratch))
+    return new["u"], new["s"]

@@ -10,7 +10,7 @@ The implementations are registered in :data:`opzo.surrogate.SURROGATES`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -24,6 +24,25 @@ class Surrogate:
     name: str = "surrogate"
     #: the options it reads (CLI flags, config keys; merged by :mod:`opzo.config`)
     options: tuple[Option, ...] = ()
+    #: whether ψ is drawn at random (LocalZO): its documented form is then its expectation
+    sampled: ClassVar[bool] = False
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        """A few small instances for the conformance tests (``tests/test_conformance.py``);
+        default: the surrogate with its defaults."""
+        return [cls()]
+
+    def expected(self, u: Tensor, v_th: float) -> Tensor:
+        """ψ(u) from its documented formula (E_z[ψ] for a :attr:`sampled` one); default: the
+        surrogate itself."""
+        return self(u, v_th)
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor | None:
+        """The documented smooth function G(u) whose derivative in u is :meth:`expected`
+        (the smooth step ψ stands in for), differentiable by autograd; None where the
+        documentation gives none."""
+        return None
 
     @classmethod
     def from_config(cls, cfg: Options) -> Surrogate:

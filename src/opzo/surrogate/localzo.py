@@ -405,6 +405,34 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
             self._count(psi)
         return psi
 
+    sampled = True
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(delta=0.5), cls(delta=0.5, m=3, distribution="uniform"),
+                cls(delta=0.3, distribution="sigmoid")]
+
+    def expected(self, u: Tensor, v_th: float) -> Tensor:
+        """E_z[ψ(u)], :meth:`expected_surrogate`."""
+        return self.expected_surrogate(u, v_th)
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor | None:
+        """The smooth step whose derivative is E_z[ψ], where the paper gives it in closed
+        form: Φ((u − V_th)/δ) (normal, p = 1, eq. 9); σ((u − V_th)/a) (matched sigmoid);
+        x / (1 + k|x|) (matched fast sigmoid); untruncated only."""
+        x = u - v_th
+        if self.z_max is not None:
+            return None
+        if self.distribution == "normal" and self.p == 1:
+            return 0.5 * (1.0 + torch.erf(x / (self.delta * math.sqrt(2.0))))
+        if self.distribution == "sigmoid":
+            assert self.a is not None
+            return torch.sigmoid(x / self.a)
+        if self.distribution == "fast-sigmoid":
+            assert self.k is not None
+            return x / (self.k * x.abs() + 1.0)
+        return None
+
     def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
         """g ⊙ ψ(u), one fresh draw of z (LocalZO paper, Algorithm 1, backward)."""
         psi = self(u, v_th)
@@ -580,6 +608,21 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
         if self.track_stats:
             self._count(psi)
         return psi
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(delta=0.5), cls(delta=0.4, distribution="laplace")]
+
+    def expected(self, u: Tensor, v_th: float) -> Tensor:
+        """E_z[ψ_LocalZO](u) · 1{|u − V_th| < B̃_th} (the class docstring)."""
+        keep = ((u.detach() - v_th).abs() < self.threshold).to(u.dtype)
+        return self.local.expected_surrogate(u, v_th) * keep
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor | None:
+        """G(V_th + clamp(u − V_th, ±B̃_th)) with G LocalZO's smooth step (where it has one):
+        its derivative is the expected surrogate inside the threshold and 0 outside."""
+        x = (u - v_th).clamp(-self.threshold, self.threshold)
+        return self.local.primitive(x + v_th, v_th)
 
     def config(self) -> dict:
         cfg = {k: v for k, v in self.local.config().items() if k != "name"}

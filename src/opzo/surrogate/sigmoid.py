@@ -38,6 +38,14 @@ class SigmoidSurrogate(Surrogate):
         sig = torch.sigmoid((u - v_th) / self.a)
         return sig * (1.0 - sig) / self.a
 
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(), cls(a=0.6)]
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor:
+        """σ((u − V_th)/a), whose derivative is ψ."""
+        return torch.sigmoid((u - v_th) / self.a)
+
     def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
         # (g/a) σ(x)(1 − σ(x)): x = u/a − V_th/a in one pass, σ in place, then one fused
         # sigmoid_backward kernel; 1/a is folded into g by the caller's gain where possible
@@ -79,6 +87,15 @@ class FastSigmoidSurrogate(Surrogate):
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:
         return (self.k * (u - v_th).abs() + 1.0).reciprocal().square()
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(), cls(k=2.0)]
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor:
+        """x / (1 + k|x|), x = u − V_th (the fast sigmoid), whose derivative is ψ."""
+        x = u - v_th
+        return x / (self.k * x.abs() + 1.0)
 
     def config(self) -> dict:
         return {"name": self.name, "k": self.k}
