@@ -273,7 +273,7 @@ class _Run:
                 self.log(f"starting from the weights of {load_weights(net, cfg.init_from)}")
         net = net.to(device)
         self.net = net
-        self.loss = InstantLoss(cfg.loss, cfg.gamma)
+        self.loss = InstantLoss.from_config(cfg)
         self.learner = build_learner(cfg, net, self.loss, comm)
         self.rule = rule = self.learner.rule
         if comm is not None:  # the same start everywhere, whatever each process computed
