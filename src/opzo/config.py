@@ -24,6 +24,7 @@ from .network import KERNELS, NOISE_POSITIONS
 from .neurons import NEURONS, RESET_MODES
 from .registry import Registry
 from .rules import RULES
+from .rules.mforms import M_FORMS
 from .rules.noise import NOISE_DISTRIBUTIONS, NOISE_RNGS
 from .surrogate import SURROGATES
 from .surrogate.localzo import DISTRIBUTIONS as LOCALZO_DISTRIBUTIONS
@@ -210,6 +211,13 @@ class TrainConfig:
         None, "keep the 1/α factor (default: off for opzo as in the paper, on for zo)")
     lambda_m: float = _opt(0.99999, "momentum λ_M of OPZO's feedback matrices",
                            min=0.0, max=0.999999999)
+    m_form: str = _opt("dense", "opzo: the form of the momentum feedback M. dense: one row "
+                       "per neuron (C·H·W·m numbers per conv layer, OPZO paper eq. 6); "
+                       "shared-space: one row per channel, shared by the layer's positions "
+                       "(memory / H·W); lowrank: M = K Qᵀ with a fixed random orthonormal Q "
+                       "of m_rank columns (memory × m_rank/m). 'rule state:' in the log gives "
+                       "the memory of each", M_FORMS)
+    m_rank: int = _opt(8, "m_form lowrank: the rank R of M", min=1)
     freeze_m_after: int | None = _opt(
         None, "opzo: stop updating the momentum feedback M after this many epochs (OPZO paper "
         "Table 9's ablation); unset = never", min=0)
@@ -364,6 +372,9 @@ class TrainConfig:
             raise ConfigError(f"{option} needs the whole sequence in the gradient: use "
                               f"method 'bptt' (got {self.method!r}); the online rules train "
                               "on the per-step loss of readout 'sum'")
+        if self.m_form != "dense" and self.method != "opzo":
+            raise ConfigError(f"option 'm_form' = {self.m_form!r} is a form of OPZO's M: use "
+                              f"method 'opzo' (got {self.method!r}) or m_form 'dense'")
         if self.readout == "max" and self.loss == "tet":
             raise ConfigError("loss 'tet' is a loss at every time step: use readout 'sum' "
                               "(readout 'max' takes one loss on the max-over-time scores)")
@@ -417,7 +428,8 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
                            "adapt_lambda", "kernels", "init_from"),
     "method: spatial rule and loss": ("method", "loss", "gamma", "tet_lambda", "tet_phi",
                                       "readout", "readout_leak",
-                                      "detach_reset", "update", "lambda_m", "freeze_m_after",
+                                      "detach_reset", "update", "lambda_m", "m_form", "m_rank",
+                                      "freeze_m_after",
                                       "feedback_lr", "local_learning", "ll_scale",
                                       "igl_layer", "igl_scale"),
     "method: temporal trace": ("trace", "otpe_gbar"),

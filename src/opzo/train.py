@@ -43,6 +43,7 @@ from . import __version__
 from .build import (
     build_learner,
     build_network,
+    build_rule,
     is_nir,
     kernels_in_use,
     load_weights,
@@ -274,6 +275,7 @@ class _Run:
         net = net.to(device)
         self.net = net
         self.loss = InstantLoss.from_config(cfg)
+        self.check_rule_memory(net)
         self.learner = build_learner(cfg, net, self.loss, comm)
         self.rule = rule = self.learner.rule
         if comm is not None:  # the same start everywhere, whatever each process computed
@@ -286,6 +288,20 @@ class _Run:
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                      T_max=cfg.epochs)
                           if cfg.schedule == "cosine" else None)
+
+    def check_rule_memory(self, net) -> None:
+        """Log the memory of the rule's state ('rule state: M 10.9 GiB ...') and refuse, in
+        one line, a state that does not fit the device's free memory (before allocating)."""
+        if self.cfg.method == "bptt":
+            return
+        from .rules import mforms
+
+        batch = -(-self.cfg.batch_size // self.world)
+        sizes = mforms.state_sizes(build_rule(self.cfg), net, batch)
+        free, where = mforms.available_bytes(self.device)
+        self.log(mforms.describe(sizes) + f" ({where})")
+        weights = sum(p.numel() * p.element_size() for p in net.parameters())
+        mforms.check_fits(sizes, free, where, net_bytes=weights)
 
     # ---- the run --------------------------------------------------------------------------
     def train(self, resume: bool, overwrite: bool, stop_after: int | None) -> dict[str, Any]:

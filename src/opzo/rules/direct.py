@@ -163,7 +163,12 @@ class OPZO(DirectFeedbackRule):
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> OPZO:
         """λ_M and the 1/α factor of the config (off unless asked: appendix C.3.2); on a
-        chip whose noise is the perturbation never 1/α."""
+        chip whose noise is the perturbation never 1/α; ``m_form`` other than dense: the
+        memory-light M of :mod:`opzo.rules.mforms`."""
+        if getattr(cfg, "m_form", "dense") != "dense":
+            from .mforms import opzo_from_config
+
+            return opzo_from_config(cfg)
         factor = bool(cfg.alpha_factor) and not chip_noise_is_perturbation(cfg)
         return cls(NoiseSampler.from_config(cfg), lambda_m=cfg.lambda_m, alpha_factor=factor)
 
