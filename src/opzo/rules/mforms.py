@@ -295,8 +295,8 @@ def check_fits(sizes: list[tuple[str, int, str]], free: int | None, where: str,
     name, big, what = max(sizes, key=lambda s: s[1])
     hint = (" Use --m-form shared-space (M shared over the spatial positions) or --m-form "
             "lowrank --m-rank R, a smaller --batch-size, or a device with more memory"
-            if any(piece == "M" for piece, _, _ in sizes) else " Use a smaller network, --batch-size, or a device with more "
-            "memory")
+            if any(piece == "M" for piece, _, _ in sizes)
+            else " Use a smaller network, --batch-size, or a device with more memory")
     raise StateTooLarge(f"the rule's state needs {_human(total - net_bytes)} ({name} "
                       f"{_human(big)}: {what}) beside {_human(net_bytes)} of weights, but "
                       f"{where}.{hint}")
