@@ -110,3 +110,56 @@ def cifar_images(n: int, seed: int) -> np.ndarray:
     """``n`` random images as the CIFAR batches store them: ``(n, 3072)`` uint8 rows of 1024
     red, 1024 green, then 1024 blue values (row-major 32x32 planes)."""
     return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------- N-Caltech-101
+
+
+def encode_ncaltech(events: list[tuple[int, int, int, int]], overflow_after: tuple[int, ...] = ()
+                    ) -> bytes:
+    """Events ``(x, y, p, t)`` in N-Caltech-101's ATIS ``.bin`` format (40 bits per event as
+    N-MNIST, :func:`encode_nmnist`), with a timestamp-overflow marker (``y = 240``, the other
+    fields 0) written after each event index in ``overflow_after``; ``t`` is the 23-bit field
+    as stored (the reader adds 2^13 us per earlier marker)."""
+    out = bytearray()
+    for i, (x, y, p, t) in enumerate(events):
+        out += encode_nmnist([x], [y], [p], [t])
+        if i in overflow_after:
+            out += bytes([0, 240, 0, 0, 0])
+    return bytes(out)
+
+
+# ----------------------------------------------------------------------------------- N-CARS
+
+
+def encode_prophesee_dat(t: list[int], x: list[int], y: list[int], p: list[int],
+                         version: int | None = 2) -> bytes:
+    """A Prophesee ``.dat`` CD file: '%' header lines (with '% Version N' unless ``version``
+    is None), the event type (0x0C, EventCD) and size (8) bytes, then per event a little-endian
+    uint32 timestamp and a uint32 address: version >= 2 x bits 0-13, y bits 14-27, p bit 28;
+    older (ATIS) x bits 0-8, y bits 9-16, p bit 17."""
+    header = "% Data file containing CD events\n% Date 2018-03-13 10:00:00\n"
+    if version is not None:
+        header += f"% Version {version}\n"
+    header += "% Width 304\n% Height 240\n"
+    out = bytearray(header.encode("ascii"))
+    out += bytes([0x0C, 8])
+    for ti, xi, yi, pi in zip(t, x, y, p):
+        if version is not None and version >= 2:
+            addr = xi | (yi << 14) | (pi << 28)
+        else:
+            addr = xi | (yi << 9) | (pi << 17)
+        out += int(ti).to_bytes(4, "little") + int(addr).to_bytes(4, "little")
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------- ImageNet
+
+
+def write_image(path: Path, pixels: np.ndarray) -> None:
+    """An image file (format from the suffix: .JPEG, .png) of ``pixels`` (H, W, 3) uint8,
+    written with Pillow (the test is skipped without it)."""
+    image_mod = pytest.importorskip("PIL.Image", reason="writing images needs Pillow")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "JPEG" if path.suffix.lower() in (".jpeg", ".jpg") else "PNG"
+    image_mod.fromarray(pixels, "RGB").save(path, format=fmt, quality=95)
