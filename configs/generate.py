@@ -308,7 +308,9 @@ def generate_large(folder: Path = HERE) -> list[str]:
                 "batch norm along all time steps (norm bn-all-t, E.2).",
                 "PZO: T momentum matrices, one per lag (E.2); DFA: one fixed random matrix "
                 "per lag (opzo.pzo).",
-            ], opts))
+            ] + ([] if method == "bptt" else [
+                "Method names pzo / dfa-time: opzo.pzo's UntruncatedLearner with PZOFeedback "
+                "/ DFAThroughTime, which 'opzo train' does not offer yet (issue 26)."]), opts))
     return written
 
 
