@@ -290,8 +290,10 @@ class _Run:
                           if cfg.schedule == "cosine" else None)
 
     def check_rule_memory(self, net) -> None:
-        """Log the memory of the rule's state ('rule state: M 10.9 GiB ...') and refuse, in
-        one line, a state that does not fit the device's free memory (before allocating)."""
+        """Measure the memory of the rule's state ('rule state: M 10.9 GiB ...', logged under
+        the header) and refuse, in one line, a state that does not fit the device's free memory
+        (before allocating it)."""
+        self.rule_state = None
         if self.cfg.method == "bptt":
             return
         from .rules import mforms
@@ -299,7 +301,8 @@ class _Run:
         batch = -(-self.cfg.batch_size // self.world)
         sizes = mforms.state_sizes(build_rule(self.cfg), net, batch)
         free, where = mforms.available_bytes(self.device)
-        self.log(mforms.describe(sizes) + f" ({where})")
+        #: logged under the run's header line (:meth:`loop`)
+        self.rule_state = mforms.describe(sizes) + f" ({where})"
         weights = sum(p.numel() * p.element_size() for p in net.parameters())
         mforms.check_fits(sizes, free, where, net_bytes=weights)
 
@@ -525,6 +528,8 @@ class _Run:
         log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} "
             f"test), net {self.net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, "
             f"{kernels} kernels -> {self.run_dir}")
+        if self.rule_state:
+            log(self.rule_state)
         if len(test_set) > len(train_set):
             self.alert(f"warning: the test split ({len(test_set)} samples) is larger than the "
                        f"training split ({len(train_set)}): are the train and test files "
