@@ -193,9 +193,15 @@ class TrainConfig:
     method: str = _opt("opzo", "spatial credit assignment rule. " + _described(RULES)
                        + "; bptt: exact backpropagation through time, the offline reference",
                        METHODS)
-    loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE",
-                     LOSS_KINDS)
+    loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE, or tet "
+                     "(TET, Deng et al. 2022, as in LocalZO + TET: (1/T)Σ_t [(1-λ)CE(o[t], y) "
+                     "+ λ MSE(o[t], φ)], the MSE towards the constant φ)", LOSS_KINDS)
     gamma: float = _opt(0.05, "MSE weight γ of the mixed loss", min=0.0, max=1.0)
+    tet_lambda: float = _opt(0.05, "loss tet: weight λ of the MSE regulariser (LocalZO paper "
+                             "Table 7: 0.05 CIFAR / DVS-Gesture / N-Caltech-101 / N-CARS, 0.001 "
+                             "ImageNet-100, 0.0001 DVS-CIFAR10)", min=0.0, max=1.0)
+    tet_phi: float = _opt(1.0, "loss tet: the constant φ the outputs are pulled towards (TET: "
+                          "V_th = 1)")
     readout: str = _opt("sum", "how the readout becomes class scores: sum (Σ_t o[t], a loss "
                         "at every step: OTTT / OPZO) or max (leaky-integrator outputs "
                         "Y[t] = λ_o Y[t−1] + o[t], one loss on max_t Y[t]: the "
@@ -384,6 +390,12 @@ class TrainConfig:
             raise ConfigError(f"{option} needs the whole sequence in the gradient: use "
                               f"method 'bptt' (got {self.method!r}); the online rules train "
                               "on the per-step loss of readout 'sum'")
+        if self.m_form != "dense" and self.method != "opzo":
+            raise ConfigError(f"option 'm_form' = {self.m_form!r} is a form of OPZO's M: use "
+                              f"method 'opzo' (got {self.method!r}) or m_form 'dense'")
+        if self.readout == "max" and self.loss == "tet":
+            raise ConfigError("loss 'tet' is a loss at every time step: use readout 'sum' "
+                              "(readout 'max' takes one loss on the max-over-time scores)")
         if self.readout == "sum" and self.readout_leak:
             raise ConfigError("option 'readout_leak' applies to readout 'max' only")
         if self.readout == "max" and self.diagnostics:
@@ -504,9 +516,9 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
              "limit_train", "limit_test"),
     "network and neuron": ("net", "hidden", "width", "T", "dropout", "init_scale", "neuron",
                            "kernels", "init_from"),
-    "method: spatial rule and loss": ("method", "loss", "gamma", "readout", "readout_leak",
-                                      "detach_reset", "update", "local_learning", "ll_scale",
-                                      "igl_layer", "igl_scale"),
+    "method: spatial rule and loss": ("method", "loss", "gamma", "tet_lambda", "tet_phi",
+                                      "readout", "readout_leak", "detach_reset", "update",
+                                      "local_learning", "ll_scale", "igl_layer", "igl_scale"),
     "method: temporal trace": ("trace",),
     "method: local derivative": ("surrogate",),
     "method: noise (opzo, zo)": (),

@@ -44,6 +44,7 @@ from .batch import BatchAbandoned, BatchStats
 from .build import (
     build_learner,
     build_network,
+    build_rule,
     is_nir,
     kernels_in_use,
     load_weights,
@@ -332,7 +333,8 @@ class _Run:
                 self.log(f"starting from the weights of {load_weights(net, cfg.init_from)}")
         net = net.to(device)
         self.net = net
-        self.loss = InstantLoss(cfg.loss, cfg.gamma)
+        self.loss = InstantLoss.from_config(cfg)
+        self.check_rule_memory(net)
         self.learner = build_learner(cfg, net, self.loss, comm)
         self.rule = self.learner.rule  # for the diagnostics (None: BPTT measures itself)
         # the model's parameters and the learner's own (local readouts), in one list
@@ -344,6 +346,23 @@ class _Run:
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                      T_max=cfg.epochs)
                           if cfg.schedule == "cosine" else None)
+
+    def check_rule_memory(self, net) -> None:
+        """Measure the memory of the rule's state ('rule state: M 10.9 GiB ...', logged under
+        the header) and refuse, in one line, a state that does not fit the device's free memory
+        (before allocating it)."""
+        self.rule_state = None
+        if self.cfg.method == "bptt":
+            return
+        from .rules import mforms
+
+        batch = -(-self.cfg.batch_size // self.world)
+        sizes = mforms.state_sizes(build_rule(self.cfg), net, batch)
+        free, where = mforms.available_bytes(self.device)
+        #: logged under the run's header line (:meth:`loop`)
+        self.rule_state = mforms.describe(sizes) + f" ({where})"
+        weights = sum(p.numel() * p.element_size() for p in net.parameters())
+        mforms.check_fits(sizes, free, where, net_bytes=weights)
 
     # ---- the run --------------------------------------------------------------------------
     def train(self, resume: bool, overwrite: bool, stop_after: int | None) -> dict[str, Any]:
@@ -593,6 +612,8 @@ class _Run:
         log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} "
             f"test), net {self.net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, "
             f"{kernels} kernels -> {self.run_dir}")
+        if self.rule_state:
+            log(self.rule_state)
         if len(test_set) > len(train_set):
             self.alert(f"warning: the test split ({len(test_set)} samples) is larger than the "
                        f"training split ({len(train_set)}): are the train and test files "

@@ -7,7 +7,7 @@ with such a factory, plus its line.
 """
 
 from ..registry import Registry
-from . import cifar, datasets, events, neuromorphic, randman
+from . import cifar, datasets, events, imagenet, neuromorphic, randman
 from .datasets import (
     DATASET_NAMES,
     ArrayDataset,
@@ -57,6 +57,15 @@ DATASETS.register("dvs-gesture", neuromorphic.dvs_gesture_source, "T event frame
                   "event counts, 48x48", events=True)
 DATASETS.register("cifar10-dvs", neuromorphic.cifar10dvs_source, "T event frames of equal "
                   "event counts, 48x48", events=True, options=(cifar.AUGMENT_OPTION,))
+DATASETS.register("ncaltech101", neuromorphic.ncaltech101_source, "T event frames of equal "
+                  "event counts, 48x48 (tonic's Caltech101/<class>/*.bin; 80/20 per class)",
+                  events=True)
+DATASETS.register("ncars", neuromorphic.ncars_source, "T event frames of equal event counts, "
+                  "48x48 (tonic's n-cars_train|test/<background|cars>/*.dat)", events=True)
+DATASETS.register("imagenet", imagenet.imagenet_source, "class folders train/ and val/, "
+                  "random resized crop 224 and flip, centre crop 224 (needs Pillow)")
+DATASETS.register("imagenet100", imagenet.imagenet_source, "ImageNet-100: the same layout "
+                  "with 100 class folders (needs Pillow)")
 DATASETS.register("shd", neuromorphic.shd_source, "700 input units in T time bins over the "
                   "first second", events=True, vectors=True)
 DATASETS.register("ssc", neuromorphic.ssc_source, "700 input units in T time bins over the "
@@ -98,6 +107,7 @@ __all__ = [
     "write_idx",
     "cifar",
     "events",
+    "imagenet",
     "neuromorphic",
     "randman",
 ]

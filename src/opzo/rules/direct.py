@@ -20,6 +20,7 @@ case), and g_l comes out flattened like the layer's spikes. What differs is F:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -29,6 +30,12 @@ from ..registry import Option, Options
 from .base import SpatialRule, StepContext
 from .noise import NOISE_OPTIONS, NoiseSampler, chip_noise_is_perturbation
 from .profile import CostProfile
+
+#: the forms of OPZO's M (:mod:`opzo.rules.mforms` has the memory-light ones)
+M_FORMS = ("dense", "shared-space", "lowrank")
+#: m_form -> the factory (cfg) -> OPZO of a memory-light form; filled by
+#: :mod:`opzo.rules.mforms`, which builds on this module (so this one does not import it)
+M_LIGHT_FORMS: dict[str, Callable[[Options], OPZO]] = {}
 
 
 class DirectFeedbackRule(SpatialRule):
@@ -161,6 +168,13 @@ class OPZO(DirectFeedbackRule):
         Option("freeze_m_after", None, "opzo: stop updating the momentum feedback M after "
                "this many epochs (OPZO paper Table 9's ablation); unset = never", type=int,
                min=0),
+        Option("m_form", "dense", "opzo: the form of the momentum feedback M. dense: one row "
+               "per neuron (C·H·W·m numbers per conv layer, OPZO paper eq. 6); shared-space: "
+               "one row per channel, shared by the layer's positions (memory / H·W); lowrank: "
+               "M = K Qᵀ with a fixed random orthonormal Q of m_rank columns (memory × "
+               "m_rank/m). 'rule state:' in the log gives the memory of each",
+               choices=M_FORMS),
+        Option("m_rank", 8, "m_form lowrank: the rank R of M", type=int, min=1),
     )
     cost_profile = CostProfile("direct", learns_feedback=True, stores_noise=True)
 
@@ -177,7 +191,11 @@ class OPZO(DirectFeedbackRule):
     @classmethod
     def from_config(cls, cfg: Options) -> OPZO:
         """λ_M and the 1/α factor of the config (off unless asked: appendix C.3.2); on a
-        chip whose noise is the perturbation never 1/α."""
+        chip whose noise is the perturbation never 1/α; ``m_form`` other than dense: the
+        memory-light M of :mod:`opzo.rules.mforms`."""
+        form = getattr(cfg, "m_form", "dense")
+        if form != "dense":  # the memory-light forms (opzo.rules.mforms fills the table)
+            return M_LIGHT_FORMS[form](cfg)
         factor = bool(cfg.alpha_factor) and not chip_noise_is_perturbation(cfg)
         return cls(NoiseSampler.from_config(cfg), lambda_m=cfg.lambda_m, alpha_factor=factor)
 
