@@ -562,7 +562,7 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
     compares against it with the surrogate and threshold that LocalZO implies, so both methods
     have the same expected derivative and the same expected number of active neurons:
 
-        ψ(u) = E_z[ψ_LocalZO](u) · 1{|u − V_th| < B̃_th}
+        ψ(u) = E_z[ψ_LocalZO(u)] · 1{|u − V_th| < B̃_th}
 
     with E_z[ψ_LocalZO] the expected surrogate (eq. 8; eq. 9 for the normal:
     exp(−x²/2δ²)/(δ√(2π))) and B̃_th = δ E[max_k |z_k|] the expected back-propagation
@@ -614,7 +614,7 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
         return [cls(delta=0.5), cls(delta=0.4, distribution="laplace")]
 
     def expected(self, u: Tensor, v_th: float) -> Tensor:
-        """E_z[ψ_LocalZO](u) · 1{|u − V_th| < B̃_th} (the class docstring)."""
+        """E_z[ψ_LocalZO(u)] · 1{|u − V_th| < B̃_th} (the class docstring)."""
         keep = ((u.detach() - v_th).abs() < self.threshold).to(u.dtype)
         return self.local.expected_surrogate(u, v_th) * keep
 
