@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from opzo.cost import METHODS, build_cost_net, format_cost_table, learning_cost
+from opzo.cost import build_cost_net, cost_methods, format_cost_table, learning_cost
 
 #: (label, network string or None for the FC net, input shape)
 NETWORKS = [
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for label, spec, shape in NETWORKS:
         net = build_cost_net(spec, shape, 10)
-        rows = [learning_cost(net, m) for m in METHODS]
+        rows = [learning_cost(net, m) for m in cost_methods()]
         rows += [learning_cost(net, m, local_learning=True) for m in ("bp", "dfa", "opzo")]
         tables.append({"label": label, "net": spec or "800-800-FC",
                        "input_shape": list(shape), "rows": rows})

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from opzo.layers import ConvLayer
 from opzo.losses import InstantLoss
 from opzo.network import SpikingMLP, SpikingNet
-from opzo.neurons.base import surrogate_at
+from opzo.neurons.base import PureOps, surrogate_at
 from opzo.surrogate import FastSigmoidSurrogate, spike_with_surrogate
 
 
@@ -113,90 +113,99 @@ def leaky_readout(net, inp, hist, lam: float, leaky: bool):
     return (o if hist is None else lam * hist + o), (past if hist is None else lam * hist + past)
 
 
+class _NoDerivative(FastSigmoidSurrogate):
+    """ψ = 0: spikes through it are constants for autograd (OTTT holds them constant)."""
+
+    def __call__(self, u, v_th):
+        return torch.zeros_like(u)
+
+
+class _OTTTOps(PureOps):
+    """The pure step's primitives with OTTT's approximation: spikes and the reset term are
+    constants (the membrane's derivative is that of λ u + input only)."""
+
+    def __init__(self) -> None:
+        super().__init__(_NoDerivative())
+
+    def membrane(self, u, s, inp, lam, v_th, reset):
+        full = super().membrane(u, s, inp, lam, v_th, reset)
+        kept = lam * u + inp
+        return full.detach() + (kept - kept.detach())
+
+
+def _ottt_step(neuron, state, current):
+    """One step of ``neuron`` whose derivatives are OTTT's (see :class:`_OTTTOps`)."""
+    return neuron.dynamics(state, current, _OTTTOps())
+
+
 def presynaptic_autograd_grads(net, x, y, T: int, loss: InstantLoss, kind="ottt", masks=None,
                                local=None, leaky=False):
     """OTTT (``kind="ottt"``) or approximate OTPE (``"approx_otpe"``) with spatial BP, by
-    autograd, for any network of DenseLayer / ConvLayer layers (flat inputs).
+    autograd, for any network of DenseLayer / ConvLayer layers (flat inputs) and any neuron.
+
+    OTTT's claim: the weight gradient is Σ_t δ_l[t] ∂u_l[t]/∂W_l with the spikes (and so the
+    reset) held constant and the inputs of past steps constants. Here ∂u_l[t]/∂W_l comes from
+    autograd of a shadow of each layer: the neuron's own dynamics (``Neuron.dynamics``) fed
+    op_l(x_{l−1}[t]; W_l) with the input detached, spikes and reset term without derivative
+    (the shadow's values equal the network's; only its derivative in W_l is used). It is
+    independent of the neuron's declared presynaptic filter (``presynaptic_leaks``), which
+    the learner's trace uses.
+    Approximate OTPE replaces ∂u/∂W by its leaky sum ẑ = λ ẑ + ∂u/∂W (λ the membrane leak)
+    and ψ by ḡ (except at the layer feeding a memoryless readout, where it is OTTT's).
+    The error reaches layer l − 1 at the current step only, through op_l and m ⊙ D.
 
     ``local``: {layer l: (readout, weight, reaches_below)} adds weight · L(readout(x_l[t]), y)
     per step (local learning, OPZO paper appendix C.1). With ``reaches_below`` False its
-    gradient reaches only layer l's own synapses (the layer's input is detached for that
-    loss), with True it flows down through the layers below too (IGL under spatial BP). The
-    readouts' gradients are returned as ``local.<l>.weight`` / ``local.<l>.bias``.
-
-    As :func:`ottt_autograd_grads`, u_l[t] is rewritten as const + op(A_l[t]; W_l) + b_l A^b
-    with the trace A = â (OTTT) or ẑ = λ ẑ + â (approximate OTPE) kept on the layer's raw
-    input (before its pooling: the op pools it) and attached to the current input only; the
-    spike's derivative is ψ(u) (OTTT) or ḡ (approximate OTPE, except at the layer feeding the
-    memoryless readout, where it is OTTT's). ``leaky``: the loss is on the leaky sum of the
+    gradient reaches only layer l's own synapses, with True it flows down through the layers
+    below too (IGL under spatial BP). The readouts' gradients are returned as
+    ``local.<l>.weight`` / ``local.<l>.bias``. ``leaky``: the loss is on the leaky sum of the
     outputs (F-variants; then the last hidden layer gets the estimate too).
-
-    Other neuron models (``net.neuron``): the values come from the neuron's pure step, ψ is
-    taken at its threshold of the step, and the trace A runs through the neuron's presynaptic
-    filter cascade (CubaLIF: ĉ = λ_s ĉ + x first), written out here.
     """
     local = local or {}
     for p in [*net.parameters(), *(q for r, _, _ in local.values() for q in r.parameters())]:
         p.grad = None
-    lif, sur = net.neuron, net.surrogate
-    lam = lif.lam
-    is_lif = lif.name == "lif"
-    syn = lif.syn_lam if lif.name == "cuba" else None  # the synaptic filter before â
+    neuron, sur = net.neuron, net.surrogate
+    lam = neuron.lam
     n = len(net.hidden)
     static = x.dim() == 2
     batch = y.shape[0]
-    u_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
-    s_prev = [x.new_zeros(batch, k) for k in net.hidden_sizes]
-    st_prev = [lif.initial_state(batch, k, x) for k in net.hidden_sizes]
-    c_prev = [0.0] * n
-    a_prev = [0.0] * n
+    shadow = [neuron.initial_state(batch, k, x) for k in net.hidden_sizes]
     z_prev = [0.0] * n
     psi_sum = [0.0] * n
-    c_b = b_hat = z_b = 0.0
     hist = None
     total = 0.0
     skips = net.skips
     for t in range(T):
-        if syn is None:
-            b_hat = lam * b_hat + 1.0
-        else:
-            c_b = syn * c_b + 1.0
-            b_hat = lam * b_hat + c_b
-        z_b = lam * z_b + b_hat
         inp = x if static else x[t]
         outs = []  # what each layer delivered at this step (residual shortcuts read them)
         for l, layer in enumerate(net.hidden):
             short = 0.0 if skips[l] is None else outs[skips[l]]
-            with torch.no_grad():
-                if is_lif:
-                    u_val = _lif_value(lif, u_prev[l], s_prev[l], layer_op(layer, inp) + short)
-                    s_val = (u_val > lif.v_th).to(u_val.dtype)
-                    psi = sur(u_val, lif.v_th)
-                else:
-                    theta = lif.threshold(st_prev[l])
-                    st_prev[l] = lif.step(st_prev[l], layer_op(layer, inp) + short, sur)
-                    u_val, s_val = st_prev[l]["u"], st_prev[l]["s"]
-                    psi = surrogate_at(sur, u_val, theta)
-                if syn is None:
-                    a_val = lam * a_prev[l] + inp
-                else:
-                    c_prev[l] = syn * c_prev[l] + inp
-                    a_val = lam * a_prev[l] + c_prev[l]
-                z_val = lam * z_prev[l] + a_val
+            theta = neuron.threshold({k: v.detach() for k, v in shadow[l].items()})
+            short_c = short.detach() if isinstance(short, torch.Tensor) else short
+            shadow[l] = _ottt_step(neuron, shadow[l], layer_op(layer, inp.detach()) + short_c)
+            u_val = shadow[l]["u"].detach()
+            s_val = shadow[l]["s"].detach()
+            psi = surrogate_at(sur, u_val, theta.detach() if isinstance(theta, torch.Tensor)
+                               else theta)
+            du = shadow[l]["u"] - u_val  # value 0, derivative ∂u[t]/∂W_l (spikes constant)
+            z = lam * z_prev[l] + du
+            z_prev[l] = z
             psi_sum[l] = lam * psi_sum[l] + psi
             estimate = kind == "approx_otpe" and (l < n - 1 or leaky)
-            a, ab, d = (z_val, z_b, psi_sum[l] / (t + 1)) if estimate else (a_val, b_hat, psi)
-            a_attached = (a - inp).detach() + inp
-            attached = layer_op(layer, a_attached, ab) + short
-            u = (u_val - attached).detach() + attached
+            own, d = (z, psi_sum[l] / (t + 1)) if estimate else (du, psi)
+            # the spatial path at this step: value 0, derivative op_l in the input only (the
+            # two terms' derivatives in W_l and b_l cancel; op_l is taken at the actual input,
+            # so a max pooling routes to the inputs that won, not to those of a zero input)
+            cross = layer_op(layer, inp) - layer_op(layer, inp.detach())
+            if isinstance(short, torch.Tensor):
+                cross = cross + (short - short.detach())
+            u = u_val + own + cross
             s = s_val + d * (u - u.detach())
-            u_prev[l], s_prev[l], a_prev[l], z_prev[l] = u_val, s_val, a_val, z_val
             if l in local:
                 readout, weight, reaches_below = local[l]
                 s_loc = s
                 if not reaches_below:  # the same spikes, differentiable in layer l's W only
-                    att = layer_op(layer, a_attached.detach(), ab)
-                    u_loc = (u_val - att).detach() + att
+                    u_loc = u_val + own
                     s_loc = s_val + d * (u_loc - u_loc.detach())
                 x_loc = s_loc if masks is None else s_loc * masks[l]
                 total = total + weight * loss.per_sample(readout.op(x_loc), y).mean() / T
@@ -218,15 +227,14 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
     (1/T) Σ_t mean_b L(O[t]), O[t] = output_leak · O[t−1] + o[t]; with ``max_leak`` λ_o
     instead of mean_b L(max_t Y[t]), Y[t] = λ_o Y[t−1] + o[t] (the maximum taken
     over the stacked Y). ``detach_reset``: the spikes in the reset term are constants.
-    Other neuron models than LIF: through their equations as written in
-    :func:`neuron_step_reference` (independent of :mod:`opzo.neurons`)."""
+    The neuron runs its pure step (:meth:`opzo.neurons.Neuron.step`; tests/test_neurons.py
+    checks it against each built-in model's equations written out)."""
     for p in net.parameters():
         p.grad = None
     static = x.dim() == 2
     batch = y.shape[0]
-    u = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    s = [x.new_zeros(batch, n) for n in net.hidden_sizes]
-    extra = [{"i": x.new_zeros(batch, n), "a": x.new_zeros(batch, n)} for n in net.hidden_sizes]
+    neuron = net.neuron
+    state = [neuron.initial_state(batch, n, x) for n in net.hidden_sizes]
     out = None
     total = 0.0
     trajectory = []  # Y[t] of a max-over-time readout
@@ -235,15 +243,10 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
         outs = []
         for l, layer in enumerate(net.hidden):
             short = 0.0 if net.skips[l] is None else outs[net.skips[l]]
-            fired = s[l].detach() if detach_reset else s[l]
-            if net.neuron.name == "lif":
-                u[l] = _lif_value(net.neuron, u[l], fired, layer_op(layer, inp) + short)
-                s[l] = spike_with_surrogate(u[l], net.neuron.v_th, net.surrogate)
-            else:
-                extra[l] = neuron_step_reference(net.neuron, u[l], fired, extra[l],
-                                                 layer_op(layer, inp) + short, net.surrogate)
-                u[l], s[l] = extra[l]["u"], extra[l]["s"]
-            inp = s[l] if masks is None else s[l] * masks[l]
+            state[l] = neuron.step(state[l], layer_op(layer, inp) + short, net.surrogate,
+                                   detach_reset=detach_reset)
+            s = state[l]["s"]
+            inp = s if masks is None else s * masks[l]
             outs.append(inp)
         o = layer_op(net.readout, inp)
         if max_leak is not None:
@@ -256,30 +259,6 @@ def bptt_layers_autograd_grads(net, x, y, T: int, loss: InstantLoss, masks=None,
         total = loss.per_sample(torch.stack(trajectory).max(0).values, y).mean()
     total.backward()
     return {name: q.grad.clone() for name, q in net.named_parameters()}
-
-
-def neuron_step_reference(neuron, u, fired, extra, current, surrogate):
-    """One step of CubaLIF or ALIF, their equations written out (tests only): returns u, s
-    and the model's own state (i or a), with autograd through everything (ALIF's threshold
-    included: s = H(u − θ), ∂s/∂θ = −ψ)."""
-    lam, v_th = neuron.lam, neuron.v_th
-
-    def membrane(u, inp):
-        if neuron.reset == "subtract":
-            return lam * (u - v_th * fired) + inp
-        return lam * u * (1.0 - fired) + inp
-
-    if neuron.name == "cuba":
-        i = neuron.syn_lam * extra["i"] + current
-        u = membrane(u, i)
-        return {"u": u, "s": spike_with_surrogate(u, v_th, surrogate), "i": i,
-                "a": extra["a"]}
-    if neuron.name == "alif":
-        theta = v_th + neuron.beta * extra["a"]
-        u = membrane(u, current)
-        s = spike_with_surrogate(u - theta, 0.0, surrogate)
-        return {"u": u, "s": s, "i": extra["i"], "a": neuron.adapt_lam * extra["a"] + s}
-    raise ValueError(f"no reference for neuron {neuron.name!r}")
 
 
 def brute_op_fanout(layer) -> torch.Tensor:

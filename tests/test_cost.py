@@ -227,3 +227,83 @@ def test_table_and_command_line(capsys):
     with pytest.raises(SystemExit) as exc:
         main_cost(["--igl-layer", "1"])
     assert exc.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------
+# rules declare their cost profile; a rule registered at run time is counted from it
+
+
+class _SignBP(RULES["bp"].factory):
+    """A BP variant (e.g. sign-symmetric feedback): it inherits BP's transposed profile."""
+
+    name = "test_sign_bp"
+
+
+class _NoModel(RULES["dfa"].factory):
+    """A rule that says it has no cost model."""
+
+    name = "test_no_model"
+    cost_profile = None
+
+
+def _learned_direct():
+    from opzo.rules.profile import CostProfile
+
+    class LearnedDirect(RULES["dfa"].factory):
+        name = "test_learned"
+        cost_profile = CostProfile("direct", learns_feedback=True, optimizer_copies=2)
+
+    return LearnedDirect
+
+
+@pytest.fixture
+def extra_rules():
+    names = {"test_sign_bp": _SignBP, "test_no_model": _NoModel,
+             "test_learned": _learned_direct()}
+    for name, cls in names.items():
+        RULES.register(name, cls, "a rule registered by a test")
+    try:
+        yield names
+    finally:
+        for name in names:
+            RULES.unregister(name)
+
+
+def test_a_registered_rule_is_counted_from_its_profile(extra_rules, capsys):
+    from opzo.cost import cost_methods
+
+    net = SpikingNet("3C3-3C3+-AP2-2C3-FC", (1, 4, 4), 3)
+    for igl in (None, 1):
+        bp = learning_cost(net, "bp", igl_layer=igl)
+        sign = learning_cost(net, "test_sign_bp", igl_layer=igl)
+        assert {**sign, "method": None} == {**bp, "method": None}
+    n, m = net.hidden_sizes, net.num_outputs
+    learned = learning_cost(net, "test_learned", igl_layer=2)
+    direct = sum(k * m for k in n) + sum(k * m for k in n[:2])
+    assert learned["ops"]["update"] == learned["ops"]["feedback"] == direct
+    assert learned["memory"]["optimizer_state"] == 2 * direct
+    assert learned["memory"]["state"] == m  # the IGL readout's output; no noise, no trace
+    assert "test_no_model" not in cost_methods() and "test_learned" in cost_methods()
+    with pytest.raises(ValueError, match="'test_no_model' has no cost model"):
+        learning_cost(net, "test_no_model")
+    assert main_cost(["--hidden", "6", "5", "--input-shape", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "\ntest_sign_bp " in out and "\ntest_learned " in out
+    no_model = [line for line in out.splitlines() if "test_no_model" in line]
+    assert no_model == ["test_no_model: no cost model (the rule declares no cost_profile)"]
+    with pytest.raises(SystemExit) as exc:
+        main_cost(["--method", "test_no_model"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no cost model" in err[0] and err[0].startswith("opzo")
+
+
+def test_profiles_are_checked():
+    from opzo.rules.profile import CostProfile
+
+    with pytest.raises(ValueError, match="feedback must be one of"):
+        CostProfile("sideways")
+    with pytest.raises(ValueError, match="learns_feedback"):
+        CostProfile("direct", optimizer_copies=3)
+    with pytest.raises(ValueError, match="direct feedback"):
+        CostProfile("scalar", learns_feedback=True)

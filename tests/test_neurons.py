@@ -15,12 +15,11 @@ from opzo.config import ConfigError, TrainConfig
 from opzo.network import SpikingMLP
 from opzo.neurons import ALIF, LIF, NEURONS, CubaLIF, LIFParams, make_neuron
 from opzo.rules import RULES
-from opzo.surrogate import SigmoidSurrogate
+from opzo.surrogate import SigmoidSurrogate, spike_with_surrogate
 from opzo.traces import make_trace
 
 from .reference import (
     bptt_layers_autograd_grads,
-    neuron_step_reference,
     presynaptic_autograd_grads,
     spiky_net,
 )
@@ -52,8 +51,32 @@ def _close(ours, ref, atol=1e-10):
             k, float((ours[k] - ref[k]).abs().max()))
 
 
+def neuron_step_reference(neuron, u, fired, extra, current, surrogate):
+    """One step of CubaLIF or ALIF, their equations written out (independent of
+    opzo.neurons): returns u, s and the model's own state (i or a), with autograd through
+    everything (ALIF's threshold included: s = H(u − θ), ∂s/∂θ = −ψ)."""
+    lam, v_th = neuron.lam, neuron.v_th
+
+    def membrane(u, inp):
+        if neuron.reset == "subtract":
+            return lam * (u - v_th * fired) + inp
+        return lam * u * (1.0 - fired) + inp
+
+    if type(neuron) is CubaLIF:
+        i = neuron.syn_lam * extra["i"] + current
+        u = membrane(u, i)
+        return {"u": u, "s": spike_with_surrogate(u, v_th, surrogate), "i": i,
+                "a": extra["a"]}
+    assert type(neuron) is ALIF
+    theta = v_th + neuron.beta * extra["a"]
+    u = membrane(u, current)
+    s = spike_with_surrogate(u - theta, 0.0, surrogate)
+    return {"u": u, "s": s, "i": extra["i"], "a": neuron.adapt_lam * extra["a"] + s}
+
+
 def test_registry_builds_each_model():
-    assert tuple(NEURONS) == ("lif", "cuba", "alif")
+    for name in NEURONS:  # every registered model builds from the training options
+        assert isinstance(make_neuron(name), NEURONS[name].factory)
     assert LIFParams is LIF
     opts = dict(lam=0.4, v_th=0.9, reset="zero", syn_lambda=0.3, adapt_beta=0.1,
                 adapt_lambda=0.7)

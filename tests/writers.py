@@ -110,3 +110,177 @@ def cifar_images(n: int, seed: int) -> np.ndarray:
     """``n`` random images as the CIFAR batches store them: ``(n, 3072)`` uint8 rows of 1024
     red, 1024 green, then 1024 blue values (row-major 32x32 planes)."""
     return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------- N-Caltech-101
+
+
+def encode_ncaltech(events: list[tuple[int, int, int, int]], overflow_after: tuple[int, ...] = ()
+                    ) -> bytes:
+    """Events ``(x, y, p, t)`` in N-Caltech-101's ATIS ``.bin`` format (40 bits per event as
+    N-MNIST, :func:`encode_nmnist`), with a timestamp-overflow marker (``y = 240``, the other
+    fields 0) written after each event index in ``overflow_after``; ``t`` is the 23-bit field
+    as stored (the reader adds 2^13 us per earlier marker)."""
+    out = bytearray()
+    for i, (x, y, p, t) in enumerate(events):
+        out += encode_nmnist([x], [y], [p], [t])
+        if i in overflow_after:
+            out += bytes([0, 240, 0, 0, 0])
+    return bytes(out)
+
+
+# ----------------------------------------------------------------------------------- N-CARS
+
+
+def encode_prophesee_dat(t: list[int], x: list[int], y: list[int], p: list[int],
+                         version: int | None = 2) -> bytes:
+    """A Prophesee ``.dat`` CD file: '%' header lines (with '% Version N' unless ``version``
+    is None), the event type (0x0C, EventCD) and size (8) bytes, then per event a little-endian
+    uint32 timestamp and a uint32 address: version >= 2 x bits 0-13, y bits 14-27, p bit 28;
+    older (ATIS) x bits 0-8, y bits 9-16, p bit 17."""
+    header = "% Data file containing CD events\n% Date 2018-03-13 10:00:00\n"
+    if version is not None:
+        header += f"% Version {version}\n"
+    header += "% Width 304\n% Height 240\n"
+    out = bytearray(header.encode("ascii"))
+    out += bytes([0x0C, 8])
+    for ti, xi, yi, pi in zip(t, x, y, p):
+        if version is not None and version >= 2:
+            addr = xi | (yi << 14) | (pi << 28)
+        else:
+            addr = xi | (yi << 9) | (pi << 17)
+        out += int(ti).to_bytes(4, "little") + int(addr).to_bytes(4, "little")
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------- ImageNet
+
+
+def write_image(path: Path, pixels: np.ndarray) -> None:
+    """An image file (format from the suffix: .JPEG, .png) of ``pixels`` (H, W, 3) uint8,
+    written with Pillow (the test is skipped without it)."""
+    image_mod = pytest.importorskip("PIL.Image", reason="writing images needs Pillow")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "JPEG" if path.suffix.lower() in (".jpeg", ".jpg") else "PNG"
+    image_mod.fromarray(pixels, "RGB").save(path, format=fmt, quality=95)
+
+
+# ------------------------------------------------------------ one small example per dataset
+
+
+def _example_cifar10(root: Path, monkeypatch) -> dict:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        write_cifar_pickle(folder / f"data_batch_{i + 1}", cifar_images(3, i),
+                           [(3 * i + k) % 10 for k in range(3)], b"labels")
+    write_cifar_pickle(folder / "test_batch", cifar_images(4, 9), [0, 1, 2, 3], b"labels")
+    return {"data_root": str(root), "T": 2}
+
+
+def _example_cifar100(root: Path, monkeypatch) -> dict:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    write_cifar_pickle(folder / "train", cifar_images(6, 0), [0, 99, 50, 3, 7, 8],
+                       b"fine_labels")
+    write_cifar_pickle(folder / "test", cifar_images(3, 1), [42, 5, 1], b"fine_labels")
+    return {"data_root": str(root), "T": 2}
+
+
+def _example_gesture(root: Path, monkeypatch) -> dict:
+    for split, sessions in (("ibmGestureTrain", ("user01_led",)), ("ibmGestureTest",
+                                                                   ("user24_led",))):
+        for name in sessions:
+            folder = root / "DVSGesture" / split / name
+            folder.mkdir(parents=True)
+            for label in range(11):
+                np.save(folder / f"{label}.npy", gesture_events(40 + 4 * label, 20 + 2 * label))
+    return {"data_root": str(root), "T": 3}
+
+
+def _example_cifar10dvs(root: Path, monkeypatch) -> dict:
+    from opzo.data.neuromorphic import cifar10dvs
+
+    monkeypatch.setattr(cifar10dvs, "CIFAR10DVS_TRAIN_PER_CLASS", 2)  # 3 files per class
+    write_cifar10dvs(root)
+    return {"data_root": str(root), "T": 3}
+
+
+def _example_shd(name: str):
+    def write(root: Path, monkeypatch) -> dict:
+        for split, n in (("train", 6), ("test", 3)):
+            times = [[0.01 * (k + 1), 0.3, 0.9] for k in range(n)]
+            units = [[k, 100 + k, 699] for k in range(n)]
+            write_shd_h5(root / f"{name}_{split}.h5", times, units, list(range(n)))
+        return {"data_root": str(root), "T": 4}
+    return write
+
+
+def _example_nmnist(root: Path, monkeypatch) -> dict:
+    write_nmnist_tree(root, {"Train": 1, "Test": 1}, count=30, t_max=15000)
+    return {"data_root": str(root), "T": 3}
+
+
+def _shared(folder: str):
+    def locate(root: Path, monkeypatch) -> dict:
+        from .conftest import SHARED_DATA
+
+        path = SHARED_DATA / folder
+        if not path.is_dir():
+            pytest.skip(f"{path} is not there")
+        return {"data_root": str(path), "T": 2}
+    return locate
+
+
+def _example_ncaltech101(root: Path, monkeypatch) -> dict:
+    for c, name in enumerate(("BACKGROUND_Google", "accordion")):
+        folder = root / "NCALTECH101" / "Caltech101" / name
+        folder.mkdir(parents=True)
+        for k in range(5):  # every 5th file of a class is a test sample
+            ev = [(10 * c + i % 5, 20 + i % 3, i % 2, 10 * i) for i in range(30 + k)]
+            (folder / f"image_{k + 1:04d}.bin").write_bytes(encode_ncaltech(ev))
+    return {"data_root": str(root), "T": 2}
+
+
+def _example_ncars(root: Path, monkeypatch) -> dict:
+    for split in ("train", "test"):
+        for label, name in enumerate(("background", "cars")):
+            folder = root / "NCARS" / f"n-cars_{split}" / name
+            folder.mkdir(parents=True)
+            for k in range(3):
+                n = 20 + k
+                xs = [(60 * label + i) % 120 for i in range(n)]
+                (folder / f"obj_{k:06d}_td.dat").write_bytes(encode_prophesee_dat(
+                    list(range(0, 100 * n, 100)), xs, [i % 100 for i in range(n)],
+                    [i % 2 for i in range(n)]))
+    return {"data_root": str(root), "T": 2}
+
+
+def _example_imagenet(root: Path, monkeypatch) -> dict:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("n01440764", "n01443537"):
+            for k in range(n):
+                pixels = rng.integers(0, 256, (240 + 20 * k, 230, 3), dtype=np.uint8)
+                write_image(root / split / c / f"{c}_{k}.JPEG", pixels)
+    return {"data_root": str(root), "T": 1}
+
+
+#: dataset name -> a writer of a small example in the dataset's real format under a folder
+#: (``(root, monkeypatch) -> options``), returning the options that read it (datasets made
+#: or shipped by the package need none; a new dataset that reads files adds its writer here)
+EXAMPLES = {
+    "mnist": _shared("mnist"),
+    "fashion-mnist": _shared("fashion-mnist"),
+    "cifar10": _example_cifar10,
+    "cifar100": _example_cifar100,
+    "nmnist": _example_nmnist,
+    "dvs-gesture": _example_gesture,
+    "cifar10-dvs": _example_cifar10dvs,
+    "shd": _example_shd("shd"),
+    "ssc": _example_shd("ssc"),
+    "ncaltech101": _example_ncaltech101,
+    "ncars": _example_ncars,
+    "imagenet": _example_imagenet,
+    "imagenet100": _example_imagenet,
+}

@@ -16,11 +16,11 @@ import importlib as _importlib
 import importlib.util as _importlib_util
 import typing as _typing
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 #: public name -> the submodule that defines it
 _EXPORTS: dict[str, str] = {
-    "BatchStats": "learner",
+    "BatchStats": "batch",
     "OnlineLearner": "learner",
     "evaluate_batch": "learner",
     "InstantLoss": "losses",
@@ -28,8 +28,9 @@ _EXPORTS: dict[str, str] = {
     "parse_net": "netstring",
     "SpikingMLP": "network",
     "SpikingNet": "network",
-    "LIFParams": "neuron",
-    "lif_step": "neuron",
+    "LIF": "neurons",
+    "NEURONS": "neurons",
+    "lif_step": "neurons",
     "DFA": "rules",
     "DKP": "rules",
     "OPZO": "rules",
@@ -47,13 +48,14 @@ __all__ = [
     "DFA",
     "DKP",
     "NETS",
+    "NEURONS",
     "OPZO",
     "RULES",
     "ZO",
     "BatchStats",
     "FastSigmoidSurrogate",
     "InstantLoss",
-    "LIFParams",
+    "LIF",
     "LocalLearning",
     "NoiseSampler",
     "OnlineLearner",
@@ -68,17 +70,23 @@ __all__ = [
 ]
 
 if _typing.TYPE_CHECKING:
-    from .learner import BatchStats, OnlineLearner, evaluate_batch
+    from .batch import BatchStats
+    from .learner import OnlineLearner, evaluate_batch
     from .losses import InstantLoss
     from .netstring import NETS, parse_net
     from .network import SpikingMLP, SpikingNet
-    from .neuron import LIFParams, lif_step
+    from .neurons import LIF, NEURONS, lif_step
     from .rules import DFA, DKP, OPZO, RULES, ZO, LocalLearning, NoiseSampler, SpatialBP
     from .surrogate import FastSigmoidSurrogate, SigmoidSurrogate, make_surrogate
 
 
 def __getattr__(name: str) -> object:
     """A public name (imported from its submodule on first use) or a submodule."""
+    if name == "LIFParams":  # the old name of LIF
+        from .deprecation import warn_renamed
+
+        warn_renamed("opzo.LIFParams", "opzo.LIF")
+        return __getattr__("LIF")
     module = _EXPORTS.get(name)
     if module is not None:
         value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)

@@ -18,10 +18,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .batch import BatchStats, check_labels, check_optimizer, check_stop
 from .distributed import Communicator, Shard
 from .hardware import sharded
 from .layer_major import bptt_outputs
-from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet, _sources
 from .norm import has_sequence_norm
@@ -174,6 +174,24 @@ class BPTTLearner:
                     current = current + layer.bias
                 return current.reshape(T, batch, -1).unbind(0)
         return layer(flat).reshape(T, batch, -1).unbind(0)
+
+    # -- the Learner protocol (opzo.learner.Learner): nothing of its own besides the model --
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters (BPTT owns no other)."""
+        return list(self.net.parameters())
+
+    def state_dict(self) -> dict | None:
+        """None: BPTT keeps no state between batches."""
+        return None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Nothing to restore."""
+
+    def start_epoch(self, progress: float, freeze_feedback: bool) -> None:
+        """No schedule, no feedback."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {}
 
     def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
                     T: int | None = None, on_grad: Callable[[], None] | None = None,

@@ -4,7 +4,9 @@ network, the learner with its rule and trace, the optimizer, the device.
 Every kind of part is looked up in its registry (:mod:`opzo.registry`): the neuron in
 :data:`opzo.neurons.NEURONS`, the rule in :data:`opzo.rules.RULES`, the surrogate in
 :data:`opzo.surrogate.SURROGATES`, the dataset in :data:`opzo.data.DATASETS`; nothing here
-lists their names.
+lists their names or their options (a part reads the options it declares from the config).
+A network read from a NIR file is built by :func:`opzo.nir.network_from_nir` (NIR sits above
+this module: its export rebuilds a run's network here).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .distributed import Communicator, launched_by_torchrun, local_rank
 from .learner import OnlineLearner
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingMLP, SpikingNet
-from .neurons import make_neuron
+from .neurons import NEURONS, make_neuron
 from .rules import RULES, LocalLearning, SpatialRule
 from .rundir import CHECKPOINT
 from .surrogate import SURROGATES, Surrogate
@@ -54,9 +56,7 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
     """
     surrogate = build_surrogate(cfg)
     shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
-    neuron = make_neuron(cfg.neuron, lam=cfg.lif_lambda, v_th=cfg.v_th, reset=cfg.reset,
-                         syn_lambda=cfg.syn_lambda, adapt_beta=cfg.adapt_beta,
-                         adapt_lambda=cfg.adapt_lambda)
+    neuron = make_neuron(cfg.neuron, **NEURONS.option_values(cfg.neuron, cfg))
     net: SpikingNet
     from .nets import build_named, is_named
 
@@ -75,10 +75,7 @@ def build_network(cfg: TrainConfig, input_shape: int | Sequence[int], num_classe
         from .norm import apply_norm
 
         apply_norm(net, norm)
-    if cfg.hw_noise:  # the deployed chip's noise on every current (opzo.hardware)
-        from .hardware import attach
-
-        attach(net, cfg.hw_noise, cfg.hw_noise_kind, cfg.hw_seed)
+    attach_chip_noise(cfg, net)  # the deployed chip's noise on every current (opzo.hardware)
     if cfg.init_scale != 1.0:
         with torch.no_grad():
             for layer in net.hidden:
@@ -136,27 +133,12 @@ def is_nir(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".nir"
 
 
-def network_from_nir(cfg: TrainConfig, path: str, input_shape: Sequence[int],
-                      classes: int) -> SpikingNet:
-    """The network of a NIR file, with the config's training-time options (surrogate,
-    dropout, kernels); its input and outputs must fit the dataset."""
-    from .nir import load_nir_network
-
-    net = load_nir_network(path, kernels=cfg.kernels)
-    net.surrogate = build_surrogate(cfg)
-    net.dropout = float(cfg.dropout)
-    if math.prod(net.input_shape) != math.prod(input_shape) or net.num_outputs != classes:
-        raise ValueError(f"the network of {path} ({net.describe()}, {net.num_outputs} outputs) "
-                         f"does not fit {cfg.dataset}: inputs {tuple(input_shape)}, {classes} "
-                         "classes")
-    if tuple(net.input_shape) != tuple(input_shape) and len(net.input_shape) > 1:
-        raise ValueError(f"the network of {path} takes inputs of shape {net.input_shape}; "
-                         f"{cfg.dataset} gives {tuple(input_shape)}")
+def attach_chip_noise(cfg: TrainConfig, net: SpikingNet) -> None:
+    """The config's chip noise (``hw_noise``) on every hidden layer of ``net``, if any."""
     if cfg.hw_noise:
         from .hardware import attach
 
         attach(net, cfg.hw_noise, cfg.hw_noise_kind, cfg.hw_seed)
-    return net
 
 
 def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss,
@@ -235,14 +217,28 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def kernels_in_use(cfg: TrainConfig, device: torch.device | None = None) -> str:
-    """"native" or "torch": what the network's step and dropout actually run on (the native
-    library may be asked for and unavailable; the reason is then given; off the CPU the
-    step runs on torch's ops). The noise's generator is the separate ``noise_rng``."""
-    if device is not None and device.type != "cpu":
+def kernels_in_use(net: SpikingNet, device: torch.device | None = None,
+                   learner: OnlineLearner | BPTTLearner | None = None) -> str:
+    """"native" or "torch ...": what the built network's neuron step and dropout actually run
+    on, with the reason when it is not the native kernels: asked for torch
+    (``kernels="torch"``), a neuron model the fused LIF kernel does not compute
+    (:meth:`~opzo.neurons.Neuron.uses_native_kernel`), off the CPU or not float32, the
+    library unavailable, or (``learner`` a :class:`~opzo.bptt.BPTTLearner`) training that
+    differentiates the step with autograd. The noise's generator is the separate
+    ``noise_rng``."""
+    weight = next(net.parameters())
+    device = weight.device if device is None else device
+    if device.type != "cpu":
         return f"torch ({device.type}; the native kernels are the CPU path)"
-    if cfg.kernels == "torch":
+    if net.kernels == "torch":
         return "torch"
-    if native.available():
-        return "native"
-    return f"torch (native unavailable: {native.error()})"
+    if not net.neuron.uses_native_kernel():
+        return (f"torch (the {net.neuron.name} neuron ({type(net.neuron).__name__}) has no "
+                "native kernel)")
+    if weight.dtype != torch.float32:
+        return f"torch ({weight.dtype}; the native kernels are float32)"
+    if not native.available():
+        return f"torch (native unavailable: {native.error()})"
+    if isinstance(learner, BPTTLearner):
+        return "torch (training: autograd through the step; evaluation: native)"
+    return "native"

@@ -193,7 +193,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{ckpt} does not fit a network for {cfg.dataset} "
                           f"({test_set.classes} classes, input {tuple(test_set.input_shape)}): "
                           f"{str(exc)[:200]}") from None
-    loss = InstantLoss(cfg.loss, cfg.gamma)
+    loss = InstantLoss.from_config(cfg)
     # the chip: the run's own (its --hw-noise, kind and seed) unless told otherwise
     seed = cfg.hw_seed if args.hw_seed is None else args.hw_seed
     if args.hw_noise is not None or args.hw_noise_kind is not None:

@@ -1,14 +1,19 @@
 """Training configuration: one dataclass whose fields are the CLI options and config-file keys.
 
 Every field carries its help text and allowed values, so ``opzo train --help``, config-file
-validation and the run folder's ``config.json`` all come from this one place.
+validation and the run folder's ``config.json`` all come from this one place. The options of
+the run itself are written here; the options of the parts (a neuron's leak, a rule's noise, a
+surrogate's width, ...) are declared by the parts next to their code
+(:class:`~opzo.registry.Option`) and merged in from the registries: as fields of
+:class:`TrainConfig` for the parts registered when this module is imported, and, for a part
+registered later (a plugin, a test), as options that the CLI, the config files,
+``config.json`` and ``cfg.<name>`` take all the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -20,15 +25,13 @@ from .diagnostics import REFERENCES
 from .hardware import HW_KINDS
 from .learner import UPDATE_MODES
 from .losses import LOSS_KINDS
-from .network import KERNELS, NOISE_POSITIONS
-from .neurons import NEURONS, RESET_MODES
+from .network import KERNELS
+from .neurons import NEURONS
 from .norm import NORMS, SEQUENCE_NORMS
-from .registry import Registry
+from .registry import Option, Registry, merge_options
 from .rules import RULES
-from .rules.noise import NOISE_DISTRIBUTIONS, NOISE_RNGS
 from .surrogate import SURROGATES
-from .surrogate.localzo import DISTRIBUTIONS as LOCALZO_DISTRIBUTIONS
-from .traces import GBAR_MODES, TRACES, trace_names
+from .traces import TRACES, trace_names
 
 
 class ConfigError(ValueError):
@@ -83,9 +86,52 @@ def _described(registry: Registry) -> str:
                      for name in registry)
 
 
+#: the option that picks a part of each kind -> the registry of that kind; the options the
+#: parts of a kind declare join the config right after it (and ``--help``'s topic of it)
+PART_KINDS: dict[str, Registry] = {"dataset": DATASETS, "neuron": NEURONS, "method": RULES,
+                                   "trace": TRACES, "surrogate": SURROGATES}
+
+
+def part_options() -> tuple[Option, ...]:
+    """The options declared by the parts registered now, every kind, each name once."""
+    return merge_options(*(registry.options() for registry in PART_KINDS.values()))
+
+
+def _option_field(opt: Option) -> Any:
+    """The dataclass field of a part's option (its metadata keeps the option)."""
+    meta = {"help": opt.help, "choices": opt.choices, "option": opt}
+    if isinstance(opt.default, list):
+        return field(default_factory=lambda: list(opt.default), metadata=meta)
+    return field(default=opt.default, metadata=meta)
+
+
+def _with_part_options(cls: type) -> type:
+    """Add a field per option of the parts registered now, after the option of its kind
+    (applied before ``@dataclass``)."""
+    own = dict(cls.__annotations__)
+    annotations: dict[str, Any] = {}
+    for name, annotation in own.items():
+        annotations[name] = annotation
+        registry = PART_KINDS.get(name)
+        for opt in registry.options() if registry is not None else ():
+            if opt.name in own:
+                raise ValueError(f"option {opt.name!r} of a {registry.kind} is an option of "
+                                 "the run itself: give it another name")
+            if opt.name not in annotations:  # an option of two kinds joins the first
+                annotations[opt.name] = opt.annotation
+                setattr(cls, opt.name, _option_field(opt))
+    cls.__annotations__ = annotations
+    return cls
+
+
 @dataclass
+@_with_part_options
 class TrainConfig:
-    """All options of ``opzo train`` (defaults: OPZO on the embedded MNIST subset)."""
+    """All options of ``opzo train`` (defaults: OPZO on the embedded MNIST subset): the run's
+    own, written below, and the options of the parts (see the module docstring); the options
+    of a part registered after this class was made are read as ``cfg.<name>`` too (their
+    default until set), and taken by the constructor, :meth:`from_dict` and :meth:`to_dict`.
+    ``leak`` is another name of ``lif_lambda`` (every alias a part declares works so)."""
 
     # data
     dataset: str = _opt(
@@ -112,10 +158,6 @@ class TrainConfig:
                               "τ_eff·ln(x/(x−θ)))", min=1e-9)
     latency_theta: float = _opt(0.2, "latency encoding: pixels x ≤ θ (in [0, 1]) never spike",
                                 min=0.0, max=0.999)
-    augment: bool = _opt(True, "training-split augmentation of cifar10 / cifar100 (random "
-                         "crop with 4 pixels of padding, horizontal flip, cutout) and "
-                         "cifar10-dvs (random crop), drawn per batch from (seed, epoch, batch) "
-                         "(OPZO paper appendix C.3.1)")
     limit_train: int | None = _opt(None, "use only the first N training samples", min=1)
     limit_test: int | None = _opt(None, "use only the first N test samples", min=1)
     # network
@@ -138,18 +180,8 @@ class TrainConfig:
     dropout: float = _opt(0.2, "dropout rate (mask fixed over the T steps)", min=0.0, max=0.99)
     init_scale: float = _opt(1.0, "hidden weights are torch's default initialisation times this "
                              "(sparse spike inputs need > 1 for the neurons to fire)", min=0.0)
-    lif_lambda: float = _opt(0.5, "membrane leak λ of the neuron (every model)", min=0.0,
-                             max=1.0)
-    v_th: float = _opt(1.0, "firing threshold V_th", min=1e-9)
-    reset: str = _opt("subtract", "reset after a spike", RESET_MODES)
     neuron: str = _opt("lif", "neuron model of the hidden layers. " + _described(NEURONS),
                        _Names(NEURONS.names))
-    syn_lambda: float = _opt(0.5, "neuron cuba: leak λ_s of the synaptic current",
-                             min=0.0, max=1.0)
-    adapt_beta: float = _opt(0.2, "neuron alif: threshold increase β per unit of adaptation",
-                             min=0.0)
-    adapt_lambda: float = _opt(0.9, "neuron alif: leak λ_a of the adaptation",
-                               min=0.0, max=1.0)
     kernels: str = _opt("native", "how each step's neuron update, noise, dropout and local "
                         "derivative run: native (one fused C pass per layer, dropout masks "
                         "from the Philox generator; compiled on first use) or torch (torch "
@@ -165,19 +197,19 @@ class TrainConfig:
                      "of a step: method bptt only", NORMS)
     surrogate: str = _opt("sigmoid", "local derivative ψ. " + _described(SURROGATES),
                           _Names(SURROGATES.names))
-    sigmoid_a: float = _opt(0.25, "width a of the sigmoid surrogate", min=1e-9)
-    fast_sigmoid_k: float = _opt(25.0, "slope k of the fast-sigmoid surrogate", min=1e-9)
-    localzo_delta: float = _opt(0.05, "LocalZO smoothing δ", min=1e-9)
-    localzo_m: int = _opt(1, "LocalZO samples m per neuron and step", min=1)
-    localzo_dist: str = _opt("normal", "LocalZO distribution of z",
-                             LOCALZO_DISTRIBUTIONS)
     # learning rule
     method: str = _opt("opzo", "spatial credit assignment rule. " + _described(RULES)
                        + "; bptt: exact backpropagation through time, the offline reference",
                        METHODS)
-    loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE",
-                     LOSS_KINDS)
+    loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE, or tet "
+                     "(TET, Deng et al. 2022, as in LocalZO + TET: (1/T)Σ_t [(1-λ)CE(o[t], y) "
+                     "+ λ MSE(o[t], φ)], the MSE towards the constant φ)", LOSS_KINDS)
     gamma: float = _opt(0.05, "MSE weight γ of the mixed loss", min=0.0, max=1.0)
+    tet_lambda: float = _opt(0.05, "loss tet: weight λ of the MSE regulariser (LocalZO paper "
+                             "Table 7: 0.05 CIFAR / DVS-Gesture / N-Caltech-101 / N-CARS, 0.001 "
+                             "ImageNet-100, 0.0001 DVS-CIFAR10)", min=0.0, max=1.0)
+    tet_phi: float = _opt(1.0, "loss tet: the constant φ the outputs are pulled towards (TET: "
+                          "V_th = 1)")
     readout: str = _opt("sum", "how the readout becomes class scores: sum (Σ_t o[t], a loss "
                         "at every step: OTTT / OPZO) or max (leaky-integrator outputs "
                         "Y[t] = λ_o Y[t−1] + o[t], one loss on max_t Y[t]: the "
@@ -193,31 +225,6 @@ class TrainConfig:
     trace: str = _opt("ottt", "temporal credit. " + _described(TRACES) + "; f_<name>: the "
                       "same with the loss on the leaky sum of the outputs (F-OTPE)",
                       _Names(trace_names))
-    otpe_gbar: str = _opt("paper", "OTPE / approx_otpe: the leaky mean ḡ of surrogate "
-                          "derivatives as printed in the paper ((1/t) Σ λ^(t−t') ψ) or "
-                          "normalised to a weighted mean", GBAR_MODES)
-    alpha: float = _opt(0.2, "noise scale α (opzo, zo)", min=1e-9)
-    alpha_final: float | None = _opt(
-        None, "decay α linearly to this value over the epochs (paper: 0.01); unset = fixed",
-        min=1e-9)
-    noise: str = _opt("gaussian", "noise distribution z (opzo, zo)",
-                      NOISE_DISTRIBUTIONS)
-    noise_position: str = _opt("after", "inject noise after the neuron (spikes) or before it "
-                               "(membrane potential)", NOISE_POSITIONS)
-    antithetic: bool = _opt(False, "use z and -z on alternate time steps (opzo, zo)")
-    noise_rng: str = _opt("philox", "generator of the noise (opzo, zo): the native Philox "
-                          "kernels (compiled on first use with the machine's C compiler; "
-                          "about three times as fast) or torch's normal_/randint (the streams of "
-                          "the results recorded before the kernels existed)",
-                          NOISE_RNGS)
-    alpha_factor: bool | None = _opt(
-        None, "keep the 1/α factor (default: off for opzo as in the paper, on for zo)")
-    lambda_m: float = _opt(0.99999, "momentum λ_M of OPZO's feedback matrices",
-                           min=0.0, max=0.999999999)
-    freeze_m_after: int | None = _opt(
-        None, "opzo: stop updating the momentum feedback M after this many epochs (OPZO paper "
-        "Table 9's ablation); unset = never", min=0)
-    feedback_lr: float = _opt(2e-4, "learning rate of DKP's feedback matrices", min=0.0)
     local_learning: bool = _opt(False, "local learning (LL, OPZO paper appendix C.1): a linear "
                                 "readout per hidden layer with its own loss, its error fed back "
                                 "through the readout and added to the rule's signal")
@@ -241,7 +248,7 @@ class TrainConfig:
         None, "start from trained weights: a run folder or its checkpoint.pt (the weights "
         "only: a fresh optimizer, schedule and rule state; the network must match), or a NIR "
         "file (.nir; the network, its neurons and weights come from the file, the net, "
-        "hidden and LIF options are not used; needs pip install 'opzo[nir]')")
+        "hidden and neuron options are not used; needs pip install 'opzo[nir]')")
     # optimisation
     epochs: int = _opt(20, "number of epochs", min=1)
     batch_size: int = _opt(128, "training batch size", min=1)
@@ -287,15 +294,35 @@ class TrainConfig:
     # output
     out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
 
+    def __getattr__(self, name: str) -> Any:
+        # only for a name that is no field: another name of an option, or the option of a
+        # part registered after this class was made (its default until set)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        canonical = _aliases().get(name)
+        if canonical is not None:
+            return getattr(self, canonical)
+        opt = _late_options().get(name)
+        if opt is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return list(opt.default) if isinstance(opt.default, list) else opt.default
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FIELD_NAMES:
+            name = _aliases().get(name, name)
+        object.__setattr__(self, name, value)
+
     def validate(self, complete: bool = True) -> TrainConfig:
-        """Check every value against its field's choices and bounds; return self.
+        """Check every value against its option's choices, bounds and check; return self.
 
         With ``complete`` (the final, merged config) also check the options that depend on
         each other (a dataset needs its data_root, ...); a config file alone may leave those
         to the command line. Raises :class:`ConfigError` saying what is allowed.
         """
-        for f in fields(self):
-            _check_field(f, getattr(self, f.name))
+        for opt in config_options():
+            wrong = opt.problem(getattr(self, opt.name))
+            if wrong:
+                raise ConfigError(f"option {opt.name!r} {wrong}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(f"option 'device' = {self.device!r} is not allowed; use auto, cpu, "
                               "cuda, cuda:N (N = 0, 1, ...) or mps")
@@ -387,6 +414,12 @@ class TrainConfig:
             raise ConfigError(f"{option} needs the whole sequence in the gradient: use "
                               f"method 'bptt' (got {self.method!r}); the online rules train "
                               "on the per-step loss of readout 'sum'")
+        if self.m_form != "dense" and self.method != "opzo":
+            raise ConfigError(f"option 'm_form' = {self.m_form!r} is a form of OPZO's M: use "
+                              f"method 'opzo' (got {self.method!r}) or m_form 'dense'")
+        if self.readout == "max" and self.loss == "tet":
+            raise ConfigError("loss 'tet' is a loss at every time step: use readout 'sum' "
+                              "(readout 'max' takes one loss on the max-over-time scores)")
         if self.readout == "sum" and self.readout_leak:
             raise ConfigError("option 'readout_leak' applies to readout 'max' only")
         if self.readout == "max" and self.diagnostics:
@@ -409,41 +442,110 @@ class TrainConfig:
                 "second one on that path: use 'ottt' or 'approx_otpe' (or their f_ variants)")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every option by its name (``config.json``): the fields, then the options of the
+        parts registered after this class was made."""
+        return {**asdict(self), **{name: getattr(self, name) for name in _late_options()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config",
                   complete: bool = True) -> TrainConfig:
-        """Build from a mapping (keys may use '-' or '_'); unknown keys are an error."""
-        known = {f.name: f for f in fields(cls)}
+        """Build from a mapping (keys may use '-' or '_', and any name of an option);
+        unknown keys are an error."""
+        known = {opt.name: opt for opt in config_options()}
+        aliases = _aliases()
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             name = str(key).replace("-", "_")
+            name = aliases.get(name, name)
             if name not in known:
                 raise ConfigError(
                     f"{source}: unknown key {key!r}; allowed keys: {sorted(known)}")
+            if name in kwargs:
+                raise ConfigError(f"{source}: key {key!r} names option {name!r}, which is "
+                                  "given twice; give it once")
             kwargs[name] = _coerce(known[name], value, source)
         return cls(**kwargs).validate(complete)
 
 
+_FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
+_dataclass_init = TrainConfig.__init__
+
+
+def _init(self: TrainConfig, **options: Any) -> None:
+    """The dataclass's constructor, which also takes any name of an option and the options
+    of parts registered after the class was made."""
+    aliases, late = _aliases(), _late_options()
+    own = {}
+    for key, value in options.items():
+        name = key if key in _FIELD_NAMES else aliases.get(key, key)
+        if name in own:
+            raise TypeError(f"option {name!r} is given twice (as {key!r})")
+        if name not in _FIELD_NAMES and name not in late:
+            raise TypeError(f"TrainConfig got an unknown option {key!r}")
+        own[name] = value
+    _dataclass_init(self, **{k: v for k, v in own.items() if k in _FIELD_NAMES})
+    for name, value in own.items():
+        if name not in _FIELD_NAMES:
+            object.__setattr__(self, name, value)
+
+
+TrainConfig.__init__ = _init  # type: ignore[method-assign]
+
+
+def _field_option(f: Any) -> Option:
+    """The :class:`~opzo.registry.Option` that a field of the run's own describes."""
+    meta = f.metadata
+    if "option" in meta:
+        return meta["option"]
+    default = f.default if f.default is not MISSING else f.default_factory()
+    kind = _field_kind(f)
+    typ = {"list": list, "bool": bool, "int": int, "float": float, "str": str}[kind]
+    return Option(f.name, default, meta["help"], type=typ, choices=meta.get("choices"),
+                  min=meta.get("min"), max=meta.get("max"))
+
+
+def _late_options() -> dict[str, Option]:
+    """The options of parts registered after :class:`TrainConfig` was made, by name."""
+    return {opt.name: opt for opt in part_options() if opt.name not in _FIELD_NAMES}
+
+
+def config_options() -> tuple[Option, ...]:
+    """Every option of ``opzo train``: the fields of :class:`TrainConfig` (the run's own and
+    the parts'), then the options of the parts registered since."""
+    late = _late_options()
+    own = {f.name for f in fields(TrainConfig) if "option" not in f.metadata}
+    taken = sorted((set(late) & {a for o in _FIELD_OPTIONS for a in o.aliases})
+                   | ({o.name for o in part_options()} & own))
+    if taken:
+        raise ValueError(f"option {taken[0]!r} of a part is (another name of) an option of "
+                         "the run itself: give it another name")
+    return (*_FIELD_OPTIONS, *late.values())
+
+
+def _aliases() -> dict[str, str]:
+    """Every other name of an option -> the option's name (``leak`` -> ``lif_lambda``)."""
+    return {alias: opt.name for opt in (*_FIELD_OPTIONS, *_late_options().values())
+            for alias in opt.aliases}
+
+
 #: the topics of ``opzo train --help``: every field of :class:`TrainConfig` in one of them, in
-#: this order (a new field must be added here too: ``tests/test_cli_help.py`` checks it); the
-#: options of the command line alone (--config, --resume, ...) join them in ``opzo.cli``
+#: this order (a new option of the run must be added here too: ``tests/test_cli_help.py``
+#: checks it). The options of the parts join the topic of their kind's option (``neuron``,
+#: ``method``, ...) after it, or the topic their :class:`~opzo.registry.Option` names (those
+#: of the parts registered when this module is imported are added below; a later part's
+#: are placed by :func:`option_topic`); the options of the command line alone (--config,
+#: --resume, ...) join them in ``opzo.cli``
 OPTION_TOPICS: dict[str, tuple[str, ...]] = {
-    "data": ("dataset", "data_root", "encoding", "latency_tau", "latency_theta", "augment",
+    "data": ("dataset", "data_root", "encoding", "latency_tau", "latency_theta",
              "limit_train", "limit_test"),
     "network and neuron": ("net", "hidden", "width", "T", "dropout", "init_scale", "neuron",
-                           "lif_lambda", "v_th", "reset", "syn_lambda", "adapt_beta",
-                           "adapt_lambda", "kernels", "norm", "init_from"),
-    "method: spatial rule and loss": ("method", "loss", "gamma", "readout", "readout_leak",
-                                      "detach_reset", "update", "lambda_m", "freeze_m_after",
-                                      "feedback_lr", "local_learning", "ll_scale",
-                                      "igl_layer", "igl_scale"),
-    "method: temporal trace": ("trace", "otpe_gbar"),
-    "method: local derivative": ("surrogate", "sigmoid_a", "fast_sigmoid_k", "localzo_delta",
-                                 "localzo_m", "localzo_dist"),
-    "method: noise (opzo, zo)": ("alpha", "alpha_final", "noise", "noise_position",
-                                 "antithetic", "noise_rng", "alpha_factor"),
+                           "kernels", "norm", "init_from"),
+    "method: spatial rule and loss": ("method", "loss", "gamma", "tet_lambda", "tet_phi",
+                                      "readout", "readout_leak", "detach_reset", "update",
+                                      "local_learning", "ll_scale", "igl_layer", "igl_scale"),
+    "method: temporal trace": ("trace",),
+    "method: local derivative": ("surrogate",),
+    "method: noise (opzo, zo)": (),
     "optimisation": ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr",
                      "weight_decay", "schedule", "seed"),
     "chip (OPZO paper section 5.4)": ("hw_noise", "hw_noise_kind", "hw_seed"),
@@ -454,33 +556,53 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
 }
 
 
-def option_topic(name: str) -> str:
-    """The topic of ``opzo train --help`` that lists the config field ``name``."""
-    for topic, names in OPTION_TOPICS.items():
+def _part_topics() -> dict[str, str]:
+    """Every option of a part registered now -> its topic of ``opzo train --help``."""
+    topics: dict[str, str] = {}
+    for kind, registry in PART_KINDS.items():
+        for opt in registry.options():
+            topic = opt.topic or _own_topic(kind)
+            if topic not in OPTION_TOPICS:
+                raise KeyError(f"option {opt.name!r} names the topic {topic!r}; topics: "
+                               f"{list(OPTION_TOPICS)}")
+            topics.setdefault(opt.name, topic)
+    return topics
+
+
+def _own_topic(name: str) -> str:
+    for topic, names in _OWN_TOPICS.items():
         if name in names:
             return topic
     raise KeyError(f"config field {name!r} has no topic: add it to opzo.config.OPTION_TOPICS")
 
 
-def _check_field(f: Any, value: Any) -> None:
-    """One option against its field's choices and bounds (ConfigError saying what is)."""
-    meta = f.metadata
-    if value is None:
-        if f.default is not None and f.default is not MISSING:
-            raise ConfigError(f"option {f.name!r} may not be empty")
-        return
-    if isinstance(value, list) and not value:
-        raise ConfigError(f"option {f.name!r} needs at least one value")
-    for item in value if isinstance(value, list) else [value]:
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ConfigError(f"option {f.name!r} = {item!r} must be a finite number")
-        if meta.get("choices") and item not in meta["choices"]:
-            raise ConfigError(f"option {f.name!r} = {item!r} is not allowed; choose one of "
-                              f"{list(meta['choices'])}")
-        if "min" in meta and item < meta["min"]:
-            raise ConfigError(f"option {f.name!r} = {item!r} must be >= {meta['min']}")
-        if "max" in meta and item > meta["max"]:
-            raise ConfigError(f"option {f.name!r} = {item!r} must be <= {meta['max']}")
+def option_topic(name: str) -> str:
+    """The topic of ``opzo train --help`` that lists the option ``name``."""
+    for topic, names in OPTION_TOPICS.items():
+        if name in names:
+            return topic
+    topic = _part_topics().get(name)
+    if topic is None:
+        raise KeyError(f"config field {name!r} has no topic: add it to "
+                       "opzo.config.OPTION_TOPICS")
+    return topic
+
+
+def _place_part_options() -> None:
+    """Add the options of the parts registered now to :data:`OPTION_TOPICS`: after the
+    option of their kind when in its topic, else at the end of theirs."""
+    for name, topic in _part_topics().items():
+        names = list(OPTION_TOPICS[topic])
+        kind = next(k for k, r in PART_KINDS.items() if name in {o.name for o in r.options()})
+        after = [i for i, n in enumerate(names) if n == kind or n in _PLACED.get(kind, ())]
+        names.insert(after[-1] + 1 if after else len(names), name)
+        _PLACED.setdefault(kind, []).append(name)
+        OPTION_TOPICS[topic] = tuple(names)
+
+
+_OWN_TOPICS = dict(OPTION_TOPICS)
+_PLACED: dict[str, list[str]] = {}
+_place_part_options()
 
 
 def _field_kind(f) -> str:
@@ -496,8 +618,8 @@ def _field_kind(f) -> str:
     return "str"
 
 
-def _coerce(f, value: Any, source: str) -> Any:
-    kind = _field_kind(f)
+def _coerce(opt: Option, value: Any, source: str) -> Any:
+    kind = opt.kind
     if value is None:
         return None
     try:
@@ -526,7 +648,7 @@ def _coerce(f, value: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"{source}: option {f.name!r} expects {kind}, got {value!r}") from None
+            f"{source}: option {opt.name!r} expects {kind}, got {value!r}") from None
 
 
 def _not_text(path: Path, exc: UnicodeDecodeError) -> ConfigError:
@@ -597,28 +719,28 @@ def add_argument_groups(parser: argparse.ArgumentParser
 
 def add_arguments(parser: argparse.ArgumentParser,
                   groups: dict[str, argparse._ArgumentGroup] | None = None) -> None:
-    """Add one ``--option`` per config field (defaults left as None = not given), each in
-    the argument group of its topic (``groups``: from :func:`add_argument_groups`, made
-    here when not given)."""
+    """Add one ``--option`` per option (defaults left as None = not given; an option's other
+    names are flags too: ``--leak``), each in the argument group of its topic (``groups``:
+    from :func:`add_argument_groups`, made here when not given)."""
     if groups is None:
         groups = add_argument_groups(parser)
-    for f in fields(TrainConfig):
-        group = groups[option_topic(f.name)]
-        flag = "--" + f.name.replace("_", "-")
-        meta = f.metadata
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{meta['help']} (default: {default})"
-        kind = _field_kind(f)
-        if kind == "bool":
-            group.add_argument(flag, dest=f.name, default=None,
+    for opt in config_options():
+        group = groups[option_topic(opt.name)]
+        flags = ["--" + n.replace("_", "-") for n in (opt.name, *opt.aliases)]
+        help_text = f"{opt.help} (default: {opt.default})"
+        if opt.name in PART_KINDS:  # the parts registered now, with their descriptions
+            help_text = help_text.replace(_DESCRIBED_AT_IMPORT[opt.name],
+                                          _described(PART_KINDS[opt.name]))
+        if opt.kind == "bool":
+            group.add_argument(*flags, dest=opt.name, default=None,
                                action=argparse.BooleanOptionalAction, help=help_text)
-        elif kind == "list":
-            group.add_argument(flag, dest=f.name, default=None, nargs="+", type=int,
+        elif opt.kind == "list":
+            group.add_argument(*flags, dest=opt.name, default=None, nargs="+", type=int,
                                metavar="N", help=help_text)
         else:
-            typ = {"int": int, "float": float, "str": str}[kind]
-            group.add_argument(flag, dest=f.name, default=None, type=typ,
-                               choices=meta.get("choices"), help=help_text)
+            typ = {"int": int, "float": float, "str": str}[opt.kind]
+            group.add_argument(*flags, dest=opt.name, default=None, type=typ,
+                               choices=opt.choices, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, config_file: str | None) -> TrainConfig:
@@ -629,10 +751,10 @@ def config_from_args(args: argparse.Namespace, config_file: str | None) -> Train
     source = config_file or "command line"
     merged = (TrainConfig.from_dict(data, source=source, complete=False).to_dict()
               if data else {})
-    for f in fields(TrainConfig):
-        value = getattr(args, f.name, None)
+    for opt in config_options():
+        value = getattr(args, opt.name, None)
         if value is not None:
-            merged[f.name] = value
+            merged[opt.name] = value
     cfg = TrainConfig.from_dict(merged, source="options")
     if cfg.data_root and DATASETS[cfg.dataset].builtin:  # it would be recorded, never read
         raise ConfigError(f"dataset {cfg.dataset!r} ships with the package and reads no "
@@ -640,3 +762,11 @@ def config_from_args(args: argparse.Namespace, config_file: str | None) -> Train
                           "the config file), or name the dataset that folder holds with "
                           "--dataset")
     return cfg
+
+
+_FIELD_OPTIONS: tuple[Option, ...] = tuple(_field_option(f) for f in fields(TrainConfig))
+
+#: the parts' descriptions as the help texts above were written (at import): ``--help``
+#: replaces them by the registries' descriptions at the time it is asked (a part registered
+#: later, by a plugin or a test, is described too)
+_DESCRIBED_AT_IMPORT: dict[str, str] = {k: _described(r) for k, r in PART_KINDS.items()}

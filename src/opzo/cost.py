@@ -10,20 +10,24 @@ neurons and m outputs the paper gives the classes
     OPZO*             O(Nmn)
 
 :func:`learning_cost` counts them exactly for a given :class:`~opzo.network.SpikingNet` (FC,
-conv, residual), per sample and time step, with hidden layer sizes n_l (C·H·W for a feature
-map) and m outputs. On an FC net of N equal hidden layers its numbers are the closed forms
-above with the O dropped (tested).
+conv, residual), per sample and time step, for any registered rule from the
+:class:`~opzo.rules.profile.CostProfile` its class declares (how its feedback reaches a layer:
+transposed weights, a direct matrix or a scalar; whether it learns the feedback, with what
+optimizer; what it keeps per sample); a rule that declares none has no cost model. Hidden
+layer sizes are n_l (C·H·W for a feature map), m outputs. On an FC net of N equal hidden
+layers its numbers are the closed forms above with the O dropped (tested).
 
 **Operations** (multiply-adds, MACs, per sample and step):
 
 * ``feedback``: how the error reaches the hidden layers.
-  BP: the transposed op of every layer above the first, top down: Σ_{ops} MACs(opᵀ) over the
-  readout and hidden layers 2..N, where MACs(opᵀ) = MACs(op) = the number of synapses of the
-  op (dense: n_in·n_out; conv: C_out·C_in·Σ over output positions of the kernel taps that
-  fall inside the input, i.e. "same"-padding borders counted exactly; ``borders="padded"``
-  counts every tap, C_out·H_out·W_out·C_in·k², what a dense conv kernel computes).
-  DFA, DKP, OPZO: g_l = F_l e, Σ_l n_l·m. ZO: g_l = (L/α) z_l, a scalar broadcast, Σ_l n_l
-  multiplies.
+  Transposed (BP): the transposed op of every layer above the first, top down:
+  Σ_{ops} MACs(opᵀ) over the readout and hidden layers 2..N, where MACs(opᵀ) = MACs(op) =
+  the number of synapses of the op (dense: n_in·n_out; conv: C_out·C_in·Σ over output
+  positions of the kernel taps that fall inside the input, i.e. "same"-padding borders
+  counted exactly; ``borders="padded"`` counts every tap, C_out·H_out·W_out·C_in·k², what a
+  dense conv kernel computes).
+  Direct (DFA, DKP, OPZO): g_l = F_l e, Σ_l n_l·m. Scalar (ZO): g_l = (L/α) z_l, a scalar
+  broadcast, Σ_l n_l multiplies.
 * ``update``: learning the feedback itself. OPZO: M_l ← λ_M M_l + (1 − λ_M) z_l õᵀ, Σ_l n_l·m
   per sample (plus Σ_l n_l·m multiplies by λ_M once per batch, not counted per sample). DKP:
   ∇F_l += â_l eᵀ, Σ_l n_l·m (plus the optimizer's step once per batch). Others: 0.
@@ -69,18 +73,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .layers import ConvLayer, DenseLayer
 from .network import SpikingMLP, SpikingNet
+from .rules import RULES
+from .rules.profile import CostProfile
 
-__all__ = ["METHODS", "format_cost_table", "learning_cost", "main_cost", "op_macs",
-           "op_weights"]
+__all__ = ["cost_methods", "cost_profile", "format_cost_table", "learning_cost", "main_cost",
+           "op_macs", "op_weights"]
 
-#: the spatial-credit methods :func:`learning_cost` knows
-METHODS = ("bp", "dfa", "dkp", "zo", "opzo")
 BORDERS = ("exact", "padded")
 
 
@@ -117,12 +122,118 @@ def _net_name(net: SpikingNet) -> str:
     return net.describe()
 
 
+def cost_profile(method: str) -> CostProfile:
+    """The :class:`~opzo.rules.profile.CostProfile` the registered rule ``method`` declares.
+    Raises ValueError (one line) for a name :data:`~opzo.rules.RULES` does not hold or a rule
+    that declares none."""
+    if method not in RULES:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(RULES)}")
+    profile = getattr(RULES[method].factory, "cost_profile", None)
+    if profile is None:
+        raise ValueError(f"rule {method!r} has no cost model: its class declares no "
+                         "cost_profile (opzo.rules.profile.CostProfile)")
+    return profile
+
+
+def cost_methods() -> tuple[str, ...]:
+    """The registered rules that declare a cost profile, in registration order."""
+    return tuple(n for n in RULES
+                 if getattr(RULES[n].factory, "cost_profile", None) is not None)
+
+
+@dataclass
+class _Count:
+    """The running totals of one method's count (see the module docstring's terms)."""
+
+    feedback: int = 0
+    update: int = 0
+    feedback_weights: int = 0
+    optimizer_state: int = 0
+    state: int = 0
+    trace: int = 0
+    #: MACs of each stage of the feedback (one per transposed op; one for direct feedback)
+    stage_macs: list[int] = field(default_factory=list)
+    #: the MACs of IGL's second backward chain, which runs beside the main one (transposed)
+    igl_chain: int = 0
+
+
+def _feedback_count(profile: CostProfile, net: SpikingNet, borders: str) -> _Count:
+    """The feedback to every hidden layer: its MACs, weights, learning and stored state."""
+    sizes = [int(n) for n in net.hidden_sizes]
+    m = int(net.num_outputs)
+    c = _Count()
+    if profile.feedback == "transposed":
+        transposed = [net.readout, *list(net.hidden)[1:]]  # what BP passes the error through
+        c.stage_macs = [op_macs(op, borders) for op in transposed]
+        c.feedback = sum(c.stage_macs)
+        c.feedback_weights = sum(op_weights(op) for op in transposed)
+    elif profile.feedback == "scalar":
+        c.feedback = sum(sizes)
+        c.stage_macs = [max(sizes)]
+    else:  # a direct matrix per layer
+        c.feedback = c.feedback_weights = sum(n * m for n in sizes)
+        c.stage_macs = [max(sizes) * m]
+    _add_learning(c, profile, c.feedback if profile.feedback == "direct" else 0)
+    c.state += (int(profile.stores_noise) + int(profile.activity_trace)) * sum(sizes)
+    c.trace = sum(sizes) if profile.activity_trace else 0
+    return c
+
+
+def _add_learning(c: _Count, profile: CostProfile, direct_macs: int) -> None:
+    """Learning ``direct_macs`` more feedback weights: as many MACs of update, and the
+    optimizer's copies of them."""
+    if profile.learns_feedback:
+        c.update += direct_macs
+        c.optimizer_state += profile.optimizer_copies * direct_macs
+
+
+def _add_igl(c: _Count, profile: CostProfile, net: SpikingNet, igl_layer: int,
+             borders: str) -> None:
+    """IGL at hidden layer ``igl_layer``: a second copy of the rule feeds R_k's error to the
+    layers below it (the module docstring's ideal count)."""
+    below = [int(n) for n in net.hidden_sizes[:igl_layer]]
+    m = int(net.num_outputs)
+    if profile.feedback == "transposed":
+        c.igl_chain = sum(op_macs(op, borders) for op in list(net.hidden)[1:igl_layer + 1])
+        c.feedback += c.igl_chain
+    elif profile.feedback == "scalar":
+        c.feedback += sum(below)
+    else:
+        extra = sum(n * m for n in below)
+        c.feedback += extra
+        c.feedback_weights += extra
+        _add_learning(c, profile, extra)
+
+
+def _readout_layers(n_layers: int, local_learning: bool, igl_layer: int | None) -> list[int]:
+    """The hidden layers with a local readout: all with LL, and IGL's layer."""
+    layers = list(range(n_layers)) if local_learning else []
+    if igl_layer is not None and igl_layer not in layers:
+        layers.append(igl_layer)
+    return layers
+
+
+def _critical_path(c: _Count, parallel: bool, readout_macs: list[int]) -> tuple[int, int]:
+    """(critical path MACs, stages): direct and scalar feedback is one stage, its largest
+    layer's; transposed ops are a chain (IGL's beside it); each readout's forward and
+    backward, 2·n_l·m, run beside the feedback."""
+    if parallel:
+        critical, stages = (max(c.stage_macs) if c.stage_macs else 0), 1
+    else:
+        critical, stages = max(sum(c.stage_macs), c.igl_chain), len(c.stage_macs)
+    if readout_macs:
+        critical = max(critical, 2 * max(readout_macs))
+    return critical, stages
+
+
 def learning_cost(net: SpikingNet, method: str, local_learning: bool = False,
                   igl_layer: int | None = None, borders: str = "exact") -> dict[str, Any]:
     """Memory and operations of ``method``'s error-backward procedure on ``net``, per sample
-    and time step (see the module docstring for every term).
+    and time step (see the module docstring for every term), counted from the
+    :class:`~opzo.rules.profile.CostProfile` the rule declares.
 
-    ``method``: one of :data:`METHODS`; ``local_learning``: LL (a readout per hidden layer);
+    ``method``: a registered rule (:data:`opzo.rules.RULES`) with a cost profile
+    (:func:`cost_methods`); ``local_learning``: LL (a readout per hidden layer);
     ``igl_layer``: IGL at this hidden layer, **0-based** as in
     :class:`~opzo.rules.LocalLearning` (``opzo train --igl-layer K`` counts from 1: pass
     K − 1); ``borders``: ``exact`` or ``padded`` conv MACs.
@@ -133,79 +244,30 @@ def learning_cost(net: SpikingNet, method: str, local_learning: bool = False,
     {local_derivative, shortcut_adds, trace}, ``parallel``, ``stages``, ``critical_path``,
     ``forward`` {macs, weights} and ``ratio_to_forward`` (ops total / forward MACs).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    profile = cost_profile(method)
     if borders not in BORDERS:
         raise ValueError(f"borders must be one of {BORDERS}, got {borders!r}")
-    hidden = list(net.hidden)
     sizes = [int(n) for n in net.hidden_sizes]
-    n_layers = len(sizes)
-    m = int(net.num_outputs)
+    n_layers, m = len(sizes), int(net.num_outputs)
     if igl_layer is not None and not 1 <= igl_layer < n_layers:
         raise ValueError(f"igl_layer {igl_layer} (0-based) must be a hidden layer with "
                          f"layers below it: 1..{n_layers - 1}")
-    transposed = [net.readout, *hidden[1:]]  # the ops BP passes the error back through
-    feedback = update = 0
-    feedback_weights = optimizer_state = state = 0
-    trace = 0
-    stage_macs: list[int] = []
-    if method == "bp":
-        stage_macs = [op_macs(op, borders) for op in transposed]
-        feedback = sum(stage_macs)
-        feedback_weights = sum(op_weights(op) for op in transposed)
-    elif method == "zo":
-        feedback = sum(sizes)
-        stage_macs = [max(sizes)]
-        state = sum(sizes)
-    else:  # direct feedback: dfa, dkp, opzo
-        feedback = sum(n * m for n in sizes)
-        stage_macs = [max(sizes) * m]
-        feedback_weights = feedback
-        if method == "opzo":
-            update = feedback
-            state = sum(sizes)
-        elif method == "dkp":
-            update = feedback
-            optimizer_state = 3 * feedback
-            state = trace = sum(sizes)
-    # local learning: readouts
-    readout_layers = list(range(n_layers)) if local_learning else []
-    if igl_layer is not None and igl_layer not in readout_layers:
-        readout_layers.append(igl_layer)
-    local = 3 * sum(sizes[l] * m for l in readout_layers)
+    c = _feedback_count(profile, net, borders)
+    readout_layers = _readout_layers(n_layers, local_learning, igl_layer)
+    local = 3 * sum(sizes[l] * m for l in readout_layers)  # forward, backward, gradient
     readouts = sum(sizes[l] * m + m for l in readout_layers)
-    state += m * len(readout_layers)
-    igl_chain = 0  # BP: IGL's backward chain runs beside the main one
+    c.state += m * len(readout_layers)
     if igl_layer is not None:
-        below = sizes[:igl_layer]
-        if method == "bp":
-            igl_chain = sum(op_macs(op, borders) for op in hidden[1:igl_layer + 1])
-            feedback += igl_chain
-        elif method == "zo":
-            feedback += sum(below)
-        else:
-            extra = sum(n * m for n in below)
-            feedback += extra
-            feedback_weights += extra
-            if method in ("opzo", "dkp"):
-                update += extra
-            if method == "dkp":
-                optimizer_state += 3 * extra
-    parallel = method != "bp"
-    if parallel:
-        critical = max(stage_macs) if stage_macs else 0
-        stages = 1
-    else:
-        critical = max(sum(stage_macs), igl_chain)
-        stages = len(stage_macs)
-    if readout_layers:  # each readout's forward and backward run beside the feedback
-        critical = max(critical, 2 * max(sizes[l] * m for l in readout_layers))
-    forward_macs = sum(op_macs(op, borders) for op in [*hidden, net.readout])
-    forward_weights = sum(op_weights(op) for op in [*hidden, net.readout])
-    ops_total = feedback + update + local
-    common_state = sum(sizes) + m
+        _add_igl(c, profile, net, igl_layer, borders)
+    parallel = profile.feedback != "transposed"
+    critical, stages = _critical_path(c, parallel, [sizes[l] * m for l in readout_layers])
+    layers = [*net.hidden, net.readout]
+    forward_macs = sum(op_macs(op, borders) for op in layers)
+    ops_total = c.feedback + c.update + local
     name = method + ("+ll" if local_learning else "") + ("+igl" if igl_layer is not None
                                                           else "")
+    shortcut_adds = (sum(sizes[l] for l, j in enumerate(net.skips) if j is not None)
+                     if profile.feedback == "transposed" else 0)
     return {
         "method": name,
         "net": _net_name(net),
@@ -214,24 +276,21 @@ def learning_cost(net: SpikingNet, method: str, local_learning: bool = False,
         "igl_layer": igl_layer,
         "borders": borders,
         "memory": {
-            "feedback_weights": feedback_weights,
-            "optimizer_state": optimizer_state,
+            "feedback_weights": c.feedback_weights,
+            "optimizer_state": c.optimizer_state,
             "readouts": readouts,
-            "state": state,
-            "common_state": common_state,
-            "total": feedback_weights + optimizer_state + readouts + state,
+            "state": c.state,
+            "common_state": sum(sizes) + m,
+            "total": c.feedback_weights + c.optimizer_state + readouts + c.state,
         },
-        "ops": {"feedback": feedback, "update": update, "local": local, "total": ops_total},
-        "elementwise": {
-            "local_derivative": sum(sizes),
-            "shortcut_adds": sum(sizes[l] for l, j in enumerate(net.skips) if j is not None)
-            if method == "bp" else 0,
-            "trace": trace,
-        },
+        "ops": {"feedback": c.feedback, "update": c.update, "local": local,
+                "total": ops_total},
+        "elementwise": {"local_derivative": sum(sizes), "shortcut_adds": shortcut_adds,
+                        "trace": c.trace},
         "parallel": parallel,
         "stages": stages,
         "critical_path": critical,
-        "forward": {"macs": forward_macs, "weights": forward_weights},
+        "forward": {"macs": forward_macs, "weights": sum(op_weights(op) for op in layers)},
         "ratio_to_forward": ops_total / forward_macs if forward_macs else math.nan,
     }
 
@@ -316,8 +375,9 @@ def main_cost(argv: list[str] | None = None) -> int:
                         "(default 1 28 28)")
     p.add_argument("--outputs", type=int, default=10, help="number of outputs m (default 10)")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of --net")
-    p.add_argument("--method", default="all", choices=[*METHODS, "all"],
-                   help="spatial-credit method, or all (default)")
+    p.add_argument("--method", default="all", choices=[*RULES, "all"],
+                   help="spatial-credit method (a registered rule), or all (default: every "
+                        "rule with a cost model)")
     p.add_argument("--local-learning", action="store_true", help="with LL readouts")
     p.add_argument("--igl-layer", type=int, default=None,
                    help="IGL at this hidden layer, counted from 1 (as opzo train)")
@@ -332,7 +392,7 @@ def main_cost(argv: list[str] | None = None) -> int:
     try:
         net = build_cost_net(args.net, shape, args.outputs, args.hidden, args.width)
         igl = None if args.igl_layer is None else args.igl_layer - 1
-        methods = list(METHODS) if args.method == "all" else [args.method]
+        methods = list(cost_methods()) if args.method == "all" else [args.method]
         costs = [learning_cost(net, m, args.local_learning, igl, args.borders)
                  for m in methods]
     except ValueError as exc:
@@ -341,4 +401,8 @@ def main_cost(argv: list[str] | None = None) -> int:
         print(json.dumps(costs, indent=1))
     else:
         print(format_cost_table(costs))
+        if args.method == "all":
+            for name in RULES:
+                if name not in methods:
+                    print(f"{name}: no cost model (the rule declares no cost_profile)")
     return 0

@@ -42,7 +42,12 @@ layers alike. Each offers the explicit maps the online rules need (no autograd g
   OTTT's presynaptic trace is kept on: pooling is linear and the same at every step, so the
   trace of the pooled spikes is the pooled trace, â_P[t] = P â[t];
 * ``op(x_p)`` and ``forward(x)`` = op(op_input(x)): the synaptic current I = op(P x; W) + b;
-* ``input_grad(δ)`` = Pᵀ opᵀ(δ): spatial BP's g_{l−1} = ∂⟨δ_l, I_l⟩/∂x_{l−1};
+* ``input_grad(δ, weight=None)`` = Pᵀ opᵀ(δ): spatial BP's g_{l−1} = ∂⟨δ_l, I_l⟩/∂x_{l−1},
+  with ``weight`` in place of the op's own weight (``op_weight()``: W, or Ŵ for a conv) when
+  given, so a rule may carry the error back through another matrix of the same shape (a
+  sign-symmetric rule passes sign(W));
+* ``op_weight()``: the weight the op multiplies by (W for a dense layer, the standardized Ŵ
+  for a conv layer), the default of spatial BP's ``feedback_weight``;
 * ``accumulate_grad(δ, â, b̂)``: adds the gradient of ⟨δ, op(â; W) + b̂ b⟩ to ``.grad``
   (FC: ∇W += δᵀ â, ∇b += b̂ Σ_batch δ; conv: the conv weight-gradient of δ against â chained
   through the standardization, see above).
@@ -332,9 +337,14 @@ class DenseLayer(_InputPooling, nn.Linear):
         """I = W P x + b (autograd-differentiable; the BPTT reference uses it)."""
         return F.linear(self.op_input(x), self.weight, self.bias)
 
+    def op_weight(self) -> Tensor:
+        """W, the matrix of I = W x + b."""
+        return self.weight
+
     def input_grad(self, delta: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Pᵀ Wᵀ δ (as a row batch: (δ W) then the pooling transpose)."""
-        return self.op_input_grad(delta @ self.weight)
+        """Pᵀ Wᵀ δ (as a row batch: (δ W) then the pooling transpose); ``weight``: another
+        (out, in) matrix in place of W."""
+        return self.op_input_grad(delta @ (self.weight if weight is None else weight))
 
     def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:
         """∇W += δᵀ â and ∇b += b̂ Σ_batch δ (``trace`` = â of the pooled input)."""
@@ -398,9 +408,14 @@ class ConvLayer(_InputPooling, ScaledWSConv2d):
         """I = conv(P x, Ŵ) + b, flattened (autograd-differentiable, through Ŵ as well)."""
         return self.op(self.op_input(x))
 
-    def input_grad(self, delta: Tensor,  # type: ignore[override]
-                   weight: Tensor | None = None) -> Tensor:
-        """Pᵀ convᵀ(δ, Ŵ), flattened (``weight``: Ŵ, if the caller has it)."""
+    def op_weight(self) -> Tensor:
+        """Ŵ, the kernel the convolution uses (:meth:`ScaledWSConv2d.effective_weight`)."""
+        return self.effective_weight()
+
+    def input_grad(self, delta: Tensor, weight: Tensor | None = None  # type: ignore[override]
+                   ) -> Tensor:
+        """Pᵀ convᵀ(δ, Ŵ), flattened; ``weight``: another (C_out, C_in, k, k) kernel in place
+        of Ŵ."""
         b = delta.shape[0]
         g = ScaledWSConv2d.input_grad(self, delta.reshape(b, *self.out_shape),
                                       (b, *self.op_in_shape), weight)

@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .batch import BatchAbandoned as BatchAbandoned  # its home before opzo.batch
+from .batch import BatchStats, check_labels, check_optimizer, check_stop
 from .distributed import Communicator, Shard
 from .energy import SynOpsCounter
 from .hardware import sharded
@@ -49,65 +52,39 @@ from .traces import OutputTrace, Trace, make_output_trace, make_trace, record_fo
 UPDATE_MODES = ("batch", "step")
 
 
-class BatchAbandoned(Exception):
-    """A learner's ``should_stop`` said yes at a time step: the batch is given up half-way.
-    Its partial gradients are in ``.grad`` and, with ``update="step"`` or a rule with
-    per-step state (OPZO's M), the weights or the rule's state may have changed: the caller
-    puts back what it saved at the batch's start (:mod:`opzo.train` does)."""
+class Learner(Protocol):
+    """What a run (:mod:`opzo.train`) asks of a learner, whatever it is (online with a rule,
+    :class:`~opzo.bptt.BPTTLearner`, :class:`~opzo.pzo.UntruncatedLearner`): the run never
+    asks which kind it holds.
 
+    * :meth:`parameters`: every tensor the optimizer must hold, the model's first, then what
+      the learner owns besides (local readouts);
+    * :meth:`state_dict` / :meth:`load_state_dict`: the learner's own state for the checkpoint
+      (a rule's feedback and noise; None when it has none);
+    * :meth:`start_epoch`: the epoch hook (schedules over training, freezing learned
+      feedback);
+    * :meth:`epoch_metrics`: the learner's entries of the epoch's metrics row (the noise
+      scale α);
+    * ``train_batch(x, y, optimizer, T=..., shard=..., on_grad=...)``: one batch.
+    """
 
-def check_stop(should_stop: Callable[[], bool] | None) -> None:
-    """Raise :class:`BatchAbandoned` when ``should_stop`` (asked at every time step) says so."""
-    if should_stop is not None and should_stop():
-        raise BatchAbandoned
+    net: SpikingNet
+    #: the spatial rule (None: the learner has none, e.g. BPTT); for the diagnostics
+    rule: SpatialRule | None
 
+    def parameters(self) -> list[torch.nn.Parameter]: ...
 
-def check_labels(y: Tensor, batch: int, classes: int, like: Tensor) -> None:
-    """``y`` must be the batch's class indices: an int64 (torch.long) tensor of shape
-    (batch,) with values in 0..classes-1, on the input's device; else a ValueError naming
-    ``y`` and what it must be. (int32, uint8 or float labels are refused, not converted: a
-    float label such as 2.7 has no class.)"""
-    if not isinstance(y, Tensor):
-        raise ValueError(f"y (the labels) must be a torch.Tensor of class indices, got "
-                         f"{type(y).__name__}")
-    if y.dtype != torch.int64:
-        raise ValueError(f"y (the labels) has dtype {y.dtype}; class indices must be int64 "
-                         "(torch.long): pass y.long()")
-    if y.shape != (batch,):
-        raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
-    if y.device != like.device:
-        raise ValueError(f"y (the labels) is on {y.device}, x on {like.device}: move them "
-                         "to one device")
-    if batch and (y.min() < 0 or y.max() >= classes):
-        raise ValueError(f"labels must lie in 0..{classes - 1}")
+    def state_dict(self) -> dict | None: ...
 
+    def load_state_dict(self, state: dict | None) -> None: ...
 
-def check_optimizer(optimizer: torch.optim.Optimizer, net: torch.nn.Module) -> set[int]:
-    """``optimizer`` must be a torch optimizer holding some of ``net``'s parameters (one that
-    holds none would step, and the network would never change); returns the ids of the
-    parameters it holds."""
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got "
-                         f"{type(optimizer).__name__}")
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    if not any(id(p) in held for p in net.parameters()):
-        raise ValueError("optimizer holds none of the network's parameters, so the network "
-                         "would never change: build it from net.parameters() (with an online "
-                         "rule of its own parameters: [*net.parameters(), "
-                         "*rule.parameters()])")
-    return held
+    def start_epoch(self, progress: float, freeze_feedback: bool) -> None: ...
 
+    def epoch_metrics(self) -> dict[str, Any]: ...
 
-@dataclass
-class BatchStats:
-    """What one training batch measured (sums, so they can be pooled over an epoch)."""
-
-    loss_sum: float  # Σ_b (1/T) Σ_t L_b[t] (a max-over-time readout: Σ_b L_b(max_t Y_b[t]))
-    correct: int  # by argmax of Σ_t o[t] (or of max_t Y[t])
-    count: int
-    # Σ spikes and B·T·n_l per hidden layer (filled by evaluation; training skips the count)
-    spike_counts: list[float] = field(default_factory=list)
-    neuron_steps: list[int] = field(default_factory=list)
+    def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
+                    T: int | None = None, on_grad: Callable[[], None] | None = None,
+                    shard: Shard | None = None) -> BatchStats: ...
 
 
 @dataclass
@@ -178,6 +155,29 @@ class OnlineLearner:
     def _parameters(self) -> list[torch.nn.Parameter]:
         """The model's parameters and the rule's own (local readouts)."""
         return [*self.net.parameters(), *self.rule.parameters()]
+
+    # -- the Learner protocol ---------------------------------------------------------------
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters, then the rule's own (local readouts)."""
+        return self._parameters()
+
+    def state_dict(self) -> dict | None:
+        """The rule's state (feedback, noise stream)."""
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.rule.load_state_dict(state)  # type: ignore[arg-type]
+
+    def start_epoch(self, progress: float, freeze_feedback: bool) -> None:
+        """The rule's schedules at ``progress`` in [0, 1]; its learned feedback frozen or
+        not (OPZO paper Table 9's ablation)."""
+        self.rule.set_progress(progress)
+        self.rule.freeze_feedback(freeze_feedback)
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        """The noise scale α of a perturbed rule."""
+        noise = self.rule.noise
+        return {"alpha": noise.alpha} if noise is not None else {}
 
     def _ensure_grads(self) -> None:
         for p in self._parameters():

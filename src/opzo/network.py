@@ -23,11 +23,11 @@ rule and trace works on conv networks with no conv-specific code; the layers res
 Networks are written as in the OPZO paper (appendix C.3.2), tokens joined by "-":
 
 * ``<n>C<k>``: a convolution to n channels with a k×k kernel, stride 1, "same" padding,
-  scaled weight standardization, then LIF neurons;
+  scaled weight standardization, then the network's neurons (LIF by default);
 * ``AP<k>``: k×k average pooling of the spikes of the layer before it (it is the input
   transform of the next op; floor mode for sizes not divisible by k);
 * ``GAP``: global average pooling (the whole H×W map to 1×1);
-* ``<n>``: a fully connected hidden layer of n LIF neurons (flattens a feature map);
+* ``<n>``: a fully connected hidden layer of n neurons (flattens a feature map);
 * ``FC``: the readout, last;
 * a ``+`` after a hidden token makes it residual: the layer adds the spikes its input layer
   delivered to its synaptic current, I_l = op_l(x_{l−1}) + b_l + x_{l−1} (an identity
@@ -73,6 +73,7 @@ import torch
 from torch import Tensor, nn
 
 from . import native
+from .deprecation import warn_renamed
 from .distributed import Shard
 from .hardware import HardwareNoise
 from .layers import ConvLayer, DenseLayer
@@ -168,8 +169,9 @@ class SpikingNet(nn.Module):
     ``spec``: a network string or name (parsed by :func:`parse_net` with ``width``), or
     tokens as :func:`parse_net` returns them (taken as they are; ``width`` is not applied).
     ``neuron``: the neuron model of every hidden layer (:mod:`opzo.neurons`; default LIF;
-    ``lif`` is its older name). ``hidden``: the hidden layers (:class:`~opzo.layers.DenseLayer` or
-    :class:`~opzo.layers.ConvLayer`, each with its input pooling); ``readout``: a
+    ``lif`` is its old name, which warns once). ``hidden``: the hidden layers
+    (:class:`~opzo.layers.DenseLayer` or :class:`~opzo.layers.ConvLayer`, each with its input
+    pooling); ``readout``: a
     :class:`~opzo.layers.DenseLayer` (with its pooling and flattening).
     """
 
@@ -187,8 +189,11 @@ class SpikingNet(nn.Module):
         neuron: Neuron | None = None,
     ) -> None:
         super().__init__()
-        if lif is not None and neuron is not None:
-            raise ValueError("give the neuron model once: neuron= (lif= is its older name)")
+        if lif is not None:
+            if neuron is not None:
+                raise ValueError("give the neuron model once: neuron= (lif= is its older name)")
+            warn_renamed("SpikingNet(lif=...)", "SpikingNet(neuron=...)")
+            neuron, lif = lif, None
         tokens = parse_net(spec, width) if isinstance(spec, str) else list(spec)
         shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(
             int(d) for d in input_shape)
@@ -207,7 +212,7 @@ class SpikingNet(nn.Module):
         self.input_shape = shape
         self.spec = net_string(tokens)
         #: the neuron model of every hidden layer (:mod:`opzo.neurons`)
-        self.neuron: Neuron = neuron or lif or LIF()
+        self.neuron: Neuron = neuron or LIF()
         self.surrogate = surrogate or SigmoidSurrogate()
         self.dropout = float(dropout)
         hidden: list[nn.Module] = []
@@ -344,9 +349,12 @@ class SpikingNet(nn.Module):
 
     def uses_native_kernels(self, like: Tensor) -> bool:
         """Whether a step on tensors like ``like`` runs on the native kernels: asked for, a
-        neuron model they compute (LIF), float32 on the CPU, no autograd graph to build, and
-        the library loaded (else a warning, once)."""
-        return (self.kernels == "native" and self.neuron.native and like.dtype == torch.float32
+        neuron model they compute exactly (its
+        :meth:`~opzo.neurons.Neuron.uses_native_kernel`: LIF, not a subclass with other
+        dynamics), float32 on the CPU, no autograd graph to build, and the library loaded
+        (else a warning, once)."""
+        return (self.kernels == "native" and self.neuron.uses_native_kernel()
+                and like.dtype == torch.float32
                 and like.device.type == "cpu"
                 and not (torch.is_grad_enabled() and any(p.requires_grad
                                                          for p in self.parameters()))
@@ -445,24 +453,18 @@ class SpikingNet(nn.Module):
         α = ``noise_scale``. ``local_derivative``: a learning rule will ask for
         m_l ⊙ ψ(u_l[t]); the fused native step then computes it in the same pass.
         """
+        after = noise_position == "after"
+        fused = self.uses_native_kernels(x_t)
+        kernel = self._native_kernel(local_derivative) if fused else None
+        threads = native.default_threads()
+        hardware = self._chip_noise(noise, after)
         inp = x_t
         us: list[Tensor] = []
         spikes: list[Tensor] = []
         outs: list[Tensor] = []
         ins: list[Tensor] = []
         dpsis: list[Tensor | None] = []
-        after = noise_position == "after"
-        fused = self.uses_native_kernels(x_t)
-        hardware = self.hardware
-        if (hardware is not None and hardware.kind == "gaussian" and noise is not None
-                and not after):
-            hardware = None  # the rule's perturbation before the neuron is the chip's noise
-        neuron = self.neuron
         thresholds: list[Threshold] | None = None
-        threads = native.default_threads()
-        surr = self._native_surrogate() if fused and local_derivative else None
-        lif_kernel = (native.lif_kernel_params(neuron.lam, neuron.v_th, neuron.reset == "zero",
-                                               *(surr or ())) if fused else None)
         keep = getattr(self, "kept_currents", ())
         adds = getattr(self, "adds", None)
         currents: dict[int, Tensor] = {}
@@ -473,46 +475,28 @@ class SpikingNet(nn.Module):
             else:
                 op_in = layer.op_input(inp, *_sources(layer, outs, currents))
                 current, scratch = layer.op(op_in), True
-            j = self.skips[l]
-            if j is not None:  # residual shortcut: x_j joins the current
-                current = current.add_(outs[j]) if scratch else current + outs[j]
-                scratch = True
-            if l in keep:  # a later layer reads this current (opzo.layers_extra)
-                currents[l] = current.clone()
-            if hardware is not None:  # the chip's noise on the current (opzo.hardware)
-                current = hardware.perturb_(current, l, scratch)
-                scratch = True
+            current, scratch = self._add_to_current(l, current, scratch, outs, hardware,
+                                                    currents if l in keep else None)
             mask = None if masks is None else masks[l]
             z = None if noise is None else noise[l]
             if fused and _fusable(current, state.u[l], state.s[l], mask, z):
                 flat = current.reshape(current.shape[0], -1)
                 u, s, out, d = native.lif_step_unchecked(
-                    lif_kernel, flat, state.u[l], state.s[l], noise=z, alpha=noise_scale,
+                    kernel, flat, state.u[l], state.s[l], noise=z, alpha=noise_scale,
                     noise_before=not after, mask=mask, u_out=flat if scratch else None,
                     threads=threads)
+                state.u[l] = u
+                state.s[l] = s
             else:
                 d = None
-                if noise is not None and not after:
-                    current = torch.add(current, noise[l], alpha=noise_scale)
-                    scratch = True
-                prev = state.layer(l)
-                theta = neuron.threshold(prev)
+                u, s, out, theta = self._neuron_step(state, l, current, scratch, z,
+                                                     noise_scale, after, mask)
                 if isinstance(theta, Tensor):  # a moving threshold (ALIF): record it
                     if thresholds is None:
-                        thresholds = [neuron.v_th] * len(self.hidden)
+                        thresholds = [self.neuron.v_th] * len(self.hidden)
                     thresholds[l] = theta
-                new = neuron.step_(prev, current, scratch)
-                state.set_layer(l, new)
-                u, s = new["u"], new["s"]
-                out = s
-                if noise is not None and after:
-                    out = torch.add(s, noise[l], alpha=noise_scale)
-                if mask is not None:
-                    out = out * mask if out is s else out.mul_(mask)
             if adds is not None and adds[l] is not None:  # SEW's ADD: x_l = s_l + P x_j
                 out = out + self.added(l, outs)
-            state.u[l] = u
-            state.s[l] = s
             dpsis.append(d)
             us.append(u)
             spikes.append(s)
@@ -521,8 +505,65 @@ class SpikingNet(nn.Module):
             inp = out
         r_in = self.readout.op_input(inp, *_sources(self.readout, outs, currents))
         o = self.readout.op(r_in)
-        return o, StepRecord(us, spikes, outs, masks, self.surrogate, neuron.v_th, gains,
+        return o, StepRecord(us, spikes, outs, masks, self.surrogate, self.neuron.v_th, gains,
                              inputs=ins, readout_in=r_in, dpsi=dpsis, thresholds=thresholds)
+
+    def _native_kernel(self, local_derivative: bool) -> object:
+        """The fused kernel's parameters for this network's LIF neuron (and, when a rule asks
+        for m ⊙ ψ(u), the surrogate's native form; :func:`opzo.native.lif_kernel_params`)."""
+        neuron = self.neuron
+        surr = self._native_surrogate() if local_derivative else None
+        return native.lif_kernel_params(neuron.lam, neuron.v_th, neuron.reset == "zero",
+                                        *(surr or ()))
+
+    def _chip_noise(self, noise: list[Tensor] | None, after: bool) -> HardwareNoise | None:
+        """The chip's noise to add to the currents at this step: none where the rule's
+        Gaussian perturbation before the neuron already is the chip's noise."""
+        hardware = self.hardware
+        if (hardware is not None and hardware.kind == "gaussian" and noise is not None
+                and not after):
+            return None
+        return hardware
+
+    def _add_to_current(self, l: int, current: Tensor, scratch: bool, outs: list[Tensor],
+                        hardware: HardwareNoise | None,
+                        kept: dict[int, Tensor] | None = None) -> tuple[Tensor, bool]:
+        """Hidden layer l's current with its residual shortcut x_j and the chip's noise
+        (:mod:`opzo.hardware`) added; ``scratch``: whether its storage may be overwritten.
+        ``kept``: where to keep a copy of the current before the chip's noise, for a later
+        layer that reads it (:mod:`opzo.layers_extra`)."""
+        j = self.skips[l]
+        if j is not None:  # residual shortcut: x_j joins the current
+            current = current.add_(outs[j]) if scratch else current + outs[j]
+            scratch = True
+        if kept is not None:
+            kept[l] = current.clone()
+        if hardware is not None:
+            current = hardware.perturb_(current, l, scratch)
+            scratch = True
+        return current, scratch
+
+    def _neuron_step(self, state: NetState, l: int, current: Tensor, scratch: bool,
+                     z: Tensor | None, noise_scale: float, after: bool, mask: Tensor | None
+                     ) -> tuple[Tensor, Tensor, Tensor, Threshold]:
+        """Hidden layer l's neuron step on torch ops (the neuron's in-place ``step_``), with
+        the perturbation α z before or after it and the dropout mask on what it delivers.
+        Updates ``state``; returns u, s, the delivered x and the threshold s was compared
+        with."""
+        if z is not None and not after:
+            current = torch.add(current, z, alpha=noise_scale)
+            scratch = True
+        prev = state.layer(l)
+        theta = self.neuron.threshold(prev)
+        new = self.neuron.step_(prev, current, scratch)
+        state.set_layer(l, new)
+        s = new["s"]
+        out = s
+        if z is not None and after:
+            out = torch.add(s, z, alpha=noise_scale)
+        if mask is not None:
+            out = out * mask if out is s else out.mul_(mask)
+        return new["u"], s, out, theta
 
     def run(self, x: Tensor, T: int | None = None) -> Iterator[tuple[Tensor, StepRecord]]:
         """Run the network forward from rest over T steps without noise, yielding o[t] and the
@@ -599,6 +640,11 @@ class SpikingMLP(SpikingNet):
                 "sizes must list the input, at least one hidden layer and the output, all "
                 f"positive, e.g. [784, 800, 800, 10]; got {sizes}"
             )
+        if lif is not None:
+            if neuron is not None:
+                raise ValueError("give the neuron model once: neuron= (lif= is its older name)")
+            warn_renamed("SpikingMLP(lif=...)", "SpikingMLP(neuron=...)")
+            neuron = lif
         tokens = [LayerToken("dense", n) for n in sizes[1:-1]] + [LayerToken("readout")]
-        super().__init__(tokens, (sizes[0],), sizes[-1], lif=lif, surrogate=surrogate,
+        super().__init__(tokens, (sizes[0],), sizes[-1], surrogate=surrogate,
                          dropout=dropout, kernels=kernels, neuron=neuron)

@@ -94,8 +94,7 @@ from torch import Tensor
 from .layers import ConvLayer, DenseLayer
 from .netstring import LayerToken, net_string
 from .network import SpikingNet
-from .neurons import Neuron
-from .neurons.lif import LIFParams
+from .neurons import LIF, Neuron
 
 __all__ = ["DEFAULT_DT", "NIRError", "export_run", "from_nir", "load_nir_network",
            "lif_to_nir_params", "run_snntorch", "run_spikingjelly", "to_nir"]
@@ -110,7 +109,7 @@ _RTOL = 1e-6
 SUBTRACT_RESET_MESSAGE = (
     "this network resets by subtraction (u <- u - V_th after a spike, opzo's default), which "
     "NIR cannot express: NIR's LIF node resets the potential to a fixed v_reset and forgets "
-    "the overshoot. Train with '--reset zero' (LIFParams(reset='zero')) for an exact export, "
+    "the overshoot. Train with '--reset zero' (LIF(reset='zero')) for an exact export, "
     "or export anyway with --approximate (approximate=True), which writes reset-to-zero "
     "neurons and reports how often they agree with the trained network")
 
@@ -173,9 +172,10 @@ def to_nir(net: SpikingNet, dt: float = DEFAULT_DT, approximate: bool = False) -
     if not dt > 0:
         raise NIRError(f"the time step dt must be > 0, got {dt}")
     lif = net.neuron
-    if lif.name != "lif":
+    if not lif.exports_to_nir():
         raise NIRError(f"NIR export maps the discrete LIF neuron only; this network's neurons "
-                       f"are {lif.name!r} ({lif.describe()}). Train with --neuron lif to export")
+                       f"are {lif.name!r} ({lif.describe()}), which NIR's LIF node does not "
+                       "describe. Train with --neuron lif to export")
     if lif.reset != "zero" and not approximate:
         raise NIRError(SUBTRACT_RESET_MESSAGE)
     nodes: dict[str, Any] = {"input": nir.Input(input_type=np.array(net.input_shape))}
@@ -220,7 +220,7 @@ def to_nir(net: SpikingNet, dt: float = DEFAULT_DT, approximate: bool = False) -
     bias = ro.bias if ro.bias is not None else torch.zeros(ro.out_features)
     add("readout", nir.Affine(weight=_f32(ro.weight), bias=_f32(bias)))
     add("output", nir.Output(output_type=np.array([ro.out_features])))
-    from . import __version__
+    from .version import __version__
 
     metadata = {"producer": f"opzo {__version__}", "dt": float(dt), "net": net.spec,
                 "lif_lambda": float(lif.lam), "v_th": float(lif.v_th),
@@ -306,221 +306,303 @@ def from_nir(graph: Any, dt: float | None = None, standardize: bool = False,
     ``standardize``: import convolutions with scaled weight standardization (needs weights of
     zero mean per output channel, as opzo exports them); by default they are plain.
     Raises :class:`NIRError` naming the node for anything opzo cannot represent.
+
+    Steps: index and check the graph (:class:`_Graph`), walk its chain of layers from the
+    input to the output (:class:`_Walk`), find the network's one λ and V_th with each
+    layer's gain folded into its weights (:func:`_network_neuron`), build the network and
+    load the weights (:func:`_load_weights`).
     """
     nir = _nir()
     if not isinstance(graph, nir.NIRGraph):
         raise NIRError(f"expected a nir.NIRGraph, got {type(graph).__name__}")
-    nodes: dict[str, Any] = dict(graph.nodes)
     meta = graph.metadata if isinstance(graph.metadata, dict) else {}
     if dt is None:
         dt = float(np.asarray(meta["dt"])) if "dt" in meta else DEFAULT_DT
     if not dt > 0:
         raise NIRError(f"the time step dt must be > 0, got {dt}")
-    succ: dict[str, list[str]] = {k: [] for k in nodes}
-    pred: dict[str, list[str]] = {k: [] for k in nodes}
-    for edge in graph.edges:
-        a, b = (str(e) for e in edge)
-        for end in (a, b):
-            if end not in nodes:
-                raise NIRError(f"edge {a!r} -> {b!r} names node {end!r}, which the graph "
-                               "does not have")
-        succ[a].append(b)
-        pred[b].append(a)
-    for name, node in nodes.items():
-        kind = _kind(node)
-        if kind == "CubaLIF":
-            raise NIRError(f"node {name!r} is a CubaLIF neuron: its synaptic current is a "
-                           "second state variable, which opzo's LIF (eq. 1) does not have; "
-                           "opzo imports LIF and IF neurons")
-        if isinstance(node, nir.NIRGraph):
-            raise NIRError(f"node {name!r} is a subgraph (e.g. a recurrent layer); opzo "
-                           "imports feed-forward graphs of " + _SUPPORTED)
-        if kind not in _SUPPORTED.split(", "):
-            raise NIRError(f"node {name!r} is a {kind} node, which opzo cannot represent; "
-                           f"supported: {_SUPPORTED}")
-    inputs = [k for k, n in nodes.items() if _kind(n) == "Input"]
-    outputs = [k for k, n in nodes.items() if _kind(n) == "Output"]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise NIRError(f"opzo imports graphs with one Input and one Output node; this one has "
-                       f"{len(inputs)} input(s) {inputs} and {len(outputs)} output(s) {outputs}")
-    in_shape = tuple(int(d) for d in np.asarray(nodes[inputs[0]].input_type["input"]).reshape(-1))
-    if not in_shape or any(d < 1 for d in in_shape):
-        raise NIRError(f"input node {inputs[0]!r} has no usable shape ({in_shape})")
+    g = _Graph(nir, graph)
+    walk = _Walk(g, dt)
+    walk.run()
+    lam, v_th, scales = _network_neuron(walk.neurons, walk.tokens, meta)
+    try:
+        net = SpikingNet(walk.tokens, g.in_shape, int(walk.weights[-1][1].shape[0]),
+                         neuron=LIF(lam=min(max(lam, 0.0), 1.0), v_th=v_th, reset="zero"),
+                         kernels=kernels)
+    except ValueError as exc:
+        raise NIRError(f"the graph's layers {net_string(walk.tokens)} on input {g.in_shape} "
+                       f"do not form an opzo network: {exc}") from None
+    _load_weights(net, walk.weights, [*scales, 1.0], standardize)
+    net.eval()
+    return net
 
-    def is_neuron(name: str) -> bool:
-        return _kind(nodes[name]) in ("LIF", "IF")
 
-    def main_next(name: str) -> str:
-        nxt = [b for b in succ[name] if not (is_neuron(name) and is_neuron(b))]
+class _Graph:
+    """A NIR graph's nodes, edges both ways, its one Input and Output and the input shape;
+    refuses edges to missing nodes and node kinds opzo cannot represent."""
+
+    def __init__(self, nir: ModuleType, graph: Any) -> None:
+        nodes: dict[str, Any] = dict(graph.nodes)
+        succ: dict[str, list[str]] = {k: [] for k in nodes}
+        pred: dict[str, list[str]] = {k: [] for k in nodes}
+        for edge in graph.edges:
+            a, b = (str(e) for e in edge)
+            for end in (a, b):
+                if end not in nodes:
+                    raise NIRError(f"edge {a!r} -> {b!r} names node {end!r}, which the graph "
+                                   "does not have")
+            succ[a].append(b)
+            pred[b].append(a)
+        for name, node in nodes.items():
+            _check_kind(nir, name, node)
+        inputs = [k for k, n in nodes.items() if _kind(n) == "Input"]
+        outputs = [k for k, n in nodes.items() if _kind(n) == "Output"]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise NIRError(f"opzo imports graphs with one Input and one Output node; this one "
+                           f"has {len(inputs)} input(s) {inputs} and {len(outputs)} output(s) "
+                           f"{outputs}")
+        in_shape = tuple(int(d) for d in
+                         np.asarray(nodes[inputs[0]].input_type["input"]).reshape(-1))
+        if not in_shape or any(d < 1 for d in in_shape):
+            raise NIRError(f"input node {inputs[0]!r} has no usable shape ({in_shape})")
+        self.nodes, self.succ, self.pred = nodes, succ, pred
+        self.input: str = inputs[0]
+        self.in_shape: tuple[int, ...] = in_shape
+
+    def is_neuron(self, name: str) -> bool:
+        return _kind(self.nodes[name]) in ("LIF", "IF")
+
+    def main_next(self, name: str) -> str:
+        """The node after ``name`` on the chain (a shortcut between neurons aside)."""
+        nxt = [b for b in self.succ[name] if not (self.is_neuron(name) and self.is_neuron(b))]
         if len(nxt) != 1:
             where = ", ".join(repr(b) for b in nxt) or "none"
-            raise NIRError(f"node {name!r} ({_kind(nodes[name])}) leads to {len(nxt)} nodes "
-                           f"({where}); opzo imports a chain of layers (branches only as "
+            raise NIRError(f"node {name!r} ({_kind(self.nodes[name])}) leads to {len(nxt)} "
+                           f"nodes ({where}); opzo imports a chain of layers (branches only as "
                            "shortcuts between LIF nodes)")
         return nxt[0]
 
-    def single_pred(name: str) -> None:
-        if len(pred[name]) != 1:
-            raise NIRError(f"node {name!r} ({_kind(nodes[name])}) has {len(pred[name])} "
-                           f"inputs ({pred[name]}); opzo sums inputs only at LIF nodes "
+    def single_pred(self, name: str) -> None:
+        pred = self.pred[name]
+        if len(pred) != 1:
+            raise NIRError(f"node {name!r} ({_kind(self.nodes[name])}) has {len(pred)} "
+                           f"inputs ({pred}); opzo sums inputs only at LIF nodes "
                            "(residual shortcuts)")
 
-    tokens: list[LayerToken] = []
-    weights: list[tuple[str, np.ndarray, np.ndarray | None]] = []  # per hidden layer + readout
-    neurons: list[tuple[str, float, float, float]] = []  # name, λ, g, θ per hidden layer
-    hidden_index: dict[str, int] = {}
-    shape: tuple[int, ...] = in_shape
-    pooled = flattened = False
-    cur = inputs[0]
-    seen = {cur}
-    readout_done = False
-    while True:
-        name = main_next(cur)
-        if name in seen:
-            raise NIRError(f"node {name!r} is reached twice: the graph has a cycle (a "
-                           "recurrent connection), which opzo cannot represent")
-        seen.add(name)
-        node = nodes[name]
-        kind = _kind(node)
-        if kind == "Output":
-            if not readout_done:
-                raise NIRError(
-                    f"the output node {name!r} is fed by {cur!r} ({_kind(nodes[cur])}); opzo's "
-                    "networks end in a non-spiking Affine or Linear readout after the last LIF "
-                    "layer (a graph ending in spiking neurons has no opzo form)")
-            break
-        if readout_done:
-            raise NIRError(f"node {name!r} ({kind}) follows the readout; only the Output may")
-        single_pred(name)
-        if kind == "AvgPool2d":
-            if len(shape) != 3 or flattened:
-                raise NIRError(f"node {name!r}: average pooling needs a (C, H, W) feature map, "
-                               f"what reaches it has shape {shape}")
-            if pooled:
-                raise NIRError(f"node {name!r}: two pooling nodes in a row; opzo pools once "
-                               "before a layer")
-            k = _pair_of(node.kernel_size, name, "kernel_size")
-            if _pair_of(node.stride, name, "stride") != k or any(
-                    _pair_of(node.padding, name, "padding")):
-                raise NIRError(f"node {name!r}: opzo's pooling has stride = kernel size and no "
-                               f"padding; got kernel {k}, stride {node.stride}, padding "
-                               f"{node.padding}")
-            c, h, w = shape
-            if k == (h, w):
-                tokens.append(LayerToken("gap"))
-            elif k[0] == k[1] and h // k[0] >= 1:
-                tokens.append(LayerToken("pool", kernel=k[0]))
+
+def _check_kind(nir: ModuleType, name: str, node: Any) -> None:
+    """A node kind opzo can represent (a CubaLIF, a subgraph and others are refused)."""
+    kind = _kind(node)
+    if kind == "CubaLIF":
+        raise NIRError(f"node {name!r} is a CubaLIF neuron: its synaptic current is a "
+                       "second state variable, which opzo's LIF (eq. 1) does not have; "
+                       "opzo imports LIF and IF neurons")
+    if isinstance(node, nir.NIRGraph):
+        raise NIRError(f"node {name!r} is a subgraph (e.g. a recurrent layer); opzo "
+                       "imports feed-forward graphs of " + _SUPPORTED)
+    if kind not in _SUPPORTED.split(", "):
+        raise NIRError(f"node {name!r} is a {kind} node, which opzo cannot represent; "
+                       f"supported: {_SUPPORTED}")
+
+
+class _Walk:
+    """The chain of a :class:`_Graph` from its input to its output, as opzo's layer tokens,
+    each synaptic node's weights and each hidden layer's neuron step (λ, g, θ)."""
+
+    def __init__(self, graph: _Graph, dt: float) -> None:
+        self.g, self.dt = graph, dt
+        self.tokens: list[LayerToken] = []
+        #: per hidden layer and the readout: node name, weight, bias
+        self.weights: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        #: per hidden layer: neuron node name, λ, g, θ
+        self.neurons: list[tuple[str, float, float, float]] = []
+        self.hidden_index: dict[str, int] = {}
+        self.shape: tuple[int, ...] = graph.in_shape
+        self.pooled = self.flattened = False
+        self.seen = {graph.input}
+
+    def run(self) -> None:
+        """Walk node by node until the Output; every node must be on the way."""
+        g = self.g
+        cur = g.input
+        readout_done = False
+        while True:
+            name = g.main_next(cur)
+            if name in self.seen:
+                raise NIRError(f"node {name!r} is reached twice: the graph has a cycle (a "
+                               "recurrent connection), which opzo cannot represent")
+            self.seen.add(name)
+            node = g.nodes[name]
+            kind = _kind(node)
+            if kind == "Output":
+                if not readout_done:
+                    raise NIRError(
+                        f"the output node {name!r} is fed by {cur!r} ({_kind(g.nodes[cur])}); "
+                        "opzo's networks end in a non-spiking Affine or Linear readout after "
+                        "the last LIF layer (a graph ending in spiking neurons has no opzo "
+                        "form)")
+                break
+            if readout_done:
+                raise NIRError(f"node {name!r} ({kind}) follows the readout; only the Output "
+                               "may")
+            g.single_pred(name)
+            if kind == "AvgPool2d":
+                self.pool(name, node)
+                cur = name
+            elif kind == "Flatten":
+                if self.flattened:
+                    raise NIRError(f"node {name!r}: a second Flatten")
+                self.flattened = True
+                cur = name
+            elif kind in ("LIF", "IF"):
+                raise NIRError(f"node {name!r} ({kind}) follows {cur!r} "
+                               f"({_kind(g.nodes[cur])}); opzo's neurons follow a synaptic "
+                               "Affine, Linear or Conv2d node")
             else:
-                raise NIRError(f"node {name!r}: pooling {k[0]}x{k[1]} of a {h}x{w} map; opzo "
-                               "pools square windows or the whole map")
-            shape = (c, h // k[0], w // k[1])
-            pooled = True
-            cur = name
-            continue
-        if kind == "Flatten":
-            if flattened:
-                raise NIRError(f"node {name!r}: a second Flatten")
-            flattened = True
-            cur = name
-            continue
-        if kind in ("LIF", "IF"):
-            raise NIRError(f"node {name!r} ({kind}) follows {cur!r} ({_kind(nodes[cur])}); "
-                           "opzo's neurons follow a synaptic Affine, Linear or Conv2d node")
-        # a synaptic op: Affine / Linear / Conv2d
+                cur, readout_done = self.synapse(name, node)
+        unused = [k for k in g.nodes if k not in self.seen]
+        if unused:
+            raise NIRError(f"nodes {unused} are not on the path from the input to the output")
+        if not self.neurons:
+            raise NIRError("the graph has no LIF or IF layer before its readout")
+
+    def pool(self, name: str, node: Any) -> None:
+        """An AvgPool2d node: opzo's ``AP<k>`` or ``GAP`` before the next layer."""
+        shape = self.shape
+        if len(shape) != 3 or self.flattened:
+            raise NIRError(f"node {name!r}: average pooling needs a (C, H, W) feature map, "
+                           f"what reaches it has shape {shape}")
+        if self.pooled:
+            raise NIRError(f"node {name!r}: two pooling nodes in a row; opzo pools once "
+                           "before a layer")
+        k = _pair_of(node.kernel_size, name, "kernel_size")
+        if _pair_of(node.stride, name, "stride") != k or any(
+                _pair_of(node.padding, name, "padding")):
+            raise NIRError(f"node {name!r}: opzo's pooling has stride = kernel size and no "
+                           f"padding; got kernel {k}, stride {node.stride}, padding "
+                           f"{node.padding}")
+        c, h, w = shape
+        if k == (h, w):
+            self.tokens.append(LayerToken("gap"))
+        elif k[0] == k[1] and h // k[0] >= 1:
+            self.tokens.append(LayerToken("pool", kernel=k[0]))
+        else:
+            raise NIRError(f"node {name!r}: pooling {k[0]}x{k[1]} of a {h}x{w} map; opzo "
+                           "pools square windows or the whole map")
+        self.shape = (c, h // k[0], w // k[1])
+        self.pooled = True
+
+    def synapse(self, name: str, node: Any) -> tuple[str, bool]:
+        """An Affine / Linear / Conv2d node and, unless it is the readout, the neurons after
+        it. Returns the node the walk goes on from and whether this was the readout."""
+        g = self.g
+        kind = _kind(node)
         weight = np.asarray(node.weight, dtype=np.float32)
         bias = (np.asarray(node.bias, dtype=np.float32).reshape(-1)
                 if getattr(node, "bias", None) is not None else None)
-        nxt = main_next(name)
-        final = _kind(nodes[nxt]) == "Output"
-        if not final and not is_neuron(nxt):
+        nxt = g.main_next(name)
+        final = _kind(g.nodes[nxt]) == "Output"
+        if not final and not g.is_neuron(nxt):
             raise NIRError(f"node {name!r} ({kind}) is followed by {nxt!r} "
-                           f"({_kind(nodes[nxt])}); opzo needs a LIF or IF node after each "
+                           f"({_kind(g.nodes[nxt])}); opzo needs a LIF or IF node after each "
                            "hidden synaptic layer, or the Output after the readout")
         if kind == "Conv2d":
             if final:
                 raise NIRError(f"node {name!r}: the readout must be Affine or Linear, not "
                                "Conv2d")
-            if len(shape) != 3 or flattened:
-                raise NIRError(f"node {name!r}: a convolution needs a (C, H, W) feature map, "
-                               f"what reaches it has shape {shape}")
-            if weight.ndim != 4 or weight.shape[1] != shape[0]:
-                raise NIRError(f"node {name!r}: weight of shape {weight.shape} does not take "
-                               f"{shape[0]} input channels (input shape {shape}; mismatched "
-                               "shapes)")
-            k = weight.shape[2]
-            if weight.shape[3] != k:
-                raise NIRError(f"node {name!r}: kernel {weight.shape[2]}x{weight.shape[3]}; "
-                               "opzo's convolutions are square")
-            if int(np.asarray(node.groups)) != 1 or _pair_of(node.dilation, name,
-                                                              "dilation") != (1, 1):
-                raise NIRError(f"node {name!r}: groups and dilation must be 1")
-            if _pair_of(node.stride, name, "stride") != (1, 1):
-                raise NIRError(f"node {name!r}: stride {node.stride}; opzo's convolutions "
-                               "have stride 1")
-            pad = node.padding
-            if isinstance(pad, str):
-                pad = (k // 2, k // 2) if pad == "same" and k % 2 == 1 else (
-                    (0, 0) if pad == "valid" else (-1, -1))
-            if _pair_of(pad, name, "padding") != (k // 2, k // 2):
-                raise NIRError(f"node {name!r}: padding {node.padding} for a {k}x{k} kernel; "
-                               f"opzo's convolutions pad k//2 = {k // 2} on each side")
-            declared = getattr(node, "input_shape", None)
-            if declared is not None and tuple(np.asarray(declared).reshape(-1)) != shape[1:]:
-                raise NIRError(f"node {name!r}: declared input size "
-                               f"{tuple(np.asarray(declared).reshape(-1))}, but a {shape[1:]} "
-                               "map reaches it (mismatched shapes)")
-            if bias is not None and bias.size != weight.shape[0]:
-                raise NIRError(f"node {name!r}: {bias.size} biases for {weight.shape[0]} "
-                               "output channels")
-            tokens.append(LayerToken("conv", int(weight.shape[0]), int(k)))
-            shape = (int(weight.shape[0]), shape[1], shape[2])
+            self.conv(name, node, weight, bias)
         else:
-            if weight.ndim != 2:
-                raise NIRError(f"node {name!r}: an {kind} weight must be a matrix, got shape "
-                               f"{weight.shape}")
-            n_in = math.prod(shape)
-            if weight.shape[1] != n_in:
-                raise NIRError(f"node {name!r} ({kind}): its weight takes {weight.shape[1]} "
-                               f"inputs, but what reaches it has shape {shape}, {n_in} values "
-                               "(mismatched shapes)")
-            if bias is not None and bias.size != weight.shape[0]:
-                raise NIRError(f"node {name!r}: {bias.size} biases for {weight.shape[0]} "
-                               "outputs")
-            tokens.append(LayerToken("readout") if final else LayerToken("dense",
-                                                                          int(weight.shape[0])))
-            shape = (int(weight.shape[0]),)
-            flattened = False
-        weights.append((name, weight, bias))
-        pooled = False
+            self.dense(name, kind, weight, bias, final)
+        self.weights.append((name, weight, bias))
+        self.pooled = False
         if final:
-            readout_done = True
-            cur = name
-            continue
-        # the layer's neurons
-        lif_name = nxt
-        seen.add(lif_name)
-        lif_node = nodes[lif_name]
-        n = math.prod(shape)
-        lam, gain, theta = _neuron_step(lif_node, lif_name, dt, n)
-        others = [p for p in pred[lif_name] if p != name]
-        if len(others) > 1 or (others and (not is_neuron(others[0])
-                                           or others[0] not in hidden_index)):
-            raise NIRError(f"node {lif_name!r} ({_kind(lif_node)}) has inputs {pred[lif_name]}; "
-                           "besides its synaptic node opzo allows one shortcut from an earlier "
-                           "LIF node")
-        skip = len(neurons) - hidden_index[others[0]] if others else 0
-        if skip:
-            tokens[-1] = LayerToken(tokens[-1].kind, tokens[-1].size, tokens[-1].kernel, skip)
-        hidden_index[lif_name] = len(neurons)
-        neurons.append((lif_name, lam, gain, theta))
-        cur = lif_name
-    unused = [k for k in nodes if k not in seen]
-    if unused:
-        raise NIRError(f"nodes {unused} are not on the path from the input to the output")
-    if not neurons:
-        raise NIRError("the graph has no LIF or IF layer before its readout")
+            return name, True
+        self.neuron(nxt, name)
+        return nxt, False
 
-    # one λ and one V_th for the network; per-layer gains folded into the weights
+    def conv(self, name: str, node: Any, weight: np.ndarray, bias: np.ndarray | None
+             ) -> None:
+        """A Conv2d node: opzo's ``<n>C<k>`` (stride 1, "same" padding)."""
+        shape = self.shape
+        if len(shape) != 3 or self.flattened:
+            raise NIRError(f"node {name!r}: a convolution needs a (C, H, W) feature map, "
+                           f"what reaches it has shape {shape}")
+        if weight.ndim != 4 or weight.shape[1] != shape[0]:
+            raise NIRError(f"node {name!r}: weight of shape {weight.shape} does not take "
+                           f"{shape[0]} input channels (input shape {shape}; mismatched "
+                           "shapes)")
+        k = weight.shape[2]
+        if weight.shape[3] != k:
+            raise NIRError(f"node {name!r}: kernel {weight.shape[2]}x{weight.shape[3]}; "
+                           "opzo's convolutions are square")
+        if int(np.asarray(node.groups)) != 1 or _pair_of(node.dilation, name,
+                                                          "dilation") != (1, 1):
+            raise NIRError(f"node {name!r}: groups and dilation must be 1")
+        if _pair_of(node.stride, name, "stride") != (1, 1):
+            raise NIRError(f"node {name!r}: stride {node.stride}; opzo's convolutions "
+                           "have stride 1")
+        pad = node.padding
+        if isinstance(pad, str):
+            pad = (k // 2, k // 2) if pad == "same" and k % 2 == 1 else (
+                (0, 0) if pad == "valid" else (-1, -1))
+        if _pair_of(pad, name, "padding") != (k // 2, k // 2):
+            raise NIRError(f"node {name!r}: padding {node.padding} for a {k}x{k} kernel; "
+                           f"opzo's convolutions pad k//2 = {k // 2} on each side")
+        declared = getattr(node, "input_shape", None)
+        if declared is not None and tuple(np.asarray(declared).reshape(-1)) != shape[1:]:
+            raise NIRError(f"node {name!r}: declared input size "
+                           f"{tuple(np.asarray(declared).reshape(-1))}, but a {shape[1:]} "
+                           "map reaches it (mismatched shapes)")
+        if bias is not None and bias.size != weight.shape[0]:
+            raise NIRError(f"node {name!r}: {bias.size} biases for {weight.shape[0]} "
+                           "output channels")
+        self.tokens.append(LayerToken("conv", int(weight.shape[0]), int(k)))
+        self.shape = (int(weight.shape[0]), shape[1], shape[2])
+
+    def dense(self, name: str, kind: str, weight: np.ndarray, bias: np.ndarray | None,
+              final: bool) -> None:
+        """An Affine / Linear node: opzo's ``<n>`` hidden layer, or the readout ``FC``."""
+        if weight.ndim != 2:
+            raise NIRError(f"node {name!r}: an {kind} weight must be a matrix, got shape "
+                           f"{weight.shape}")
+        n_in = math.prod(self.shape)
+        if weight.shape[1] != n_in:
+            raise NIRError(f"node {name!r} ({kind}): its weight takes {weight.shape[1]} "
+                           f"inputs, but what reaches it has shape {self.shape}, {n_in} values "
+                           "(mismatched shapes)")
+        if bias is not None and bias.size != weight.shape[0]:
+            raise NIRError(f"node {name!r}: {bias.size} biases for {weight.shape[0]} "
+                           "outputs")
+        self.tokens.append(LayerToken("readout") if final else LayerToken("dense",
+                                                                       int(weight.shape[0])))
+        self.shape = (int(weight.shape[0]),)
+        self.flattened = False
+
+    def neuron(self, lif_name: str, synapse: str) -> None:
+        """The LIF / IF node after the synaptic node ``synapse``: its step, and a residual
+        shortcut into it from an earlier neuron node."""
+        g = self.g
+        self.seen.add(lif_name)
+        lif_node = g.nodes[lif_name]
+        lam, gain, theta = _neuron_step(lif_node, lif_name, self.dt, math.prod(self.shape))
+        others = [p for p in g.pred[lif_name] if p != synapse]
+        if len(others) > 1 or (others and (not g.is_neuron(others[0])
+                                           or others[0] not in self.hidden_index)):
+            raise NIRError(f"node {lif_name!r} ({_kind(lif_node)}) has inputs "
+                           f"{g.pred[lif_name]}; besides its synaptic node opzo allows one "
+                           "shortcut from an earlier LIF node")
+        skip = len(self.neurons) - self.hidden_index[others[0]] if others else 0
+        if skip:
+            last = self.tokens[-1]
+            self.tokens[-1] = LayerToken(last.kind, last.size, last.kernel, skip)
+        self.hidden_index[lif_name] = len(self.neurons)
+        self.neurons.append((lif_name, lam, gain, theta))
+
+
+def _network_neuron(neurons: list[tuple[str, float, float, float]],
+                    tokens: list[LayerToken], meta: dict[str, Any]
+                    ) -> tuple[float, float, list[float]]:
+    """(λ, V_th, per-layer weight scales): one λ and one V_th for the network, each layer's
+    input gain over its threshold folded into its weights (not where a shortcut enters)."""
     name0, lam, gain0, theta0 = neurons[0]
     for name, lam_l, _, _ in neurons[1:]:
         if not math.isclose(lam_l, lam, rel_tol=_RTOL, abs_tol=1e-12):
@@ -541,16 +623,15 @@ def from_nir(graph: Any, dt: float | None = None, standardize: bool = False,
             raise NIRError(f"node {name!r}: its input gain dt*r/tau over its threshold differs "
                            f"from the first layer's by a factor {c:.6g}; with a shortcut "
                            "into it this cannot be folded into the weights")
-    try:
-        net = SpikingNet(tokens, in_shape, int(weights[-1][1].shape[0]),
-                         lif=LIFParams(lam=min(max(lam, 0.0), 1.0), v_th=v_th, reset="zero"),
-                         kernels=kernels)
-    except ValueError as exc:
-        raise NIRError(f"the graph's layers {net_string(tokens)} on input {in_shape} do not "
-                       f"form an opzo network: {exc}") from None
+    return lam, v_th, scales
+
+
+def _load_weights(net: SpikingNet, weights: list[tuple[str, np.ndarray, np.ndarray | None]],
+                  scales: list[float], standardize: bool) -> None:
+    """Each synaptic node's weight and bias (times its layer's scale) into the network."""
     layers = [*net.hidden, net.readout]
     with torch.no_grad():
-        for layer, (name, w, b), c in zip(layers, weights, [*scales, 1.0]):
+        for layer, (name, w, b), c in zip(layers, weights, scales):
             if tuple(layer.weight.shape) != w.shape:
                 raise NIRError(f"node {name!r}: weight shape {w.shape}, the layer built from "
                                f"the graph expects {tuple(layer.weight.shape)}")
@@ -566,8 +647,6 @@ def from_nir(graph: Any, dt: float | None = None, standardize: bool = False,
                     layer.bias.mul_(c)
             if isinstance(layer, ConvLayer):
                 _set_conv_weight(layer, name, standardize)
-    net.eval()
-    return net
 
 
 def _set_conv_weight(layer: ConvLayer, name: str, standardize: bool) -> None:
@@ -796,6 +875,27 @@ def export_run(run_dir: str | Path, out: str | Path, approximate: bool = False,
             "accuracy_exported": 100.0 * correct_nir / n,
             "note": "subtractive reset exported as reset to zero: a different network"}
     return report
+
+
+def network_from_nir(cfg: Any, path: str, input_shape: Sequence[int],
+                     classes: int) -> SpikingNet:
+    """``opzo train --init-from FILE.nir``: the network of a NIR file, with the config's
+    training-time options (surrogate, dropout, kernels, chip noise); its input and outputs
+    must fit the dataset (``cfg``: a :class:`~opzo.config.TrainConfig`)."""
+    from .build import attach_chip_noise, build_surrogate
+
+    net = load_nir_network(path, kernels=cfg.kernels)
+    net.surrogate = build_surrogate(cfg)
+    net.dropout = float(cfg.dropout)
+    if math.prod(net.input_shape) != math.prod(input_shape) or net.num_outputs != classes:
+        raise ValueError(f"the network of {path} ({net.describe()}, {net.num_outputs} outputs) "
+                         f"does not fit {cfg.dataset}: inputs {tuple(input_shape)}, {classes} "
+                         "classes")
+    if tuple(net.input_shape) != tuple(input_shape) and len(net.input_shape) > 1:
+        raise ValueError(f"the network of {path} takes inputs of shape {net.input_shape}; "
+                         f"{cfg.dataset} gives {tuple(input_shape)}")
+    attach_chip_noise(cfg, net)
+    return net
 
 
 def format_report(report: dict[str, Any]) -> str:

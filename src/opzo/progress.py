@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .batch import BatchStats
 from .distributed import Communicator
-from .learner import BatchStats
 
 #: seconds between two plain progress lines when stderr is not a terminal (a batch job's
 #: log); the environment variable ``OPZO_PROGRESS_INTERVAL`` (seconds) overrides it

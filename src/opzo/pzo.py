@@ -85,8 +85,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .batch import BatchStats, check_labels, check_optimizer, check_stop
+from .distributed import Shard
 from .layer_major import untruncated_forward
-from .learner import BatchStats, check_labels, check_optimizer, check_stop
 from .losses import InstantLoss
 from .network import SpikingNet
 from .norm import has_sequence_norm, normed_layers
@@ -276,7 +277,7 @@ class UntruncatedLearner:
 
     def __init__(self, net: SpikingNet, feedback: TemporalFeedback, steps: int,
                  loss: InstantLoss | None = None) -> None:
-        if net.neuron.name != "lif":
+        if not net.neuron.supports_untruncated_pzo():
             raise ValueError(f"PZO without truncation takes the error back through each layer's "
                              f"LIF neuron (leak and reset, the recursion derived for eq. 1); "
                              f"the network's neuron is {net.neuron.name!r}: use a LIF network")
@@ -426,12 +427,42 @@ class UntruncatedLearner:
         correct = int((batch.outputs.sum(0).argmax(1) == y).sum())
         return BatchStats(loss_sum=loss_value, correct=correct, count=B)
 
+    # -- the Learner protocol (opzo.learner.Learner) ---------------------------------------
+    #: no spatial rule: the temporal feedback takes its place
+    rule = None
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters (the feedback matrices are not trained by the optimizer)."""
+        return list(self.net.parameters())
+
+    def state_dict(self) -> dict | None:
+        """The feedback's state (its matrices, the noise stream)."""
+        return self.feedback.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is not None:
+            self.feedback.load_state_dict(state)
+
+    def start_epoch(self, progress: float, freeze_feedback: bool) -> None:
+        """The noise schedule at ``progress``; the feedback keeps learning (no freezing)."""
+        self.feedback.set_progress(progress)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        noise = self.feedback.noise
+        return {"alpha": noise.alpha} if noise is not None else {}
+
     def train_batch(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
-                    T: int | None = None) -> BatchStats:
-        """Clear ``.grad``, accumulate one batch, step ``optimizer``."""
+                    T: int | None = None, on_grad: Callable[[], None] | None = None,
+                    shard: Shard | None = None) -> BatchStats:
+        """Clear ``.grad``, accumulate one batch, step ``optimizer`` (``on_grad`` is called
+        before the step). One process only: a ``shard`` is refused."""
+        if shard is not None:
+            raise ValueError("PZO without truncation runs in one process (no shard)")
         check_optimizer(optimizer, self.net)
         self.net.train()
         optimizer.zero_grad(set_to_none=False)
         stats = self.accumulate(x, y, T)
+        if on_grad is not None:
+            on_grad()
         optimizer.step()
         return stats

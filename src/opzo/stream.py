@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .learner import check_optimizer
+from .batch import check_optimizer
 from .losses import InstantLoss
 from .network import NetState, SpikingNet
 from .rules.base import SpatialRule, StepContext

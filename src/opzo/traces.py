@@ -85,13 +85,17 @@ from .layers import ConvLayer, DenseLayer
 from .network import StepRecord
 from .neurons import LIF, Neuron
 from .neurons.base import surrogate_at
-from .registry import Registry
+from .registry import Option, Registry
 
 #: a hidden layer a trace writes gradients through (see :mod:`opzo.layers`)
 SynapticLayer = DenseLayer | ConvLayer
 
 #: how OTPE's leaky mean of surrogate derivatives ḡ is normalised (see :func:`leaky_mean`)
 GBAR_MODES = ("paper", "normalised")
+#: the option of OTPE and approximate OTPE: how ḡ is normalised (:func:`leaky_mean`)
+GBAR_OPTION = Option("otpe_gbar", "paper", "OTPE / approx_otpe: the leaky mean ḡ of surrogate "
+                     "derivatives as printed in the paper ((1/t) Σ λ^(t−t') ψ) or normalised "
+                     "to a weighted mean", choices=GBAR_MODES)
 
 
 def leaky_mean(S: Tensor, count: int, lam: float, mode: str = "paper") -> Tensor:
@@ -120,6 +124,8 @@ class Trace:
     #: what the trace reduces to at the layer that feeds a readout without state (the
     #: readout's own dynamics are then absent): a registered name, or None for itself
     at_readout: str | None = None
+    #: the options it reads (CLI flags, config keys; merged by :mod:`opzo.config`)
+    options: tuple[Option, ...] = ()
 
     @classmethod
     def create(cls, neuron: Neuron, static_input: bool, gbar: str) -> Trace:
@@ -310,8 +316,9 @@ class OSTLTrace(Trace):
         return cls(neuron, static_input)
 
     def __init__(self, lif: Neuron, static_input: bool = False) -> None:
-        if lif.own_path_unsupported is not None:
-            raise ValueError(f"trace {self.name!r}: {lif.own_path_unsupported}")
+        problem = lif.own_path_problem()
+        if problem is not None:
+            raise ValueError(f"trace {self.name!r}: {problem}")
         self.neuron = lif
         self.static_input = static_input
         self.reset()
@@ -404,6 +411,7 @@ class OTPETrace(OSTLTrace):
     name = "otpe"
 
     at_readout = "ostl"
+    options = (GBAR_OPTION,)
 
     @classmethod
     def create(cls, neuron: Neuron, static_input: bool, gbar: str) -> Trace:
@@ -480,6 +488,7 @@ class ApproxOTPETrace(Trace):
     name = "approx_otpe"
 
     at_readout = "ottt"
+    options = (GBAR_OPTION,)
 
     @classmethod
     def create(cls, neuron: Neuron, static_input: bool, gbar: str) -> Trace:
@@ -605,8 +614,9 @@ def make_trace(name: str, lif: Neuron | float, static_input: bool = False,
     if not isinstance(lif, Neuron):
         lif = LIF(lam=float(lif))
     cls = TRACES[base].factory
-    if cls.per_synapse and lif.own_path_unsupported is not None:
-        raise ValueError(f"trace {name!r}: {lif.own_path_unsupported}")
+    problem = lif.own_path_problem() if cls.per_synapse else None
+    if problem is not None:
+        raise ValueError(f"trace {name!r}: {problem}")
     if feeds_readout and not leaky_output and cls.at_readout is not None:
         cls = TRACES[cls.at_readout].factory
     if cls.per_synapse and layer is not None and not getattr(layer, "is_dense", True):

@@ -33,23 +33,24 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import __version__
+from .batch import BatchAbandoned, BatchStats
 from .build import (
     build_learner,
     build_network,
+    build_rule,
     is_nir,
     kernels_in_use,
     load_weights,
     make_optimizer,
     make_readout,
     make_source,
-    network_from_nir,
     resolve_device,
     to_device,
 )
@@ -59,9 +60,10 @@ from .diagnostics import GradientVariance, gradient_cosine
 from .distributed import Communicator, Shard, launched_by_torchrun
 from .energy import SynOpsCounter
 from .hardware import sharded
-from .learner import BatchAbandoned, BatchStats, evaluate_batch
+from .learner import evaluate_batch
 from .losses import InstantLoss
 from .network import SpikingNet
+from .nir import network_from_nir
 from .progress import Accumulator, Progress
 from .rundir import (
     CHECKPOINT,
@@ -85,6 +87,7 @@ from .rundir import (
     truncate_jsonl,
 )
 from .tensorboard import TensorBoardLogger
+from .version import __version__
 
 #: the first checkpoint of a run is written at the end of the first batch that ends this
 #: many seconds after the start (then every ``checkpoint_minutes``), so that a SIGKILL early
@@ -231,6 +234,63 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         raise
 
 
+@dataclass
+class RunState:
+    """One record of a run's state: what :meth:`_Run.checkpoint` writes (``to_dict``, the
+    checkpoint file's fields, unchanged) and :meth:`_Run.restore` reads (``from_dict``, with
+    the defaults of checkpoints written before a field existed)."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    rule: dict[str, Any] | None
+    #: the gradient variance's (count, mean, m2), or None
+    variance: Any
+    #: torch's CPU generator state of process 0 (older checkpoints have only this)
+    rng: Tensor | None
+    #: every process's generator states (:func:`~opzo.rundir.rng_state`)
+    rng_states: list[dict[str, Tensor | None]]
+    device: str
+    threads: int | None
+    world_size: int
+    epoch: int
+    batch: int
+    #: the epoch's statistics so far (an :class:`~opzo.progress.Accumulator`'s fields)
+    partial: dict[str, Any]
+    surrogate_stats: Any
+    wall_time_s: float
+    first_loss: float | None
+    data: Any
+    config: dict[str, Any]
+    #: the rows of metrics.jsonl / diagnostics.jsonl up to this position (None: an older
+    #: checkpoint without them)
+    metrics_rows: list[dict[str, Any]] | None
+    diag_rows: list[dict[str, Any]] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's dict (the fields by name; nothing copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> RunState:
+        """From a checkpoint's dict (:func:`~opzo.rundir.load_checkpoint` has checked its
+        fields' types); fields an older checkpoint lacks take their defaults."""
+        rng = state.get("rng")
+        return cls(
+            model=state["model"], optimizer=state["optimizer"],
+            scheduler=state.get("scheduler"), rule=state.get("rule"),
+            variance=state.get("variance"), rng=rng,
+            rng_states=state.get("rng_states") or [{"cpu": rng, "cuda": None}],
+            device=state.get("device", "cpu"), threads=state.get("threads"),
+            world_size=int(state.get("world_size", 1)),
+            epoch=state["epoch"], batch=state["batch"], partial=state["partial"],
+            surrogate_stats=state.get("surrogate_stats"),
+            wall_time_s=float(state.get("wall_time_s", 0.0)),
+            first_loss=state.get("first_loss"), data=state.get("data"),
+            config=state["config"], metrics_rows=state.get("metrics_rows"),
+            diag_rows=state.get("diag_rows"))
+
+
 class _Run:
     """One training run (one process of it): the pieces, the epoch loop, the checkpoints."""
 
@@ -273,19 +333,36 @@ class _Run:
                 self.log(f"starting from the weights of {load_weights(net, cfg.init_from)}")
         net = net.to(device)
         self.net = net
-        self.loss = InstantLoss(cfg.loss, cfg.gamma)
+        self.loss = InstantLoss.from_config(cfg)
+        self.check_rule_memory(net)
         self.learner = build_learner(cfg, net, self.loss, comm)
-        self.rule = rule = self.learner.rule
+        self.rule = self.learner.rule  # for the diagnostics (None: BPTT measures itself)
+        # the model's parameters and the learner's own (local readouts), in one list
+        params = self.learner.parameters()
         if comm is not None:  # the same start everywhere, whatever each process computed
-            comm.broadcast_([*net.parameters(), *net.buffers(),
-                             *(rule.parameters() if rule is not None else [])])
+            comm.broadcast_([*params, *net.buffers()])
         self.variance = GradientVariance(net) if cfg.diagnostics else None
-        # the rule's own parameters (local readouts) learn with the model's optimizer
-        extra = rule.parameters() if rule is not None else []
-        self.optimizer = make_optimizer([*net.parameters(), *extra], cfg)
+        self.optimizer = make_optimizer(params, cfg)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                      T_max=cfg.epochs)
                           if cfg.schedule == "cosine" else None)
+
+    def check_rule_memory(self, net) -> None:
+        """Measure the memory of the rule's state ('rule state: M 10.9 GiB ...', logged under
+        the header) and refuse, in one line, a state that does not fit the device's free memory
+        (before allocating it)."""
+        self.rule_state = None
+        if self.cfg.method == "bptt":
+            return
+        from .rules import mforms
+
+        batch = -(-self.cfg.batch_size // self.world)
+        sizes = mforms.state_sizes(build_rule(self.cfg), net, batch)
+        free, where = mforms.available_bytes(self.device)
+        #: logged under the run's header line (:meth:`loop`)
+        self.rule_state = mforms.describe(sizes) + f" ({where})"
+        weights = sum(p.numel() * p.element_size() for p in net.parameters())
+        mforms.check_fits(sizes, free, where, net_bytes=weights)
 
     # ---- the run --------------------------------------------------------------------------
     def train(self, resume: bool, overwrite: bool, stop_after: int | None) -> dict[str, Any]:
@@ -345,73 +422,17 @@ class _Run:
         return self.loop(stop_after)
 
     def restore(self) -> None:
-        """Continue from the checkpoint (see the module docstring)."""
-        cfg, run_dir, comm, device = self.cfg, self.run_dir, self.comm, self.device
-        if not self.ckpt_path.is_file():
-            raise RunError(
-                f"cannot resume {run_dir}: it stopped before its first checkpoint "
-                f"({self.ckpt_path} does not exist), so there is nothing to continue from; "
-                f"start it again with --overwrite, e.g. opzo train --config "
-                f"{run_dir / 'config.json'} --overwrite")
-        state = load_checkpoint(self.ckpt_path, device)
-        self.has_checkpoint = True
-        edited = edited_options(state["config"], cfg)
-        if edited:
-            raise RunError(
-                f"{run_dir / 'config.json'} differs from the run's checkpoint in "
-                f"{', '.join(edited)}: a resumed run continues with the settings it started "
-                "with (only --device, --threads and --lr may change); undo the edit or start "
-                "a new run")
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.world:
-            raise ValueError(
-                f"{run_dir} was trained by {saved_world} process(es) and this resume has "
-                f"{self.world}: the shards of every batch, and so the numbers, depend on it. "
-                f"Resume with --nproc {saved_world} (or torchrun --nproc_per_node "
-                f"{saved_world}), or start a new run")
-        saved_device = state.get("device", "cpu")
-        if saved_device != str(device):
-            warnings.warn(f"{run_dir} was trained on {saved_device} and resumes on {device}: "
-                          "it continues, but resume is exact only on the same device "
-                          "(other kernels, other random streams)", stacklevel=2)
-        finished = int(state["epoch"]) >= cfg.epochs
-        saved_threads = state.get("threads")
-        if saved_threads is not None and int(saved_threads) != self.threads and not finished:
-            warnings.warn(f"{run_dir} was trained with {saved_threads} CPU thread(s) and "
-                          f"resumes with {self.threads}: it continues, but resume is exact "
-                          f"only with the same number of threads (sums are split by thread); "
-                          f"--threads {saved_threads} keeps it exact", stacklevel=2)
-        try:
-            self.net.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state.get("scheduler") is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-            if self.rule is not None:
-                self.rule.load_state_dict(state["rule"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise RunError(f"{self.ckpt_path} does not fit the network and rule of "
-                           f"{run_dir / 'config.json'}: {str(exc)[:200]}") from None
-        saved_lr = float(state["config"].get("lr", cfg.lr))
-        if cfg.lr != saved_lr and not finished:  # another learning rate, the schedule kept
-            ratio = cfg.lr / saved_lr if saved_lr else 0.0
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] * ratio if saved_lr else cfg.lr
-                if "initial_lr" in group:
-                    group["initial_lr"] = cfg.lr
-            if self.scheduler is not None:
-                self.scheduler.base_lrs = [cfg.lr for _ in self.scheduler.base_lrs]
-            self.log(f"learning rate {saved_lr:g} -> {cfg.lr:g} from here on")
-        rng = state.get("rng_states") or [{"cpu": state["rng"], "cuda": None}]
-        set_rng_state(rng[0 if comm is None else comm.rank], device)
-        self.start_epoch, self.start_batch = state["epoch"], state["batch"]
-        self.partial = Accumulator(**state["partial"])
-        self.state_stats = state.get("surrogate_stats")
-        self.time_before = float(state.get("wall_time_s", 0.0))
-        self.first_loss = state.get("first_loss")
-        if self.variance is not None and state.get("variance"):
-            v = self.variance
-            v.count, v.mean, v.m2 = state["variance"]
-        self.restore_rows(state)
+        """Continue from the checkpoint (see the module docstring): read it, check that this
+        resume may continue it, load the weights and states, apply a new learning rate,
+        and put back the position, generators, statistics and rows."""
+        cfg, run_dir = self.cfg, self.run_dir
+        st = self.read_checkpoint()
+        finished = self.check_resumable(st)
+        self.load_states(st)
+        saved_lr = float(st.config.get("lr", cfg.lr))
+        if cfg.lr != saved_lr and not finished:
+            self.change_lr(saved_lr)
+        self.restore_position(st)
         if finished:
             self.log(f"{run_dir} has finished all {cfg.epochs} epochs: nothing to resume"
                      + (" (its files are left as they are)" if cfg.lr == saved_lr else
@@ -420,13 +441,96 @@ class _Run:
             self.log(f"resuming {run_dir} at epoch {self.start_epoch + 1}, batch "
                      f"{self.start_batch}")
 
-    def restore_rows(self, state: dict[str, Any]) -> None:
+    def read_checkpoint(self) -> RunState:
+        """The run's checkpoint; a RunError saying what to do when there is none yet."""
+        run_dir = self.run_dir
+        if not self.ckpt_path.is_file():
+            raise RunError(
+                f"cannot resume {run_dir}: it stopped before its first checkpoint "
+                f"({self.ckpt_path} does not exist), so there is nothing to continue from; "
+                f"start it again with --overwrite, e.g. opzo train --config "
+                f"{run_dir / 'config.json'} --overwrite")
+        st = RunState.from_dict(load_checkpoint(self.ckpt_path, self.device))
+        self.has_checkpoint = True
+        return st
+
+    def check_resumable(self, st: RunState) -> bool:
+        """Refuse an edited config or another number of processes; warn where the resume
+        will not be exact (another device, another number of threads). Returns whether the
+        run has finished all its epochs."""
+        cfg, run_dir, device = self.cfg, self.run_dir, self.device
+        edited = edited_options(st.config, cfg)
+        if edited:
+            raise RunError(
+                f"{run_dir / 'config.json'} differs from the run's checkpoint in "
+                f"{', '.join(edited)}: a resumed run continues with the settings it started "
+                "with (only --device, --threads and --lr may change); undo the edit or start "
+                "a new run")
+        if st.world_size != self.world:
+            raise ValueError(
+                f"{run_dir} was trained by {st.world_size} process(es) and this resume has "
+                f"{self.world}: the shards of every batch, and so the numbers, depend on it. "
+                f"Resume with --nproc {st.world_size} (or torchrun --nproc_per_node "
+                f"{st.world_size}), or start a new run")
+        if st.device != str(device):
+            warnings.warn(f"{run_dir} was trained on {st.device} and resumes on {device}: "
+                          "it continues, but resume is exact only on the same device "
+                          "(other kernels, other random streams)", stacklevel=3)
+        finished = int(st.epoch) >= cfg.epochs
+        if st.threads is not None and int(st.threads) != self.threads and not finished:
+            warnings.warn(f"{run_dir} was trained with {st.threads} CPU thread(s) and "
+                          f"resumes with {self.threads}: it continues, but resume is exact "
+                          f"only with the same number of threads (sums are split by thread); "
+                          f"--threads {st.threads} keeps it exact", stacklevel=3)
+        return finished
+
+    def load_states(self, st: RunState) -> None:
+        """The weights, the optimizer's, the schedule's and the rule's states; a RunError
+        when they do not fit the network and rule of the config."""
+        try:
+            self.net.load_state_dict(st.model)
+            self.optimizer.load_state_dict(st.optimizer)
+            if self.scheduler is not None and st.scheduler is not None:
+                self.scheduler.load_state_dict(st.scheduler)
+            self.learner.load_state_dict(st.rule)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise RunError(f"{self.ckpt_path} does not fit the network and rule of "
+                           f"{self.run_dir / 'config.json'}: {str(exc)[:200]}") from None
+
+    def change_lr(self, saved_lr: float) -> None:
+        """Another learning rate from here on, the schedule kept."""
+        lr = self.cfg.lr
+        ratio = lr / saved_lr if saved_lr else 0.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * ratio if saved_lr else lr
+            if "initial_lr" in group:
+                group["initial_lr"] = lr
+        if self.scheduler is not None:
+            self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
+        self.log(f"learning rate {saved_lr:g} -> {lr:g} from here on")
+
+    def restore_position(self, st: RunState) -> None:
+        """The generators, the epoch and batch to continue at, the epoch's statistics so
+        far, the training time, the first loss, the gradient variance and the rows."""
+        comm = self.comm
+        set_rng_state(st.rng_states[0 if comm is None else comm.rank], self.device)
+        self.start_epoch, self.start_batch = st.epoch, st.batch
+        self.partial = Accumulator(**st.partial)
+        self.state_stats = st.surrogate_stats
+        self.time_before = st.wall_time_s
+        self.first_loss = st.first_loss
+        if self.variance is not None and st.variance:
+            v = self.variance
+            v.count, v.mean, v.m2 = st.variance
+        self.restore_rows(st)
+
+    def restore_rows(self, st: RunState) -> None:
         """The rows of metrics.jsonl and diagnostics.jsonl up to the checkpoint's position:
         from the checkpoint, which carries them, and both files rewritten to hold exactly
         them where they differ (a row lost to a kill or a full disk after the checkpoint was
         written comes back; rows written after it go). An older checkpoint without rows:
         the files' lines before its position are kept."""
-        rows = state.get("metrics_rows")
+        rows = st.metrics_rows
         if rows is None:
             e, b = self.start_epoch, self.start_batch
             if self.main:
@@ -437,7 +541,7 @@ class _Run:
                 self.diag_rows = read_jsonl(self.diag_path, self.log)
             return
         self.metrics_rows = list(rows)
-        self.diag_rows = list(state.get("diag_rows") or [])
+        self.diag_rows = list(st.diag_rows or [])
         if self.main:
             if rewrite_jsonl(self.metrics_path, self.metrics_rows):
                 self.log(f"{self.metrics_path}: rebuilt from the checkpoint's "
@@ -448,8 +552,8 @@ class _Run:
     def checkpoint(self, epoch: int, batch: int, acc: Accumulator) -> None:
         """Every process's RNG state, and the rest from process 0 (the same everywhere).
         Weights that are not finite are never saved: the last good checkpoint stands."""
-        net, rule, comm = self.net, self.rule, self.comm
-        params = [*net.parameters(), *(rule.parameters() if rule is not None else [])]
+        net, learner, comm = self.net, self.learner, self.comm
+        params = learner.parameters()
         if not all(bool(torch.isfinite(p.detach().sum())) for p in params):
             raise FloatingPointError("the weights became NaN/inf")
         rng = rng_state(self.device)
@@ -459,28 +563,27 @@ class _Run:
         if not self.main:
             return
         v = self.variance
-        atomic_save({
-            "model": net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None
-            else None,
-            "rule": rule.state_dict() if rule is not None else None,
-            "variance": (v.count, v.mean, v.m2) if v is not None else None,
-            "rng": torch.get_rng_state(),
-            "rng_states": rng_states,
-            "device": str(self.device),
-            "threads": self.threads,
-            "world_size": self.world,
-            "epoch": epoch, "batch": batch,
-            "partial": acc.__dict__.copy(),
-            "surrogate_stats": net.surrogate.stats_state() if batch else None,
-            "wall_time_s": self.elapsed(),
-            "first_loss": self.first_loss,
-            "data": self.data,
-            "config": self.cfg.to_dict(),
-            "metrics_rows": self.metrics_rows,
-            "diag_rows": self.diag_rows,
-        }, self.ckpt_path)
+        atomic_save(RunState(
+            model=net.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
+            rule=learner.state_dict(),
+            variance=(v.count, v.mean, v.m2) if v is not None else None,
+            rng=torch.get_rng_state(),
+            rng_states=rng_states,
+            device=str(self.device),
+            threads=self.threads,
+            world_size=self.world,
+            epoch=epoch, batch=batch,
+            partial=acc.__dict__.copy(),
+            surrogate_stats=net.surrogate.stats_state() if batch else None,
+            wall_time_s=self.elapsed(),
+            first_loss=self.first_loss,
+            data=self.data,
+            config=self.cfg.to_dict(),
+            metrics_rows=self.metrics_rows,
+            diag_rows=self.diag_rows,
+        ).to_dict(), self.ckpt_path)
 
     def elapsed(self) -> float:
         """Training time of this run so far, over all the processes that ran it."""
@@ -504,11 +607,13 @@ class _Run:
         """Every remaining epoch; a stop request ends it with :class:`Interrupted` after the
         checkpoint is written."""
         cfg, log, train_set, test_set = self.cfg, self.log, self.train_set, self.test_set
-        kernels = kernels_in_use(cfg, self.device)
+        kernels = kernels_in_use(self.net, self.device, self.learner)
         where = f"{self.device}" + (f" x {self.world} processes" if self.world > 1 else "")
         log(f"opzo: {cfg.method} on {cfg.dataset} ({len(train_set)} train / {len(test_set)} "
             f"test), net {self.net.describe()}, T={cfg.T}, {cfg.epochs} epochs, on {where}, "
             f"{kernels} kernels -> {self.run_dir}")
+        if self.rule_state:
+            log(self.rule_state)
         if len(test_set) > len(train_set):
             self.alert(f"warning: the test split ({len(test_set)} samples) is larger than the "
                        f"training split ({len(train_set)}): are the train and test files "
@@ -559,10 +664,9 @@ class _Run:
         """The first batch of ``epoch`` and its statistics so far (both nonzero only when a
         resume continues within it); schedules, feedback freezing and the epoch's counters
         set up."""
-        cfg, rule, net = self.cfg, self.rule, self.net
-        if rule is not None:
-            rule.set_progress(epoch / max(cfg.epochs - 1, 1))
-            rule.freeze_feedback(cfg.freeze_m_after is not None and epoch >= cfg.freeze_m_after)
+        cfg, net = self.cfg, self.net
+        self.learner.start_epoch(epoch / max(cfg.epochs - 1, 1),
+                                 cfg.freeze_m_after is not None and epoch >= cfg.freeze_m_after)
         first = self.start_batch if epoch == self.start_epoch else 0
         if self.variance is not None and not (epoch == self.start_epoch and first > 0):
             self.variance.reset()
@@ -633,13 +737,13 @@ class _Run:
         steps does, so they are copied only when the last batch took long enough to be
         abandoned (over half of :data:`STOP_GRACE_S`); without them (None) the batch is not
         abandoned but ends, within about the grace period."""
-        rule, net = self.rule, self.net
+        net = self.net
         step = self.cfg.update == "step" and self.cfg.method != "bptt"
         if step and self.last_batch_s < STOP_GRACE_S / 2:
             return None
         snap: dict[str, Any] = {
             "rng": rng_state(self.device),
-            "rule": copy.deepcopy(rule.state_dict()) if rule is not None else None,
+            "rule": copy.deepcopy(self.learner.state_dict()),
             "stats": copy.deepcopy(net.surrogate.stats_state()),
             "diag_rows": len(self.diag_rows)}
         if step:
@@ -654,8 +758,7 @@ class _Run:
         so resume is exact) and raise :class:`Interrupted`."""
         assert before is not None  # one process only (see loop)
         set_rng_state(before["rng"], self.device)
-        if self.rule is not None:
-            self.rule.load_state_dict(before["rule"])
+        self.learner.load_state_dict(before["rule"])
         if before["stats"] is not None:
             self.net.surrogate.load_stats_state(before["stats"])
         if "model" in before:
@@ -715,7 +818,7 @@ class _Run:
                   ) -> None:
         """The schedule's step, the test evaluation, the checkpoint, the epoch's rows of
         metrics.jsonl / diagnostics.jsonl and its log line."""
-        cfg, net, rule = self.cfg, self.net, self.rule
+        cfg, net = self.cfg, self.net
         if self.scheduler is not None:
             with warnings.catch_warnings():  # resumed exactly at an epoch end
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
@@ -728,8 +831,7 @@ class _Run:
                "synops": test["synops"], "synops_total": test["synops_total"],
                "lr": self.optimizer.param_groups[0]["lr"],
                "epoch_time_s": round(train_time, 3)}
-        if rule is not None and rule.noise is not None:
-            row["alpha"] = rule.noise.alpha
+        row.update(self.learner.epoch_metrics())
         row.update(net.surrogate.epoch_metrics())
         # the rows first into the checkpoint, then into the files: whatever stops the run
         # between the two, the resume rebuilds the files from the checkpoint
@@ -739,7 +841,7 @@ class _Run:
             diag = {"epoch": epoch + 1, "variance": self.variance.result(),
                     "relative_variance": self.variance.relative()}
             self.diag_rows.append(diag)
-        self.tb.log_epoch(epoch, row, net, rule,
+        self.tb.log_epoch(epoch, row, net, self.rule,
                           diag and {k: v for k, v in diag.items() if k != "epoch"})
         self.tb.flush()  # before the checkpoint: a resume purges what comes after it
         self.safe_checkpoint(epoch + 1, 0, Accumulator(), last_batch=batches - 1)

@@ -11,18 +11,18 @@ import functools
 import hashlib
 import importlib.resources
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..registry import Options
+from .arrays import ArrayDataset
 from .errors import DatasetError
 from .idx import read_idx
 
 if TYPE_CHECKING:
-    from ..config import TrainConfig
     from .sources import ImageSource
 
 __all__ = [
@@ -101,42 +101,6 @@ def _check_identity(labels: np.ndarray, name: str, split: str, folder: Path) -> 
                 f"{_INFO[name][1]} files")
 
 
-@dataclass
-class ArrayDataset:
-    """An in-memory image classification dataset.
-
-    Attributes:
-        images: ``uint8`` tensor of shape ``(N, 28, 28)``.
-        labels: ``int64`` tensor of shape ``(N,)`` with values in ``0 .. classes-1``.
-        name: canonical dataset name (e.g. ``"mnist"``).
-        classes: number of classes.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    name: str
-    classes: int = 10
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 3:
-            raise DatasetError(
-                f"{self.name}: expected uint8 images of shape (N, H, W), got "
-                f"{self.images.dtype} {tuple(self.images.shape)}"
-            )
-        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
-            raise DatasetError(
-                f"{self.name}: expected int64 labels of shape (N,), got "
-                f"{self.labels.dtype} {tuple(self.labels.shape)}"
-            )
-        if self.images.shape[0] != self.labels.shape[0]:
-            raise DatasetError(
-                f"{self.name}: {self.images.shape[0]} images but {self.labels.shape[0]} labels"
-            )
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
 def canonical_dataset_name(name: str) -> str:
     """Normalise a dataset name (case, ``_`` vs ``-``) to one of :data:`DATASET_NAMES`.
 
@@ -145,17 +109,10 @@ def canonical_dataset_name(name: str) -> str:
     """
     key = name.strip().lower().replace("_", "-")
     if key not in _ALIASES:
-        from . import DATASETS  # the registry of every dataset (imports this module)
-
-        if key in DATASETS:
-            raise DatasetError(
-                f"{key} is not an MNIST-like dataset: load_dataset reads "
-                f"{', '.join(DATASET_NAMES)}; read {key} with opzo.build.make_source (as "
-                f"'opzo train --dataset {key}' does)")
         raise DatasetError(
-            f"unknown dataset name {name!r}; opzo's datasets are {', '.join(DATASETS)} "
-            f"(load_dataset reads {', '.join(DATASET_NAMES)}; the others through "
-            "opzo.build.make_source)")
+            f"{name!r} is not an MNIST-like dataset: load_dataset reads "
+            f"{', '.join(DATASET_NAMES)}; read the others (opzo.data.DATASETS) with "
+            f"opzo.build.make_source, as 'opzo train --dataset NAME' does")
     return _ALIASES[key]
 
 
@@ -328,7 +285,7 @@ def load_dataset(
     return load_mnist_like(root, split=split, name=name)
 
 
-def image_source(cfg: TrainConfig, split: str) -> ImageSource:
+def image_source(cfg: Options, split: str) -> ImageSource:
     """MNIST, Fashion-MNIST or the embedded MNIST subset (``cfg.dataset``, read by
     :func:`load_dataset` from ``cfg.data_root``) with the config's input encoder
     (``cfg.encoding``: direct current normalised by the dataset's statistics, Bernoulli rate

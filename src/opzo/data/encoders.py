@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .datasets import ArrayDataset, canonical_dataset_name
+from .arrays import ArrayDataset
 from .errors import DatasetError
 
 __all__ = [
@@ -40,7 +40,7 @@ NORMALIZATION: dict[str, tuple[float, float]] = {
 
 def normalization_stats(dataset_name: str) -> tuple[float, float]:
     """Return ``(mean, std)`` for a dataset name (see :data:`NORMALIZATION`)."""
-    name = canonical_dataset_name(dataset_name)
+    name = dataset_name.strip().lower().replace("_", "-")
     if name not in NORMALIZATION:
         raise DatasetError(
             f"no normalisation statistics for dataset {dataset_name!r}; known: "

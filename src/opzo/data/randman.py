@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Options
 from .sources import SequenceSource
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
 
 __all__ = [
     "OTPE_RANDMAN",
@@ -358,7 +355,7 @@ def otpe_task(time_code: bool) -> tuple[Tensor, Tensor]:
     return otpe_preset(time_code=time_code, seed=RANDMAN_SEED)
 
 
-def randman_source(cfg: TrainConfig, split: str) -> SequenceSource:
+def randman_source(cfg: Options, split: str) -> SequenceSource:
     """The OTPE paper's Randman task (:func:`otpe_preset` with :data:`RANDMAN_SEED`),
     time-coded for ``cfg.dataset == "randman-time"``, else rate-coded: the first
     :data:`RANDMAN_TRAIN` samples are the training split, the rest the test split. Generated

@@ -33,8 +33,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .cifar import cutout, normalize, random_crop, random_horizontal_flip
-from .datasets import ArrayDataset
+from .arrays import ArrayDataset
+from .augment import cutout, normalize, random_crop, random_horizontal_flip
 from .encoders import Encoder, batch_generator, iterate_batches, num_batches
 
 

@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..surrogate import Surrogate
-from .base import LayerState, Neuron, Threshold, check_common, fire, membrane_
+from ..registry import Option
+from .base import NEURON_OPTIONS, LayerState, Neuron, Ops, Threshold, check_common
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,11 @@ class ALIF(Neuron):
 
     name = "alif"
     state_vars = ("u", "s", "a")
+    options = (*NEURON_OPTIONS,
+               Option("adapt_beta", 0.2, "neuron alif: threshold increase β per unit of "
+                      "adaptation", min=0.0),
+               Option("adapt_lambda", 0.9, "neuron alif: leak λ_a of the adaptation",
+                      min=0.0, max=1.0))
     own_path_unsupported = (
         "the alif neuron's threshold V_th + β a depends on its past spikes, a second state on "
         "its own path from the weights to its spikes, so the per-synapse eligibility "
@@ -57,9 +61,15 @@ class ALIF(Neuron):
                              f"{self.adapt_lam}")
 
     @classmethod
-    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
-                     adapt_beta: float = 0.2, adapt_lambda: float = 0.9, **_: Any) -> ALIF:
-        return cls(lam=lam, v_th=v_th, reset=reset, beta=adapt_beta, adapt_lam=adapt_lambda)
+    def examples(cls) -> list[Neuron]:
+        return [cls(lam=0.7, beta=0.5, adapt_lam=0.8),
+                cls(lam=0.6, v_th=0.9, reset="zero", beta=0.3, adapt_lam=0.5)]
+
+    @classmethod
+    def from_options(cls, *, adapt_beta: float = 0.2, adapt_lambda: float = 0.9,
+                     **options: Any) -> ALIF:
+        return super().from_options(**options, beta=adapt_beta,  # type: ignore[return-value]
+                                    adapt_lam=adapt_lambda)
 
     def describe(self) -> str:
         return f"{super().describe()}, β={self.beta:g}, λ_a={self.adapt_lam:g}"
@@ -67,21 +77,8 @@ class ALIF(Neuron):
     def threshold(self, state: LayerState) -> Threshold:
         return self.v_th + self.beta * state["a"]
 
-    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
-             detach_reset: bool = False) -> LayerState:
-        u, s, a = state["u"], state["s"], state["a"]
-        fired = s.detach() if detach_reset else s
+    def dynamics(self, state: LayerState, current: Tensor, ops: Ops) -> LayerState:
         theta = self.threshold(state)
-        if self.reset == "subtract":
-            u = self.lam * (u - self.v_th * fired) + current
-        else:
-            u = self.lam * u * (1.0 - fired) + current
-        s = fire(u, theta, surrogate)
-        return {"u": u, "s": s, "a": self.adapt_lam * a + s}
-
-    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
-        u, s, a = state["u"], state["s"], state["a"]
-        theta = self.threshold(state)
-        u_new = membrane_(current, u, s, self.lam, self.v_th, self.reset, scratch)
-        s_new = torch.gt(u_new, theta).to(u_new.dtype)
-        return {"u": u_new, "s": s_new, "a": torch.add(s_new, a, alpha=self.adapt_lam)}
+        u = ops.membrane(state["u"], state["s"], current, self.lam, self.v_th, self.reset)
+        s = ops.fire(u, theta)
+        return {"u": u, "s": s, "a": ops.leak(state["a"], self.adapt_lam, s)}

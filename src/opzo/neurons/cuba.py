@@ -26,11 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..surrogate import Surrogate
-from .base import LayerState, Neuron, check_common, fire, membrane_
+from ..registry import Option
+from .base import NEURON_OPTIONS, LayerState, Neuron, Ops, check_common
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,9 @@ class CubaLIF(Neuron):
 
     name = "cuba"
     state_vars = ("u", "s", "i")
+    options = (*NEURON_OPTIONS,
+               Option("syn_lambda", 0.5, "neuron cuba: leak λ_s of the synaptic current",
+                      min=0.0, max=1.0))
     own_path_unsupported = (
         "the cuba neuron's synaptic current i is a second state between the weights and the "
         "membrane (∂u/∂W needs ∂i/∂W as well), so the per-synapse eligibility ε = κ ε + x of "
@@ -56,33 +58,20 @@ class CubaLIF(Neuron):
             raise ValueError(f"synaptic leak syn_lam must lie in [0, 1], got {self.syn_lam}")
 
     @classmethod
-    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
-                     syn_lambda: float = 0.5, **_: Any) -> CubaLIF:
-        return cls(lam=lam, v_th=v_th, reset=reset, syn_lam=syn_lambda)
+    def examples(cls) -> list[Neuron]:
+        return [cls(lam=0.6, syn_lam=0.4), cls(lam=0.7, v_th=0.9, reset="zero", syn_lam=0.6)]
+
+    @classmethod
+    def from_options(cls, *, syn_lambda: float = 0.5, **options: Any) -> CubaLIF:
+        return super().from_options(**options, syn_lam=syn_lambda)  # type: ignore[return-value]
 
     def describe(self) -> str:
         return f"{super().describe()}, λ_s={self.syn_lam:g}"
 
-    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
-             detach_reset: bool = False) -> LayerState:
-        u, s, i = state["u"], state["s"], state["i"]
-        fired = s.detach() if detach_reset else s
-        i = self.syn_lam * i + current
-        if self.reset == "subtract":
-            u = self.lam * (u - self.v_th * fired) + i
-        else:
-            u = self.lam * u * (1.0 - fired) + i
-        return {"u": u, "s": fire(u, self.v_th, surrogate), "i": i}
-
-    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
-        u, s = state["u"], state["s"]
-        if scratch:
-            i = current.add_(state["i"], alpha=self.syn_lam)
-        else:
-            i = torch.add(current, state["i"], alpha=self.syn_lam)
-        u_new = membrane_(i, u, s, self.lam, self.v_th, self.reset, scratch=False)  # i is state
-        s_new = torch.gt(u_new, self.v_th, out=torch.empty_like(u_new))
-        return {"u": u_new, "s": s_new, "i": i}
+    def dynamics(self, state: LayerState, current: Tensor, ops: Ops) -> LayerState:
+        i = ops.leak(state["i"], self.syn_lam, current)
+        u = ops.membrane(state["u"], state["s"], i, self.lam, self.v_th, self.reset)
+        return {"u": u, "s": ops.fire(u, self.v_th), "i": i}
 
     @property
     def presynaptic_leaks(self) -> tuple[float, ...]:

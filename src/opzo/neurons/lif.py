@@ -12,15 +12,14 @@ Own path: κ = λ (1 − V_th ψ) (subtractive) or λ (1 − s − u ψ) (zero);
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..surrogate import Surrogate
-from .base import RESET_MODES, LayerState, Neuron, check_common, fire, membrane_
+from ..deprecation import warn_renamed
+from .base import RESET_MODES, InPlaceOps, LayerState, Neuron, Ops, check_common, same_dynamics
 
-__all__ = ["LIF", "LIFParams", "RESET_MODES", "lif_step"]
+__all__ = ["LIF", "RESET_MODES", "lif_step"]
 
 
 @dataclass(frozen=True)
@@ -32,29 +31,28 @@ class LIF(Neuron):
     reset: str = "subtract"
 
     name = "lif"
-    native = True
 
     def __post_init__(self) -> None:
         check_common(self.lam, self.v_th, self.reset)
 
     @classmethod
-    def from_options(cls, *, lam: float = 0.5, v_th: float = 1.0, reset: str = "subtract",
-                     **_: Any) -> LIF:
-        return cls(lam=lam, v_th=v_th, reset=reset)
+    def examples(cls) -> list[Neuron]:
+        return [cls(lam=0.6), cls(lam=0.8, v_th=0.9, reset="zero")]
 
-    def step(self, state: LayerState, current: Tensor, surrogate: Surrogate,
-             detach_reset: bool = False) -> LayerState:
-        u, s = state["u"], state["s"]
-        fired = s.detach() if detach_reset else s
-        if self.reset == "subtract":
-            u = self.lam * (u - self.v_th * fired) + current
-        else:
-            u = self.lam * u * (1.0 - fired) + current
-        return {"u": u, "s": fire(u, self.v_th, surrogate)}
+    def dynamics(self, state: LayerState, current: Tensor, ops: Ops) -> LayerState:
+        u = ops.membrane(state["u"], state["s"], current, self.lam, self.v_th, self.reset)
+        return {"u": u, "s": ops.fire(u, self.v_th)}
 
-    def step_(self, state: LayerState, current: Tensor, scratch: bool = False) -> LayerState:
-        u, s = lif_step(state["u"], state["s"], current, self, current_is_scratch=scratch)
-        return {"u": u, "s": s}
+    # -- capabilities: they hold for eq. 1 itself, not for a subclass with other dynamics ---
+    def uses_native_kernel(self) -> bool:
+        """The fused kernel computes eq. 1 with either reset, any λ and V_th."""
+        return same_dynamics(self, LIF) and self.reset in RESET_MODES
+
+    def exports_to_nir(self) -> bool:
+        return same_dynamics(self, LIF)
+
+    def supports_untruncated_pzo(self) -> bool:
+        return same_dynamics(self, LIF)
 
     def own_path_factor(self, u: Tensor, s: Tensor, psi: Tensor) -> Tensor:
         """Subtractive reset u[t+1] = λ(u[t] − V_th s[t]) + I[t+1]:   κ = λ (1 − V_th ψ[t]).
@@ -64,8 +62,13 @@ class LIF(Neuron):
         return torch.addcmul(s, u, psi).neg_().add_(1.0).mul_(self.lam)
 
 
-#: the LIF neuron's historical name (it was a parameter record before the neuron seam)
-LIFParams = LIF
+def __getattr__(name: str) -> object:
+    """``LIFParams``: the LIF neuron's old name (it was a parameter record before the neuron
+    seam); warns once, then is :class:`LIF`."""
+    if name == "LIFParams":
+        warn_renamed("opzo.neurons.LIFParams", "opzo.neurons.LIF")
+        return LIF
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIF,
@@ -75,6 +78,5 @@ def lif_step(u: Tensor, s: Tensor, current: Tensor, p: LIF,
     ``u`` and ``s`` are the previous potential and spikes, ``current`` is I[t+1]. With
     ``current_is_scratch`` the current's storage is reused for u[t+1] (no allocation).
     """
-    u_new = membrane_(current, u, s, p.lam, p.v_th, p.reset, current_is_scratch)
-    s_new = torch.gt(u_new, p.v_th, out=torch.empty_like(u_new))
-    return u_new, s_new
+    new = p.dynamics({"u": u, "s": s}, current, InPlaceOps(current, current_is_scratch))
+    return new["u"], new["s"]

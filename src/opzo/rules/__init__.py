@@ -9,6 +9,7 @@ NAME``, the config's checks and the tests read :data:`RULES`.
 from __future__ import annotations
 
 from ..registry import Registry
+from . import mforms  # noqa: F401  (the memory-light forms of OPZO's M register themselves)
 from .base import SpatialRule, StepContext
 from .bp import SpatialBP
 from .direct import DFA, DKP, OPZO, DirectFeedbackRule

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from ..distributed import Shard
 from ..losses import InstantLoss
 from ..network import SpikingNet, StepRecord
 from ..neurons.base import surrogate_grad_scaled
+from ..registry import Option, Options
 from .noise import NoiseSampler, Perturbed
+from .profile import CostProfile
 
-if TYPE_CHECKING:
-    from ..config import TrainConfig
 
 @dataclass
 class StepContext:
@@ -69,11 +69,23 @@ class SpatialRule(Perturbed):
     name = "rule"
     #: the perturbation injected in the forward pass, or None for a noise-free rule
     noise: NoiseSampler | None = None
+    #: the options it reads (CLI flags, config keys; merged by :mod:`opzo.config`)
+    options: tuple[Option, ...] = ()
+    #: how the rule's feedback reaches a layer, what it stores and learns, for
+    #: :func:`opzo.cost.learning_cost`; None: the rule has no cost model
+    cost_profile: CostProfile | None = None
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> SpatialRule:
-        """The rule with the options of a training config (``opzo train``); rules without
-        options take none. Registered in :data:`opzo.rules.RULES`."""
+    def examples(cls) -> list[SpatialRule]:
+        """Small instances for the conformance tests (``tests/test_conformance.py``);
+        default: the rule with its defaults. Each call makes new objects."""
+        return [cls()]
+
+    @classmethod
+    def from_config(cls, cfg: Options) -> SpatialRule:
+        """The rule with the values of its :attr:`options` (``cfg.<name>``; a rule may also
+        read the run's common options, e.g. ``weight_decay``); rules without options take
+        none. Registered in :data:`opzo.rules.RULES`."""
         return cls()
 
     def bind(self, net: SpikingNet) -> None:
@@ -138,3 +150,78 @@ def local_delta(rec: StepRecord, l: int, g: Tensor) -> Tensor:
         if gain != 1.0:
             g = g * gain
     return surrogate_grad_scaled(rec.surrogate, g, rec.u[l], rec.threshold(l))
+
+
+class WrappingRule(SpatialRule):
+    """A rule around another rule (``inner``), as :class:`~opzo.rules.LocalLearning` is: every
+    hook of :class:`SpatialRule` and of its noise (:class:`~opzo.rules.noise.Perturbed`) is
+    forwarded to ``inner`` and to the wrapper's :meth:`companions` (further rules it runs
+    itself, e.g. IGL's copy of the inner rule), so a subclass writes only what it adds:
+    its ``deltas`` (default: the inner rule's), its own ``bind`` / ``parameters`` /
+    state after calling these.
+
+    The perturbation is the inner rule's (``noise`` is the inner rule's sampler; companions
+    take a view of it themselves); the state dict is ``{"inner": ..., **own_state()}``.
+    """
+
+    def __init__(self, inner: SpatialRule) -> None:
+        self.inner = inner
+        self.noise = inner.noise
+
+    def companions(self) -> list[SpatialRule]:
+        """Rules the wrapper runs besides ``inner`` (their hooks are forwarded too)."""
+        return []
+
+    def _all(self) -> list[SpatialRule]:
+        return [self.inner, *self.companions()]
+
+    def bind(self, net: SpikingNet) -> None:
+        """Sizes of ``net``, and the inner rule bound to it (unless it already is)."""
+        super().bind(net)
+        if not self.inner.is_bound_to(net):
+            self.inner.bind(net)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for r in self._all() for p in r.parameters()]
+
+    def deltas(self, ctx: StepContext) -> list[Tensor]:
+        return self.inner.deltas(ctx)
+
+    def start_batch(self) -> None:
+        for r in self._all():
+            r.start_batch()
+
+    def perturbation(self, t: int, batch: int, like: Tensor, shard: Shard | None = None
+                     ) -> list[Tensor] | None:
+        if shard is None:
+            return self.inner.perturbation(t, batch, like)
+        return self.inner.perturbation(t, batch, like, shard)
+
+    def set_progress(self, fraction: float) -> None:
+        for r in self._all():
+            r.set_progress(fraction)
+
+    def freeze_feedback(self, frozen: bool) -> None:
+        for r in self._all():
+            r.freeze_feedback(frozen)
+
+    def optimizer_step(self) -> None:
+        for r in self._all():
+            r.optimizer_step()
+
+    def feedback_grads(self) -> list[Tensor]:
+        return [g for r in self._all() for g in r.feedback_grads()]
+
+    def own_state(self) -> dict:
+        """The wrapper's own state (besides the inner rule's) for :meth:`state_dict`."""
+        return {}
+
+    def load_own_state(self, state: dict) -> None:
+        """Restore what :meth:`own_state` gave (``state`` is the whole state dict)."""
+
+    def state_dict(self) -> dict:
+        return {"inner": self.inner.state_dict(), **self.own_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.load_own_state(state)

@@ -10,19 +10,43 @@ transpose of the layer's input pooling (:mod:`opzo.layers`). Implemented explici
 autograd graph); tests check it against autograd, FC and conv. A residual shortcut from layer
 j into layer l's current adds δ_l to the error at x_j; an ADD of x_j to layer l's output
 (SEW ResNet, x_l = s_l ⊙ m_l + P x_j) adds Pᵀ g_l, the error at x_l itself, to it.
+
+**Transport variants.** The matrix that carries the error back through a layer is
+:meth:`SpatialBP.feedback_weight` (default: the layer's own, ``layer.op_weight()``); a
+subclass that returns another matrix of the same shape changes the transport and nothing
+else, e.g. sign-symmetric feedback (Liao, Leibo & Poggio 2016, "How important is
+weight symmetry in backpropagation?"), g_{l−1} = sign(W_l)ᵀ δ_l::
+
+    class SignSymmetric(SpatialBP):
+        name = "sign"
+
+        def feedback_weight(self, layer):
+            return layer.op_weight().sign()
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from .base import SpatialRule, StepContext, local_delta
+from .profile import CostProfile
 
 
 class SpatialBP(SpatialRule):
     """Spatial BP = OTTT (see the module docstring)."""
 
     name = "bp"
+    cost_profile = CostProfile("transposed")
+
+    def feedback_weight(self, layer: Any) -> Tensor | None:
+        """The weight that carries the error back through ``layer`` (readout or hidden):
+        g = Pᵀ (feedback weight)ᵀ δ. Default: the layer's own, the W (or conv Ŵ) of its
+        forward op (exact BP); None for a layer without a weight (its ``input_grad`` then
+        uses what it has)."""
+        op_weight = getattr(layer, "op_weight", None)
+        return op_weight() if op_weight is not None else None
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         net, rec = ctx.net, ctx.record
@@ -35,7 +59,7 @@ class SpatialBP(SpatialRule):
         #: parts of ∂L/∂I_l that come straight from a later layer's current (composite
         #: layers reading I_l, e.g. NF-ResNet's residual stream; opzo.layers_extra)
         extra: list[Tensor | None] = [None] * n
-        g[n - 1] = net.readout.input_grad(ctx.error)
+        g[n - 1] = net.readout.input_grad(ctx.error, self.feedback_weight(net.readout))
         _from_sources(net.readout, ctx.error, g, extra)
         for l in range(n - 1, -1, -1):
             gl = g[l]
@@ -50,7 +74,7 @@ class SpatialBP(SpatialRule):
             deltas.append(delta)
             layer = net.hidden[l]
             if l > 0 and getattr(layer, "uses_input", True):
-                below = layer.input_grad(delta)
+                below = layer.input_grad(delta, self.feedback_weight(layer))
                 g[l - 1] = below if g[l - 1] is None else g[l - 1] + below
             _from_sources(layer, delta, g, extra)
             j = skips[l]

@@ -20,21 +20,28 @@ case), and g_l comes out flattened like the layer's spikes. What differs is F:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ..network import SpikingNet
+from ..registry import Option, Options
 from .base import SpatialRule, StepContext
-from .noise import NoiseSampler, chip_noise_is_perturbation
+from .noise import NOISE_OPTIONS, NoiseSampler, chip_noise_is_perturbation
+from .profile import CostProfile
 
-if TYPE_CHECKING:
-    from ..config import TrainConfig
+#: the forms of OPZO's M (:mod:`opzo.rules.mforms` has the memory-light ones)
+M_FORMS = ("dense", "shared-space", "lowrank")
+#: m_form -> the factory (cfg) -> OPZO of a memory-light form; filled by
+#: :mod:`opzo.rules.mforms`, which builds on this module (so this one does not import it)
+M_LIGHT_FORMS: dict[str, Callable[[Options], OPZO]] = {}
 
 
 class DirectFeedbackRule(SpatialRule):
     """g_l = F_l e for all layers at once; subclasses define how F is made and updated."""
+
+    cost_profile = CostProfile("direct")
 
     def bind(self, net: SpikingNet) -> None:
         super().bind(net)
@@ -86,6 +93,11 @@ class DKP(DirectFeedbackRule):
     """Direct Kolen-Pollack: F from zero, gradient Σ_t â_l[t] e[t]ᵀ, AdamW(lr, wd)."""
 
     name = "dkp"
+    options = (Option("feedback_lr", 2e-4, "learning rate of DKP's feedback matrices",
+                      min=0.0),)
+    #: AdamW on F: its gradient and two moments per feedback weight
+    cost_profile = CostProfile("direct", learns_feedback=True, optimizer_copies=3,
+                               activity_trace=True)
 
     def __init__(self, lr: float = 2e-4, weight_decay: float = 2e-4, lam: float | None = None):
         self.lr = float(lr)
@@ -93,7 +105,7 @@ class DKP(DirectFeedbackRule):
         self.lam = lam
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> DKP:
+    def from_config(cls, cfg: Options) -> DKP:
         return cls(lr=cfg.feedback_lr, weight_decay=cfg.weight_decay, lam=cfg.lif_lambda)
 
     def bind(self, net: SpikingNet) -> None:
@@ -149,6 +161,22 @@ class OPZO(DirectFeedbackRule):
     """
 
     name = "opzo"
+    options = (
+        *NOISE_OPTIONS,
+        Option("lambda_m", 0.99999, "momentum λ_M of OPZO's feedback matrices", min=0.0,
+               max=0.999999999),
+        Option("freeze_m_after", None, "opzo: stop updating the momentum feedback M after "
+               "this many epochs (OPZO paper Table 9's ablation); unset = never", type=int,
+               min=0),
+        Option("m_form", "dense", "opzo: the form of the momentum feedback M. dense: one row "
+               "per neuron (C·H·W·m numbers per conv layer, OPZO paper eq. 6); shared-space: "
+               "one row per channel, shared by the layer's positions (memory / H·W); lowrank: "
+               "M = K Qᵀ with a fixed random orthonormal Q of m_rank columns (memory × "
+               "m_rank/m). 'rule state:' in the log gives the memory of each",
+               choices=M_FORMS),
+        Option("m_rank", 8, "m_form lowrank: the rank R of M", type=int, min=1),
+    )
+    cost_profile = CostProfile("direct", learns_feedback=True, stores_noise=True)
 
     def __init__(self, noise: NoiseSampler | None = None, lambda_m: float = 0.99999,
                  alpha_factor: bool = False) -> None:
@@ -161,9 +189,13 @@ class OPZO(DirectFeedbackRule):
         self.frozen = False
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> OPZO:
+    def from_config(cls, cfg: Options) -> OPZO:
         """λ_M and the 1/α factor of the config (off unless asked: appendix C.3.2); on a
-        chip whose noise is the perturbation never 1/α."""
+        chip whose noise is the perturbation never 1/α; ``m_form`` other than dense: the
+        memory-light M of :mod:`opzo.rules.mforms`."""
+        form = getattr(cfg, "m_form", "dense")
+        if form != "dense":  # the memory-light forms (opzo.rules.mforms fills the table)
+            return M_LIGHT_FORMS[form](cfg)
         factor = bool(cfg.alpha_factor) and not chip_noise_is_perturbation(cfg)
         return cls(NoiseSampler.from_config(cfg), lambda_m=cfg.lambda_m, alpha_factor=factor)
 

@@ -36,10 +36,9 @@ from dataclasses import fields, replace
 
 from torch import Tensor, nn
 
-from ..distributed import Shard
 from ..layers import DenseLayer
 from ..network import SpikingNet, StepRecord
-from .base import SpatialRule, StepContext, local_delta
+from .base import SpatialRule, StepContext, WrappingRule, local_delta
 
 
 class _SharedNoise:
@@ -81,13 +80,15 @@ def _cut_record(rec: StepRecord, k: int) -> StepRecord:
                            if isinstance(getattr(rec, f.name), list)})
 
 
-class LocalLearning(SpatialRule):
+class LocalLearning(WrappingRule):
     """LL and/or IGL around a spatial rule (see the module docstring).
 
     ``inner``: the global rule (bp, dfa, dkp, zo, opzo); ``scale``: the weight of each local
     loss (paper: 0.01); ``local``: give every hidden layer a readout (LL); ``igl_layer``: the
     hidden layer (0-based) whose readout acts as an output for the layers below (IGL), or
     None; ``igl_scale``: that readout's loss weight.
+
+    Every hook is forwarded to the inner rule and the IGL copy by :class:`WrappingRule`.
     """
 
     def __init__(self, inner: SpatialRule, scale: float = 0.01, *, local: bool = True,
@@ -103,8 +104,7 @@ class LocalLearning(SpatialRule):
         if igl_layer is not None and igl_layer < 1:
             raise ValueError(f"igl_layer must be a hidden layer with layers below it (>= 1, "
                              f"0-based), got {igl_layer}")
-        self.inner = inner
-        self.noise = inner.noise
+        super().__init__(inner)
         self.scale = float(scale)
         self.local = bool(local)
         self.igl_layer = igl_layer
@@ -119,8 +119,12 @@ class LocalLearning(SpatialRule):
                                                             else [])
         self.name = "+".join(parts)
 
+    def companions(self) -> list[SpatialRule]:
+        """IGL's copy of the inner rule, when there is one."""
+        return [self.igl_rule] if self.igl_rule is not None else []
+
     def bind(self, net: SpikingNet) -> None:
-        super().bind(net)
+        SpatialRule.bind(self, net)
         n = len(self.sizes)
         k = self.igl_layer
         if k is not None and k >= n:
@@ -145,38 +149,10 @@ class LocalLearning(SpatialRule):
         return super().is_bound_to(net) and hasattr(self, "readouts")
 
     def parameters(self) -> list[nn.Parameter]:
-        """The local readouts' weights and biases (train them with the model's)."""
-        return [p for r in self.readouts.values() for p in r.parameters()]
-
-    def start_batch(self) -> None:
-        self.inner.start_batch()
-        if self.igl_rule is not None:
-            self.igl_rule.start_batch()
-
-    def perturbation(self, t: int, batch: int, like: Tensor, shard: Shard | None = None
-                     ) -> list[Tensor] | None:
-        if shard is None:
-            return self.inner.perturbation(t, batch, like)
-        return self.inner.perturbation(t, batch, like, shard)
-
-    def freeze_feedback(self, frozen: bool) -> None:
-        self.inner.freeze_feedback(frozen)
-        if self.igl_rule is not None:
-            self.igl_rule.freeze_feedback(frozen)
-
-    def feedback_grads(self) -> list[Tensor]:
-        extra = self.igl_rule.feedback_grads() if self.igl_rule is not None else []
-        return [*self.inner.feedback_grads(), *extra]
-
-    def set_progress(self, fraction: float) -> None:
-        self.inner.set_progress(fraction)
-        if self.igl_rule is not None:
-            self.igl_rule.set_progress(fraction)
-
-    def optimizer_step(self) -> None:
-        self.inner.optimizer_step()
-        if self.igl_rule is not None:
-            self.igl_rule.optimizer_step()
+        """The local readouts' weights and biases (train them with the model's), after the
+        inner rules' own (none for the global rules)."""
+        return [*super().parameters(),
+                *(p for r in self.readouts.values() for p in r.parameters())]
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         if ctx.loss_fn is None or ctx.target is None or ctx.labels is None:
@@ -210,16 +186,14 @@ class LocalLearning(SpatialRule):
                 out[l] = out[l] + below[l]
         return out
 
-    def state_dict(self) -> dict:
+    def own_state(self) -> dict:
         return {
-            "inner": self.inner.state_dict(),
             "readouts": {l: {n: t.clone() for n, t in r.state_dict().items()}
                          for l, r in self.readouts.items()},
             "igl": self.igl_rule.state_dict() if self.igl_rule is not None else None,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state["inner"])
+    def load_own_state(self, state: dict) -> None:
         for l, r in self.readouts.items():
             r.load_state_dict(state["readouts"][l])  # copies in place: the optimizer keeps them
         if self.igl_rule is not None and state.get("igl") is not None:

@@ -4,7 +4,6 @@ paper sections 4.4 and C.2), and where its random numbers come from."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -12,9 +11,7 @@ from torch import Tensor
 from .. import native
 from ..distributed import Shard
 from ..network import NOISE_POSITIONS
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
+from ..registry import Option, Options
 
 NOISE_DISTRIBUTIONS = ("gaussian", "rademacher", "sphere")
 #: where the noise comes from: the native Philox kernels or torch's generator
@@ -110,7 +107,7 @@ class NoiseSampler:
         self.z: Tensor | None = None  # unscaled z[t], (B, Σ n_l)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> NoiseSampler:
+    def from_config(cls, cfg: Options) -> NoiseSampler:
         """The perturbation of a training config. On a chip with Gaussian noise
         (``hw_noise``, :mod:`opzo.hardware`) the chip's noise is the perturbation (OPZO paper
         Table 4's setting): α = hw_noise, Gaussian, before the neuron, no antithetic pairs."""
@@ -194,7 +191,29 @@ def _random_signs(batch: int, total: int, like: Tensor) -> Tensor:
     return signs.view(batch, total)
 
 
-def chip_noise_is_perturbation(cfg: TrainConfig) -> bool:
+def chip_noise_is_perturbation(cfg: Options) -> bool:
     """Whether a config trains on a chip whose fresh Gaussian noise serves as the rules'
     perturbation (then no 1/α in OPZO's M update: the noise is not the rule's choice)."""
     return bool(cfg.hw_noise) and cfg.hw_noise_kind == "gaussian"
+
+
+_TOPIC = "method: noise (opzo, zo)"
+#: the options of the perturbation (:meth:`NoiseSampler.from_config`), read by the rules that
+#: inject noise (opzo, zo); with them ``alpha_factor``, which both read
+NOISE_OPTIONS: tuple[Option, ...] = (
+    Option("alpha", 0.2, "noise scale α (opzo, zo)", min=1e-9, topic=_TOPIC),
+    Option("alpha_final", None, "decay α linearly to this value over the epochs (paper: "
+           "0.01); unset = fixed", type=float, min=1e-9, topic=_TOPIC),
+    Option("noise", "gaussian", "noise distribution z (opzo, zo)",
+           choices=NOISE_DISTRIBUTIONS, topic=_TOPIC),
+    Option("noise_position", "after", "inject noise after the neuron (spikes) or before it "
+           "(membrane potential)", choices=NOISE_POSITIONS, topic=_TOPIC),
+    Option("antithetic", False, "use z and -z on alternate time steps (opzo, zo)",
+           topic=_TOPIC),
+    Option("noise_rng", "philox", "generator of the noise (opzo, zo): the native Philox "
+           "kernels (compiled on first use with the machine's C compiler; about three times "
+           "as fast) or torch's normal_/randint (the streams of the results recorded before "
+           "the kernels existed)", choices=NOISE_RNGS, topic=_TOPIC),
+    Option("alpha_factor", None, "keep the 1/α factor (default: off for opzo as in the paper, "
+           "on for zo)", type=bool, topic=_TOPIC),
+)

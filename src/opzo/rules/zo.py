@@ -8,28 +8,27 @@ factor is kept by default (``alpha_factor``). The paper trains it with lr 2e-5.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 
+from ..registry import Options
 from .base import SpatialRule, StepContext
-from .noise import NoiseSampler
-
-if TYPE_CHECKING:
-    from ..config import TrainConfig
+from .noise import NOISE_OPTIONS, NoiseSampler
+from .profile import CostProfile
 
 
 class ZO(SpatialRule):
     """Single-point zeroth-order estimator (see the module docstring)."""
 
     name = "zo"
+    options = NOISE_OPTIONS
+    cost_profile = CostProfile("scalar", stores_noise=True)
 
     def __init__(self, noise: NoiseSampler | None = None, alpha_factor: bool = True) -> None:
         self.noise = noise or NoiseSampler()
         self.alpha_factor = bool(alpha_factor)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> ZO:
+    def from_config(cls, cfg: Options) -> ZO:
         """The config's noise; the 1/α factor unless the config turns it off."""
         factor = True if cfg.alpha_factor is None else cfg.alpha_factor
         return cls(NoiseSampler.from_config(cfg), alpha_factor=factor)

@@ -10,23 +10,43 @@ The implementations are registered in :data:`opzo.surrogate.SURROGATES`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from ...config import TrainConfig
+from ..registry import Option, Options
 
 
 class Surrogate:
     """Base class: a callable ``ψ(u, v_th) -> Tensor`` of the same shape as ``u``."""
 
     name: str = "surrogate"
+    #: the options it reads (CLI flags, config keys; merged by :mod:`opzo.config`)
+    options: tuple[Option, ...] = ()
+    #: whether ψ is drawn at random (LocalZO): its documented form is then its expectation
+    sampled: ClassVar[bool] = False
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> Surrogate:
-        """The surrogate with the options of a training config (``opzo train``)."""
+    def examples(cls) -> list[Surrogate]:
+        """A few small instances for the conformance tests (``tests/test_conformance.py``);
+        default: the surrogate with its defaults."""
+        return [cls()]
+
+    def expected(self, u: Tensor, v_th: float) -> Tensor:
+        """ψ(u) from its documented formula (E_z[ψ] for a :attr:`sampled` one); default: the
+        surrogate itself."""
+        return self(u, v_th)
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor | None:
+        """The documented smooth function G(u) whose derivative in u is :meth:`expected`
+        (the smooth step ψ stands in for), differentiable by autograd; None where the
+        documentation gives none."""
+        return None
+
+    @classmethod
+    def from_config(cls, cfg: Options) -> Surrogate:
+        """The surrogate with the values of its :attr:`options` (``cfg.<name>``)."""
         return cls()
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:  # pragma: no cover - abstract

@@ -52,16 +52,13 @@ with a = 1.53163 for the default sigmoid (eq. 15: 0.766 δ).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Option, Options
 from .base import Surrogate
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -74,6 +71,13 @@ __all__ = [
 
 #: Sampling distributions of z accepted by :class:`LocalZOSurrogate`.
 DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "laplace", "sigmoid", "fast-sigmoid")
+
+#: the options of LocalZO and of SparseGrad (which takes LocalZO's distribution)
+LOCALZO_OPTIONS: tuple[Option, ...] = (
+    Option("localzo_delta", 0.05, "LocalZO smoothing δ", min=1e-9),
+    Option("localzo_m", 1, "LocalZO samples m per neuron and step", min=1),
+    Option("localzo_dist", "normal", "LocalZO distribution of z", choices=DISTRIBUTIONS),
+)
 
 _ZETA3 = 1.2020569031595942
 #: ``2 J_1 = −2 ∫_0^∞ σ''(t)/t dt = 7ζ(3)/(2π²) ≈ 0.42628`` (the paper's 0.4262, section 4.4).
@@ -225,9 +229,10 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
     """
 
     name = "localzo"
+    options = LOCALZO_OPTIONS
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> LocalZOSurrogate:
+    def from_config(cls, cfg: Options) -> LocalZOSurrogate:
         return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
 
     def __init__(
@@ -400,6 +405,34 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
             self._count(psi)
         return psi
 
+    sampled = True
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(delta=0.5), cls(delta=0.5, m=3, distribution="uniform"),
+                cls(delta=0.3, distribution="sigmoid")]
+
+    def expected(self, u: Tensor, v_th: float) -> Tensor:
+        """E_z[ψ(u)], :meth:`expected_surrogate`."""
+        return self.expected_surrogate(u, v_th)
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor | None:
+        """The smooth step whose derivative is E_z[ψ], where the paper gives it in closed
+        form: Φ((u − V_th)/δ) (normal, p = 1, eq. 9); σ((u − V_th)/a) (matched sigmoid);
+        x / (1 + k|x|) (matched fast sigmoid); untruncated only."""
+        x = u - v_th
+        if self.z_max is not None:
+            return None
+        if self.distribution == "normal" and self.p == 1:
+            return 0.5 * (1.0 + torch.erf(x / (self.delta * math.sqrt(2.0))))
+        if self.distribution == "sigmoid":
+            assert self.a is not None
+            return torch.sigmoid(x / self.a)
+        if self.distribution == "fast-sigmoid":
+            assert self.k is not None
+            return x / (self.k * x.abs() + 1.0)
+        return None
+
     def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
         """g ⊙ ψ(u), one fresh draw of z (LocalZO paper, Algorithm 1, backward)."""
         psi = self(u, v_th)
@@ -529,7 +562,7 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
     compares against it with the surrogate and threshold that LocalZO implies, so both methods
     have the same expected derivative and the same expected number of active neurons:
 
-        ψ(u) = E_z[ψ_LocalZO](u) · 1{|u − V_th| < B̃_th}
+        ψ(u) = E_z[ψ_LocalZO(u)] · 1{|u − V_th| < B̃_th}
 
     with E_z[ψ_LocalZO] the expected surrogate (eq. 8; eq. 9 for the normal:
     exp(−x²/2δ²)/(δ√(2π))) and B̃_th = δ E[max_k |z_k|] the expected back-propagation
@@ -540,9 +573,10 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
     """
 
     name = "sparsegrad"
+    options = LOCALZO_OPTIONS
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> SparseGradSurrogate:
+    def from_config(cls, cfg: Options) -> SparseGradSurrogate:
         """The expected surrogate of the config's LocalZO distribution, thresholded."""
         return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
 
@@ -574,6 +608,21 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
         if self.track_stats:
             self._count(psi)
         return psi
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(delta=0.5), cls(delta=0.4, distribution="laplace")]
+
+    def expected(self, u: Tensor, v_th: float) -> Tensor:
+        """E_z[ψ_LocalZO(u)] · 1{|u − V_th| < B̃_th} (the class docstring)."""
+        keep = ((u.detach() - v_th).abs() < self.threshold).to(u.dtype)
+        return self.local.expected_surrogate(u, v_th) * keep
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor | None:
+        """G(V_th + clamp(u − V_th, ±B̃_th)) with G LocalZO's smooth step (where it has one):
+        its derivative is the expected surrogate inside the threshold and 0 outside."""
+        x = (u - v_th).clamp(-self.threshold, self.threshold)
+        return self.local.primitive(x + v_th, v_th)
 
     def config(self) -> dict:
         cfg = {k: v for k, v in self.local.config().items() if k != "name"}

@@ -9,15 +9,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
+from ..registry import Option, Options
 from .base import Surrogate
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 
 class SigmoidSurrogate(Surrogate):
@@ -27,6 +23,7 @@ class SigmoidSurrogate(Surrogate):
     """
 
     name = "sigmoid"
+    options = (Option("sigmoid_a", 0.25, "width a of the sigmoid surrogate", min=1e-9),)
 
     def __init__(self, a: float = 0.25) -> None:
         if not a > 0:
@@ -34,12 +31,20 @@ class SigmoidSurrogate(Surrogate):
         self.a = float(a)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> SigmoidSurrogate:
+    def from_config(cls, cfg: Options) -> SigmoidSurrogate:
         return cls(a=cfg.sigmoid_a)
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:
         sig = torch.sigmoid((u - v_th) / self.a)
         return sig * (1.0 - sig) / self.a
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(), cls(a=0.6)]
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor:
+        """σ((u − V_th)/a), whose derivative is ψ."""
+        return torch.sigmoid((u - v_th) / self.a)
 
     def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
         # (g/a) σ(x)(1 − σ(x)): x = u/a − V_th/a in one pass, σ in place, then one fused
@@ -68,6 +73,8 @@ class FastSigmoidSurrogate(Surrogate):
     """ψ(u) = 1 / (k·|u − V_th| + 1)² (fast sigmoid, OTPE paper section 4; slope k = 25)."""
 
     name = "fast-sigmoid"
+    options = (Option("fast_sigmoid_k", 25.0, "slope k of the fast-sigmoid surrogate",
+                      min=1e-9),)
 
     def __init__(self, k: float = 25.0) -> None:
         if not k > 0:
@@ -75,11 +82,20 @@ class FastSigmoidSurrogate(Surrogate):
         self.k = float(k)
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> FastSigmoidSurrogate:
+    def from_config(cls, cfg: Options) -> FastSigmoidSurrogate:
         return cls(k=cfg.fast_sigmoid_k)
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:
         return (self.k * (u - v_th).abs() + 1.0).reciprocal().square()
+
+    @classmethod
+    def examples(cls) -> list[Surrogate]:
+        return [cls(), cls(k=2.0)]
+
+    def primitive(self, u: Tensor, v_th: float) -> Tensor:
+        """x / (1 + k|x|), x = u − V_th (the fast sigmoid), whose derivative is ψ."""
+        x = u - v_th
+        return x / (self.k * x.abs() + 1.0)
 
     def config(self) -> dict:
         return {"name": self.name, "k": self.k}

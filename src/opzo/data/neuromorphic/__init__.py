@@ -15,6 +15,10 @@ are, how a file is read and how its events become frames. One module per dataset
 * :mod:`~opzo.data.neuromorphic.cifar10dvs`: CIFAR10-DVS (Li et al. 2017) in SpikingJelly's
   ``.npz`` layout; :class:`CIFAR10DVS` gives ``(10, 2, 48, 48)`` frames with the 9000/1000
   split, optional random crop and normalisation.
+* :mod:`~opzo.data.neuromorphic.ncaltech101` / :mod:`~opzo.data.neuromorphic.ncars`:
+  N-Caltech-101 (ATIS ``.bin``) and N-CARS (Prophesee ``.dat``) in tonic's layouts;
+  :class:`NCaltech101` and :class:`NCars` give ``(10, 2, 48, 48)`` frames of equal event
+  counts (the LocalZO paper's preparation).
 * :mod:`~opzo.data.neuromorphic.heidelberg`: SHD / SSC (Cramer et al. 2020) HDF5 files;
   :class:`SpikingHeidelbergDigits` and :class:`SpikingSpeechCommands` give ``(n_bins, 700)``
   spike counts (h5py imported lazily).
@@ -65,6 +69,8 @@ from .heidelberg import (
     shd_source,
     ssc_source,
 )
+from .ncaltech101 import NCALTECH101_SENSOR, NCaltech101, ncaltech101_source, read_ncaltech_bin
+from .ncars import NCARS_CLASSES, NCARS_SENSOR, NCars, ncars_source, read_prophesee_dat
 from .nmnist import NMNIST_BIN_US, NMNIST_SENSOR, NMNISTFolder, nmnist_source, read_nmnist_bin
 
 __all__ = [
@@ -76,6 +82,9 @@ __all__ = [
     "DVSGESTURE_SENSOR",
     "EVENT_FRAME_SIZE",
     "HEIDELBERG_DURATION_S",
+    "NCALTECH101_SENSOR",
+    "NCARS_CLASSES",
+    "NCARS_SENSOR",
     "NMNIST_BIN_US",
     "NMNIST_SENSOR",
     "SHD_UNITS",
@@ -83,6 +92,8 @@ __all__ = [
     "EqualCountDataset",
     "EventDataset",
     "FrameCache",
+    "NCaltech101",
+    "NCars",
     "NMNISTFolder",
     "SpikingHeidelbergDigits",
     "SpikingSpeechCommands",
@@ -90,10 +101,14 @@ __all__ = [
     "cifar10dvs_source",
     "compute_mean_std",
     "dvs_gesture_source",
+    "ncaltech101_source",
+    "ncars_source",
     "nmnist_source",
     "read_cifar10dvs_npz",
     "read_gesture_npy",
+    "read_ncaltech_bin",
     "read_nmnist_bin",
+    "read_prophesee_dat",
     "shd_source",
     "ssc_source",
 ]

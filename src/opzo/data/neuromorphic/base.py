@@ -18,16 +18,14 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ...registry import Options
 from ..errors import DatasetError
 from ..events import EVENT_DTYPE, bin_by_count, resize_frames
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 __all__ = [
     "EVENT_FRAME_SIZE",
@@ -358,7 +356,7 @@ def cached_mean_std(dataset: Any) -> tuple[float, float]:
     return mean, std
 
 
-def _data_root(cfg: TrainConfig, pretty: str) -> str:
+def _data_root(cfg: Options, pretty: str) -> str:
     if cfg.data_root is None:
         raise DatasetError(f"{pretty} needs data_root, the folder holding its files. {_NEVER}")
     return cfg.data_root

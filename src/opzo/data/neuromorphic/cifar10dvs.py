@@ -7,11 +7,12 @@ source of ``opzo train`` (the OPZO paper's preprocessing, appendix C.3.1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from ...registry import Options
 from ..cifar import random_crop
 from ..errors import DatasetError
 from ..sources import FrameSource
@@ -25,9 +26,6 @@ from .base import (
     _stem_key,
     cached_mean_std,
 )
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 __all__ = [
     "CIFAR10DVS",
@@ -196,7 +194,7 @@ class CIFAR10DVS(EqualCountDataset):
 # -------------------------------------------------------------------------- training source
 
 
-def cifar10dvs_source(cfg: TrainConfig, split: str) -> FrameSource:
+def cifar10dvs_source(cfg: Options, split: str) -> FrameSource:
     """CIFAR10-DVS as the OPZO paper preprocesses it (appendix C.3.1): ``cfg.T`` frames of
     equal event counts (paper: 10), 48x48, the 9000/1000 split, normalised by the global mean
     and std of all frames of the training split (:func:`cached_mean_std`), random crop (4

@@ -7,10 +7,10 @@ paper's preprocessing, appendix C.3.1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...registry import Options
 from ..errors import DatasetError
 from ..sources import FrameSource
 from .base import (
@@ -22,9 +22,6 @@ from .base import (
     _data_root,
     _stem_key,
 )
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 __all__ = [
     "DVSGESTURE_CLASSES",
@@ -155,7 +152,7 @@ class DVSGesture(EqualCountDataset):
 # -------------------------------------------------------------------------- training source
 
 
-def dvs_gesture_source(cfg: TrainConfig, split: str) -> FrameSource:
+def dvs_gesture_source(cfg: Options, split: str) -> FrameSource:
     """DVS128 Gesture as the OPZO paper preprocesses it (appendix C.3.1): each recording
     integrated into ``cfg.T`` frames of equal event counts (paper: 20), 48x48."""
     data = DVSGesture(_data_root(cfg, DVSGesture.pretty), split, n_frames=cfg.T,

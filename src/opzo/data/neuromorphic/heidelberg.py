@@ -7,17 +7,15 @@ paper's preprocessing, appendix A.1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ...registry import Options
 from ..errors import DatasetError
 from ..events import bin_units_by_time
 from ..sources import FrameSource
 from .base import _NEVER, EventDataset, PathLike, _data_root
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 __all__ = [
     "HEIDELBERG_DURATION_S",
@@ -191,7 +189,7 @@ class SpikingSpeechCommands(SpikingHeidelbergDigits):
 # ------------------------------------------------------------------------- training sources
 
 
-def _heidelberg_source(cls: type[SpikingHeidelbergDigits], cfg: TrainConfig,
+def _heidelberg_source(cls: type[SpikingHeidelbergDigits], cfg: Options,
                        split: str) -> FrameSource:
     """SHD / SSC as the OTPE paper preprocesses them (appendix A.1): the 700 input units'
     spike counts in ``cfg.T`` time bins (paper: 50) over the first second."""
@@ -204,12 +202,12 @@ def _heidelberg_source(cls: type[SpikingHeidelbergDigits], cfg: TrainConfig,
     return FrameSource(data, classes=cls.n_classes)
 
 
-def shd_source(cfg: TrainConfig, split: str) -> FrameSource:
+def shd_source(cfg: Options, split: str) -> FrameSource:
     """SHD (``shd_<split>.h5`` in ``cfg.data_root``) as the OTPE paper preprocesses it
     (appendix A.1): spike counts of the 700 units in ``cfg.T`` bins over the first second."""
     return _heidelberg_source(SpikingHeidelbergDigits, cfg, split)
 
 
-def ssc_source(cfg: TrainConfig, split: str) -> FrameSource:
+def ssc_source(cfg: Options, split: str) -> FrameSource:
     """SSC (``ssc_<split>.h5`` in ``cfg.data_root``), preprocessed as :func:`shd_source`."""
     return _heidelberg_source(SpikingSpeechCommands, cfg, split)

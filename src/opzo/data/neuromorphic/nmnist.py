@@ -6,17 +6,14 @@ training source of ``opzo train`` (the OPZO paper's preprocessing, appendix C.3.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...registry import Options
 from ..errors import DatasetError
 from ..events import EVENT_DTYPE, bin_by_time
 from ..sources import FrameSource
 from .base import _NEVER, EventDataset, PathLike, _data_root
-
-if TYPE_CHECKING:
-    from ...config import TrainConfig
 
 __all__ = ["NMNIST_BIN_US", "NMNIST_SENSOR", "NMNISTFolder", "nmnist_source", "read_nmnist_bin"]
 
@@ -120,7 +117,7 @@ class NMNISTFolder(EventDataset):
 # -------------------------------------------------------------------------- training source
 
 
-def nmnist_source(cfg: TrainConfig, split: str) -> FrameSource:
+def nmnist_source(cfg: Options, split: str) -> FrameSource:
     """N-MNIST as the OPZO paper preprocesses it (appendix C.3.1): frames of 3 ms, the first
     ``cfg.T`` of them (paper: 30), 2x34x34, read from ``cfg.data_root``."""
     data = NMNISTFolder(_data_root(cfg, NMNISTFolder.pretty), split, bin_us=NMNIST_BIN_US,
