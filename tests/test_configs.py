@@ -37,8 +37,8 @@ def _generator():
 def _pending(data: dict) -> tuple[dict, list[str]]:
     """The part of a config that this tree can check, and why the rest cannot be yet: keys
     and names of parts other branches add (issue 26a: the option 'norm', the nets resnet19,
-    vggsnn, sew-resnet34, nfresnet34; Table 13's methods pzo and dfa-time on the command
-    line; the datasets of issue 26 item 5 where they are not registered)."""
+    vggsnn, sew-resnet34, nfresnet34; the datasets of issue 26 item 5 where they are not
+    registered)."""
     known = {f.name for f in fields(TrainConfig)}
     checkable, reasons = {}, []
     for key, value in data.items():
