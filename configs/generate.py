@@ -310,7 +310,7 @@ def generate_large(folder: Path = HERE) -> list[str]:
                 "per lag (opzo.pzo).",
             ] + ([] if method == "bptt" else [
                 "Method names pzo / dfa-time: opzo.pzo's UntruncatedLearner with PZOFeedback "
-                "/ DFAThroughTime, which 'opzo train' does not offer yet (issue 26)."]), opts))
+                "/ DFAThroughTime (offline, one process; memory grows with T)."]), opts))
     return written
 
 

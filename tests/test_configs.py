@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from opzo.build import build_network, build_rule
+from opzo.build import build_learner, build_network, build_rule
 from opzo.config import METHODS, TrainConfig, load_config_file
 from opzo.data import DATASETS
+from opzo.losses import InstantLoss
 from opzo.netstring import parse_net
+from opzo.pzo import UNTRUNCATED_METHODS
 from opzo.rules import LocalLearning
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -36,8 +38,8 @@ def _generator():
 
 def _pending(data: dict) -> tuple[dict, list[str]]:
     """The part of a config that this tree can check, and why the rest cannot be yet: keys
-    and names of parts this tree does not have (Table 13's methods pzo and dfa-time on the
-    command line; any option, net or dataset not registered here)."""
+    and names of parts this tree does not have (any option, net, method or dataset not
+    registered here)."""
     known = {f.name for f in fields(TrainConfig)}
     checkable, reasons = {}, []
     for key, value in data.items():
@@ -95,7 +97,9 @@ def test_config_validates_and_builds_its_network(path, tmp_path):
         shape = (math.prod(shape),)
     net = build_network(cfg, shape, classes)
     assert net.num_outputs == classes
-    if cfg.method != "bptt":
+    if cfg.method in UNTRUNCATED_METHODS:  # Table 13: opzo.pzo's learner, built for T
+        assert build_learner(cfg, net, InstantLoss()).steps == cfg.T
+    elif cfg.method != "bptt":
         rule = build_rule(cfg)
         assert isinstance(rule, LocalLearning) == (cfg.local_learning or cfg.igl_layer is not None)
     if cfg.igl_layer is not None:  # the paper's IGL layer: the 4th conv of the 9-layer net

@@ -309,3 +309,28 @@ def test_command_line_refusals_are_one_line(tmp_path, capsys):
     assert main([*base, "--norm", "bn", "--nproc", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("opzo: error: norm 'bn' with several processes") and "\n" not in err
+
+
+def test_table13_bn_row_on_the_command_line(tmp_path, capsys):
+    """opzo train --method pzo / dfa-time with BN along all time steps (Table 13's second
+    row): an epoch and opzo eval; per-step statistics refused for them in one line."""
+    import json
+
+    from opzo.cli import main
+
+    for method in ("pzo", "dfa-time"):
+        TrainConfig(dataset="embedded-mnist", net="4C3-FC", method=method,
+                    norm="bn-all-t").validate()
+        out = tmp_path / method
+        assert main(["train", "--net", "4C3-AP2-8C3-FC", "--method", method, "--norm",
+                     "bn-all-t", "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
+                     "--batch-size", "32", "--T", "2", "--out", str(out), "--quiet"]) == 0
+        rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["epoch"] == 1 and 0.0 <= rows[-1]["test_acc"] <= 100.0
+        assert main(["eval", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--net", "4C3-FC", "--method", "pzo", "--norm", "bn", "--out",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("opzo: error: method 'pzo' takes batch norm along all time steps")
+    assert "\n" not in err

@@ -22,6 +22,7 @@ from opzo.data import DATASETS
 from opzo.network import SpikingMLP, SpikingNet
 from opzo.neurons import LIF, NEURONS, Neuron, fire, lif_step
 from opzo.neurons.base import NEURON_OPTIONS
+from opzo.pzo import UNTRUNCATED_METHODS
 from opzo.registry import Option, Registry
 from opzo.rules import DFA, RULES
 from opzo.surrogate import SURROGATES, SigmoidSurrogate
@@ -56,7 +57,8 @@ def _choices(name: str) -> list[str]:
 
 def test_every_option_of_a_kind_offers_exactly_its_registry():
     assert _choices("neuron") == list(NEURONS)
-    assert _choices("method") == [*RULES, "bptt"]
+    # the spatial rules, BPTT and Table 13's untruncated methods (opzo.pzo)
+    assert _choices("method") == [*RULES, "bptt", *UNTRUNCATED_METHODS]
     assert _choices("surrogate") == list(SURROGATES)
     assert _choices("dataset") == list(DATASETS)
     assert _choices("trace") == [*TRACES, *(f"f_{n}" for n in TRACES)] == list(trace_names())

@@ -27,6 +27,7 @@ from .learner import OnlineLearner
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingMLP, SpikingNet
 from .neurons import NEURONS, make_neuron
+from .pzo import UNTRUNCATED_METHODS, UntruncatedLearner, feedback_from_config
 from .rules import RULES, LocalLearning, SpatialRule
 from .rundir import CHECKPOINT
 from .surrogate import SURROGATES, Surrogate
@@ -142,10 +143,19 @@ def attach_chip_noise(cfg: TrainConfig, net: SpikingNet) -> None:
 
 
 def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss,
-                  comm: Communicator | None = None) -> OnlineLearner | BPTTLearner:
-    """The online learner with the config's rule, or the BPTT learner for ``bptt`` (with
-    ``comm``: data parallel, gradients summed over the processes). Build it after moving
-    ``net`` to its device: the rule's state is made where the network's weights are."""
+                  comm: Communicator | None = None
+                  ) -> OnlineLearner | BPTTLearner | UntruncatedLearner:
+    """The online learner with the config's rule, the BPTT learner for ``bptt`` (with
+    ``comm``: data parallel, gradients summed over the processes), or for ``pzo`` /
+    ``dfa-time`` :mod:`opzo.pzo`'s untruncated learner (one process; its feedback bound for
+    ``cfg.T`` steps). Build it after moving ``net`` to its device: the rule's state is made
+    where the network's weights are."""
+    if cfg.method in UNTRUNCATED_METHODS:
+        if comm is not None:
+            raise ValueError(f"method {cfg.method!r} runs in one process: drop --nproc (its "
+                             "feedback sees the whole batch's noise and outputs)")
+        return UntruncatedLearner(net, feedback_from_config(cfg.method, cfg), steps=cfg.T,
+                                  loss=loss)
     if cfg.method == "bptt":
         return BPTTLearner(net, loss, readout=make_readout(cfg), detach_reset=cfg.detach_reset,
                            comm=comm)
@@ -218,7 +228,8 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def kernels_in_use(net: SpikingNet, device: torch.device | None = None,
-                   learner: OnlineLearner | BPTTLearner | None = None) -> str:
+                   learner: OnlineLearner | BPTTLearner | UntruncatedLearner | None = None
+                   ) -> str:
     """"native" or "torch ...": what the built network's neuron step and dropout actually run
     on, with the reason when it is not the native kernels: asked for torch
     (``kernels="torch"``), a neuron model the fused LIF kernel does not compute

@@ -28,6 +28,7 @@ from .losses import LOSS_KINDS
 from .network import KERNELS
 from .neurons import NEURONS
 from .norm import NORMS, SEQUENCE_NORMS
+from .pzo import UNTRUNCATED_METHODS
 from .registry import Option, Registry, merge_options
 from .rules import RULES
 from .surrogate import SURROGATES
@@ -76,8 +77,9 @@ class _Names:
         return repr(list(self))
 
 
-#: the spatial rules of :data:`opzo.rules.RULES`, and the exact offline reference
-METHODS = _Names(lambda: (*RULES, "bptt"))
+#: the spatial rules of :data:`opzo.rules.RULES`, the exact offline reference, and the
+#: untruncated offline methods of :mod:`opzo.pzo` (Table 13)
+METHODS = _Names(lambda: (*RULES, "bptt", *UNTRUNCATED_METHODS))
 
 
 def _described(registry: Registry) -> str:
@@ -194,12 +196,13 @@ class TrainConfig:
                      "method), tdbn (threshold-dependent BN, Zheng et al. 2021: statistics "
                      "over batch, time and space, scaled by alpha·V_th) or bn-all-t (BN along "
                      "all time steps, OPZO paper Table 13); tdbn and bn-all-t see the future "
-                     "of a step: method bptt only", NORMS)
+                     "of a step: methods bptt, pzo and dfa-time only", NORMS)
     surrogate: str = _opt("sigmoid", "local derivative ψ. " + _described(SURROGATES),
                           _Names(SURROGATES.names))
     # learning rule
     method: str = _opt("opzo", "spatial credit assignment rule. " + _described(RULES)
-                       + "; bptt: exact backpropagation through time, the offline reference",
+                       + "; bptt: exact backpropagation through time, the offline reference; "
+                       + "; ".join(f"{k}: {v}" for k, v in UNTRUNCATED_METHODS.items()),
                        METHODS)
     loss: str = _opt("mix", "instantaneous loss: (1-γ)CE + γMSE, or pure CE / MSE, or tet "
                      "(TET, Deng et al. 2022, as in LocalZO + TET: (1/T)Σ_t [(1-λ)CE(o[t], y) "
@@ -347,11 +350,16 @@ class TrainConfig:
         if tokens is None or not any(t.kind == "conv" for t in tokens):
             raise ConfigError(f"norm {self.norm!r} normalises convolutions; this network has "
                               "none: give a convolutional 'net' or norm 'none'")
-        if self.norm in SEQUENCE_NORMS and self.method != "bptt":
+        offline = self.method == "bptt" or self.method in UNTRUNCATED_METHODS
+        if self.norm in SEQUENCE_NORMS and not offline:
             raise ConfigError(f"norm {self.norm!r} normalises over all time steps, so step t "
                               f"would use statistics of later steps: method {self.method!r} "
-                              "learns online, one step at a time; use method 'bptt', or norm "
-                              "'bn' (per-step statistics)")
+                              "learns online, one step at a time; use method 'bptt' (or pzo, "
+                              "dfa-time), or norm 'bn' (per-step statistics)")
+        if self.norm == "bn" and self.method in UNTRUNCATED_METHODS:
+            raise ConfigError(f"method {self.method!r} takes batch norm along all time steps "
+                              "(norm 'bn-all-t' or 'tdbn', OPZO paper Table 13), not per-step "
+                              "statistics (norm 'bn')")
 
     def _net_tokens(self) -> list | None:
         """The parsed network string, or None for the fully connected net of 'hidden'."""
@@ -409,7 +417,9 @@ class TrainConfig:
             if self.trace != "ottt":
                 raise ConfigError("method 'bptt' is exact through time: it takes no trace "
                                   f"(got trace {self.trace!r})")
-        elif self.readout != "sum" or self.detach_reset:
+        elif self.method in UNTRUNCATED_METHODS:
+            self._check_untruncated()
+        if self.method != "bptt" and (self.readout != "sum" or self.detach_reset):
             option = "readout 'max'" if self.readout != "sum" else "detach_reset"
             raise ConfigError(f"{option} needs the whole sequence in the gradient: use "
                               f"method 'bptt' (got {self.method!r}); the online rules train "
@@ -425,6 +435,46 @@ class TrainConfig:
         if self.readout == "max" and self.diagnostics:
             raise ConfigError("diagnostics compare gradients of the per-step loss: use "
                               "readout 'sum' with diagnostics")
+
+    def _check_untruncated(self) -> None:
+        """What the untruncated methods of :mod:`opzo.pzo` (pzo, dfa-time) take: one
+        process's offline batch update, no trace, no local learning, a LIF neuron; pzo's own
+        noise after the neuron without antithetic pairs."""
+        m = self.method
+        if self.update == "step":
+            raise ConfigError(f"method {m!r} is offline (every step's error reaches every "
+                              "earlier step): it needs update 'batch'")
+        if self.local_learning or self.igl_layer is not None:
+            raise ConfigError("local learning and IGL add to an online spatial rule; "
+                              f"method {m!r} takes neither")
+        if self.trace != "ottt":
+            raise ConfigError(f"method {m!r} takes each layer's temporal credit exactly "
+                              f"(layer-local BPTT): it takes no trace (got trace {self.trace!r})")
+        neuron = NEURONS[self.neuron].factory.from_options(
+            **NEURONS.option_values(self.neuron, self))
+        if not neuron.supports_untruncated_pzo():
+            raise ConfigError(f"method {m!r} takes the error back through each layer's LIF "
+                              f"neuron (leak and reset); neuron {self.neuron!r} is not LIF: "
+                              "use neuron 'lif'")
+        if self.hw_noise:
+            raise ConfigError(f"option 'hw_noise' is not wired for method {m!r} (its feedback "
+                              "would not see the chip's noise); train it without, or use "
+                              "opzo / dfa / zo")
+        if self.diagnostics:
+            raise ConfigError(f"diagnostics compare an online rule's gradient with a "
+                              f"reference; method {m!r} has no spatial rule: drop diagnostics")
+        if self.freeze_m_after is not None:
+            raise ConfigError(f"option 'freeze_m_after' freezes an online rule's feedback; "
+                              f"method {m!r} does not offer it")
+        if m == "pzo":
+            if self.noise_position != "after":
+                raise ConfigError("method 'pzo' injects its noise after the neuron only (before "
+                                  "it, ψ would be counted twice; see opzo.pzo): set "
+                                  "noise_position 'after'")
+            if self.antithetic:
+                raise ConfigError("method 'pzo' draws z afresh at every step (antithetic pairs "
+                                  "correlate neighbouring steps and bias the lagged feedback): "
+                                  "drop antithetic")
 
     def _check_trace(self, tokens: list | None) -> None:
         trace = TRACES[self.trace.removeprefix("f_")].factory

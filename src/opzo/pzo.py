@@ -91,10 +91,22 @@ from .layer_major import untruncated_forward
 from .losses import InstantLoss
 from .network import SpikingNet
 from .norm import has_sequence_norm, normed_layers
+from .registry import Options
 from .rules.noise import NoiseSampler, Perturbed
 
-__all__ = ["DFAThroughTime", "LaggedFeedback", "PZOFeedback", "TemporalFeedback",
-           "UnrolledBatch", "UntruncatedLearner"]
+__all__ = ["UNTRUNCATED_METHODS", "DFAThroughTime", "LaggedFeedback", "PZOFeedback",
+           "TemporalFeedback", "UnrolledBatch", "UntruncatedLearner", "feedback_from_config",
+           "untruncated_state_sizes"]
+
+#: the methods of this module on the command line (``opzo train --method``), with their help
+UNTRUNCATED_METHODS: dict[str, str] = {
+    "pzo": "PZO without temporal truncation (OPZO paper appendix E.2, Table 13): one momentum "
+           "feedback matrix per time lag, learned from the noise of every step, and exact "
+           "temporal credit inside each layer; offline (memory ∝ T)",
+    "dfa-time": "DFA through time (OPZO paper Table 13's DFA column): one fixed random "
+                "feedback matrix per time lag, exact temporal credit inside each layer; "
+                "offline (memory ∝ T)",
+}
 
 
 @dataclass
@@ -253,6 +265,39 @@ class PZOFeedback(LaggedFeedback):
             weighted = (out[k:] * w[:, None, None]).reshape(n * B, m)
             self.feedback_t[k].mul_(lam**n).addmm_(weighted.t(), z[:n].reshape(n * B, -1),
                                                    alpha=scale)
+
+
+def feedback_from_config(method: str, cfg: Options) -> TemporalFeedback:
+    """The feedback of ``method`` (a key of :data:`UNTRUNCATED_METHODS`) with the config's
+    options: for ``pzo`` the perturbation (``alpha``, ``alpha_final``, ``noise``,
+    ``noise_rng``; after the neuron, no antithetic pairs), ``lambda_m`` and ``alpha_factor``
+    (off unless asked, as OPZO's M, appendix C.3.2); ``dfa-time`` reads none."""
+    if method == "pzo":
+        return PZOFeedback(NoiseSampler.from_config(cfg), lambda_m=cfg.lambda_m,
+                           alpha_factor=bool(cfg.alpha_factor))
+    if method == "dfa-time":
+        return DFAThroughTime()
+    raise ValueError(f"unknown untruncated method {method!r}; choose one of "
+                     f"{sorted(UNTRUNCATED_METHODS)}")
+
+
+def untruncated_state_sizes(method: str, net: SpikingNet, batch: int, steps: int
+                            ) -> list[tuple[str, int, str]]:
+    """What :class:`UntruncatedLearner` with ``method``'s feedback keeps for ``net`` at batch
+    size ``batch`` and T = ``steps``, in bytes, from the shapes alone (the form of
+    :func:`opzo.rules.mforms.state_sizes`): the T feedback matrices (Σ n_l × m each) and the
+    forward record of one batch (potentials, spikes, each layer's input, the noise: ∝ T)."""
+    item = net.readout.weight.element_size()
+    m = net.num_outputs
+    n = sum(net.hidden_sizes)
+    name = "M_k" if method == "pzo" else "B_k"
+    out = [(name, steps * n * m * item, f"{steps} lags x {n} neurons x {m} outputs")]
+    # per step and sample: u and s of every neuron, each layer's input (at most the layer
+    # below's spikes), and for pzo the noise z
+    per_step = (4 if method == "pzo" else 3) * n
+    out.append(("forward record", steps * batch * per_step * item,
+                f"T {steps} x batch {batch} x (u, s, inputs{', z' if method == 'pzo' else ''})"))
+    return out
 
 
 class UntruncatedLearner:

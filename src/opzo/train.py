@@ -65,6 +65,7 @@ from .losses import InstantLoss
 from .network import SpikingNet
 from .nir import network_from_nir
 from .progress import Accumulator, Progress
+from .pzo import UNTRUNCATED_METHODS, untruncated_state_sizes
 from .rundir import (
     CHECKPOINT,
     Diverged,
@@ -357,7 +358,10 @@ class _Run:
         from .rules import mforms
 
         batch = -(-self.cfg.batch_size // self.world)
-        sizes = mforms.state_sizes(build_rule(self.cfg), net, batch)
+        if self.cfg.method in UNTRUNCATED_METHODS:  # opzo.pzo: T feedback matrices, ∝ T
+            sizes = untruncated_state_sizes(self.cfg.method, net, batch, self.cfg.T)
+        else:
+            sizes = mforms.state_sizes(build_rule(self.cfg), net, batch)
         free, where = mforms.available_bytes(self.device)
         #: logged under the run's header line (:meth:`loop`)
         self.rule_state = mforms.describe(sizes) + f" ({where})"

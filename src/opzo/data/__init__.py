@@ -43,6 +43,7 @@ from .sources import ColorImageSource, FrameSource, ImageSource, SequenceSource,
 #: ``steps``: the number of time steps T the dataset has, or None for any.
 DATASETS: Registry = Registry("dataset", builtin=False, events=False, vectors=False,
                               steps=None)
+datasets.registered_names = lambda: list(DATASETS)  # load_dataset's error lists them
 DATASETS.register("embedded-mnist", datasets.image_source, "an MNIST subset shipped with "
                   "the package", builtin=True)
 DATASETS.register("mnist", datasets.image_source, "the four idx files (optionally .gz)")

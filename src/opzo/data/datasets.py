@@ -11,6 +11,7 @@ import functools
 import hashlib
 import importlib.resources
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,15 @@ def _check_identity(labels: np.ndarray, name: str, split: str, folder: Path) -> 
                 f"{_INFO[name][1]} files")
 
 
+def _no_registry() -> list[str]:
+    return list(DATASET_NAMES)
+
+
+#: every registered dataset's name, now (:data:`opzo.data.DATASETS`, which sets this when it is
+#: built: this module sits below the registry and does not import it)
+registered_names: Callable[[], list[str]] = _no_registry
+
+
 def canonical_dataset_name(name: str) -> str:
     """Normalise a dataset name (case, ``_`` vs ``-``) to one of :data:`DATASET_NAMES`.
 
@@ -111,7 +121,8 @@ def canonical_dataset_name(name: str) -> str:
     if key not in _ALIASES:
         raise DatasetError(
             f"{name!r} is not an MNIST-like dataset: load_dataset reads "
-            f"{', '.join(DATASET_NAMES)}; read the others (opzo.data.DATASETS) with "
+            f"{', '.join(DATASET_NAMES)}; the datasets of opzo are "
+            f"{', '.join(registered_names())}: read the others with "
             f"opzo.build.make_source, as 'opzo train --dataset NAME' does")
     return _ALIASES[key]
 
