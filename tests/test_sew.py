@@ -164,3 +164,26 @@ def test_layer_major_order_gives_the_step_by_step_outputs(which):
         assert torch.allclose(layered[t], steps[t], atol=1e-12)
         assert torch.allclose(rec["outputs"][t], steps[t], atol=1e-12)
     assert float(torch.stack(steps).abs().max()) > 1e-3
+
+
+def test_nir_export_refuses_the_new_layers_in_one_line():
+    """NIR export maps chains of dense / sWS conv layers: batch norm, composite layers,
+    strided / max pooling and SEW's ADD are refused by name, not written wrongly."""
+    pytest.importorskip("nir")
+    from opzo import SpikingNet
+    from opzo.nets import SEWResNet
+    from opzo.neuron import LIFParams
+    from opzo.nir import NIRError, to_nir
+    from opzo.norm import apply_norm
+
+    normed = SpikingNet("4C3-FC", (1, 6, 6), 3, neuron=LIFParams(reset="zero"))
+    to_nir(normed)  # exported as it is before the normaliser
+    apply_norm(normed, "bn")
+    with pytest.raises(NIRError, match="this network has batch norm,") as info:
+        to_nir(normed)
+    assert "\n" not in str(info.value)
+    sew = SEWResNet((1, 16, 16), 3, width=1 / 32, blocks=(1, 1, 1, 1),
+                    neuron=LIFParams(reset="zero"))
+    with pytest.raises(NIRError, match="composite layers, strided, max or adaptive pooling, "
+                                       "ADD connections"):
+        to_nir(sew)

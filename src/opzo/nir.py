@@ -159,6 +159,25 @@ def _neuron_node(nir: ModuleType, lif: Neuron, shape: Sequence[int], dt: float) 
                    v_reset=zero)
 
 
+def _unsupported_for_nir(net: SpikingNet) -> str:
+    """What of issue 26's layers a network has (batch norm, composite layers, strided / max /
+    adaptive pooling, SEW's ADDs), named for the refusal; '' if none."""
+    from .layers_extra import CompositeLayer, Pool2d
+    from .norm import Normed
+
+    found = []
+    layers = [*net.hidden, net.readout]
+    if any(isinstance(m, Normed) for m in net.modules()):
+        found.append("batch norm")
+    if any(isinstance(m, CompositeLayer) for m in layers):
+        found.append("composite layers")
+    if any(isinstance(getattr(m, "pool", None), Pool2d) for m in layers):
+        found.append("strided, max or adaptive pooling")
+    if any(a is not None for a in getattr(net, "adds", ())):
+        found.append("ADD connections")
+    return ", ".join(found)
+
+
 def to_nir(net: SpikingNet, dt: float = DEFAULT_DT, approximate: bool = False) -> Any:
     """The network as a ``nir.NIRGraph`` (module docstring: graph, neuron mapping, reset).
 
@@ -176,6 +195,11 @@ def to_nir(net: SpikingNet, dt: float = DEFAULT_DT, approximate: bool = False) -
         raise NIRError(f"NIR export maps the discrete LIF neuron only; this network's neurons "
                        f"are {lif.name!r} ({lif.describe()}), which NIR's LIF node does not "
                        "describe. Train with --neuron lif to export")
+    unsupported = _unsupported_for_nir(net)
+    if unsupported:
+        raise NIRError(f"NIR export writes chains of dense / sWS conv layers with "
+                       f"non-overlapping average pooling; this network has {unsupported}, "
+                       "which the export does not map (issue 26's layers)")
     if lif.reset != "zero" and not approximate:
         raise NIRError(SUBTRACT_RESET_MESSAGE)
     nodes: dict[str, Any] = {"input": nir.Input(input_type=np.array(net.input_shape))}
