@@ -146,7 +146,7 @@ def generate(folder: Path = HERE) -> list[str]:
 
 # ---- issue 26: the seeds' large experiments ---------------------------------------------
 # LocalZO paper: Mukhoty et al., "Direct training of SNN using local zeroth order method",
-# NeurIPS 2023 (/work/shared/papers/localzo-paper.txt; the text has no page numbers, so the
+# NeurIPS 2023 (shared/papers/localzo-paper.txt beside the repository; the text has no page numbers, so the
 # sources below name the table and section). OPZO paper: appendix C.3.2 and Tables 4, 13.
 
 #: LocalZO paper Table 7 ("Hyper-parameter settings for general comparison", appendix B.2),
