@@ -276,3 +276,42 @@ def test_every_rule_runs_on_the_new_nets(rule, which):
     if rule != "dkp":  # DKP's feedback starts at zero: only the readout learns at first
         assert sum(float(g.abs().sum()) > 0 for g in grads) > len(grads) // 2
     BPTTLearner(net, InstantLoss("mix", 0.1)).accumulate(x, y, T=2)
+
+
+def test_opzo_train_fine_tunes_nfresnet34_from_an_ottt_checkpoint(tmp_path, capsys):
+    """The command line end to end: `opzo train --net nfresnet34 --init-from CKPT.pth` on an
+    ImageNet-layout folder (1000 class folders, two training images and one validation image;
+    224x224 crops) loads the OTTT file's 126 tensors, trains a step and evaluates."""
+    import numpy as np
+
+    from opzo.cli import main
+
+    from .writers import write_image
+
+    shapes = json.loads(KEYS.read_text())["state_dict"]
+    path = tmp_path / "ottt.pth"
+    torch.save({"net": {k: v.float() for k, v in _random_checkpoint(shapes).items()},
+                "epoch": 99}, path)
+    root = tmp_path / "imagenet"
+    for split in ("train", "val"):
+        for c in range(1000):
+            (root / split / f"n{c:08d}").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (240, 250, 3), dtype=np.uint8)
+    write_image(root / "train" / "n00000000" / "a.JPEG", pixels)
+    write_image(root / "train" / "n00000999" / "b.JPEG", pixels[::-1])
+    write_image(root / "val" / "n00000999" / "c.JPEG", pixels[:, ::-1])
+    run = tmp_path / "run"
+    rc = main(["train", "--dataset", "imagenet", "--data-root", str(root), "--net", "nfresnet34",
+               "--init-from", str(path), "--method", "bp", "--T", "1", "--epochs", "1",
+               "--batch-size", "2", "--eval-batch-size", "1", "--lr", "1e-6", "--dropout", "0",
+               "--threads", "2", "--out", str(run), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "126 tensors" in captured.out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_acc"] is not None
+    # the fine-tuned weights start from the file's: one tiny step away
+    state = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    fc = NFResNet((3, 224, 224), 1000).ottt_names["fc.weight"]  # the file's name -> ours
+    saved = torch.load(path, weights_only=False)["net"]["fc.weight"]
+    assert torch.allclose(state[fc], saved, atol=1e-3)
