@@ -172,11 +172,19 @@ TRAIN = ["train", "--hidden", "48", "32", "--T", "3", "--epochs", "1", "--limit-
          "--limit-test", "200", "--threads", "1", "--quiet"]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child: SIGINT's default action, as a program started from a terminal has it.
+    A test run started in the background by a non-interactive shell (``cmd &``) inherits
+    SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_after(delay: float, args: list[str]) -> tuple[int, str, str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH",
                                                                                   "")]))
     proc = subprocess.Popen([sys.executable, "-m", "opzo", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -225,7 +233,7 @@ def test_sigint_while_building_the_data_or_evaluating_is_one_line(
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH",
                                                                                   "")]))
     proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
-                          timeout=120, env=env)
+                          timeout=120, env=env, preexec_fn=_ctrl_c_as_in_a_terminal)
     assert proc.returncode == 130, proc.stderr
     line = _one_line(proc.stderr)
     assert line.startswith(f"opzo {args[0]}: interrupted (SIGINT)"), line
