@@ -246,3 +246,19 @@ def test_chip_noise_is_drawn_for_the_global_batch(tmp_path, method):
     wb = torch.load(two / "checkpoint.pt", weights_only=False)["model"]
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5), (k, (wa[k] - wb[k]).abs().max())
+
+
+def test_a_failure_while_stopping_is_the_line_the_launcher_prints(tmp_path, capsys):
+    """Ctrl-C, then process 0's stop checkpoint cannot be written: the launcher says what
+    failed (the process's own error line, exit 2), not "the processes stopped"."""
+    from opzo.launch import _conclude, _Report
+
+    report = _Report()
+    report.errors.append(f"opzo: error: cannot write {tmp_path}/checkpoint.pt: the disk is full")
+    report.failures.append((0, 2, ""))
+    assert _conclude(2, [signal.SIGINT], report, tmp_path, 2) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == report.errors[0]
+    quiet = _Report()  # a stop that went well: 130, the stop line came from the processes
+    quiet.stop_line = True
+    assert _conclude(130, [signal.SIGINT], quiet, tmp_path, 2) == 130

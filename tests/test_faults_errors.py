@@ -125,6 +125,8 @@ BAD_FIELDS = {
     "partial": "None",
     "rng_states": "3",
     "world_size": "'two'",
+    "metrics_rows": "'rows'",
+    "diag_rows": "[1, 2]",
 }
 
 
@@ -148,6 +150,19 @@ def test_a_checkpoint_field_of_the_wrong_type_is_named(trained, tmp_path, capsys
                      "--limit-train", "100", "--limit-test", "100", "--quiet",
                      "--init-from", str(run), "--out", str(out)]) == 2
         assert str(ckpt) in _one_line(capsys.readouterr().err)
+
+
+def test_a_checkpoint_without_its_partial_statistics_is_one_line_on_resume(trained, tmp_path,
+                                                                            capsys):
+    run = _copy(trained, tmp_path / "run")
+    ckpt = run / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["partial"]
+    torch.save(state, ckpt)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("opzo: error:") and "partial" in line and str(ckpt) in line
 
 
 def test_plot_and_eval_of_a_run_folder_whose_name_is_not_utf8(trained, tmp_path, capsys):

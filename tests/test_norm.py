@@ -274,6 +274,11 @@ def test_sequence_norms_are_refused_where_a_step_would_see_the_future():
                                                   f"steps.*method 'bptt'"):
                 TrainConfig(**base, norm=kind, method=method).validate()
         TrainConfig(**base, norm=kind, method="bptt").validate()  # allowed
+        # the diagnostics' online reference gradient would see the future too
+        with pytest.raises(ConfigError, match="--diag-reference bptt"):
+            TrainConfig(**base, norm=kind, method="bptt", diagnostics=True).validate()
+        TrainConfig(**base, norm=kind, method="bptt", diagnostics=True,
+                    diag_reference="bptt").validate()
     TrainConfig(**base, norm="bn", method="opzo").validate()  # per-step statistics: online ok
     with pytest.raises(ConfigError, match="has none"):
         TrainConfig(dataset="embedded-mnist", norm="bn").validate()

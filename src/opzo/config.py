@@ -356,6 +356,10 @@ class TrainConfig:
                               f"would use statistics of later steps: method {self.method!r} "
                               "learns online, one step at a time; use method 'bptt' (or pzo, "
                               "dfa-time), or norm 'bn' (per-step statistics)")
+        if self.norm in SEQUENCE_NORMS and self.diagnostics and self.diag_reference != "bptt":
+            raise ConfigError(f"norm {self.norm!r} normalises over all time steps, and the "
+                              "diagnostics' reference gradient (diag_reference 'bp') is taken "
+                              "online, one step at a time: use --diag-reference bptt")
         if self.norm == "bn" and self.method in UNTRUNCATED_METHODS:
             raise ConfigError(f"method {self.method!r} takes batch norm along all time steps "
                               "(norm 'bn-all-t' or 'tdbn', OPZO paper Table 13), not per-step "

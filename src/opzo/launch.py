@@ -265,6 +265,11 @@ def _conclude(rc: int, got: list[int], report: _Report, run_dir: Path, nproc: in
     sig = got[0] if got else report.torchrun_signal
     if report.finished and (rc == 0 or sig is not None):  # done before the signal mattered
         return 0
+    own = [e for e in report.errors if "lost contact" not in e]
+    if sig is not None and own:  # a process failed while stopping (its checkpoint, say)
+        say(own[0])
+        codes = [c for _, c, _ in report.failures if c in (2, 3)]
+        return codes[0] if codes else 2
     if sig is not None:  # a stop the user asked for (of the launcher or of torchrun)
         name = signal.Signals(sig).name
         who = "" if got else "torchrun got "
@@ -284,7 +289,6 @@ def _conclude(rc: int, got: list[int], report: _Report, run_dir: Path, nproc: in
     killed = sorted((f for f in failures if f[1] < 0),
                     key=lambda f: -f[1] in (signal.SIGTERM, signal.SIGINT))
     stopped = [f for f in failures if f[1] in (130, 143)]
-    own = [e for e in report.errors if "lost contact" not in e]
 
     def say_killed() -> int:
         rank, code, name = killed[0]

@@ -386,6 +386,11 @@ CHECKPOINT_FIELDS: dict[str, tuple[Any, str]] = {
     "rng_states": (_optional(lambda v: isinstance(v, list) and all(
         isinstance(r, dict) and isinstance(r.get("cpu"), Tensor) for r in v)),
         "a list of generator states (dicts holding a 'cpu' tensor)"),
+    "metrics_rows": (_optional(lambda v: isinstance(v, list)
+                               and all(isinstance(r, dict) for r in v)),
+                     "the rows of metrics.jsonl (a list of dicts)"),
+    "diag_rows": (_optional(lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+                  "the rows of diagnostics.jsonl (a list of dicts)"),
     "world_size": (lambda v: _count(v) and v >= 1, "a whole number >= 1"),
     "device": (lambda v: isinstance(v, str), "a device name"),
     "wall_time_s": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),

@@ -95,6 +95,22 @@ from .version import __version__
 #: in the first epoch costs about a minute; tests lower it
 FIRST_CHECKPOINT_S = 60.0
 
+#: the largest rule state (OPZO's M, DFA's / DKP's matrices) copied at every batch's start so
+#: that a stop can abandon the batch; with a larger one a stop waits for the batch's end
+SNAPSHOT_MAX_BYTES = 256 * 2**20
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a (nested) state dict."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 #: a stop request lets the batch in progress finish if it does within this many seconds;
 #: a longer batch is abandoned at its next time step (see :class:`StopSignals`)
 STOP_GRACE_S = 1.0
@@ -454,7 +470,9 @@ class _Run:
                 f"({self.ckpt_path} does not exist), so there is nothing to continue from; "
                 f"start it again with --overwrite, e.g. opzo train --config "
                 f"{run_dir / 'config.json'} --overwrite")
-        st = RunState.from_dict(load_checkpoint(self.ckpt_path, self.device))
+        st = RunState.from_dict(load_checkpoint(
+            self.ckpt_path, self.device,
+            needed=("model", "optimizer", "epoch", "batch", "config", "partial", "rng")))
         self.has_checkpoint = True
         return st
 
@@ -631,6 +649,7 @@ class _Run:
         # processes agree on a stop once per batch, so it takes effect at the batch's end
         self.abandonable = False  # whether the batch in progress may be given up
         self.last_batch_s = math.inf  # how long the last batch took (unknown: long)
+        self.snapshot_fits: bool | None = None  # whether the rule state is small enough
         self.learner.should_stop = ((lambda: self.abandonable and self.stop.overdue())
                                     if self.comm is None else None)
         try:
@@ -736,7 +755,8 @@ class _Run:
     def snapshot(self) -> dict[str, Any] | None:
         """What a batch changes before its end, as it is at the batch's start: the RNG
         states, the rule's state (OPZO's M, updated every time step), the surrogate's
-        counters, and with ``update="step"`` the weights and the optimizer. The first are
+        counters, the network's buffers (batch norm's running averages), and with
+        ``update="step"`` the weights and the optimizer. The first are
         small; the weights and the optimizer cost about what one of the batch's T optimizer
         steps does, so they are copied only when the last batch took long enough to be
         abandoned (over half of :data:`STOP_GRACE_S`); without them (None) the batch is not
@@ -745,10 +765,16 @@ class _Run:
         step = self.cfg.update == "step" and self.cfg.method != "bptt"
         if step and self.last_batch_s < STOP_GRACE_S / 2:
             return None
+        if self.snapshot_fits is None:  # decided once: copying a huge M every batch costs
+            self.snapshot_fits = _tensor_bytes(self.learner.state_dict()) <= SNAPSHOT_MAX_BYTES
+        if not self.snapshot_fits:
+            return None  # the batch is not abandoned: a stop waits for its end
         snap: dict[str, Any] = {
             "rng": rng_state(self.device),
             "rule": copy.deepcopy(self.learner.state_dict()),
             "stats": copy.deepcopy(net.surrogate.stats_state()),
+            # batch norm's running averages move at every training step
+            "buffers": {k: b.detach().clone() for k, b in net.named_buffers()},
             "diag_rows": len(self.diag_rows)}
         if step:
             snap["model"] = copy.deepcopy(net.state_dict())
@@ -768,6 +794,9 @@ class _Run:
         if "model" in before:
             self.net.load_state_dict(before["model"])
             self.optimizer.load_state_dict(before["optimizer"])
+        with torch.no_grad():
+            for k, b in self.net.named_buffers():
+                b.copy_(before["buffers"][k])
         if len(self.diag_rows) > before["diag_rows"]:  # the abandoned batch's cosine row
             del self.diag_rows[before["diag_rows"]:]
             if self.main:
