@@ -61,3 +61,20 @@ def test_gradient_variance_known_answer():
     spread = ((stacked - stacked.mean(0)) ** 2).sum()
     expected_rel = float(spread / (5 * stacked.mean(0).square().sum()))
     assert abs(rel - expected_rel) < 1e-5 * expected_rel
+
+
+def test_measuring_leaves_batch_norm_running_averages_alone():
+    """--diagnostics runs the rule and its reference in training mode: with batch norm their
+    passes would move the running averages (and so the run) unless they are put back."""
+    from opzo import SpikingNet
+    from opzo.norm import apply_norm
+
+    torch.manual_seed(0)
+    net = SpikingNet("4C3-FC", (1, 6, 6), 3)
+    assert apply_norm(net, "bn") == 1
+    x, y = torch.rand(8, 36), torch.randint(0, 3, (8,))
+    OnlineLearner(net, SpatialBP(), InstantLoss()).accumulate(x, y, T=2)
+    before = {k: b.clone() for k, b in net.named_buffers()}
+    assert before  # the normaliser's running mean and variance
+    gradient_cosine(net, DFA(), x, y, 2, InstantLoss())
+    assert all(torch.equal(b, before[k]) for k, b in net.named_buffers())

@@ -59,6 +59,8 @@ def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Ten
         raise ValueError(f"unknown reference {reference!r}; choose one of {REFERENCES}")
     x, T = net.prepare_input(x, T)  # flattened: (B, F) static or (T, B, F)
     rng = torch.get_rng_state()
+    # batch norm's running averages move in every training-mode pass: measuring must not
+    buffers = {k: b.detach().clone() for k, b in net.named_buffers()}
     try:
         batch = x.shape[0] if x.dim() == 2 else x.shape[1]
         masks = net.dropout_masks(batch, x)
@@ -78,6 +80,9 @@ def gradient_cosine(net: SpikingNet, rule: SpatialRule | None, x: Tensor, y: Ten
             ref = _grads_of(net, lambda: exact.accumulate(x, y, T, masks=masks))
     finally:
         torch.set_rng_state(rng)
+        with torch.no_grad():
+            for k, b in net.named_buffers():
+                b.copy_(buffers[k])
     return {name: _cosine(ours[name], ref[name]) for name in weight_names(net)}
 
 
