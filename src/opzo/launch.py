@@ -188,6 +188,16 @@ def _relay_stderr(stream, report: _Report) -> None:
         err.flush()
 
 
+def _is_rank_of(pid: int, run_dir: Path) -> bool:
+    """Whether process ``pid`` is alive and a process of this run (its command line names
+    the run folder): a pid seen earlier may have been reused since."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return str(run_dir).encode() in cmd
+
+
 def launch(cmd: list[str], env: dict[str, str], run_dir: Path, nproc: int) -> int:
     """Run ``cmd`` (torchrun) as described in the module docstring; its exit code."""
     env = dict(env, PYTHONUNBUFFERED="1")
@@ -203,8 +213,13 @@ def launch(cmd: list[str], env: dict[str, str], run_dir: Path, nproc: int) -> in
         t.start()
     got: list[int] = []  # the signals the launcher got
 
+    ranks: set[int] = set()  # torchrun's children seen while it ran (they outlive its pid)
+
     def kill_all() -> None:
-        """torchrun, its process group and its children (the ranks), at once."""
+        """torchrun, its process group and its children (the ranks), at once; nothing once
+        torchrun has been reaped (its pid may name another process by then)."""
+        if proc.returncode is not None:
+            return
         children = _children(proc.pid)
         with contextlib.suppress(OSError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -230,14 +245,16 @@ def launch(cmd: list[str], env: dict[str, str], run_dir: Path, nproc: int) -> in
                 rc = proc.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
+                ranks.update(_children(proc.pid))
                 if got and deadline is None:
                     deadline = time.monotonic() + GRACE_S
                 if deadline is not None and time.monotonic() > deadline:
                     kill_all()
                     deadline = float("inf")
-        for pid in _children(proc.pid):  # none should be left; if one is, it goes now
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in ranks:  # none should be left (each watches its parent); one that is goes
+            if _is_rank_of(pid, run_dir):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         for t in readers:
             t.join(timeout=5.0)
     except BaseException:
