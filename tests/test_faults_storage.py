@@ -37,7 +37,7 @@ import opzo.train as train_module
 from opzo.cli import main
 from opzo.train import Interrupted, run_training
 
-from .test_faults import CASES, QUIET, _args, _cfg, _driver, _rows, _same_checkpoints
+from .test_faults import CASES, KILL_AT_BATCH, QUIET, _args, _cfg, _driver, _rows, _same_checkpoints
 
 
 def _files(run: Path) -> dict[str, tuple[bytes, int]]:
@@ -279,19 +279,11 @@ def test_a_resume_with_another_thread_count_warns(tmp_path):
         torch.set_num_threads(threads)
 
 
+#: test_faults' SIGKILL at batch n, with the first checkpoint after ``first`` seconds
 KILL_AT = """
-import os, signal
-import opzo.learner as L
 import opzo.train as T
 T.FIRST_CHECKPOINT_S = {first}
-_orig, _n = L.OnlineLearner.train_batch, [0]
-def _tb(self, *a, **k):
-    _n[0] += 1
-    if _n[0] == {n}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _orig(self, *a, **k)
-L.OnlineLearner.train_batch = _tb
-"""
+""" + KILL_AT_BATCH
 
 
 def test_a_kill_before_the_first_checkpoint_says_once_what_to_do(tmp_path, capsys):

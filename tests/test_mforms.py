@@ -35,6 +35,22 @@ def _noise():
     return NoiseSampler(alpha=0.3, rng="torch")
 
 
+
+def _assert_same_gradients(net, rule, dense):
+    """The gradients ``rule`` and ``dense`` (an OPZO) give on the same batch and noise."""
+    x, y = _batch()
+    grads = []
+    for r in (rule, dense):
+        for p in net.parameters():
+            p.grad = None
+        torch.manual_seed(9)
+        OnlineLearner(net, r).accumulate(x, y, T=4)
+        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-10, atol=1e-14)
+    assert grads[0]["hidden.0.weight"].abs().sum() > 0
+
+
 def test_shared_space_m_is_the_dense_m_averaged_over_positions():
     """Started from zero and driven by the same noise and outputs, the shared-space M̄_l[c]
     equals the mean over the positions p of the dense M_l[(c, p)] after every step (the
@@ -67,17 +83,7 @@ def test_shared_space_feedback_broadcasts_over_positions():
         p = shape[1] * shape[2] if len(shape) == 3 else 1
         blocks.append(block_s.repeat_interleave(p, dim=0))
     dense.feedback_t.copy_(torch.cat(blocks, dim=0).t())
-    x, y = _batch()
-    grads = []
-    for rule in (shared, dense):
-        for p in net.parameters():
-            p.grad = None
-        torch.manual_seed(9)
-        OnlineLearner(net, rule).accumulate(x, y, T=4)
-        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
-    for k in grads[0]:
-        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-10, atol=1e-14)
-    assert grads[0]["hidden.0.weight"].abs().sum() > 0
+    _assert_same_gradients(net, shared, dense)
 
 
 def test_lowrank_m_is_the_dense_m_projected_on_its_basis():
@@ -191,14 +197,4 @@ def test_lowrank_feedback_is_that_of_the_dense_m_k_qt():
     _, dense = _train_one_batch(OPZO(_noise(), lambda_m=0.5))
     low.frozen = dense.frozen = True
     dense.feedback_t.copy_(low.M.t())
-    x, y = _batch()
-    grads = []
-    for rule in (low, dense):
-        for p in net.parameters():
-            p.grad = None
-        torch.manual_seed(9)
-        OnlineLearner(net, rule).accumulate(x, y, T=4)
-        grads.append({k: p.grad.clone() for k, p in net.named_parameters()})
-    for k in grads[0]:
-        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-10, atol=1e-14)
-    assert grads[0]["hidden.0.weight"].abs().sum() > 0
+    _assert_same_gradients(net, low, dense)

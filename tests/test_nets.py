@@ -193,22 +193,29 @@ def test_nfresnet_bp_instantaneous_gradient_and_bptt_equal_autograd():
     _close(_grads(net), ref)
 
 
+
+def convs_in_order(net):
+    """conv(v, stride=1, pad=1): the network's sWS convolutions applied one after the other,
+    in the order it lists their parameters (a fresh sequence per call: one per time step)."""
+    params = dict(net.named_parameters())
+    names = iter([n[: -len(".gain")] for n in params if n.endswith(".gain")])
+
+    def conv(v, stride=1, pad=1):
+        name = next(names)
+        return F.conv2d(v, _sws(params[f"{name}.weight"], params[f"{name}.gain"]),
+                        params[f"{name}.bias"], stride=stride, padding=pad)
+    return conv
+
+
 def _r19_reference(net, x, T):
     """ResNet-19 from its description: stem, basic blocks LIF(conv2(LIF(conv1 x)) + sc(x)),
     sc = x or an sWS conv1x1 stride 2, GAP, a hidden FC layer of LIF, the readout. The
     convolutions' parameters are taken in the order the network lists them (stem, then per
     block conv1, conv2 and the projection)."""
-    params = dict(net.named_parameters())
-    names = [n[: -len(".gain")] for n in params if n.endswith(".gain")]
     lif = _LIF()
     outs = []
     for _ in range(T):
-        convs = iter(names)
-
-        def conv(v, stride=1, pad=1, convs=convs):
-            name = next(convs)
-            return F.conv2d(v, _sws(params[f"{name}.weight"], params[f"{name}.gain"]),
-                            params[f"{name}.bias"], stride=stride, padding=pad)
+        conv = convs_in_order(net)
 
         h = lif("stem", conv(x))
         k = 0

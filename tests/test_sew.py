@@ -14,7 +14,7 @@ from opzo.config import TrainConfig
 from opzo.nets import SEWResNet, build_named, is_named
 from opzo.surrogate import FastSigmoidSurrogate
 
-from .test_nets import _LIF, _sws
+from .test_nets import _LIF, convs_in_order
 
 LOSS = InstantLoss("mix", 0.1)
 BLOCKS = (2, 2, 2, 1)
@@ -25,17 +25,10 @@ def _sew_reference(net, x, T, blocks=BLOCKS):
     + sc, sc = h or LIF(conv1x1 s2 (h)); GAP of the last output, linear readout. The
     convolutions' parameters are taken in the order the network lists them (stem, then per
     block [ds,] conv1, conv2)."""
-    params = dict(net.named_parameters())
-    names = [n[: -len(".gain")] for n in params if n.endswith(".gain")]
     lif = _LIF()
     outs = []
     for _ in range(T):
-        convs = iter(names)
-
-        def conv(v, stride=1, pad=1, convs=convs):
-            name = next(convs)
-            return F.conv2d(v, _sws(params[f"{name}.weight"], params[f"{name}.gain"]),
-                            params[f"{name}.bias"], stride=stride, padding=pad)
+        conv = convs_in_order(net)
 
         h = F.max_pool2d(lif("stem", conv(x, 2, 3)), 3, 2, 1)
         chans = h.shape[1]

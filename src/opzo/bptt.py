@@ -87,7 +87,6 @@ class BPTTLearner:
             raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
         norm = batch if shard is None else shard.total  # the B of the batch mean
         state = [neuron.initial_state(batch, n, x) for n in net.hidden_sizes]
-        adds = getattr(net, "adds", None)
         total = x.new_zeros(())
         out_sum = x.new_zeros(batch, net.num_outputs)
         leaky: Tensor | None = None  # O[t] with an output leak
@@ -100,36 +99,11 @@ class BPTTLearner:
             first = self._first_currents(x, T, batch) if seq is None else None
             for t in range(T):
                 check_stop(self.should_stop)
-                inp = x if static else x[t]
-                if seq is not None:
+                if seq is not None:  # the layer-major pass gave every step's output
                     o = seq[t]
-                    if self.readout is not None:
-                        outputs.append(o)
-                        continue
-                    out_sum = out_sum + o.detach()
-                    if self.output_leak:
-                        leaky = o if leaky is None else self.output_leak * leaky + o
-                        o = leaky
-                    total = total + self.loss.per_sample(o, y).sum()
-                    continue
-                outs: list[Tensor] = []
-                currents: dict[int, Tensor] = {}
-                for l, layer in enumerate(net.hidden):
-                    current = (layer(inp, *_sources(layer, outs, currents)) if l > 0
-                               else (first if static else first[t]))
-                    if net.skips[l] is not None:  # residual shortcut
-                        current = current + outs[net.skips[l]]
-                    currents[l] = current
-                    if net.hardware is not None:  # the chip's noise (opzo.hardware)
-                        current = net.hardware.perturb_(current, l, scratch=False)
-                    state[l] = neuron.step(state[l], current, net.surrogate,
-                                           self.detach_reset)
-                    spikes = state[l]["s"]
-                    inp = spikes if masks is None else spikes * masks[l]
-                    if adds is not None and adds[l] is not None:  # SEW's ADD
-                        inp = inp + net.added(l, outs)
-                    outs.append(inp)
-                o = net.readout(inp, *_sources(net.readout, outs, currents))
+                else:
+                    o = self._step_graph(state, x if static else x[t],
+                                         first if static else first[t], masks)
                 if self.readout is not None:
                     outputs.append(o)
                     continue
@@ -152,6 +126,31 @@ class BPTTLearner:
             self.comm.all_reduce_([p.grad for p in net.parameters() if p.grad is not None])
         return BatchStats(loss_sum=loss_value,
                           correct=int((out_sum.detach().argmax(1) == y).sum()), count=batch)
+
+    def _step_graph(self, state: list, inp: Tensor, first: Tensor,
+                    masks: list[Tensor] | None) -> Tensor:
+        """One time step of the network on the pure neuron step, in autograd's graph: every
+        hidden layer's current (the first precomputed, ``first``), residual shortcuts, the
+        chip's noise, SEW's ADDs and the dropout masks; ``state`` advanced in place. Returns
+        the readout o[t]."""
+        net = self.net
+        adds = getattr(net, "adds", None)
+        outs: list[Tensor] = []
+        currents: dict[int, Tensor] = {}
+        for l, layer in enumerate(net.hidden):
+            current = layer(inp, *_sources(layer, outs, currents)) if l > 0 else first
+            if net.skips[l] is not None:  # residual shortcut
+                current = current + outs[net.skips[l]]
+            currents[l] = current
+            if net.hardware is not None:  # the chip's noise (opzo.hardware)
+                current = net.hardware.perturb_(current, l, scratch=False)
+            state[l] = net.neuron.step(state[l], current, net.surrogate, self.detach_reset)
+            spikes = state[l]["s"]
+            inp = spikes if masks is None else spikes * masks[l]
+            if adds is not None and adds[l] is not None:  # SEW's ADD
+                inp = inp + net.added(l, outs)
+            outs.append(inp)
+        return net.readout(inp, *_sources(net.readout, outs, currents))
 
     def _first_currents(self, x: Tensor, T: int, batch: int) -> Tensor | tuple[Tensor, ...]:
         """The first layer's synaptic current, computed for all steps at once (it does not

@@ -218,9 +218,16 @@ class OPZO(DirectFeedbackRule):
         scale = (1.0 - self.lambda_m) / ctx.global_batch
         if self.alpha_factor:
             scale /= noise.alpha
-        if ctx.reduce is None:
+        dense = type(self).noise_increment is OPZO.noise_increment
+        if ctx.reduce is None and dense:  # one fused kernel: λ_M M + scale · õᵀ z
             self.feedback_t.mul_(self.lambda_m).addmm_(ctx.output.t(), noise.z, alpha=scale)
             return
-        increment = ctx.output.t() @ noise.z
-        ctx.reduce(increment)
+        increment = self.noise_increment(ctx.output, noise.z)
+        if ctx.reduce is not None:
+            ctx.reduce(increment)
         self.feedback_t.mul_(self.lambda_m).add_(increment, alpha=scale)
+
+    def noise_increment(self, output: Tensor, z: Tensor) -> Tensor:
+        """Σ_b õ_b z_bᵀ of eq. 6 in the layout of ``feedback_t`` (before its scale); the
+        memory-light forms of M (:mod:`opzo.rules.mforms`) project it."""
+        return output.t() @ z

@@ -87,18 +87,9 @@ class SharedSpaceOPZO(OPZO):
             parts.append(zl if p == 1 else zl.reshape(zl.shape[0], c, p).mean(dim=2))
         return torch.cat(parts, dim=1)
 
-    def update_feedback(self, ctx: StepContext) -> None:
-        if self.frozen:
-            return
-        noise = self.noise
-        assert noise is not None and noise.z is not None
-        scale = (1.0 - self.lambda_m) / ctx.global_batch
-        if self.alpha_factor:
-            scale /= noise.alpha
-        increment = ctx.output.t() @ self.pooled_noise(noise.z)
-        if ctx.reduce is not None:
-            ctx.reduce(increment)
-        self.feedback_t.mul_(self.lambda_m).add_(increment, alpha=scale)
+    def noise_increment(self, output: Tensor, z: Tensor) -> Tensor:
+        """Σ_b õ_b z̄_bᵀ: the noise averaged over each channel's positions."""
+        return output.t() @ self.pooled_noise(z)
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         self.update_feedback(ctx)
@@ -143,18 +134,9 @@ class LowRankOPZO(OPZO):
         """K_l per hidden layer, each (n_l, R) (views; M_l = K_l Qᵀ)."""
         return [b.t() for b in self.feedback_t.split(self.sizes, dim=1)]
 
-    def update_feedback(self, ctx: StepContext) -> None:
-        if self.frozen:
-            return
-        noise = self.noise
-        assert noise is not None and noise.z is not None
-        scale = (1.0 - self.lambda_m) / ctx.global_batch
-        if self.alpha_factor:
-            scale /= noise.alpha
-        increment = (ctx.output @ self.basis).t() @ noise.z
-        if ctx.reduce is not None:
-            ctx.reduce(increment)
-        self.feedback_t.mul_(self.lambda_m).add_(increment, alpha=scale)
+    def noise_increment(self, output: Tensor, z: Tensor) -> Tensor:
+        """Σ_b (Qᵀ õ_b) z_bᵀ: the increment of K, M's increment projected on Q."""
+        return (output @ self.basis).t() @ z
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         self.update_feedback(ctx)
