@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .batch import BatchAbandoned as BatchAbandoned  # its home before opzo.batch
 from .batch import BatchStats, check_labels, check_optimizer, check_stop
+from .chip import ChipBackend, check_fc, check_step, chip_record
 from .distributed import Communicator, Shard
 from .energy import SynOpsCounter
 from .hardware import sharded
@@ -132,6 +133,7 @@ class OnlineLearner:
         update: str = "batch",
         gbar: str = "paper",
         comm: Communicator | None = None,
+        chip: ChipBackend | None = None,
     ) -> None:
         if update not in UPDATE_MODES:
             raise ValueError(f"unknown update mode {update!r}; choose one of {UPDATE_MODES}")
@@ -151,6 +153,16 @@ class OnlineLearner:
         self._checked_optimizer: torch.optim.Optimizer | None = None
         if not rule.is_bound_to(net):
             rule.bind(net)
+        #: the chip every step's forward comes from (:mod:`opzo.chip`; None: the network)
+        self.chip = chip
+        if chip is not None:
+            check_fc(net)
+            if rule.noise is not None and rule.noise.position != "before":
+                raise ValueError("a chip takes the rule's perturbation on the synaptic "
+                                 "current: set noise_position 'before' (--noise-position "
+                                 "before)")
+            if comm is not None:
+                raise ValueError("a chip runs in one process: drop --nproc")
 
     def _parameters(self) -> list[torch.nn.Parameter]:
         """The model's parameters and the rule's own (local readouts)."""
@@ -293,7 +305,11 @@ class OnlineLearner:
             gains = [m * gain for m in masks]
         rule.start_batch()
         first = first_in = None
-        if static and self.update != "step":  # the first layer's current is the same always
+        if self.chip is not None:
+            if shard is not None:
+                raise ValueError("a chip runs in one process: no shard")
+            self.chip.reset(batch)
+        elif static and self.update != "step":  # the first layer's current is the same always
             first_in = hidden[0].op_input(x)
             first = hidden[0].op(first_in)
         total = batch if shard is None else shard.total
@@ -312,6 +328,8 @@ class OnlineLearner:
         """Time step t: the noisy forward step, the loss and its error, the traces, the rule's
         δ's and their gradients (OPZO paper Algorithm 1's inner loop). Returns o[t] and the
         step's summed loss."""
+        if self.chip is not None:
+            return self._chip_step(b, t)
         net, rule = self.net, self.rule
         x_t = b.x if b.x.dim() == 2 else b.x[t]
         noise = (rule.perturbation(t, b.batch, b.x) if b.shard is None
@@ -328,6 +346,37 @@ class OnlineLearner:
         for l, tr in enumerate(b.traces):  # what each op saw (after its pooling)
             tr.push(rec.inputs[l], rec, l)
         rec = record_for_rule(rec, b.traces)  # the traces' local derivatives, if any
+        ctx = StepContext(t=t, T=b.T, output=o, error=e, loss=lb.mul_(b.scale), record=rec,
+                          net=net, target=b.target, labels=b.y, loss_fn=self.loss,
+                          scale=b.scale, batch_total=b.total, reduce=b.reduce)
+        for layer, tr, delta in zip(net.hidden, b.traces, rule.deltas(ctx)):
+            tr.accumulate(delta, layer)
+        b.head.accumulate(e, net.readout)
+        return o, loss
+
+    def _chip_step(self, b: _Batch, t: int) -> tuple[Tensor, Tensor]:
+        """Time step t on the chip (:mod:`opzo.chip`): the chip runs the step with the rule's
+        perturbation on its currents and reports u, s and o[t]; the rule and the traces
+        work from the record rebuilt from them, as in :meth:`_step`."""
+        net, rule, chip = self.net, self.rule, self.chip
+        assert chip is not None
+        x_t = b.x if b.x.dim() == 2 else b.x[t]
+        noise = rule.perturbation(t, b.batch, b.x)
+        alpha = rule.noise.alpha if rule.noise is not None else 0.0
+        steps = chip.run(x_t.unsqueeze(0), noise=None if noise is None else [noise],
+                         noise_scale=alpha)
+        if len(steps) != 1:
+            raise ValueError(f"chip {chip.name!r} returned {len(steps)} steps for 1")
+        check_step(chip, net, steps[0], b.batch)
+        rec = chip_record(net, x_t, steps[0])
+        o = steps[0].output
+        assert rec.inputs is not None and rec.readout_in is not None
+        lb, e = self.loss.value_and_error(b.head.push(o, rec.readout_in), b.target, b.y)
+        loss = lb.sum()
+        e.mul_(b.scale)
+        for l, tr in enumerate(b.traces):
+            tr.push(rec.inputs[l], rec, l)
+        rec = record_for_rule(rec, b.traces)
         ctx = StepContext(t=t, T=b.T, output=o, error=e, loss=lb.mul_(b.scale), record=rec,
                           net=net, target=b.target, labels=b.y, loss_fn=self.loss,
                           scale=b.scale, batch_total=b.total, reduce=b.reduce)
