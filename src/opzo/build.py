@@ -20,6 +20,7 @@ from torch import Tensor
 
 from . import native
 from .bptt import BPTTLearner
+from .chip import ChipBackend
 from .config import TrainConfig
 from .data import DATASETS, Source
 from .distributed import Communicator, launched_by_torchrun, local_rank
@@ -143,13 +144,14 @@ def attach_chip_noise(cfg: TrainConfig, net: SpikingNet) -> None:
 
 
 def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss,
-                  comm: Communicator | None = None
+                  comm: Communicator | None = None, chip: ChipBackend | None = None
                   ) -> OnlineLearner | BPTTLearner | UntruncatedLearner:
     """The online learner with the config's rule, the BPTT learner for ``bptt`` (with
     ``comm``: data parallel, gradients summed over the processes), or for ``pzo`` /
     ``dfa-time`` :mod:`opzo.pzo`'s untruncated learner (one process; its feedback bound for
     ``cfg.T`` steps). Build it after moving ``net`` to its device: the rule's state is made
-    where the network's weights are."""
+    where the network's weights are. ``chip``: the online learner's forward comes from this
+    chip backend (:mod:`opzo.chip`)."""
     if cfg.method in UNTRUNCATED_METHODS:
         if comm is not None:
             raise ValueError(f"method {cfg.method!r} runs in one process: drop --nproc (its "
@@ -160,7 +162,7 @@ def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss,
         return BPTTLearner(net, loss, readout=make_readout(cfg), detach_reset=cfg.detach_reset,
                            comm=comm)
     return OnlineLearner(net, build_rule(cfg), loss, trace=cfg.trace, update=cfg.update,
-                         gbar=cfg.otpe_gbar, comm=comm)
+                         gbar=cfg.otpe_gbar, comm=comm, chip=chip)
 
 
 def resolve_device(name: str) -> torch.device:

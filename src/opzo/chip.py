@@ -84,6 +84,7 @@ import torch
 from torch import Tensor
 
 from .batch import BatchStats, check_labels
+from .energy import SynOpsCounter
 from .layers import DenseLayer
 from .losses import InstantLoss
 from .network import NetState, SpikingNet, StepRecord
@@ -561,9 +562,11 @@ class ChipSetup:
             self.backend.write_weights(net)
 
 
-def setup_chip(net: SpikingNet, options: Any) -> ChipSetup | None:
+def setup_chip(net: SpikingNet, options: Any, grid_state: dict[str, Any] | None = None
+               ) -> ChipSetup | None:
     """The chip of ``options`` for ``net`` (None: no chip option is set): the weight grid
-    set up from ``net``'s weights (which it rounds, nearest), then the backend."""
+    set up from ``net``'s weights (which it rounds, nearest; with ``grid_state``, a
+    checkpoint's grid of the same bits, onto that grid), then the backend."""
     cfg = options if isinstance(options, ChipConfig) else ChipConfig.from_options(options)
     if not cfg.active:
         return None
@@ -574,16 +577,22 @@ def setup_chip(net: SpikingNet, options: Any) -> ChipSetup | None:
     grid = None
     if cfg.weight_bits is not None:
         grid = WeightGrid(cfg.weight_bits, cfg.update_rounding, cfg.seed)
-        grid.setup_(net)
+        if grid_state is not None and int(grid_state.get("bits", -1)) == cfg.weight_bits:
+            grid.load_state_dict(grid_state, net)
+            with torch.no_grad():
+                grid._write(net)
+        else:
+            grid.setup_(net)
     return ChipSetup(cfg, make_chip(net, cfg), grid)
 
 
 @torch.no_grad()
 def evaluate_batch_on_chip(chip: ChipBackend, net: SpikingNet, x: Tensor, y: Tensor,
-                           loss: InstantLoss, T: int | None = None) -> BatchStats:
+                           loss: InstantLoss, T: int | None = None,
+                           synops: SynOpsCounter | None = None) -> BatchStats:
     """Inference on the chip (no perturbation) of one batch, as
     :func:`opzo.learner.evaluate_batch`: the loss of Σ_t o[t]/T terms, the accuracy of
-    Σ_t o[t], the spike counts per hidden layer."""
+    Σ_t o[t], the spike counts per hidden layer (also into ``synops``)."""
     x, T = net.prepare_input(x, T)
     batch = x.shape[0] if x.dim() == 2 else x.shape[1]
     check_labels(y, batch, net.num_outputs, x)
@@ -593,12 +602,14 @@ def evaluate_batch_on_chip(chip: ChipBackend, net: SpikingNet, x: Tensor, y: Ten
     scores = None
     loss_sum = 0.0
     spikes = [0.0] * len(net.hidden)
-    for step in steps:
+    for t, step in enumerate(steps):
         o = step.output
         scores = o if scores is None else scores + o
-        loss_sum += float(loss.per_sample(o, y).double().sum())
-        for l, s in enumerate(step.spikes):
-            spikes[l] += float(s.double().sum())
+        loss_sum += float(loss.per_sample(o, y).sum().to(torch.float64))
+        counts = (synops.add_step(step.spikes, t) if synops is not None
+                  else [s.sum(dtype=torch.float64) for s in step.spikes])
+        for l, c in enumerate(counts):
+            spikes[l] += float(c)
     assert scores is not None
     return BatchStats(loss_sum=loss_sum / T, correct=int((scores.argmax(1) == y).sum()),
                       count=batch, spike_counts=spikes,

@@ -142,6 +142,47 @@ def _check_eval_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--hw-seed {args.hw_seed}: a seed is >= 0")
 
 
+#: ``opzo eval``'s chip flags -> the option each sets (:mod:`opzo.chip`)
+_EVAL_CHIP_FLAGS = {"weight_bits": "weight_bits", "state_bits": "state_bits",
+                    "hw_threshold_noise": "threshold_noise", "hw_leak_noise": "leak_noise",
+                    "chip": "backend", "chip_sim": "sim", "chip_variant": "variant"}
+
+
+def _eval_chip(args: argparse.Namespace, cfg: TrainConfig, state: dict, net,
+               evaluate) -> dict | None:
+    """``opzo eval``'s accuracy on the chip (the run's own chip options, overridden by the
+    flags given); None without a chip. The run's weights go on the grid by nearest rounding
+    (on the run's own grid when it trained with the same weight_bits), and are put back
+    afterwards. ``evaluate(net, chip_backend)`` gives the figures."""
+    import dataclasses
+
+    from .chip import ChipConfig, setup_chip
+
+    chip = ChipConfig.from_options(cfg)
+    chip.seed = cfg.hw_seed if args.hw_seed is None else args.hw_seed
+    chip.grad_from = "chip"
+    for flag, name in _EVAL_CHIP_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(chip, name, value)
+    if not chip.active:
+        return None
+    problem = chip.problem()
+    if problem:
+        raise ConfigError(problem)
+    saved = {k: v.clone() for k, v in net.state_dict().items()}
+    grid_state = ((state.get("chip") or {}).get("grid")
+                  if chip.weight_bits == cfg.weight_bits else None)
+    try:
+        setup = setup_chip(net, chip, grid_state)
+        assert setup is not None
+        result = evaluate(net, setup.backend)
+    finally:
+        net.load_state_dict(saved)
+    return {**{k: v for k, v in dataclasses.asdict(chip).items()
+               if k not in ("update_rounding", "grad_from")}, **result}
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .build import build_network, make_source, resolve_device
     from .data import DATASETS
@@ -207,6 +248,10 @@ def _eval(args: argparse.Namespace) -> int:
     report: dict = {"run": str(run_dir), "epoch": state["epoch"], "dataset": cfg.dataset,
                     "data_root": cfg.data_root, "split": "test", "samples": len(test_set),
                     "device": str(device)}
+    on_chip = _eval_chip(args, cfg, state, net, lambda n, c: evaluate(n, test_set, cfg, loss,
+                                                                      chip=c))
+    if on_chip is not None:
+        report["chip"] = on_chip
     hw = net.hardware
     if hw is not None:  # the accuracy on the chip over draws; then the clean figures below
         from .hardware import evaluate_under_noise
@@ -306,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hw-weight-noise", type=float, default=0.0, metavar="SCALE",
                     help="with --hw-noise-kind fixed: also a static error per synapse, "
                     "W (1 + SCALE N(0, 1))")
+    ev.add_argument("--weight-bits", type=int, default=None, metavar="B",
+                    help="the chip's weights in B bits (2-16; the run's weights put on the "
+                         "grid by nearest rounding; default: the run's own)")
+    ev.add_argument("--state-bits", type=int, default=None, metavar="B",
+                    help="the chip's membrane in B bits of saturating fixed point (2-16)")
+    ev.add_argument("--hw-threshold-noise", type=float, default=None, metavar="S",
+                    help="the chip's per-neuron threshold mismatch (from --hw-seed)")
+    ev.add_argument("--hw-leak-noise", type=float, default=None, metavar="S",
+                    help="the chip's per-neuron leak mismatch (from --hw-seed)")
+    ev.add_argument("--chip", default=None, metavar="CHIP",
+                    help="where the forward runs: none, opzo or nir:FILE.nir (opzo.chip)")
+    ev.add_argument("--chip-sim", default=None, help="the simulator of --chip nir:FILE.nir")
+    ev.add_argument("--chip-variant", default=None, help="the NIR chip's neuron variant")
     ev.add_argument("--device", default="auto",
                     help="auto (CUDA when available), cpu, cuda, cuda:N or mps")
     ev.set_defaults(func=_eval)

@@ -20,6 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .chip import BITS_RANGE, GRAD_FROM, ROUNDINGS, SIMULATOR_NAMES, ChipConfig
 from .data import DATASETS, ENCODER_NAMES
 from .diagnostics import REFERENCES
 from .hardware import HW_KINDS
@@ -245,8 +246,42 @@ class TrainConfig:
     hw_noise_kind: str = _opt("gaussian", "the chip's noise: fresh Gaussian noise at every "
                               "step, or a fixed per-neuron offset drawn once from hw_seed "
                               "(device mismatch)", HW_KINDS)
-    hw_seed: int = _opt(0, "seed of the fixed offsets of hw_noise_kind fixed (one chip)",
+    hw_seed: int = _opt(0, "seed of the fixed offsets of hw_noise_kind fixed, of the "
+                        "per-neuron mismatch and of the stochastic update rounding (one chip)",
                         min=0)
+    weight_bits: int | None = _opt(
+        None, "the chip stores its weights in this many bits (opzo.chip): per layer a "
+        "symmetric fixed-point grid, step max|W_l| / (2^(B-1) - 1) from the starting weights, "
+        "biases on the same grid; the forward always uses them and every update is rounded "
+        "onto the grid (update_rounding); unset: float weights. Fully connected nets",
+        min=BITS_RANGE[0], max=BITS_RANGE[1])
+    update_rounding: str = _opt("nearest", "how an update lands on the weight_bits grid: "
+                                "nearest (an update below half a step is lost) or stochastic "
+                                "(unbiased: small updates survive in expectation)", ROUNDINGS)
+    state_bits: int | None = _opt(
+        None, "the chip's membrane potential in this many bits: saturating fixed point, step "
+        "V_th 2^(2-B), range [-2 V_th, 2 V_th), after the membrane update and before the "
+        "threshold (LIF, fully connected nets); unset: float", min=BITS_RANGE[0],
+        max=BITS_RANGE[1])
+    hw_threshold_noise: float = _opt(
+        0.0, "the chip's threshold mismatch: V_th,i = V_th (1 + s eps_i), eps ~ N(0, 1) drawn "
+        "once per neuron from hw_seed (the learner keeps the nominal V_th)", min=0.0)
+    hw_leak_noise: float = _opt(
+        0.0, "the chip's leak mismatch: lambda_i = clip(lambda (1 + s eta_i), 0, 1), eta ~ "
+        "N(0, 1) drawn once per neuron from hw_seed", min=0.0)
+    chip: str = _opt(
+        "none", "where the forward runs (opzo.chip): none (opzo's network; with state_bits or "
+        "mismatch as 'opzo'), opzo (opzo's network as a chip behind the chip interface, the "
+        "reference: equal to none bit for bit), or nir:FILE.nir (a NIR graph run by "
+        "chip_sim); the rules learn from the chip's spikes, potentials and outputs alone")
+    chip_sim: str = _opt("snntorch", "the simulator that runs --chip nir:FILE.nir",
+                         SIMULATOR_NAMES)
+    chip_variant: str = _opt("same", "the neuron the NIR chip runs: same (the graph's own "
+                             "LIF) or a variant of opzo.chip_nir.VARIANTS")
+    chip_grad_from: str = _opt(
+        "chip", "where the rule's gradient comes from: chip (the chip's forward) or model "
+        "(the host's nominal model: float neuron, no mismatch; only the update is applied "
+        "to the chip, rounded onto its grid)", GRAD_FROM)
     init_from: str | None = _opt(
         None, "start from trained weights: a run folder or its checkpoint.pt (the weights "
         "only: a fresh optimizer, schedule and rule state; the network must match), or a NIR "
@@ -339,7 +374,32 @@ class TrainConfig:
             self._check_method()
             self._check_igl(tokens)
             self._check_norm(tokens)
+            self._check_chip(tokens)
         return self
+
+    def _check_chip(self, tokens: list | None) -> None:
+        """The chip's options (:mod:`opzo.chip`): an online rule, a fully connected net."""
+        chip = ChipConfig.from_options(self)
+        if not chip.active:
+            return
+        problem = chip.problem()
+        if problem:
+            raise ConfigError(problem)
+        if self.method == "bptt" or self.method in UNTRUNCATED_METHODS:
+            raise ConfigError(f"the chip options (weight_bits, state_bits, hw_threshold_noise, "
+                              f"hw_leak_noise, chip) train with an online rule; method "
+                              f"{self.method!r} is not one: use opzo, dfa, dkp, zo or bp")
+        if tokens is not None and any(t.kind != "dense" and t.kind != "readout"
+                                      for t in tokens):
+            raise ConfigError("the chip options take a fully connected network: use --hidden "
+                              f"(or a net of <n> layers; got net {self.net!r})")
+        if self.dropout:
+            raise ConfigError("the chip options take no dropout: set dropout 0")
+        if (chip.backend != "none" or chip.neuron_props) and chip.grad_from == "chip":
+            if self.method in ("opzo", "zo") and not self.hw_noise and \
+                    self.noise_position != "before":
+                raise ConfigError("a chip takes the rule's perturbation on the synaptic "
+                                  "current: set --noise-position before")
 
     def _check_norm(self, tokens: list | None) -> None:
         """Batch norm needs convolutions; statistics over all steps need the whole sequence."""
@@ -602,7 +662,10 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
     "method: noise (opzo, zo)": (),
     "optimisation": ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr",
                      "weight_decay", "schedule", "seed"),
-    "chip (OPZO paper section 5.4)": ("hw_noise", "hw_noise_kind", "hw_seed"),
+    "chip (OPZO paper section 5.4)": ("hw_noise", "hw_noise_kind", "hw_seed", "weight_bits",
+                                      "update_rounding", "state_bits", "hw_threshold_noise",
+                                      "hw_leak_noise", "chip", "chip_sim", "chip_variant",
+                                      "chip_grad_from"),
     "run folder and checkpoints": ("out", "checkpoint_every", "checkpoint_minutes"),
     "devices and processes": ("device", "threads"),
     "diagnostics and logging": ("diagnostics", "diag_every", "diag_reference", "tensorboard",

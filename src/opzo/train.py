@@ -54,6 +54,7 @@ from .build import (
     resolve_device,
     to_device,
 )
+from .chip import ChipBackend, ChipSetup, evaluate_batch_on_chip, setup_chip
 from .config import TrainConfig
 from .data import Source, epoch_permutation
 from .diagnostics import GradientVariance, gradient_cosine
@@ -117,21 +118,27 @@ STOP_GRACE_S = 1.0
 
 
 def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLoss,
-             comm: Communicator | None = None) -> dict:
+             comm: Communicator | None = None, chip: ChipBackend | None = None) -> dict:
     """Test loss, accuracy, firing rates and synaptic operations per sample (per hidden layer
     and in total, :mod:`opzo.energy`) of ``net`` on ``source`` (no noise, no dropout), on the
     network's device. With ``comm`` each process evaluates its contiguous share of the
     samples and the sums are added over the processes; an evaluation that draws random
     numbers (the chip's Gaussian noise, rate-coded inputs) instead shares every batch of the
     one-process evaluation, drawn whole on every process, so that every sample gets the
-    numbers it gets in one process."""
+    numbers it gets in one process. With a ``chip`` (:mod:`opzo.chip`, one process) the
+    forward is the chip's."""
     device = next(net.parameters()).device
     acc = Accumulator()
     synops = SynOpsCounter(net)
     readout = make_readout(cfg)
     hw = net.hardware
     random = (hw is not None and hw.kind == "gaussian" and hw.scale > 0) or cfg.encoding == "rate"
-    if comm is not None and random:
+    if chip is not None:
+        for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
+            acc.add(evaluate_batch_on_chip(chip, net, to_device(x, device),
+                                           to_device(labels, device), loss, T=cfg.T,
+                                           synops=synops))
+    elif comm is not None and random:
         for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
             shard = comm.shard(labels.shape[0])
             mine = shard.size > 0
@@ -261,6 +268,8 @@ class RunState:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any] | None
     rule: dict[str, Any] | None
+    #: the chip's state (:mod:`opzo.chip`: its weight grid), or None
+    chip: dict[str, Any] | None
     #: the gradient variance's (count, mean, m2), or None
     variance: Any
     #: torch's CPU generator state of process 0 (older checkpoints have only this)
@@ -295,7 +304,7 @@ class RunState:
         rng = state.get("rng")
         return cls(
             model=state["model"], optimizer=state["optimizer"],
-            scheduler=state.get("scheduler"), rule=state.get("rule"),
+            scheduler=state.get("scheduler"), rule=state.get("rule"), chip=state.get("chip"),
             variance=state.get("variance"), rng=rng,
             rng_states=state.get("rng_states") or [{"cpu": rng, "cuda": None}],
             device=state.get("device", "cpu"), threads=state.get("threads"),
@@ -352,7 +361,12 @@ class _Run:
         self.net = net
         self.loss = InstantLoss.from_config(cfg)
         self.check_rule_memory(net)
-        self.learner = build_learner(cfg, net, self.loss, comm)
+        # the chip (opzo.chip): its weight grid rounds the starting weights; None: no chip
+        self.chip: ChipSetup | None = setup_chip(net, cfg)
+        if self.chip is not None and comm is not None:
+            raise ValueError("the chip options run in one process: drop --nproc")
+        self.learner = build_learner(cfg, net, self.loss, comm,
+                                     self.chip.learner_chip if self.chip is not None else None)
         self.rule = self.learner.rule  # for the diagnostics (None: BPTT measures itself)
         # the model's parameters and the learner's own (local readouts), in one list
         params = self.learner.parameters()
@@ -360,6 +374,8 @@ class _Run:
             comm.broadcast_([*params, *net.buffers()])
         self.variance = GradientVariance(net) if cfg.diagnostics else None
         self.optimizer = make_optimizer(params, cfg)
+        if self.chip is not None:  # every update onto the grid and the chip
+            self.chip.attach(self.optimizer, net)
         self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                      T_max=cfg.epochs)
                           if cfg.schedule == "cosine" else None)
@@ -515,6 +531,8 @@ class _Run:
             if self.scheduler is not None and st.scheduler is not None:
                 self.scheduler.load_state_dict(st.scheduler)
             self.learner.load_state_dict(st.rule)
+            if self.chip is not None:
+                self.chip.load_state_dict(st.chip, self.net)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise RunError(f"{self.ckpt_path} does not fit the network and rule of "
                            f"{self.run_dir / 'config.json'}: {str(exc)[:200]}") from None
@@ -590,6 +608,7 @@ class _Run:
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
             rule=learner.state_dict(),
+            chip=self.chip.state_dict() if self.chip is not None else None,
             variance=(v.count, v.mean, v.m2) if v is not None else None,
             rng=torch.get_rng_state(),
             rng_states=rng_states,
@@ -856,7 +875,8 @@ class _Run:
             with warnings.catch_warnings():  # resumed exactly at an epoch end
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
                 self.scheduler.step()
-        test = evaluate(net, self.test_set, cfg, self.loss, self.comm)
+        test = evaluate(net, self.test_set, cfg, self.loss, self.comm,
+                        chip=self.chip.backend if self.chip is not None else None)
         train = acc.summary()
         row = {"epoch": epoch + 1, "train_loss": round(train["loss"], 6),
                "train_acc": round(train["acc"], 4), "test_loss": round(test["loss"], 6),
