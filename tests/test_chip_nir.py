@@ -142,6 +142,19 @@ def test_layer_with_another_threshold_runs_in_host_units(sim):
     _assert_same(_chip_steps(chip, x, z), _opzo_steps(host, x, z))
 
 
+def test_image_input_flattened_by_the_graph(sim):
+    """A dense net on an image-shaped input: its graph starts Input → Flatten → Affine."""
+    torch.manual_seed(7)
+    net = SpikingNet("16-8-FC", (1, 4, 4), 3, neuron=LIF(reset="zero")).eval()
+    with torch.no_grad():
+        for layer in net.hidden:
+            layer.weight.mul_(3.0)
+    graph = onir.to_nir(net)
+    assert "flatten1" in graph.nodes
+    x, z = _inputs(net)
+    _assert_same(_chip_steps(chip_nir.NirChip(graph, sim, net), x, z), _opzo_steps(net, x, z))
+
+
 # ------------------------------------------------------------ variants: the model is wrong
 
 
