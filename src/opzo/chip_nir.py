@@ -187,9 +187,13 @@ def _read_chain(graph: Any, dt: float | None, v_th: float
     features = math.prod(g.in_shape)
     layers: list[_Layer] = []
     pending: tuple[str, np.ndarray, np.ndarray | None] | None = None
-    cur, width = g.input, features
+    cur, width, seen = g.input, features, {g.input}
     while True:
         name = g.main_next(cur)
+        if name in seen:
+            raise NIRError(f"node {name!r} is reached twice: the graph has a cycle (a "
+                           f"recurrent connection), which the chip does not run: {_CHAIN}")
+        seen.add(name)
         g.single_pred(name)
         node = g.nodes[name]
         kind = _kind(node)
