@@ -521,7 +521,7 @@ def chip_record(net: SpikingNet, x_t: Tensor, step: ChipStep) -> StepRecord:
     spikes = list(step.spikes)
     return StepRecord(list(step.u), spikes, spikes, None, net.surrogate, net.neuron.v_th,
                       None, inputs=[x_t, *spikes[:-1]], readout_in=spikes[-1],
-                      dpsi=list(step.dpsi) if step.dpsi is not None else None)
+                      dpsi=dpsi if (dpsi := getattr(step, "dpsi", None)) is None else list(dpsi))
 
 
 class ChipSetup:

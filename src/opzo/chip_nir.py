@@ -73,6 +73,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .chip import ChipStep
 from .network import SpikingNet
 from .nir import DEFAULT_DT, NIRError, _Graph, _kind, _neuron_step, _nir, _snap
 
@@ -91,15 +92,6 @@ DEFAULT_SYN_LAMBDA = 0.5
 _PIP = {"snntorch": "pip install 'opzo[nir-peers]'",
         "spikingjelly": "pip install 'opzo[nir-peers]'",
         "norse": "pip install norse"}
-
-
-@dataclass
-class ChipStep:  # moves to chip.py at merge
-    """What on-chip learning can read at one time step (host float32 tensors)."""
-
-    u: list[Tensor]        # membrane potential u_l[t] of every hidden layer, (B, n_l) flattened
-    spikes: list[Tensor]   # spikes s_l[t] of every hidden layer, (B, n_l)
-    output: Tensor         # the readout o[t], (B, C)
 
 
 def quantize_int8(w: Tensor) -> Tensor:
