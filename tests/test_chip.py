@@ -372,3 +372,26 @@ def test_eval_on_a_chip_prints_its_accuracy(tmp_path, capsys):
     assert low["acc"] == same["acc"]  # the run's own weights are put back
     assert low["chip"]["firing_rate"] != same["chip"]["firing_rate"]
     _one_line_error(capsys, ["eval", str(run), "--weight-bits", "20"], "2 to 16 bits")
+
+
+def test_nir_chip_trains_as_the_reference(tmp_path, capsys):
+    """Through the interface a foreign simulator running the graph of opzo's network (variant
+    same) trains to the reference chip's numbers: the learner reads only u, s and o, and
+    building the simulator's chip leaves the run's random stream (the rule's feedback)
+    alone."""
+    pytest.importorskip("snntorch", reason="the NIR chip's simulator snntorch is not installed")
+    pytest.importorskip("nir", reason="the nir package is not installed")
+    base = [*BASE[:-2], "--method", "dfa", "--reset", "zero", "--hidden", "24"]
+    assert main([*base, "--out", str(tmp_path / "pre")]) == 0
+    assert main(["export", str(tmp_path / "pre"), "--out", str(tmp_path / "g.nir")]) == 0
+    runs = {}
+    for name, chip in (("ref", ["--chip", "opzo"]),
+                       ("nir", ["--chip", f"nir:{tmp_path / 'g.nir'}", "--chip-sim", "snntorch"])):
+        assert main([*base, "--init-from", str(tmp_path / "pre"), "--epochs", "2", *chip,
+                     "--out", str(tmp_path / name)]) == 0
+        runs[name] = [json.loads(r) for r in
+                      (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    for a, b in zip(runs["ref"], runs["nir"]):
+        for key in ("train_loss", "test_loss", "test_acc", "firing_rate"):
+            assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), (key, a[key], b[key])

@@ -474,7 +474,11 @@ def make_chip(net: SpikingNet, options: Any) -> ChipBackend | None:
     backend: ChipBackend
     if cfg.backend.startswith("nir:"):
         check_fc(net)
-        backend = _nir_chip(cfg, net)
+        like = net.readout.weight
+        # a simulator's modules may draw their own initial weights: the run's random
+        # stream (the rule's feedback, the data order) stays what it is without a chip
+        with torch.random.fork_rng(devices=[like.device] if like.device.type == "cuda" else []):
+            backend = _nir_chip(cfg, net)
     elif cfg.backend == "opzo" or cfg.neuron_props:
         backend = OpzoChip(net, cfg.state_bits, cfg.threshold_noise, cfg.leak_noise, cfg.seed)
     else:
