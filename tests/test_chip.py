@@ -54,17 +54,20 @@ def _batches(n=3, batch=8, seed=1):
             for _ in range(n)]
 
 
-def _train(rule_name, chip=None, update="batch", kernels="native", hw=0.0, net_hook=None,
-           backend=None):
-    """Three batches of a small FC net; ``chip``: a ChipConfig (or None: today's path);
-    ``backend``: a ChipBackend factory taking the net. Returns the weights and losses."""
+def _train(rule_name, chip=None, update="batch", kernels="native", hw=0.0, backend=None):
+    """Three batches of a small FC net (its hidden weights scaled so that it fires);
+    ``chip``: a ChipConfig (or None: today's path); ``backend``: a ChipBackend factory taking
+    the net. Returns the weights, the losses, the net and the chip."""
     torch.manual_seed(0)
     net = SpikingMLP(SIZES, kernels=kernels)
+    with torch.no_grad():
+        for layer in net.hidden:
+            layer.weight.mul_(4.0)
     if hw:
         attach(net, hw)
     rule = RULES[rule_name]()
     setup = setup_chip(net, chip) if chip is not None else None
-    be = backend(net) if backend is not None else (setup.backend if setup else None)
+    be = backend(net) if backend is not None else (setup.learner_chip if setup else None)
     learner = OnlineLearner(net, rule, update=update, chip=be)
     opt = torch.optim.AdamW([*net.parameters(), *rule.parameters()], lr=1e-2)
     if setup is not None:
@@ -85,7 +88,7 @@ def test_reference_chip_equals_todays_training_bit_for_bit(rule, variant):
     for a, b in zip(today, chip):
         assert torch.equal(a, b)
     torch.manual_seed(0)
-    assert not torch.equal(today[0], SpikingMLP(SIZES).hidden[0].weight)  # it trained
+    assert not torch.equal(today[0], 4 * SpikingMLP(SIZES).hidden[0].weight)  # it trained
 
 
 def test_stochastic_rounding_is_unbiased_and_nearest_is_not():
@@ -395,3 +398,18 @@ def test_nir_chip_trains_as_the_reference(tmp_path, capsys):
     for a, b in zip(runs["ref"], runs["nir"]):
         for key in ("train_loss", "test_loss", "test_acc", "firing_rate"):
             assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), (key, a[key], b[key])
+
+
+def test_grad_from_model_learns_on_the_nominal_model():
+    """chip_grad_from model: the gradient comes from the host's float, mismatch-free neuron
+    (the weights the chip's), so training equals a chip with the same weights and no neuron
+    properties; from the chip's own forward it differs."""
+    props = dict(weight_bits=4, update_rounding="stochastic", seed=1)
+    mismatched = dict(props, state_bits=5, threshold_noise=0.3, leak_noise=0.3)
+    nominal, nominal_loss, _, _ = _train("dfa", ChipConfig(**props))
+    model, model_loss, _, setup = _train("dfa", ChipConfig(**mismatched, grad_from="model"))
+    assert isinstance(setup.backend, OpzoChip) and setup.learner_chip is None
+    assert model_loss == nominal_loss
+    assert all(torch.equal(a, b) for a, b in zip(nominal, model))
+    chip, chip_loss, _, _ = _train("dfa", ChipConfig(**mismatched))
+    assert chip_loss != nominal_loss
