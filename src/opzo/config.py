@@ -294,6 +294,12 @@ class TrainConfig:
     tensorboard_every: int = _opt(50, "with --tensorboard: write the batch loss and accuracy "
                                   "every N batches (at the batches whose number since the run "
                                   "began is a multiple of N)", min=1)
+    synops_convention: str = _opt(
+        "exact", "how the SynOps of every evaluation (metrics.jsonl) count a spike's synapses: "
+        "exact (every synapse inside the padded map: fewer at a convolution's borders) or "
+        "paper (the OPZO paper's Table 7: firing rate x the dense fan-out C_out k^2/s^2 of "
+        "an interior neuron for every neuron); equal for fully connected nets",
+        ("exact", "paper"))
     # output
     out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
 
@@ -606,7 +612,7 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
     "run folder and checkpoints": ("out", "checkpoint_every", "checkpoint_minutes"),
     "devices and processes": ("device", "threads"),
     "diagnostics and logging": ("diagnostics", "diag_every", "diag_reference", "tensorboard",
-                                "tensorboard_every"),
+                                "tensorboard_every", "synops_convention"),
 }
 
 

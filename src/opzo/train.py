@@ -127,7 +127,7 @@ def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLos
     numbers it gets in one process."""
     device = next(net.parameters()).device
     acc = Accumulator()
-    synops = SynOpsCounter(net)
+    synops = SynOpsCounter(net, convention=cfg.synops_convention)
     readout = make_readout(cfg)
     hw = net.hardware
     random = (hw is not None and hw.kind == "gaussian" and hw.scale > 0) or cfg.encoding == "rate"
