@@ -263,8 +263,12 @@ class TrainConfig:
     schedule: str = _opt("cosine", "learning-rate schedule over epochs", ("cosine", "constant"))
     seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)", min=0,
                      max=2**63 - 1)
-    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice; under "
-                               "torchrun / --nproc torch's choice is 1 per process)", min=1)
+    threads: int | None = _opt(
+        None, "CPU threads of torch's ops and of the native kernels (default: torch's choice, "
+        "one per usable core; 1 per process under torchrun / --nproc). The opzo command makes "
+        "idle threads sleep, not spin (OMP_WAIT_POLICY=PASSIVE unless set), so a busy "
+        "neighbour costs about 2x, not 40x; on a shared, busy machine --threads 1 is the "
+        "steadiest. A run resumes exactly only on its recorded thread count", min=1)
     device: str = _opt("auto", "where to train: auto (CUDA when available, else the CPU), cpu, "
                        "cuda, cuda:N or mps; under torchrun each process takes the GPU of its "
                        "LOCAL_RANK (the native kernels are the CPU path; on a GPU the step "
