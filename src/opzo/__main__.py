@@ -50,8 +50,8 @@ def _leave(code: int) -> None:
 
 def run() -> int:
     """Import the command line and run it; exit status 130 for Ctrl-C during the import."""
-    set_openmp_defaults()
     try:
+        set_openmp_defaults()  # before torch is imported (by the command line)
         from .cli import main
 
         code = main()
