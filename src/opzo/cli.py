@@ -212,6 +212,8 @@ def _eval(args: argparse.Namespace) -> int:
         cfg.data_root = None  # what an older run may have recorded was never read either
     elif args.data_root:
         cfg.data_root = args.data_root
+    if args.synops_convention:
+        cfg.synops_convention = args.synops_convention
     cfg.validate()
     test_set = make_source(cfg, "test")
     here = data_fingerprint(test_set, cfg.dataset)
@@ -366,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--chip-variant", default=None, help="the NIR chip's neuron variant")
     ev.add_argument("--device", default="auto",
                     help="auto (CUDA when available), cpu, cuda, cuda:N or mps")
+    ev.add_argument("--synops-convention", choices=("exact", "paper"), default=None,
+                    help="count the SynOps exactly (borders included) or as the OPZO paper's "
+                    "Table 7 does (firing rate x dense fan-out); default: the run's own")
     ev.set_defaults(func=_eval)
     co = sub.add_parser("cost", add_help=False,
                         help="memory and operations of each method's error-backward procedure "

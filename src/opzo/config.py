@@ -298,8 +298,12 @@ class TrainConfig:
     schedule: str = _opt("cosine", "learning-rate schedule over epochs", ("cosine", "constant"))
     seed: int = _opt(0, "random seed (data order, initialisation, noise, dropout)", min=0,
                      max=2**63 - 1)
-    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice; under "
-                               "torchrun / --nproc torch's choice is 1 per process)", min=1)
+    threads: int | None = _opt(
+        None, "CPU threads of torch's ops and of the native kernels (default: torch's choice, "
+        "one per usable core; 1 per process under torchrun / --nproc). The opzo command makes "
+        "idle threads sleep, not spin (OMP_WAIT_POLICY=PASSIVE unless set), so a busy "
+        "neighbour costs about 2x, not 40x; on a shared, busy machine --threads 1 is the "
+        "steadiest. A run resumes exactly only on its recorded thread count", min=1)
     device: str = _opt("auto", "where to train: auto (CUDA when available, else the CPU), cpu, "
                        "cuda, cuda:N or mps; under torchrun each process takes the GPU of its "
                        "LOCAL_RANK (the native kernels are the CPU path; on a GPU the step "
@@ -329,6 +333,12 @@ class TrainConfig:
     tensorboard_every: int = _opt(50, "with --tensorboard: write the batch loss and accuracy "
                                   "every N batches (at the batches whose number since the run "
                                   "began is a multiple of N)", min=1)
+    synops_convention: str = _opt(
+        "exact", "how the SynOps of every evaluation (metrics.jsonl) count a spike's synapses: "
+        "exact (every synapse inside the padded map: fewer at a convolution's borders) or "
+        "paper (the OPZO paper's Table 7: firing rate x the dense fan-out C_out k^2/s^2 of "
+        "an interior neuron for every neuron); equal for fully connected nets",
+        ("exact", "paper"))
     # output
     out: str | None = _opt(None, "run folder (default: runs/<dataset>-<method>-<time>)")
 
@@ -669,7 +679,7 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
     "run folder and checkpoints": ("out", "checkpoint_every", "checkpoint_minutes"),
     "devices and processes": ("device", "threads"),
     "diagnostics and logging": ("diagnostics", "diag_every", "diag_reference", "tensorboard",
-                                "tensorboard_every"),
+                                "tensorboard_every", "synops_convention"),
 }
 
 

@@ -47,6 +47,18 @@ input pixel of its window **with weight 1, not 1/k²**. So:
   batch norm adds none; SEW's ADD x_l = s_l + P x_j gives x_j's spikes the fan-out of x_l
   (through Pᵀ), as they reach every synapse x_l drives.
 
+**Fan-out, the paper's convention** (``convention="paper"``). The OPZO paper's Table 7
+counts SynOps as firing rate times a *dense* fan-out, the same for every neuron of a layer:
+an interior neuron's, as if the map had no border. Only the convolutions' counts change: a
+k×k convolution of stride s gives every input pixel C_out·k²/s² synapses (stride 1: C_out·k²,
+9·C_out for k = 3, where the exact count gives border pixels 6·C_out or 4·C_out); fully
+connected ops, pooling, shortcuts and composite terms count as above. So for a layer of n_l
+neurons firing at rate fr_l over T steps, SOP_l = fr_l · T · n_l · C_out·k²/s²: with four
+spiking convolutions (128C3 at 32², 256C3 at 16², 512C3 at 8², 512C3 at 4², the named net
+``conv-table7``) and Table 7's firing rates this gives Table 7's SynOps
+(``benchmarks/table7_synops.py``). The exact count is never above the paper's for "same"
+padding; both are equal for fully connected nets.
+
 The fan-outs are computed from the network's shapes with torch primitives (the transposed
 convolution of ones with a ones kernel, a repeat for the pooling), never from its weights.
 
@@ -79,7 +91,19 @@ from .layers_extra import CompositeLayer, Pool2d
 from .network import SpikingNet, StepRecord
 from .norm import Normed
 
-__all__ = ["SynOpsCounter", "count_synops", "op_fanout", "synaptic_fanout"]
+__all__ = ["CONVENTIONS", "SynOpsCounter", "count_synops", "op_fanout", "synaptic_fanout",
+           "synops_from_rates"]
+
+#: how fan-outs are counted: every synapse inside the padded map ("exact"), or the interior
+#: value for every neuron (the OPZO paper's Table 7, "paper"); module docstring
+CONVENTIONS = ("exact", "paper")
+
+
+def _check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"SynOps convention {convention!r}: choose one of "
+                         f"{', '.join(CONVENTIONS)}")
+    return convention
 
 
 def count_dtype(device: torch.device) -> torch.dtype:
@@ -108,43 +132,51 @@ def pool_count_transpose(pool: Pool2d, fan: Tensor, in_shape: Sequence[int]) -> 
     return (avg.transpose(g, (h, w)) * float(pool.kernel ** 2)).reshape(-1)
 
 
-def _term_fanout(term, *, device, dtype) -> Tensor:
+def _term_fanout(term, *, device, dtype, convention: str = "exact") -> Tensor:
     """Synapses per element of a composite layer's term source (1 for an identity term)."""
     if term.op is None:
         return torch.ones(math.prod(term.in_shape), device=device, dtype=dtype)
-    return op_fanout(term.op, device=device, dtype=dtype)
+    return op_fanout(term.op, device=device, dtype=dtype, convention=convention)
 
 
 def op_fanout(layer: DenseLayer | ConvLayer, *, device: torch.device | None = None,
-              dtype: torch.dtype | None = None) -> Tensor:
+              dtype: torch.dtype | None = None, convention: str = "exact") -> Tensor:
     """For every element of what ``layer`` receives (its ``in_shape``, flattened), the number
     of synapses of the layer's op it reaches, through the layer's input pooling (see the
     module docstring): Pᵀ opᵀ 1 with 1 per pooled element, shape (prod(in_shape),).
 
     ``device``: where to make it (default: the layer's weight's); ``dtype``: default
-    :func:`count_dtype` of the device.
+    :func:`count_dtype` of the device; ``convention``: ``"exact"`` (every synapse inside the
+    padded map) or ``"paper"`` (a convolution's interior count C_out·k²/s² for every pixel,
+    the OPZO paper's Table 7).
     """
+    _check_convention(convention)
     device = layer.weight.device if device is None else torch.device(device)
     dtype = count_dtype(device) if dtype is None else dtype
     if isinstance(layer, Normed):  # batch norm is elementwise: the op's synapses
-        return op_fanout(layer.inner, device=device, dtype=dtype)
+        return op_fanout(layer.inner, device=device, dtype=dtype, convention=convention)
     if isinstance(layer, CompositeLayer):  # the terms that read the layer's input
         fan = torch.zeros(math.prod(layer.in_shape), device=device, dtype=dtype)
         for t in layer.terms:
             if t.source == "in":
-                fan = fan + _term_fanout(t, device=device, dtype=dtype)
+                fan = fan + _term_fanout(t, device=device, dtype=dtype,
+                                         convention=convention)
         return fan
     op_in = tuple(int(d) for d in layer.op_in_shape)
     if isinstance(layer, ConvLayer):
         c_in, h, w = op_in
         c_out, ho, wo = (int(d) for d in layer.out_shape)
         k, st, p = layer.kernel_size, layer.stride, layer.padding
-        # one channel: the number of output positions each input pixel is read by, then
-        # times C_out (every output channel reads every input channel)
-        positions = torch.nn.grad.conv2d_input(
-            (1, 1, h, w), torch.ones(1, 1, k, k, device=device, dtype=dtype),
-            torch.ones(1, 1, ho, wo, device=device, dtype=dtype), stride=st, padding=p)
-        fan = (positions[0, 0] * c_out).expand(c_in, h, w)
+        if convention == "paper":  # dense: an interior pixel's count for every pixel
+            fan = torch.full((c_in, h, w), c_out * k * k / (st * st), device=device,
+                             dtype=dtype)
+        else:
+            # one channel: the number of output positions each input pixel is read by, then
+            # times C_out (every output channel reads every input channel)
+            positions = torch.nn.grad.conv2d_input(
+                (1, 1, h, w), torch.ones(1, 1, k, k, device=device, dtype=dtype),
+                torch.ones(1, 1, ho, wo, device=device, dtype=dtype), stride=st, padding=p)
+            fan = (positions[0, 0] * c_out).expand(c_in, h, w)
     else:
         fan = torch.full(op_in, float(layer.out_features), device=device, dtype=dtype)
     if layer.pool is None:
@@ -161,21 +193,23 @@ def op_fanout(layer: DenseLayer | ConvLayer, *, device: torch.device | None = No
 
 
 def synaptic_fanout(net: SpikingNet, *, device: torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> list[Tensor]:
+                    dtype: torch.dtype | None = None,
+                    convention: str = "exact") -> list[Tensor]:
     """f_l for every hidden layer l: shape (n_l,), flattened like the layer's spikes, the
     number of synapses each neuron's spike drives (next op through its pooling, plus one
     identity synapse per residual shortcut leaving the layer; module docstring).
 
     ``device`` default: the network's (its readout weight's); ``dtype`` default
-    :func:`count_dtype`.
+    :func:`count_dtype`; ``convention``: ``"exact"`` or ``"paper"`` (:func:`op_fanout`).
     """
+    _check_convention(convention)
     device = _device_of(net) if device is None else torch.device(device)
     hidden = list(net.hidden)
     out: list[Tensor] = []
     for l in range(len(hidden)):
         nxt = hidden[l + 1] if l + 1 < len(hidden) else net.readout
         if getattr(nxt, "uses_input", True):
-            f = op_fanout(nxt, device=device, dtype=dtype)
+            f = op_fanout(nxt, device=device, dtype=dtype, convention=convention)
         else:  # the next layer reads earlier layers only (SEW's conv1 after a downsampling)
             f = torch.zeros(hidden[l].out_features, device=device,
                             dtype=count_dtype(device) if dtype is None else dtype)
@@ -188,7 +222,8 @@ def synaptic_fanout(net: SpikingNet, *, device: torch.device | None = None,
         for reader in [*hidden[l + 1:], net.readout]:  # composite terms reading x_l
             for t in getattr(reader, "terms", ()):
                 if t.source == ("out", l):
-                    f = f + _term_fanout(t, device=device, dtype=dtype)
+                    f = f + _term_fanout(t, device=device, dtype=dtype,
+                                         convention=convention)
         out.append(f)
     adds = getattr(net, "adds", None) or []
     for l in range(len(adds) - 1, -1, -1):  # SEW's ADD x_l = s_l + P x_j: x_j's spikes
@@ -218,12 +253,18 @@ class SynOpsCounter:
     :meth:`result` (no synchronisation per step). For several processes, :meth:`sums` /
     :meth:`load_sums` give and take the raw sums as a list of floats (e.g. through
     ``Communicator.sum``), or :meth:`merge` adds another counter.
+
+    ``convention``: how a spike's synapses are counted, ``"exact"`` (default) or ``"paper"``
+    (the OPZO paper's dense fan-out; module docstring).
     """
 
-    def __init__(self, net: SpikingNet, *, device: torch.device | None = None) -> None:
+    def __init__(self, net: SpikingNet, *, device: torch.device | None = None,
+                 convention: str = "exact") -> None:
         self.device = _device_of(net) if device is None else torch.device(device)
         self.dtype = count_dtype(self.device)
-        self.fanout = synaptic_fanout(net, device=self.device, dtype=self.dtype)
+        self.convention = _check_convention(convention)
+        self.fanout = synaptic_fanout(net, device=self.device, dtype=self.dtype,
+                                      convention=convention)
         self.neurons = [int(f.numel()) for f in self.fanout]
         self.reset()
 
@@ -271,6 +312,9 @@ class SynOpsCounter:
         """Add the counts of ``other`` (a counter of the same network)."""
         if other.neurons != self.neurons:
             raise ValueError("counters of different networks")
+        if other.convention != self.convention:
+            raise ValueError(f"counters of different conventions ({self.convention}, "
+                             f"{other.convention})")
         self.load_sums([a + b for a, b in zip(self.sums(), other.sums())])
 
     def sums(self) -> list[float]:
@@ -334,15 +378,16 @@ class SynOpsCounter:
 
 @torch.no_grad()
 def count_synops(net: SpikingNet, x: Tensor, T: int | None = None,
-                 counter: SynOpsCounter | None = None) -> dict[str, Any]:
+                 counter: SynOpsCounter | None = None,
+                 convention: str = "exact") -> dict[str, Any]:
     """Run inference on one batch (evaluation mode: no noise, no dropout; the network's
     training mode is restored) and return :meth:`SynOpsCounter.result` for it.
 
     ``x``: as :meth:`SpikingNet.run` takes it (static (B, ...) with ``T``, or (T, B, ...)).
     ``counter``: add to this counter instead of a fresh one (its result, pooled, is
-    returned).
+    returned); ``convention``: that of a fresh counter (``"exact"`` or ``"paper"``).
     """
-    counter = SynOpsCounter(net) if counter is None else counter
+    counter = SynOpsCounter(net, convention=convention) if counter is None else counter
     was_training = net.training
     net.eval()
     try:
@@ -350,3 +395,16 @@ def count_synops(net: SpikingNet, x: Tensor, T: int | None = None,
     finally:
         net.train(was_training)
     return counter.result()
+
+
+def synops_from_rates(net: SpikingNet, rates: Sequence[float], T: int,
+                      convention: str = "paper") -> list[float]:
+    """SynOps per sample of every hidden layer from its firing rate alone, every neuron of a
+    layer firing at the layer's rate: SOP_l = fr_l · T · Σ_i f_{l,i} (module docstring; with
+    ``convention="paper"``, fr_l · T · n_l · the dense fan-out, the OPZO paper's Table 7).
+    For reading a paper's table: a trained network's own count is :class:`SynOpsCounter`'s.
+    """
+    fans = synaptic_fanout(net, convention=convention)
+    if len(rates) != len(fans):
+        raise ValueError(f"{len(rates)} firing rates for {len(fans)} hidden layers")
+    return [float(r) * T * float(f.sum()) for r, f in zip(rates, fans)]

@@ -26,6 +26,10 @@ def _resnet(blocks: Sequence[int], channels: Sequence[int] = (64, 128, 256, 512)
 
 NETS: dict[str, str] = {
     "conv5": "128C3-AP2-256C3-AP2-512C3-FC",
+    # what the OPZO paper's Table 7 counts (issue 24): four spiking convolutions, 128C3 at
+    # 32x32, 256C3 at 16x16, 512C3 at 8x8 and 512C3 at 4x4 on a 32x32 input, not the three
+    # of conv5, the string the paper gives (opzo.energy, benchmarks/table7_synops.py)
+    "conv-table7": "128C3-AP2-256C3-AP2-512C3-AP2-512C3-FC",
     "conv9": "64C3-128C3-AP2-256C3-256C3-AP2-512C3-512C3-AP2-512C3-512C3-FC",
     "conv9r": "64C3-128C3-AP2-256C3-256C3+-AP2-512C3-512C3+-AP2-512C3-512C3+-FC",
     "resnet18": _resnet((2, 2, 2, 2)),

@@ -129,7 +129,7 @@ def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLos
     forward is the chip's."""
     device = next(net.parameters()).device
     acc = Accumulator()
-    synops = SynOpsCounter(net)
+    synops = SynOpsCounter(net, convention=cfg.synops_convention)
     readout = make_readout(cfg)
     hw = net.hardware
     random = (hw is not None and hw.kind == "gaussian" and hw.scale > 0) or cfg.encoding == "rate"
