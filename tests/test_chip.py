@@ -8,14 +8,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
-import opzo
 from opzo.chip import (
     ChipConfig,
     ChipStep,
@@ -334,9 +331,10 @@ def test_bad_chip_inputs_give_one_line(tmp_path, capsys, monkeypatch):
     # a NIR chip: the simulator missing, a graph the chip cannot run, wrong shapes
     graph = tmp_path / "g.nir"
     graph.write_bytes(b"")
-    fake = types.ModuleType("opzo.chip_nir")
-    fake.SIMULATORS = ("snntorch", "spikingjelly", "norse")
-    fake.VARIANTS = ("same", "cuba")
+    from opzo import chip_nir  # its factory, registered for nir:, reads these names
+
+    monkeypatch.setattr(chip_nir, "SIMULATORS", ("snntorch", "spikingjelly", "norse"))
+    monkeypatch.setattr(chip_nir, "VARIANTS", ("same", "cuba"))
     behaviour = {}
 
     def nir_chip(path, sim, net, variant="same", dt=1e-4):
@@ -347,9 +345,7 @@ def test_bad_chip_inputs_give_one_line(tmp_path, capsys, monkeypatch):
             raise ValueError("the graph's node 'h1' is a CubaLIF\nthat snntorch cannot run")
         return FakeChip(net, wrong_shapes=True)
 
-    fake.NirChip = nir_chip
-    monkeypatch.setattr(opzo, "chip_nir", fake, raising=False)  # the real one, if any, back
-    monkeypatch.setitem(sys.modules, "opzo.chip_nir", fake)
+    monkeypatch.setattr(chip_nir, "NirChip", nir_chip)
     nir = [*BASE, *out, "--chip", f"nir:{graph}"]
     behaviour["kind"] = "import"
     _one_line_error(capsys, [*nir, "--chip-sim", "norse"], "pip install norse")

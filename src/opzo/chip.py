@@ -74,11 +74,9 @@ with the config's option names as attributes (a :class:`~opzo.config.TrainConfig
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -97,8 +95,6 @@ ROUNDINGS = ("nearest", "stochastic")
 GRAD_FROM = ("chip", "model")
 #: the simulators of ``--chip nir:`` (``opzo.chip_nir.SIMULATORS`` is the list that counts)
 SIMULATOR_NAMES = ("snntorch", "spikingjelly", "norse")
-#: what ``pip install`` brings each simulator
-_PIP = {"snntorch": "snntorch", "spikingjelly": "spikingjelly", "norse": "norse"}
 
 
 @dataclass
@@ -428,37 +424,27 @@ class OpzoChip:
         return ChipStep(us, spikes, o)
 
 
-def _nir_chip(cfg: ChipConfig, net: SpikingNet) -> ChipBackend:
-    """``opzo.chip_nir.NirChip`` for ``--chip nir:FILE``; ValueError with one line for a
-    missing file, a simulator that is not installed, or a graph the chip cannot run."""
-    spec = cfg.backend
-    path = Path(spec[4:])
-    if not path.is_file():
-        raise ValueError(f"--chip {spec}: {path} does not exist (give a NIR file, e.g. one "
-                         "written by opzo export)")
-    try:
-        # opzo.chip_nir is another engineer's module (issue 24 part 2), in the runs layer of
-        # ARCHITECTURE.md, above this one: imported by name at run time, not statically
-        nir_mod = importlib.import_module(f"{__package__}.chip_nir")
-        SIMULATORS, VARIANTS = tuple(nir_mod.SIMULATORS), tuple(nir_mod.VARIANTS)
-        NirChip = nir_mod.NirChip
-    except ImportError as exc:
-        raise ValueError(f"--chip {spec}: the NIR chip backend cannot be loaded ({exc}): "
-                         "pip install 'opzo[nir-peers]'") from None
-    if cfg.sim not in SIMULATORS:
-        raise ValueError(f"--chip-sim {cfg.sim!r}: choose one of {', '.join(SIMULATORS)}")
-    if cfg.variant not in VARIANTS:
-        raise ValueError(f"--chip-variant {cfg.variant!r}: choose one of {', '.join(VARIANTS)}")
-    try:
-        return NirChip(str(path), cfg.sim, net, variant=cfg.variant)
-    except ImportError as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        hint = "" if "pip install" in text else f": pip install {_PIP.get(cfg.sim, cfg.sim)}"
-        raise ValueError(f"--chip-sim {cfg.sim}: the simulator is not installed ({text})"
-                         f"{hint}") from None
-    except ValueError as exc:
-        text = " ".join(str(exc).split())
-        raise ValueError(f"--chip {spec}: {text}") from None
+#: chip backends named ``SCHEME:ARGUMENT`` on the command line (``--chip nir:FILE.nir``):
+#: scheme -> factory ``(ChipConfig, host net) -> ChipBackend``, ValueError (one line) for what
+#: it cannot run. ``opzo.chip_nir`` registers ``nir`` when it is imported (the runs layer,
+#: ``opzo.train`` and the command line, import it; ARCHITECTURE.md).
+BACKENDS: dict[str, Callable[[ChipConfig, SpikingNet], ChipBackend]] = {}
+
+
+def register_backend(scheme: str, factory: Callable[[ChipConfig, SpikingNet], ChipBackend]
+                     ) -> None:
+    """Make ``--chip SCHEME:ARGUMENT`` build its backend with ``factory(cfg, net)``."""
+    BACKENDS[scheme] = factory
+
+
+def _foreign_chip(cfg: ChipConfig, net: SpikingNet) -> ChipBackend:
+    """The registered backend of ``cfg.backend`` = ``SCHEME:ARGUMENT``."""
+    scheme = cfg.backend.split(":", 1)[0]
+    factory = BACKENDS.get(scheme)
+    if factory is None:
+        raise ValueError(f"--chip {cfg.backend}: no chip backend {scheme!r} is loaded (the "
+                         f"NIR backend registers itself on 'import opzo.chip_nir')")
+    return factory(cfg, net)
 
 
 def make_chip(net: SpikingNet, options: Any) -> ChipBackend | None:
@@ -478,7 +464,7 @@ def make_chip(net: SpikingNet, options: Any) -> ChipBackend | None:
         # a simulator's modules may draw their own initial weights: the run's random
         # stream (the rule's feedback, the data order) stays what it is without a chip
         with torch.random.fork_rng(devices=[like.device] if like.device.type == "cuda" else []):
-            backend = _nir_chip(cfg, net)
+            backend = _foreign_chip(cfg, net)
     elif cfg.backend == "opzo" or cfg.neuron_props:
         backend = OpzoChip(net, cfg.state_bits, cfg.threshold_noise, cfg.leak_noise, cfg.seed)
     else:

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .chip import ChipStep
+from .chip import ChipConfig, ChipStep, register_backend
 from .network import SpikingNet
 from .nir import DEFAULT_DT, NIRError, _Graph, _kind, _neuron_step, _nir, _snap
 
@@ -444,3 +444,29 @@ class NirChip:
                       neuron.apply_hard_reset(u, s, neuron.v_reset))
         return u, s
 
+
+def _nir_backend(cfg: ChipConfig, net: SpikingNet) -> NirChip:
+    """``opzo.chip_nir.NirChip`` for ``--chip nir:FILE``; ValueError with one line for a
+    missing file, a simulator that is not installed, or a graph the chip cannot run."""
+    spec = cfg.backend
+    path = Path(spec[4:])
+    if not path.is_file():
+        raise ValueError(f"--chip {spec}: {path} does not exist (give a NIR file, e.g. one "
+                         "written by opzo export)")
+    if cfg.sim not in SIMULATORS:
+        raise ValueError(f"--chip-sim {cfg.sim!r}: choose one of {', '.join(SIMULATORS)}")
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"--chip-variant {cfg.variant!r}: choose one of {', '.join(VARIANTS)}")
+    try:
+        return NirChip(str(path), cfg.sim, net, variant=cfg.variant)
+    except ImportError as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = "" if "pip install" in text else f": {_PIP.get(cfg.sim, 'pip install ' + cfg.sim)}"
+        raise ValueError(f"--chip-sim {cfg.sim}: the simulator is not installed ({text})"
+                         f"{hint}") from None
+    except ValueError as exc:
+        text = " ".join(str(exc).split())
+        raise ValueError(f"--chip {spec}: {text}") from None
+
+
+register_backend("nir", _nir_backend)

@@ -156,6 +156,7 @@ def _eval_chip(args: argparse.Namespace, cfg: TrainConfig, state: dict, net,
     afterwards. ``evaluate(net, chip_backend)`` gives the figures."""
     import dataclasses
 
+    from . import chip_nir  # noqa: F401  (registers the chip backend of --chip nir:FILE)
     from .chip import ChipConfig, setup_chip
 
     chip = ChipConfig.from_options(cfg)

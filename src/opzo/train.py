@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import chip_nir  # noqa: F401  (registers the chip backend of --chip nir:FILE)
 from .batch import BatchAbandoned, BatchStats
 from .build import (
     build_learner,
