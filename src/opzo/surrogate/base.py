@@ -26,6 +26,11 @@ class Surrogate:
     options: tuple[Option, ...] = ()
     #: whether ψ is drawn at random (LocalZO): its documented form is then its expectation
     sampled: ClassVar[bool] = False
+    #: whether ψ is exactly zero for most neurons (LocalZO, SparseGrad): the backward pass
+    #: may then run over the active neurons only (:mod:`opzo.sparse`)
+    sparse_psi: ClassVar[bool] = False
+    #: the ``sparse_backward`` option: "auto" (sparse when :attr:`sparse_psi`), "on", "off"
+    sparse_backward: str = "auto"
 
     @classmethod
     def examples(cls) -> list[Surrogate]:

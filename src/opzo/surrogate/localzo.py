@@ -77,6 +77,10 @@ LOCALZO_OPTIONS: tuple[Option, ...] = (
     Option("localzo_delta", 0.05, "LocalZO smoothing δ", min=1e-9),
     Option("localzo_m", 1, "LocalZO samples m per neuron and step", min=1),
     Option("localzo_dist", "normal", "LocalZO distribution of z", choices=DISTRIBUTIONS),
+    Option("sparse_backward", "auto", "localzo / sparsegrad: compute the backward over the "
+           "neurons with ψ ≠ 0 only (BPTT's backward, the online traces' weight gradients; "
+           "same gradients up to rounding, LocalZO paper section 5.2): auto (on), on, off",
+           choices=("auto", "on", "off")),
 )
 
 _ZETA3 = 1.2020569031595942
@@ -142,6 +146,12 @@ def _sigmoid_inverse_table(
     return table_t, xi_max / (_TABLE_POINTS - 1), gamma, total, t, cdf
 
 
+def _check_sparse_mode(mode: str) -> str:
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"sparse_backward must be 'auto', 'on' or 'off', got {mode!r}")
+    return mode
+
+
 class SparsityStats:
     """Counts the local derivatives ψ that are non-zero (the sparsity SparseGrad exploits).
 
@@ -151,6 +161,8 @@ class SparsityStats:
     """
 
     track_stats: bool = True
+    #: ψ is exactly zero for most neurons: the backward may skip them (:mod:`opzo.sparse`)
+    sparse_psi = True
 
     def _count(self, psi: Tensor) -> None:
         self._nonzero = torch.count_nonzero(psi) + self._nonzero.to(psi.device)
@@ -233,7 +245,8 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
 
     @classmethod
     def from_config(cls, cfg: Options) -> LocalZOSurrogate:
-        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
+        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist,
+                   sparse_backward=getattr(cfg, "sparse_backward", "auto"))
 
     def __init__(
         self,
@@ -246,6 +259,7 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
         z_max: float | None = None,
         generator: torch.Generator | None = None,
         track_stats: bool = True,
+        sparse_backward: str = "auto",
     ) -> None:
         if distribution not in DISTRIBUTIONS:
             raise ValueError(
@@ -278,6 +292,7 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
         self.z_max = None if z_max is None else float(z_max)
         self.generator = generator
         self.track_stats = bool(track_stats)
+        self.sparse_backward = _check_sparse_mode(sparse_backward)
         self.a: float | None = None
         self.k: float | None = None
         #: c of Theorem 3 (1 for normal / uniform / laplace)
@@ -578,10 +593,12 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
     @classmethod
     def from_config(cls, cfg: Options) -> SparseGradSurrogate:
         """The expected surrogate of the config's LocalZO distribution, thresholded."""
-        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
+        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist,
+                   sparse_backward=getattr(cfg, "sparse_backward", "auto"))
 
     def __init__(self, delta: float = 0.05, m: int = 1, distribution: str = "normal",
-                 threshold: float | None = None, track_stats: bool = True, **localzo) -> None:
+                 threshold: float | None = None, track_stats: bool = True,
+                 sparse_backward: str = "auto", **localzo) -> None:
         self.local = LocalZOSurrogate(delta=delta, m=m, distribution=distribution,
                                       track_stats=False, **localzo)
         if threshold is None:
@@ -594,6 +611,7 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
                 "distribution)")
         self.threshold = float(threshold)
         self.track_stats = track_stats
+        self.sparse_backward = _check_sparse_mode(sparse_backward)
         self.reset_stats()
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:

@@ -1,0 +1,322 @@
+"""The sparse backward of LocalZO and SparseGrad: credit only through the active neurons.
+
+With the LocalZO derivative (LocalZO paper, eqs. 5-7, Algorithm 1) or SparseGrad's cut
+surrogate (Perez-Nieves & Goodman 2021; LocalZO paper section 5.2) the local derivative
+ψ(u_l[t]) is exactly zero for most neurons at a step (under 1% active in the paper's
+Figure 2). Every gradient term that carries ψ as a factor then vanishes there, and the
+backward pass needs only the active entries (LocalZO paper section 5.2 and appendix B.1,
+eqs. 25-26: SparseGrad's layer-wise backward, "gradients of only active neurons are required").
+
+**BPTT** (:func:`bptt_sparse`, LIF neurons of eq. 1 with the subtractive reset, fully
+connected layers). The forward pass runs outside autograd and keeps, per hidden layer, its
+input x_l[t] (the layer below's spikes) and ψ_l[t] (drawn once, at the forward step, as
+Algorithm 1 does). The loss's error at the readout currents e[t] = ∂L/∂o[t] comes from
+autograd on the (T, B, C) outputs alone. Then, layer by layer from the top, with
+g_l[t] = ∂L/∂s_l[t] from the layer above (through its weights and the dropout mask)::
+
+    ε_l[t] = ψ_l[t] ⊙ (g_l[t] − λ V_th δ_l[t+1])      (no second term with a detached reset)
+    δ_l[t] = ε_l[t] + λ δ_l[t+1]                       (δ_l = ∂L/∂u_l, the leak's recursion)
+    ∇W_l = Σ_t δ_l[t]ᵀ x_l[t] = Σ_t ε_l[t]ᵀ â_l[t],    â_l[t] = λ â_l[t−1] + x_l[t]
+    ∇b_l = Σ_t Σ_batch δ_l[t]
+    g_{l−1}[t] = m_{l−1} ⊙ (δ_l[t] W_l)
+
+ε_l is as sparse as ψ_l, so g_l is needed at the active entries only: one dot product of a
+row of δ_{l+1} with a column of W_{l+1} each (the dense product δ W costs B·n·n_in per step
+instead). The weight gradient is one sparse-dense product: ε_l (as an n × T·B sparse matrix)
+times the presynaptic traces â_l (the rearranged sum of eq. 26), or, where the layer's input
+has fewer non-zeros than ε times the width ratio (a latency code), x_lᵀ (sparse) times δ_l.
+Only the leak's recursion for δ_l stays dense (elementwise, T·B·n).
+
+**Online rules** (:func:`accumulate_sparse`): δ_l[t] = g ⊙ m ⊙ ψ (eq. 7) is sparse, and the
+OTTT trace's weight-gradient product ∇W += δ[t]ᵀ â[t] runs over its non-zero entries (a
+sparse δᵀ times â), with ``sparse_backward="on"`` only (:func:`online_sparse_enabled`).
+
+Both give the dense computation's gradients up to float rounding (the order of the sums
+differs). Whether they run is the surrogate's option ``sparse_backward`` (``auto``: when the
+surrogate's ψ is sparse, :attr:`opzo.surrogate.Surrogate.sparse_psi`; ``on``; ``off``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .layers import DenseLayer
+from .losses import InstantLoss, MaxOverTime
+from .network import SpikingNet
+from .neurons.base import same_dynamics, surrogate_at
+from .neurons.lif import LIF
+from .norm import has_sequence_norm
+from .surrogate import Surrogate
+
+__all__ = ["SPARSE_MODES", "accumulate_sparse", "bptt_sparse", "bptt_unsupported",
+           "online_sparse_enabled", "sparse_enabled"]
+
+#: per-step inputs with fewer non-zeros than this fraction go through a sparse product
+#: (the first layer's currents and weight gradient; as :data:`opzo.bptt.SPARSE_INPUT_DENSITY`)
+SPARSE_INPUT_DENSITY = 0.05
+#: values of the ``sparse_backward`` option
+SPARSE_MODES: tuple[str, ...] = ("auto", "on", "off")
+#: the online product stays dense when δ has more non-zeros than this fraction
+ONLINE_MAX_DENSITY = 0.02
+
+
+def sparse_enabled(surrogate: Surrogate | None) -> bool:
+    """Whether the sparse backward applies: the surrogate's ``sparse_backward`` is ``on``, or
+    ``auto`` and its ψ is exactly zero for most neurons (LocalZO, SparseGrad)."""
+    if surrogate is None:
+        return False
+    mode = getattr(surrogate, "sparse_backward", "auto")
+    if mode not in SPARSE_MODES:
+        raise ValueError(f"sparse_backward must be one of {SPARSE_MODES}, got {mode!r}")
+    return mode == "on" or (mode == "auto" and bool(getattr(surrogate, "sparse_psi", False)))
+
+
+def online_sparse_enabled(surrogate: Surrogate | None) -> bool:
+    """Whether the online traces' weight-gradient product runs over δ's non-zero entries: only
+    with ``sparse_backward="on"``. ``auto`` keeps it dense: at one step's sizes (B·n entries)
+    the sparse product beats the dense one only below about 1% non-zeros with wide inputs
+    (``benchmarks/bench_sparse.py --online``: 1.6x at B = 256, 784 inputs, 0.5%; slower at
+    200 inputs or 2%), and the dense sums keep the online figures' numbers."""
+    return surrogate is not None and getattr(surrogate, "sparse_backward", "auto") == "on"
+
+
+def bptt_unsupported(net: SpikingNet) -> str | None:
+    """Why :func:`bptt_sparse` cannot compute this network's BPTT gradient (None: it can):
+    it covers fully connected LIF nets with the subtractive reset and a dense readout, no
+    residual terms, chip noise or batch norm."""
+    neuron = net.neuron
+    if not isinstance(neuron, LIF) or not same_dynamics(neuron, LIF):
+        return f"neuron {neuron.name!r} (the sparse backward is written for LIF, eq. 1)"
+    if neuron.reset != "subtract":
+        return "reset 'zero' (the sparse backward is written for the subtractive reset)"
+    if net.hardware is not None:
+        return "chip noise"
+    if any(s is not None for s in net.skips) or any(
+            a is not None for a in getattr(net, "adds", [])):
+        return "residual connections"
+    if has_sequence_norm(net):
+        return "batch norm"
+    for layer in [*net.hidden, net.readout]:
+        if type(layer) is not DenseLayer or layer.pool is not None:
+            return f"layer {type(layer).__name__} (fully connected layers without pooling only)"
+    return None
+
+
+def _leaky_cumsum_(x: Tensor, lam: float) -> Tensor:
+    """x[t] += λ x[t−1] along dim 0, in place: the presynaptic trace â (eq. 26's input trace)."""
+    for t in range(1, x.shape[0]):
+        x[t].add_(x[t - 1], alpha=lam)
+    return x
+
+
+def _csr(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR matrix from entries sorted by row (no scan of a dense tensor)."""
+    crow = rows.new_zeros(shape[0] + 1)
+    crow[1:] = torch.bincount(rows, minlength=shape[0]).cumsum(0)
+    with warnings.catch_warnings():  # "CSR support is in beta state" (torch 2.x)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+
+
+def _weight_grad(rows: Tensor, cols: Tensor, eps: Tensor, delta: Tensor, inputs: Tensor,
+                 sparse_inputs: Tensor | None, lam: float) -> Tensor:
+    """Σ_t δ[t]ᵀ x[t] (n × n_in) given ε's entries (rows t·B + b, neurons, values), the dense
+    δ (T·B, n) and the inputs x (T, B, n_in): xᵀ δ when the inputs come as a sparse matrix
+    (a latency code), else ε (sparse) times the presynaptic traces â (eq. 26)."""
+    T, B, n_in = inputs.shape
+    n = delta.shape[1]
+    if sparse_inputs is not None:
+        return torch.sparse.mm(sparse_inputs.t(), delta).t()
+    traces = _leaky_cumsum_(inputs.clone(), lam).reshape(T * B, n_in)
+    eps_t = torch.sparse_coo_tensor(torch.stack((cols, rows)), eps, (n, T * B),
+                                    check_invariants=False)
+    return torch.sparse.mm(eps_t, traces)
+
+
+def _add_grad(p: Tensor, g: Tensor) -> None:
+    if p.grad is None:
+        p.grad = g.detach().clone()
+    else:
+        p.grad.add_(g)
+
+
+def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tensor] | None,
+                norm: int, loss: InstantLoss, first: Callable[[], Tensor | tuple[Tensor, ...]],
+                output_leak: float = 0.0, readout: MaxOverTime | None = None,
+                detach_reset: bool = False, dense: bool = False,
+                should_stop: Callable[[], object] | None = None,
+                timings: dict[str, float] | None = None) -> tuple[float, Tensor]:
+    """BPTT's gradient of one batch over the active neurons only (the module docstring),
+    added to every parameter's ``.grad``; the loss is :class:`~opzo.bptt.BPTTLearner`'s.
+
+    ``x``: (B, F) static or (T, B, F) per step; ``first()``: the first layer's currents
+    (:meth:`~opzo.bptt.BPTTLearner._first_currents`); ``norm``: the B of the batch mean;
+    ``dense``: the same recursion with dense products (the reference for the sparse one);
+    ``should_stop``: asked each step (raises :class:`~opzo.learner.BatchAbandoned` through
+    the caller's check); ``timings``: gets ``forward`` and ``backward`` seconds.
+    Returns (loss summed over the batch, per step for the summed readout; class scores).
+    """
+    import time
+
+    neuron = net.neuron
+    surrogate = net.surrogate
+    lam, v_th = float(neuron.lam), float(neuron.v_th)
+    static = x.dim() == 2
+    batch = x.shape[0] if static else x.shape[1]
+    sizes = list(net.hidden_sizes)
+    start = time.perf_counter()
+    sparse_x: Tensor | None = None
+    with torch.no_grad():
+        if dense or static:
+            firsts = first()
+        else:  # the first layer's currents through the sparse input, kept for ∇W_0
+            flat_x = x.reshape(T * batch, -1)
+            w0, b0 = net.hidden[0].weight, net.hidden[0].bias
+            if int(torch.count_nonzero(flat_x)) < SPARSE_INPUT_DENSITY * flat_x.numel():
+                sparse_x = flat_x.to_sparse()
+                cur = torch.sparse.mm(sparse_x, w0.t())
+                if b0 is not None:
+                    cur = cur + b0
+            else:
+                cur = net.hidden[0](flat_x)
+            firsts = cur.reshape(T, batch, -1)
+        state = [neuron.initial_state(batch, n, x) for n in sizes]
+        psis = [x.new_empty(T, batch, n) for n in sizes]
+        outs = [x.new_empty(T, batch, n) for n in sizes]  # what layer l delivers
+        for t in range(T):
+            if should_stop is not None:
+                should_stop()
+            inp = x if static else x[t]
+            for l, layer in enumerate(net.hidden):
+                current = (firsts if static else firsts[t]) if l == 0 else layer(inp)
+                st = neuron.step(state[l], current, surrogate, detach_reset)
+                state[l] = st
+                psis[l][t] = surrogate_at(surrogate, st["u"], v_th)
+                inp = st["s"] if masks is None else st["s"] * masks[l]
+                outs[l][t] = inp
+        n_out = net.num_outputs
+        top = outs[-1].reshape(T * batch, sizes[-1])
+        o_all = net.readout(top).reshape(T, batch, n_out)
+    o_leaf = o_all.requires_grad_()
+    with torch.enable_grad():
+        steps = o_leaf.unbind(0)
+        if readout is not None:
+            scores = readout.scores(list(steps))
+            total = loss.per_sample(scores, y).sum()
+            (total / norm).backward()
+            loss_value = float(total.detach())
+            out_sum = scores.detach()
+        else:
+            total = x.new_zeros(())
+            leaky: Tensor | None = None
+            for o in steps:
+                if output_leak:
+                    leaky = o if leaky is None else output_leak * leaky + o
+                    o = leaky
+                total = total + loss.per_sample(o, y).sum()
+            (total / (norm * T)).backward()
+            loss_value = float(total.detach()) / T
+            out_sum = o_all.detach().sum(0)
+    if timings is not None:
+        timings["forward"] = time.perf_counter() - start
+        start = time.perf_counter()
+    if not math.isfinite(loss_value):
+        return loss_value, out_sum
+    err = o_leaf.grad.reshape(T * batch, n_out)
+    with torch.no_grad():
+        _add_grad(net.readout.weight, err.t() @ top)
+        if net.readout.bias is not None:
+            _add_grad(net.readout.bias, err.sum(0))
+        up_delta, up_weight = err, net.readout.weight.detach()
+        for l in reversed(range(len(sizes))):
+            layer, n = net.hidden[l], sizes[l]
+            psi = psis[l].reshape(-1)
+            if dense:
+                g = (up_delta @ up_weight).reshape(T, batch, n)
+                if masks is not None:
+                    g = g * masks[l]
+                delta = torch.empty(T, batch, n, dtype=x.dtype, device=x.device)
+                nxt: Tensor | None = None
+                for t in reversed(range(T)):
+                    gt = g[t] if nxt is None or detach_reset else g[t] - (lam * v_th) * nxt
+                    d = psis[l][t] * gt
+                    if nxt is not None:
+                        d = d + lam * nxt
+                    delta[t] = d
+                    nxt = d
+                delta2 = delta.reshape(T * batch, n)
+                inputs = outs[l - 1] if l else (x.expand(T, *x.shape) if static else x)
+                grad_w = delta2.t() @ inputs.reshape(T * batch, -1)
+            else:
+                flat = psi.nonzero().squeeze(1)  # sorted: step-major
+                vals = psi[flat]
+                rows, cols = flat // n, flat % n  # row = t·B + b
+                # g_l at the active entries: (δ_up W_up) sampled there (SDDMM)
+                pattern = _csr(rows, cols, vals, (T * batch, n))
+                g = torch.sparse.sampled_addmm(pattern, up_delta, up_weight, beta=0.0).values()
+                if masks is not None:
+                    g = g * masks[l][rows % batch, cols]
+                delta2 = x.new_zeros(T * batch, n)
+                delta = delta2.view(T, batch * n)
+                if detach_reset:
+                    eps = vals * g
+                    delta.view(-1)[flat] = eps
+                    for t in range(T - 2, -1, -1):
+                        delta[t].add_(delta[t + 1], alpha=lam)
+                else:
+                    eps = torch.empty_like(vals)
+                    step = rows // batch
+                    bounds = torch.searchsorted(step, torch.arange(T + 1, device=x.device))
+                    edges = bounds.tolist()
+                    for t in range(T - 1, -1, -1):
+                        a, b = edges[t], edges[t + 1]
+                        if t < T - 1:
+                            delta[t].add_(delta[t + 1], alpha=lam)
+                        if a == b:
+                            continue
+                        pos = flat[a:b] - t * batch * n
+                        e = g[a:b]
+                        if t < T - 1:
+                            e = e - (lam * v_th) * delta[t + 1][pos]
+                        e = vals[a:b] * e
+                        eps[a:b] = e
+                        delta[t].index_add_(0, pos, e)
+                if static and l == 0:
+                    grad_w = delta2.reshape(T, batch, n).sum(0).t() @ x
+                else:
+                    inputs = x if l == 0 else outs[l - 1]
+                    grad_w = _weight_grad(rows, cols, eps, delta2, inputs,
+                                          sparse_x if l == 0 else None, lam)
+            _add_grad(layer.weight, grad_w)
+            if layer.bias is not None:
+                _add_grad(layer.bias, delta2.sum(0))
+            up_delta, up_weight = delta2, layer.weight.detach()
+    if timings is not None:
+        timings["backward"] = time.perf_counter() - start
+    return loss_value, out_sum
+
+
+def accumulate_sparse(layer: object, delta: Tensor, trace: Tensor, bias_trace: float) -> bool:
+    """∇W += δᵀ â and ∇b += b̂ Σ_batch δ over δ's non-zero entries (online rules, OTTT trace
+    with per-step input: :meth:`opzo.layers.DenseLayer.accumulate_grad`'s sums without the
+    zero terms). False (nothing done) for other layers or a δ that is not sparse enough."""
+    if type(layer) is not DenseLayer or delta.dim() != 2 or trace.dim() != 2:
+        return False
+    nnz = int(torch.count_nonzero(delta))
+    if nnz > ONLINE_MAX_DENSITY * delta.numel():
+        return False
+    weight = layer.weight
+    if weight.grad is None:
+        weight.grad = torch.zeros_like(weight)
+    if nnz:
+        weight.grad.add_(torch.sparse.mm(delta.t().to_sparse(), trace))
+    if layer.bias is not None:
+        if layer.bias.grad is None:
+            layer.bias.grad = torch.zeros_like(layer.bias)
+        layer.bias.grad.add_(delta.sum(0), alpha=bias_trace)
+    return True
