@@ -244,7 +244,7 @@ def main() -> None:
             if k == "dense":
                 continue
             m = 1 if k == "localzo" else int(k.split("-m")[1])
-            print(f"| {m} | {s['overall_speedup_mean']:.2f}x | {PAPER_T4['fashion'][m]}x "
+            print(f"| {m} | {s['overall_speedup_mean']:.2f}x | {PAPER_T4['fashion'].get(m, '-')}x "
                   f"| {s['backward_speedup_mean']:.2f}x "
                   f"| {100 * s['active_fraction_mean']:.2f}% |")
 

@@ -198,3 +198,27 @@ def test_online_rule_with_sparse_trace_products_equals_dense(monkeypatch):
     assert not taken  # "off": never asked
     _close(*grads)
     assert any(float(g.abs().max()) > 0 for g in grads[0][:4])
+
+
+def test_bench_sparse_runs_at_tiny_size(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .conftest import SHARED_DATA
+
+    root = Path(__file__).resolve().parents[1]
+    rows = ["nmnist", "shd"] + (["fashion"] if (SHARED_DATA / "fashion-mnist").exists() else [])
+    out = tmp_path / "sb"
+    cmd = [sys.executable, str(root / "benchmarks" / "bench_sparse.py"), "--rows", *rows,
+           "--updates", "2", "2", "2", "--batch", "4", "--t-scale", "0.02", "--sweep", "1", "3",
+           "--sweep-updates", "2", "--out", str(out),
+           "--data-root", str(SHARED_DATA / "fashion-mnist")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(out.with_suffix(".json").read_text())
+    for name in rows:
+        res = summary["rows"][name]
+        assert res["localzo"]["updates"] == 1 and 0.0 <= res["localzo"]["active_fraction_mean"] <= 1
+    assert "| localzo |" in proc.stdout

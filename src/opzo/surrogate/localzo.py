@@ -78,8 +78,9 @@ LOCALZO_OPTIONS: tuple[Option, ...] = (
     Option("localzo_m", 1, "LocalZO samples m per neuron and step", min=1),
     Option("localzo_dist", "normal", "LocalZO distribution of z", choices=DISTRIBUTIONS),
     Option("sparse_backward", "auto", "localzo / sparsegrad: compute the backward over the "
-           "neurons with ψ ≠ 0 only (BPTT's backward, the online traces' weight gradients; "
-           "same gradients up to rounding, LocalZO paper section 5.2): auto (on), on, off",
+           "neurons with ψ ≠ 0 only, same gradients up to rounding (LocalZO paper section "
+           "5.2; opzo.sparse): auto = BPTT's backward (FC LIF nets), on = also the online "
+           "OTTT trace's weight-gradient product, off = neither",
            choices=("auto", "on", "off")),
 )
 
