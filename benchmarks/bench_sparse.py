@@ -51,6 +51,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from opzo import InstantLoss, SpikingNet  # noqa: E402
 from opzo.bptt import BPTTLearner  # noqa: E402
@@ -176,6 +177,37 @@ def run_row(name: str, batches, inputs: int, classes: int, T: int, lr: float,
     return summary
 
 
+def online_products(rounds: int = 41) -> None:
+    """The online OTTT trace's product ∇W += δᵀ â for one step: dense addmm against
+    :func:`opzo.sparse.accumulate_sparse`, round-robin medians, at a few sizes and densities
+    of δ (why ``sparse_backward=auto`` leaves the online rules dense)."""
+    from baselines import round_robin_medians
+
+    from opzo.layers import DenseLayer
+    from opzo.sparse import accumulate_sparse
+
+    print("| B | inputs | n | δ non-zeros | dense / sparse time |")
+    print("|---|---|---|---|---|")
+    g = torch.Generator().manual_seed(0)
+    for batch, inputs, n in [(256, 784, 200), (256, 200, 200), (64, 128, 128)]:
+        for density in (0.005, 0.01, 0.02):
+            layer = DenseLayer(inputs, n)
+            delta = torch.randn(batch, n, generator=g) * (
+                torch.rand(batch, n, generator=g) < density)
+            trace = torch.rand(batch, inputs, generator=g)
+            layer.weight.grad = torch.zeros_like(layer.weight)
+            layer.bias.grad = torch.zeros_like(layer.bias)
+            args = (layer, delta, trace)
+            if not accumulate_sparse(*args, 1.0):
+                print(f"| {batch} | {inputs} | {n} | {density:.1%} | declined: dense |")
+                continue
+            med = round_robin_medians(
+                {"dense": lambda a=args: a[0].accumulate_grad(a[1], a[2], 1.0),
+                 "sparse": lambda a=args: accumulate_sparse(*a, 1.0)}, rounds)
+            print(f"| {batch} | {inputs} | {n} | {float(delta.ne(0).float().mean()):.2%} | "
+                  f"{med['dense'] / med['sparse']:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
@@ -191,7 +223,13 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "fashion-mnist"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sparse_backward"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--online", action="store_true",
+                    help="only time the online trace's product, dense against sparse")
     args = ap.parse_args()
+    if args.online:
+        torch.set_num_threads(args.threads)
+        online_products()
+        return
     if args.quick:
         args.batch, args.t_scale, args.updates = 64, 0.25, [3, 3, 3]
         args.sweep, args.sweep_updates = [1, 5], 3

@@ -80,8 +80,8 @@ def online_sparse_enabled(surrogate: Surrogate | None) -> bool:
     """Whether the online traces' weight-gradient product runs over δ's non-zero entries: only
     with ``sparse_backward="on"``. ``auto`` keeps it dense: at one step's sizes (B·n entries)
     the sparse product beats the dense one only below about 1% non-zeros with wide inputs
-    (``benchmarks/bench_sparse.py --online``: 1.6x at B = 256, 784 inputs, 0.5%; slower at
-    200 inputs or 2%), and the dense sums keep the online figures' numbers."""
+    (``benchmarks/bench_sparse.py --online``), and the dense sums keep the online figures'
+    numbers."""
     return surrogate is not None and getattr(surrogate, "sparse_backward", "auto") == "on"
 
 
