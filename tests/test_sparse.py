@@ -90,10 +90,12 @@ def test_sparse_bptt_equals_autograd_at_every_sparsity(threshold, delta, fractio
         lo, hi = fraction
         if density > 0.1:
             assert lo <= sparse.nonzero_fraction <= hi
-        want, s2, used = _grads(SparseGradSurrogate(delta=delta, threshold=threshold,
-                                                    sparse_backward="off"),
-                                detach, readout, static, dropout, density=density)
+        reference = SparseGradSurrogate(delta=delta, threshold=threshold, sparse_backward="off")
+        want, s2, used = _grads(reference, detach, readout, static, dropout, density=density)
         assert not used
+        # ψ counted once per neuron and step either way (the sparse path counts in its
+        # backward's index pass)
+        assert sparse.stats_state() == reference.stats_state()
         _close(got, want)
         assert math.isclose(s1.loss_sum, s2.loss_sum, rel_tol=1e-6) and s1.correct == s2.correct
         if threshold > 1:  # all active: the hidden layers learn

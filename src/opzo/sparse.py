@@ -48,10 +48,11 @@ from torch import Tensor
 from .layers import DenseLayer
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet
-from .neurons.base import same_dynamics, surrogate_at
+from .neurons.base import same_dynamics
 from .neurons.lif import LIF
 from .norm import has_sequence_norm
 from .surrogate import Surrogate
+from .surrogate.localzo import SparsityStats
 
 __all__ = ["SPARSE_MODES", "accumulate_sparse", "bptt_sparse", "bptt_unsupported",
            "online_sparse_enabled", "sparse_enabled"]
@@ -177,28 +178,42 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
         else:  # the first layer's currents through the sparse input, kept for ∇W_0
             flat_x = x.reshape(T * batch, -1)
             w0, b0 = net.hidden[0].weight, net.hidden[0].bias
-            if int(torch.count_nonzero(flat_x)) < SPARSE_INPUT_DENSITY * flat_x.numel():
-                sparse_x = flat_x.to_sparse()
+            sparse_x = flat_x.to_sparse()  # one pass (a count first would be a second)
+            if sparse_x._nnz() < SPARSE_INPUT_DENSITY * flat_x.numel():
                 cur = torch.sparse.mm(sparse_x, w0.t())
                 if b0 is not None:
                     cur = cur + b0
             else:
+                sparse_x = None
                 cur = net.hidden[0](flat_x)
             firsts = cur.reshape(T, batch, -1)
-        state = [neuron.initial_state(batch, n, x) for n in sizes]
         psis = [x.new_empty(T, batch, n) for n in sizes]
         outs = [x.new_empty(T, batch, n) for n in sizes]  # what layer l delivers
-        for t in range(T):
-            if should_stop is not None:
-                should_stop()
-            inp = x if static else x[t]
-            for l, layer in enumerate(net.hidden):
-                current = (firsts if static else firsts[t]) if l == 0 else layer(inp)
-                st = neuron.step(state[l], current, surrogate, detach_reset)
-                state[l] = st
-                psis[l][t] = surrogate_at(surrogate, st["u"], v_th)
-                inp = st["s"] if masks is None else st["s"] * masks[l]
-                outs[l][t] = inp
+        u_prev = [x.new_zeros(batch, n) for n in sizes]
+        s_prev = [x.new_zeros(batch, n) for n in sizes]
+        # ψ's non-zeros are counted by the backward's index pass instead of once per call
+        counting = (not dense and isinstance(surrogate, SparsityStats)
+                    and surrogate.track_stats)
+        if counting:
+            surrogate.track_stats = False
+        try:
+            for t in range(T):
+                if should_stop is not None:
+                    should_stop()
+                inp = x if static else x[t]
+                for l, layer in enumerate(net.hidden):
+                    current = (firsts if static else firsts[t]) if l == 0 else layer(inp)
+                    # eq. 1 in PureOps.membrane's order of operations (the same values as
+                    # autograd's BPTT), spikes as _SpikeFn's forward
+                    u = lam * (u_prev[l] - v_th * s_prev[l]) + current
+                    spikes = (u > v_th).to(u.dtype)
+                    psis[l][t] = surrogate(u, v_th)
+                    u_prev[l], s_prev[l] = u, spikes
+                    inp = spikes if masks is None else spikes * masks[l]
+                    outs[l][t] = inp
+        finally:
+            if counting:
+                surrogate.track_stats = True
         n_out = net.num_outputs
         top = outs[-1].reshape(T * batch, sizes[-1])
         o_all = net.readout(top).reshape(T, batch, n_out)
@@ -254,6 +269,8 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                 grad_w = delta2.t() @ inputs.reshape(T * batch, -1)
             else:
                 flat = psi.nonzero().squeeze(1)  # sorted: step-major
+                if counting:
+                    surrogate.add_counts(flat.numel(), psi.numel(), T)
                 vals = psi[flat]
                 rows, cols = flat // n, flat % n  # row = t·B + b
                 # g_l at the active entries: (δ_up W_up) sampled there (SDDMM)

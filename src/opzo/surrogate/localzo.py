@@ -170,6 +170,13 @@ class SparsityStats:
         self._total += psi.numel()
         self._calls += 1
 
+    def add_counts(self, nonzero: int, total: int, calls: int) -> None:
+        """Count ``calls`` evaluations with ``nonzero`` of ``total`` values non-zero, made
+        with counting off by a caller that finds the non-zeros anyway (:mod:`opzo.sparse`)."""
+        self._nonzero = self._nonzero + int(nonzero)
+        self._total += int(total)
+        self._calls += int(calls)
+
     def reset_stats(self) -> None:
         """Zero the counters behind :attr:`nonzero_fraction`."""
         self._nonzero: Tensor = torch.zeros((), dtype=torch.int64, device="cpu")
