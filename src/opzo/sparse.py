@@ -187,10 +187,14 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                 sparse_x = None
                 cur = net.hidden[0](flat_x)
             firsts = cur.reshape(T, batch, -1)
-        psis = [x.new_empty(T, batch, n) for n in sizes]
+        psi_steps: list[list[Tensor]] = [[] for _ in sizes]  # ψ_l[t] (dense mode)
+        active: list[list[tuple[Tensor, Tensor]]] = [[] for _ in sizes]  # (index, ψ) per t
         outs = [x.new_empty(T, batch, n) for n in sizes]  # what layer l delivers
-        u_prev = [x.new_zeros(batch, n) for n in sizes]
-        s_prev = [x.new_zeros(batch, n) for n in sizes]
+        u_all = [x.new_zeros(batch, n) for n in sizes]  # u_l[t], updated in place
+        s_prev = [x.new_zeros(batch, n) for n in sizes]  # s_l[t−1] (before the mask)
+        scratch = [x.new_empty(batch, n) for n in sizes]
+        reset = [x.new_empty(batch, n) for n in sizes]  # V_th s_l[t−1]
+        spike_buf = [x.new_empty(batch, n) for n in sizes] if masks is not None else None
         # ψ's non-zeros are counted by the backward's index pass instead of once per call
         counting = (not dense and isinstance(surrogate, SparsityStats)
                     and surrogate.track_stats)
@@ -202,15 +206,28 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                     should_stop()
                 inp = x if static else x[t]
                 for l, layer in enumerate(net.hidden):
-                    current = (firsts if static else firsts[t]) if l == 0 else layer(inp)
+                    if l == 0:
+                        current = firsts if static else firsts[t]
+                    elif layer.bias is not None:  # F.linear's own product
+                        current = torch.addmm(layer.bias, inp, layer.weight.t(),
+                                              out=scratch[l])
+                    else:
+                        current = torch.mm(inp, layer.weight.t(), out=scratch[l])
                     # eq. 1 in PureOps.membrane's order of operations (the same values as
-                    # autograd's BPTT), spikes as _SpikeFn's forward
-                    u = lam * (u_prev[l] - v_th * s_prev[l]) + current
-                    spikes = (u > v_th).to(u.dtype)
-                    psis[l][t] = surrogate(u, v_th)
-                    u_prev[l], s_prev[l] = u, spikes
-                    inp = spikes if masks is None else spikes * masks[l]
-                    outs[l][t] = inp
+                    # autograd's BPTT), in place; spikes as _SpikeFn's forward
+                    u = u_all[l]
+                    u.sub_(torch.mul(s_prev[l], v_th, out=reset[l])).mul_(lam).add_(current)
+                    if dense:
+                        psi_steps[l].append(surrogate(u, v_th))
+                    else:  # the active entries (found here, as SparseGrad's forward does)
+                        flat_t, vals_t = surrogate.nonzeros(u, v_th)
+                        active[l].append((flat_t.add_(t * batch * sizes[l]), vals_t))
+                    if masks is None:
+                        s_prev[l] = torch.gt(u, v_th, out=outs[l][t])
+                        inp = s_prev[l]
+                    else:
+                        s_prev[l] = torch.gt(u, v_th, out=spike_buf[l])
+                        inp = torch.mul(s_prev[l], masks[l], out=outs[l][t])
         finally:
             if counting:
                 surrogate.track_stats = True
@@ -250,8 +267,8 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
         up_delta, up_weight = err, net.readout.weight.detach()
         for l in reversed(range(len(sizes))):
             layer, n = net.hidden[l], sizes[l]
-            psi = psis[l].reshape(-1)
             if dense:
+                psis_l = torch.stack(psi_steps[l])
                 g = (up_delta @ up_weight).reshape(T, batch, n)
                 if masks is not None:
                     g = g * masks[l]
@@ -259,7 +276,7 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                 nxt: Tensor | None = None
                 for t in reversed(range(T)):
                     gt = g[t] if nxt is None or detach_reset else g[t] - (lam * v_th) * nxt
-                    d = psis[l][t] * gt
+                    d = psis_l[t] * gt
                     if nxt is not None:
                         d = d + lam * nxt
                     delta[t] = d
@@ -268,10 +285,11 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                 inputs = outs[l - 1] if l else (x.expand(T, *x.shape) if static else x)
                 grad_w = delta2.t() @ inputs.reshape(T * batch, -1)
             else:
-                flat = psi.nonzero().squeeze(1)  # sorted: step-major
+                flat = torch.cat([f for f, _ in active[l]])  # sorted: step-major
+                vals = torch.cat([v for _, v in active[l]])
+                active[l] = []
                 if counting:
-                    surrogate.add_counts(flat.numel(), psi.numel(), T)
-                vals = psi[flat]
+                    surrogate.add_counts(flat.numel(), T * batch * n, T)
                 rows, cols = flat // n, flat % n  # row = t·B + b
                 # g_l at the active entries: (δ_up W_up) sampled there (SDDMM)
                 pattern = _csr(rows, cols, vals, (T * batch, n))

@@ -635,6 +635,25 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
             self._count(psi)
         return psi
 
+    def nonzeros(self, u: Tensor, v_th: float) -> tuple[Tensor, Tensor]:
+        """The neurons within B̃_th of the threshold and their ψ, the expected surrogate
+        computed at those entries only (normal, p = 1; otherwise from ψ itself); counted
+        as one call."""
+        local = self.local
+        if not (local.distribution == "normal" and local.p == 1):
+            return super().nonzeros(u, v_th)
+        x = (u.detach() - v_th).reshape(-1)
+        index = (x.abs() < self.threshold).nonzero().squeeze(1)
+        d = local.delta
+        psi = x[index].square_().mul_(-0.5 / (d * d)).exp_().mul_(
+            1.0 / (d * math.sqrt(2 * math.pi)))
+        keep = psi != 0  # exp underflows to 0 far inside a huge threshold
+        if not bool(keep.all()):
+            index, psi = index[keep], psi[keep]
+        if self.track_stats:
+            self.add_counts(index.numel(), x.numel(), 1)
+        return index, psi
+
     @classmethod
     def examples(cls) -> list[Surrogate]:
         return [cls(delta=0.5), cls(delta=0.4, distribution="laplace")]
