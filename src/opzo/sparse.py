@@ -133,8 +133,14 @@ def _weight_grad(rows: Tensor, cols: Tensor, eps: Tensor, delta: Tensor, inputs:
     n = delta.shape[1]
     if sparse_inputs is not None:
         return torch.sparse.mm(sparse_inputs.t(), delta).t()
-    traces = _leaky_cumsum_(inputs.clone(), lam).reshape(T * B, n_in)
-    eps_t = torch.sparse_coo_tensor(torch.stack((cols, rows)), eps, (n, T * B),
+    return _eps_times(rows, cols, eps, _leaky_cumsum_(inputs.clone(), lam).reshape(T * B, n_in),
+                      n)
+
+
+def _eps_times(rows: Tensor, cols: Tensor, eps: Tensor, traces: Tensor, n: int) -> Tensor:
+    """Σ_t ε[t]ᵀ â[t] (n × n_in): ε's entries (rows t·B + b, neurons, values) as a sparse
+    n × T·B matrix times the traces (T·B, n_in)."""
+    eps_t = torch.sparse_coo_tensor(torch.stack((cols, rows)), eps, (n, traces.shape[0]),
                                     check_invariants=False)
     return torch.sparse.mm(eps_t, traces)
 
@@ -187,14 +193,19 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                 sparse_x = None
                 cur = net.hidden[0](flat_x)
             firsts = cur.reshape(T, batch, -1)
+        L = len(sizes)
         psi_steps: list[list[Tensor]] = [[] for _ in sizes]  # ψ_l[t] (dense mode)
         active: list[list[tuple[Tensor, Tensor]]] = [[] for _ in sizes]  # (index, ψ) per t
-        outs = [x.new_empty(T, batch, n) for n in sizes]  # what layer l delivers
+        # what layer l delivers, (T, B, n): its (masked) spikes for the readout's layer (and
+        # every layer in dense mode), else their presynaptic trace â (eq. 26's input trace)
+        keep_spikes = [dense or l == L - 1 for l in range(L)]
+        outs = [x.new_empty(T, batch, n) for n in sizes]
         u_all = [x.new_zeros(batch, n) for n in sizes]  # u_l[t], updated in place
         s_prev = [x.new_zeros(batch, n) for n in sizes]  # s_l[t−1] (before the mask)
         scratch = [x.new_empty(batch, n) for n in sizes]
         reset = [x.new_empty(batch, n) for n in sizes]  # V_th s_l[t−1]
-        spike_buf = [x.new_empty(batch, n) for n in sizes] if masks is not None else None
+        spike_buf = [x.new_empty(batch, n) for n in sizes]
+        inp_buf = [x.new_empty(batch, n) for n in sizes]
         # ψ's non-zeros are counted by the backward's index pass instead of once per call
         counting = (not dense and isinstance(surrogate, SparsityStats)
                     and surrogate.track_stats)
@@ -220,14 +231,18 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                     if dense:
                         psi_steps[l].append(surrogate(u, v_th))
                     else:  # the active entries (found here, as SparseGrad's forward does)
-                        flat_t, vals_t = surrogate.nonzeros(u, v_th)
-                        active[l].append((flat_t.add_(t * batch * sizes[l]), vals_t))
-                    if masks is None:
-                        s_prev[l] = torch.gt(u, v_th, out=outs[l][t])
-                        inp = s_prev[l]
-                    else:
-                        s_prev[l] = torch.gt(u, v_th, out=spike_buf[l])
-                        inp = torch.mul(s_prev[l], masks[l], out=outs[l][t])
+                        active[l].append(surrogate.nonzeros(u, v_th))
+                    direct = keep_spikes[l]  # the spikes go straight to outs
+                    spikes = torch.gt(u, v_th, out=outs[l][t] if direct and masks is None
+                                      else spike_buf[l])
+                    s_prev[l] = spikes
+                    inp = spikes if masks is None else torch.mul(
+                        spikes, masks[l], out=outs[l][t] if direct else inp_buf[l])
+                    if not direct:  # â_l[t] = λ â_l[t−1] + x_l[t]
+                        if t == 0:
+                            outs[l][0].copy_(inp)
+                        else:
+                            torch.add(inp, outs[l][t - 1], alpha=lam, out=outs[l][t])
         finally:
             if counting:
                 surrogate.track_stats = True
@@ -285,48 +300,60 @@ def bptt_sparse(net: SpikingNet, x: Tensor, y: Tensor, T: int, masks: list[Tenso
                 inputs = outs[l - 1] if l else (x.expand(T, *x.shape) if static else x)
                 grad_w = delta2.t() @ inputs.reshape(T * batch, -1)
             else:
-                flat = torch.cat([f for f, _ in active[l]])  # sorted: step-major
+                local = [f for f, _ in active[l]]  # per step: positions in (B·n)
+                counts = [f.numel() for f in local]
                 vals = torch.cat([v for _, v in active[l]])
                 active[l] = []
                 if counting:
-                    surrogate.add_counts(flat.numel(), T * batch * n, T)
-                rows, cols = flat // n, flat % n  # row = t·B + b
+                    surrogate.add_counts(vals.numel(), T * batch * n, T)
+                step = torch.repeat_interleave(torch.arange(T, device=x.device),
+                                               torch.tensor(counts, device=x.device))
+                flat = torch.cat(local) if local else step
+                rows = flat // n + step * batch  # t·B + b
+                cols = flat % n
                 # g_l at the active entries: (δ_up W_up) sampled there (SDDMM)
                 pattern = _csr(rows, cols, vals, (T * batch, n))
                 g = torch.sparse.sampled_addmm(pattern, up_delta, up_weight, beta=0.0).values()
                 if masks is not None:
                     g = g * masks[l][rows % batch, cols]
-                delta2 = x.new_zeros(T * batch, n)
-                delta = delta2.view(T, batch * n)
-                if detach_reset:
-                    eps = vals * g
-                    delta.view(-1)[flat] = eps
-                    for t in range(T - 2, -1, -1):
-                        delta[t].add_(delta[t + 1], alpha=lam)
-                else:
-                    eps = torch.empty_like(vals)
-                    step = rows // batch
-                    bounds = torch.searchsorted(step, torch.arange(T + 1, device=x.device))
-                    edges = bounds.tolist()
-                    for t in range(T - 1, -1, -1):
-                        a, b = edges[t], edges[t + 1]
-                        if t < T - 1:
-                            delta[t].add_(delta[t + 1], alpha=lam)
-                        if a == b:
-                            continue
-                        pos = flat[a:b] - t * batch * n
-                        e = g[a:b]
+                delta = x.new_empty(T, batch * n)
+                eps = vals * g if detach_reset else torch.empty_like(vals)
+                end = len(vals)
+                for t in range(T - 1, -1, -1):  # δ[t] = λ δ[t+1] + ε[t]
+                    if t == T - 1:
+                        delta[t].zero_()
+                    else:
+                        torch.mul(delta[t + 1], lam, out=delta[t])
+                    begin = end - counts[t]
+                    if begin == end:
+                        continue
+                    pos = local[t]
+                    if detach_reset:
+                        e = eps[begin:end]
+                    else:  # ε[t] = ψ[t] (g[t] − λ V_th δ[t+1])
+                        e = g[begin:end]
                         if t < T - 1:
                             e = e - (lam * v_th) * delta[t + 1][pos]
-                        e = vals[a:b] * e
-                        eps[a:b] = e
-                        delta[t].index_add_(0, pos, e)
+                        e = vals[begin:end] * e
+                        eps[begin:end] = e
+                    delta[t].index_add_(0, pos, e)
+                    end = begin
+                delta2 = delta.view(T * batch, n)
                 if static and l == 0:
                     grad_w = delta2.reshape(T, batch, n).sum(0).t() @ x
-                else:
-                    inputs = x if l == 0 else outs[l - 1]
-                    grad_w = _weight_grad(rows, cols, eps, delta2, inputs,
-                                          sparse_x if l == 0 else None, lam)
+                elif l == 0:
+                    grad_w = _weight_grad(rows, cols, eps, delta2, x, sparse_x, lam)
+                else:  # ε (sparse) times the traces â_{l−1} the forward kept
+                    grad_w = _eps_times(rows, cols, eps, outs[l - 1].view(T * batch, -1), n)
+                if layer.bias is not None:  # Σ_t δ[t] = Σ_t c[t] ε[t], c[t] = Σ_k≤t λ^k
+                    c = x.new_empty(T)
+                    c[0] = 1.0
+                    for t in range(1, T):
+                        c[t] = lam * c[t - 1] + 1.0
+                    _add_grad(layer.bias, x.new_zeros(n).index_add_(0, cols, eps * c[step]))
+                _add_grad(layer.weight, grad_w)
+                up_delta, up_weight = delta2, layer.weight.detach()
+                continue
             _add_grad(layer.weight, grad_w)
             if layer.bias is not None:
                 _add_grad(layer.bias, delta2.sum(0))
