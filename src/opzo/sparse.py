@@ -8,24 +8,28 @@ backward pass needs only the active entries (LocalZO paper section 5.2 and appen
 eqs. 25-26: SparseGrad's layer-wise backward, "gradients of only active neurons are required").
 
 **BPTT** (:func:`bptt_sparse`, LIF neurons of eq. 1 with the subtractive reset, fully
-connected layers). The forward pass runs outside autograd and keeps, per hidden layer, its
-input x_l[t] (the layer below's spikes) and ψ_l[t] (drawn once, at the forward step, as
-Algorithm 1 does). The loss's error at the readout currents e[t] = ∂L/∂o[t] comes from
-autograd on the (T, B, C) outputs alone. Then, layer by layer from the top, with
-g_l[t] = ∂L/∂s_l[t] from the layer above (through its weights and the dropout mask)::
+connected layers). The forward pass runs outside autograd, in place, and keeps per hidden
+layer the active entries of ψ_l[t] (found at the step, as SparseGrad's forward does, with
+:meth:`opzo.surrogate.Surrogate.nonzeros`; LocalZO's z is drawn once there, Algorithm 1),
+the presynaptic traces â_l[t] = λ â_l[t−1] + x_l[t] of the layers that feed another hidden
+layer (eq. 25's input trace) and the spikes of the last one. The loss's error at the readout
+currents e[t] = ∂L/∂o[t] comes from autograd on the (T, B, C) outputs alone. Then, layer by
+layer from the top, with g_l[t] = ∂L/∂s_l[t] from the layer above (through its weights and
+the dropout mask)::
 
     ε_l[t] = ψ_l[t] ⊙ (g_l[t] − λ V_th δ_l[t+1])      (no second term with a detached reset)
     δ_l[t] = ε_l[t] + λ δ_l[t+1]                       (δ_l = ∂L/∂u_l, the leak's recursion)
-    ∇W_l = Σ_t δ_l[t]ᵀ x_l[t] = Σ_t ε_l[t]ᵀ â_l[t],    â_l[t] = λ â_l[t−1] + x_l[t]
-    ∇b_l = Σ_t Σ_batch δ_l[t]
+    ∇W_l = Σ_t δ_l[t]ᵀ x_l[t] = Σ_t ε_l[t]ᵀ â_l[t]    (eq. 26 summed over t)
+    ∇b_l = Σ_t Σ_batch δ_l[t] = Σ_t c[t] Σ_batch ε_l[t],   c[t] = Σ_{k≤t} λ^k
     g_{l−1}[t] = m_{l−1} ⊙ (δ_l[t] W_l)
 
-ε_l is as sparse as ψ_l, so g_l is needed at the active entries only: one dot product of a
-row of δ_{l+1} with a column of W_{l+1} each (the dense product δ W costs B·n·n_in per step
-instead). The weight gradient is one sparse-dense product: ε_l (as an n × T·B sparse matrix)
-times the presynaptic traces â_l (the rearranged sum of eq. 26), or, where the layer's input
-has fewer non-zeros than ε times the width ratio (a latency code), x_lᵀ (sparse) times δ_l.
-Only the leak's recursion for δ_l stays dense (elementwise, T·B·n).
+ε_l is as sparse as ψ_l, so g_l is needed at the active entries only: a sampled product
+(SDDMM) of δ_{l+1} and W_{l+1} there (the dense δ W costs B·n·n_in per step). The weight
+gradient is one sparse-dense product: ε_l (as an n × T·B sparse matrix) times the traces; for
+the first layer, whose input is not a hidden layer's, xᵀ (sparse, from the forward's
+currents) times δ_0 when the input is mostly zeros (a latency code, events), else ε_0 times
+the input's traces. Only the leak's recursion for δ_l is dense (elementwise, T·B·n): δ_l is
+what the layer below samples.
 
 **Online rules** (:func:`accumulate_sparse`): δ_l[t] = g ⊙ m ⊙ ψ (eq. 7) is sparse, and the
 OTTT trace's weight-gradient product ∇W += δ[t]ᵀ â[t] runs over its non-zero entries (a
