@@ -229,7 +229,9 @@ def test_bench_sparse_runs_at_tiny_size(tmp_path):
 @pytest.mark.parametrize("sur", [SparseGradSurrogate(delta=0.05),
                                  SparseGradSurrogate(delta=0.05, threshold=1e9),
                                  SparseGradSurrogate(delta=0.3, distribution="laplace"),
-                                 LocalZOSurrogate(delta=0.1)])
+                                 LocalZOSurrogate(delta=0.1),
+                                 LocalZOSurrogate(delta=0.1, distribution="sigmoid"),
+                                 LocalZOSurrogate(delta=0.1, m=3)])
 def test_nonzeros_are_psi_s_nonzero_entries(sur):
     u = torch.randn(64, 50, generator=torch.Generator().manual_seed(4)) * 0.2 + 1.0
     torch.manual_seed(0)
@@ -239,5 +241,7 @@ def test_nonzeros_are_psi_s_nonzero_entries(sur):
     torch.manual_seed(0)
     psi = sur(u, 1.0).reshape(-1)
     assert torch.equal(index, psi.nonzero().squeeze(1)) and index.numel() > 0
+    if isinstance(sur, LocalZOSurrogate):  # the same draws, the same products
+        assert torch.equal(values, psi[index])
     torch.testing.assert_close(values, psi[index], rtol=1e-6, atol=0.0)
     assert counted == sur.stats_state()  # one call, the same non-zeros

@@ -428,6 +428,19 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
             self._count(psi)
         return psi
 
+    def nonzeros(self, u: Tensor, v_th: float) -> tuple[Tensor, Tensor]:
+        """ψ(u)'s non-zero entries from the same draws as :meth:`__call__` (m = 1, p = 1: the
+        active neurons' |z| scaled, without ψ's dense product); counted as one call."""
+        if self.m != 1 or self.p != 1:
+            return super().nonzeros(u, v_th)
+        dist = (u.detach() - v_th).abs_().div_(self.delta).reshape(-1)
+        z = self.sample_abs_z(dist.shape, u.device, u.dtype)
+        index = (dist < z).nonzero().squeeze(1)
+        psi = z[index].mul_(self.scale / (2.0 * self.delta))
+        if self.track_stats:
+            self.add_counts(index.numel(), dist.numel(), 1)
+        return index, psi
+
     sampled = True
 
     @classmethod
@@ -627,7 +640,11 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
         x = u.detach() - v_th
         if local.distribution == "normal" and local.p == 1:
             d = local.delta
-            psi = x.square().mul_(-0.5 / (d * d)).exp_().mul_(1.0 / (d * math.sqrt(2 * math.pi)))
+            # x clamped to ±B̃_th first: the same values where kept, and no exp of a hugely
+            # negative number (torch's CPU exp takes a ~30x slower path below about −88)
+            t = self.threshold
+            psi = x.clamp(-t, t).square_().mul_(-0.5 / (d * d)).exp_().mul_(
+                1.0 / (d * math.sqrt(2 * math.pi)))
         else:
             psi = local.expected_surrogate(u, v_th)
         psi = psi.masked_fill_(x.abs_() >= self.threshold, 0.0)
