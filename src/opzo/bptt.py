@@ -13,6 +13,7 @@ handled alike.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -25,6 +26,7 @@ from .layer_major import bptt_outputs
 from .losses import InstantLoss, MaxOverTime
 from .network import SpikingNet, _sources
 from .norm import has_sequence_norm
+from .sparse import bptt_sparse, bptt_unsupported, sparse_enabled
 
 #: per-step inputs with fewer non-zeros than this fraction go through a sparse product
 SPARSE_INPUT_DENSITY = 0.05
@@ -66,6 +68,15 @@ class BPTTLearner:
         #: asked at every time step of the forward pass; True gives the batch up
         #: (:class:`~opzo.learner.BatchAbandoned`; the backward pass is not cut short)
         self.should_stop: Callable[[], bool] | None = None
+        #: when a dict: each batch's ``forward`` and ``backward`` seconds are put there
+        #: (``benchmarks/bench_sparse.py``)
+        self.timings: dict[str, float] | None = None
+
+    def uses_sparse_backward(self) -> bool:
+        """Whether the backward runs over the active neurons only (:mod:`opzo.sparse`): the
+        surrogate's ``sparse_backward`` asks for it (``auto``: LocalZO, SparseGrad) and the
+        network is one :func:`opzo.sparse.bptt_unsupported` accepts."""
+        return sparse_enabled(self.net.surrogate) and bptt_unsupported(self.net) is None
 
     def accumulate(self, x: Tensor, y: Tensor, T: int | None = None,
                    masks: list[Tensor] | None = None, shard: Shard | None = None
@@ -86,6 +97,16 @@ class BPTTLearner:
         if shard is not None and shard.size != batch:
             raise ValueError(f"shard {shard} does not hold this batch's {batch} rows")
         norm = batch if shard is None else shard.total  # the B of the batch mean
+        if self.uses_sparse_backward():
+            with sharded(net, shard):
+                loss_value, out_sum = bptt_sparse(
+                    net, x, y, T, masks, norm, self.loss,
+                    lambda: self._first_currents(x, T, batch), self.output_leak,
+                    self.readout, self.detach_reset,
+                    should_stop=lambda: check_stop(self.should_stop), timings=self.timings)
+            return self._finish(loss_value, out_sum, y, batch)
+        timings = self.timings
+        start = time.perf_counter()
         state = [neuron.initial_state(batch, n, x) for n in net.hidden_sizes]
         total = x.new_zeros(())
         out_sum = x.new_zeros(batch, net.num_outputs)
@@ -115,11 +136,24 @@ class BPTTLearner:
             if self.readout is not None:  # one loss per sample, on max_t Y[t]
                 out_sum = self.readout.scores(outputs)
                 total = self.loss.per_sample(out_sum, y).sum()
+                if timings is not None:
+                    timings["forward"] = time.perf_counter() - start
+                    start = time.perf_counter()
                 (total / norm).backward()
                 loss_value = float(total.detach())
             else:
+                if timings is not None:
+                    timings["forward"] = time.perf_counter() - start
+                    start = time.perf_counter()
                 (total / (norm * T)).backward()
                 loss_value = float(total.detach()) / T
+        if timings is not None:
+            timings["backward"] = time.perf_counter() - start
+        return self._finish(loss_value, out_sum, y, batch)
+
+    def _finish(self, loss_value: float, out_sum: Tensor, y: Tensor, batch: int) -> BatchStats:
+        """The batch's statistics, after the loss's check and the sum over processes."""
+        net = self.net
         if not math.isfinite(loss_value):
             raise FloatingPointError("training loss became NaN/inf: lower the learning rate")
         if self.comm is not None:

@@ -253,5 +253,7 @@ def kernels_in_use(net: SpikingNet, device: torch.device | None = None,
     if not native.available():
         return f"torch (native unavailable: {native.error()})"
     if isinstance(learner, BPTTLearner):
-        return "torch (training: autograd through the step; evaluation: native)"
+        how = ("the sparse backward over the active neurons" if learner.uses_sparse_backward()
+               else "autograd through the step")
+        return f"torch (training: {how}; evaluation: native)"
     return "native"

@@ -86,6 +86,7 @@ from .network import StepRecord
 from .neurons import LIF, Neuron
 from .neurons.base import surrogate_at
 from .registry import Option, Registry
+from .sparse import accumulate_sparse, online_sparse_enabled
 
 #: a hidden layer a trace writes gradients through (see :mod:`opzo.layers`)
 SynapticLayer = DenseLayer | ConvLayer
@@ -243,10 +244,12 @@ class OTTTTrace(Trace):
         self.a: Tensor | None = None  # â[t], or the static input x
         self.c = 0.0  # b̂[t]
         self._delta_sum: Tensor | None = None  # Σ_t c_t δ[t] (static input only)
+        self._sparse = False  # the weight-gradient product over δ's non-zeros (opzo.sparse)
         self._pre.reset()
 
     def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
-        """â[t] = λ â[t−1] + x[t] (the record is not needed)."""
+        """â[t] = λ â[t−1] + x[t] (the record tells whether the product may go sparse)."""
+        self._sparse = rec is not None and online_sparse_enabled(rec.surrogate)
         if self._pre.leaks:
             x, unit = self._pre.push(x, self.static_input)
             self.c = self.lam * self.c + unit
@@ -275,6 +278,8 @@ class OTTTTrace(Trace):
             else:
                 self._delta_sum.add_(delta, alpha=self.c)
             return
+        if self._sparse and accumulate_sparse(layer, delta, self.a, self.c):
+            return  # over δ's non-zero entries only (opzo.sparse)
         layer.accumulate_grad(delta, self.a, self.c)
 
     def flush(self, layer: SynapticLayer) -> None:

@@ -26,6 +26,11 @@ class Surrogate:
     options: tuple[Option, ...] = ()
     #: whether ψ is drawn at random (LocalZO): its documented form is then its expectation
     sampled: ClassVar[bool] = False
+    #: whether ψ is exactly zero for most neurons (LocalZO, SparseGrad): the backward pass
+    #: may then run over the active neurons only (:mod:`opzo.sparse`)
+    sparse_psi: ClassVar[bool] = False
+    #: the ``sparse_backward`` option: "auto" (sparse when :attr:`sparse_psi`), "on", "off"
+    sparse_backward: str = "auto"
 
     @classmethod
     def examples(cls) -> list[Surrogate]:
@@ -51,6 +56,15 @@ class Surrogate:
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def nonzeros(self, u: Tensor, v_th: float) -> tuple[Tensor, Tensor]:
+        """ψ(u)'s non-zero entries: (flat indices, ascending; values), for the sparse
+        backward (:mod:`opzo.sparse`). Default: from ψ itself (counted as a call); a sparse
+        surrogate may find its active neurons without computing ψ everywhere (and then
+        counts nothing: the caller does)."""
+        psi = self(u, v_th).reshape(-1)
+        index = psi.nonzero().squeeze(1)
+        return index, psi[index]
 
     def grad(self, g: Tensor, u: Tensor, v_th: float) -> Tensor:
         """g ⊙ ψ(u): an error at the spikes turned into an error at the potential."""

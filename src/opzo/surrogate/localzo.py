@@ -77,6 +77,11 @@ LOCALZO_OPTIONS: tuple[Option, ...] = (
     Option("localzo_delta", 0.05, "LocalZO smoothing δ", min=1e-9),
     Option("localzo_m", 1, "LocalZO samples m per neuron and step", min=1),
     Option("localzo_dist", "normal", "LocalZO distribution of z", choices=DISTRIBUTIONS),
+    Option("sparse_backward", "auto", "localzo / sparsegrad: compute the backward over the "
+           "neurons with ψ ≠ 0 only, same gradients up to rounding (LocalZO paper section "
+           "5.2; opzo.sparse): auto = BPTT's backward (FC LIF nets), on = also the online "
+           "OTTT trace's weight-gradient product, off = neither",
+           choices=("auto", "on", "off")),
 )
 
 _ZETA3 = 1.2020569031595942
@@ -142,6 +147,12 @@ def _sigmoid_inverse_table(
     return table_t, xi_max / (_TABLE_POINTS - 1), gamma, total, t, cdf
 
 
+def _check_sparse_mode(mode: str) -> str:
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"sparse_backward must be 'auto', 'on' or 'off', got {mode!r}")
+    return mode
+
+
 class SparsityStats:
     """Counts the local derivatives ψ that are non-zero (the sparsity SparseGrad exploits).
 
@@ -151,11 +162,20 @@ class SparsityStats:
     """
 
     track_stats: bool = True
+    #: ψ is exactly zero for most neurons: the backward may skip them (:mod:`opzo.sparse`)
+    sparse_psi = True
 
     def _count(self, psi: Tensor) -> None:
         self._nonzero = torch.count_nonzero(psi) + self._nonzero.to(psi.device)
         self._total += psi.numel()
         self._calls += 1
+
+    def add_counts(self, nonzero: int, total: int, calls: int) -> None:
+        """Count ``calls`` evaluations with ``nonzero`` of ``total`` values non-zero, made
+        with counting off by a caller that finds the non-zeros anyway (:mod:`opzo.sparse`)."""
+        self._nonzero = self._nonzero + int(nonzero)
+        self._total += int(total)
+        self._calls += int(calls)
 
     def reset_stats(self) -> None:
         """Zero the counters behind :attr:`nonzero_fraction`."""
@@ -233,7 +253,8 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
 
     @classmethod
     def from_config(cls, cfg: Options) -> LocalZOSurrogate:
-        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
+        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist,
+                   sparse_backward=getattr(cfg, "sparse_backward", "auto"))
 
     def __init__(
         self,
@@ -246,6 +267,7 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
         z_max: float | None = None,
         generator: torch.Generator | None = None,
         track_stats: bool = True,
+        sparse_backward: str = "auto",
     ) -> None:
         if distribution not in DISTRIBUTIONS:
             raise ValueError(
@@ -278,6 +300,7 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
         self.z_max = None if z_max is None else float(z_max)
         self.generator = generator
         self.track_stats = bool(track_stats)
+        self.sparse_backward = _check_sparse_mode(sparse_backward)
         self.a: float | None = None
         self.k: float | None = None
         #: c of Theorem 3 (1 for normal / uniform / laplace)
@@ -404,6 +427,19 @@ class LocalZOSurrogate(SparsityStats, Surrogate):
         if self.track_stats:
             self._count(psi)
         return psi
+
+    def nonzeros(self, u: Tensor, v_th: float) -> tuple[Tensor, Tensor]:
+        """ψ(u)'s non-zero entries from the same draws as :meth:`__call__` (m = 1, p = 1: the
+        active neurons' |z| scaled, without ψ's dense product); counted as one call."""
+        if self.m != 1 or self.p != 1:
+            return super().nonzeros(u, v_th)
+        dist = (u.detach() - v_th).abs_().div_(self.delta).reshape(-1)
+        z = self.sample_abs_z(dist.shape, u.device, u.dtype)
+        index = (dist < z).nonzero().squeeze(1)
+        psi = z[index].mul_(self.scale / (2.0 * self.delta))
+        if self.track_stats:
+            self.add_counts(index.numel(), dist.numel(), 1)
+        return index, psi
 
     sampled = True
 
@@ -578,10 +614,12 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
     @classmethod
     def from_config(cls, cfg: Options) -> SparseGradSurrogate:
         """The expected surrogate of the config's LocalZO distribution, thresholded."""
-        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist)
+        return cls(delta=cfg.localzo_delta, m=cfg.localzo_m, distribution=cfg.localzo_dist,
+                   sparse_backward=getattr(cfg, "sparse_backward", "auto"))
 
     def __init__(self, delta: float = 0.05, m: int = 1, distribution: str = "normal",
-                 threshold: float | None = None, track_stats: bool = True, **localzo) -> None:
+                 threshold: float | None = None, track_stats: bool = True,
+                 sparse_backward: str = "auto", **localzo) -> None:
         self.local = LocalZOSurrogate(delta=delta, m=m, distribution=distribution,
                                       track_stats=False, **localzo)
         if threshold is None:
@@ -594,6 +632,7 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
                 "distribution)")
         self.threshold = float(threshold)
         self.track_stats = track_stats
+        self.sparse_backward = _check_sparse_mode(sparse_backward)
         self.reset_stats()
 
     def __call__(self, u: Tensor, v_th: float) -> Tensor:
@@ -601,13 +640,36 @@ class SparseGradSurrogate(SparsityStats, Surrogate):
         x = u.detach() - v_th
         if local.distribution == "normal" and local.p == 1:
             d = local.delta
-            psi = x.square().mul_(-0.5 / (d * d)).exp_().mul_(1.0 / (d * math.sqrt(2 * math.pi)))
+            # x clamped to ±B̃_th first: the same values where kept, and no exp of a hugely
+            # negative number (torch's CPU exp takes a ~30x slower path below about −88)
+            t = self.threshold
+            psi = x.clamp(-t, t).square_().mul_(-0.5 / (d * d)).exp_().mul_(
+                1.0 / (d * math.sqrt(2 * math.pi)))
         else:
             psi = local.expected_surrogate(u, v_th)
         psi = psi.masked_fill_(x.abs_() >= self.threshold, 0.0)
         if self.track_stats:
             self._count(psi)
         return psi
+
+    def nonzeros(self, u: Tensor, v_th: float) -> tuple[Tensor, Tensor]:
+        """The neurons within B̃_th of the threshold and their ψ, the expected surrogate
+        computed at those entries only (normal, p = 1; otherwise from ψ itself); counted
+        as one call."""
+        local = self.local
+        if not (local.distribution == "normal" and local.p == 1):
+            return super().nonzeros(u, v_th)
+        x = (u.detach() - v_th).reshape(-1)
+        index = (x.abs() < self.threshold).nonzero().squeeze(1)
+        d = local.delta
+        psi = x[index].square_().mul_(-0.5 / (d * d)).exp_().mul_(
+            1.0 / (d * math.sqrt(2 * math.pi)))
+        keep = psi != 0  # exp underflows to 0 far inside a huge threshold
+        if not bool(keep.all()):
+            index, psi = index[keep], psi[keep]
+        if self.track_stats:
+            self.add_counts(index.numel(), x.numel(), 1)
+        return index, psi
 
     @classmethod
     def examples(cls) -> list[Surrogate]:
