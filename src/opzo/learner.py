@@ -151,6 +151,8 @@ class OnlineLearner:
         self._checked_optimizer: torch.optim.Optimizer | None = None
         if not rule.is_bound_to(net):
             rule.bind(net)
+        if rule.noise is not None:  # z[t] is used within step t only: one buffer for all
+            rule.noise.reuse_buffer = True
 
     def _parameters(self) -> list[torch.nn.Parameter]:
         """The model's parameters and the rule's own (local readouts)."""

@@ -1,0 +1,102 @@
+"""The OPZO step's reused buffers (issue 23): the noise z[t] drawn into one buffer per batch
+shape, and the feedback product e Fᵀ written into one buffer, give the same numbers as fresh
+tensors, bit for bit, and really reuse their memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opzo import DFA, OPZO, InstantLoss, NoiseSampler, OnlineLearner, SpikingMLP, SpikingNet
+from opzo.rules.direct import DirectFeedbackRule
+
+
+def _net(conv: bool) -> SpikingNet:
+    torch.manual_seed(0)
+    if conv:
+        return SpikingNet("4C3-AP2-8C3-FC", (1, 8, 8), 5, dropout=0.2)
+    net = SpikingMLP([12, 16, 16, 5], dropout=0.2)
+    with torch.no_grad():
+        net.hidden[0].weight.mul_(3.0)
+    return net
+
+
+def _grads(conv: bool, rule_cls, fresh: bool, batches: int = 3) -> list[torch.Tensor]:
+    """.grad after each of a few batches (and M for OPZO), from one seed; ``fresh``: the
+    previous path (no reused buffers)."""
+    net = _net(conv)
+    rule = rule_cls()
+    learner = OnlineLearner(net, rule, InstantLoss("mix", 0.05))
+    if fresh:
+        if rule.noise is not None:
+            rule.noise.reuse_buffer = False
+        rule._scratch_g = lambda ctx: None  # type: ignore[method-assign]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.manual_seed(1)
+    x = torch.rand(6, 64 if conv else 12)
+    y = torch.randint(0, 5, (6,))
+    out = []
+    for _ in range(batches):
+        learner.train_batch(x, y, opt, T=4)
+        out += [p.grad.clone() for p in net.parameters()]
+        out.append(rule.feedback_t.clone())
+    return out
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("rule_cls", [OPZO, DFA])
+def test_reused_buffers_give_the_same_numbers(conv, rule_cls):
+    new = _grads(conv, rule_cls, fresh=False)
+    old = _grads(conv, rule_cls, fresh=True)
+    assert len(new) == len(old)
+    for a, b in zip(new, old):
+        assert torch.equal(a, b)
+    assert any(a.abs().sum() > 0 for a in new)  # the comparison is not between zeros
+
+
+def test_learner_draws_noise_into_one_buffer():
+    net = _net(False)
+    rule = OPZO()
+    learner = OnlineLearner(net, rule)
+    assert rule.noise.reuse_buffer
+    ptrs = []
+    orig = rule.noise._draw
+
+    def spy(batch, sizes, like):
+        z = orig(batch, sizes, like)
+        ptrs.append(z.data_ptr())
+        return z
+    rule.noise._draw = spy  # type: ignore[method-assign]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = torch.rand(6, 12), torch.randint(0, 5, (6,))
+    learner.train_batch(x, y, opt, T=3)
+    learner.train_batch(x, y, opt, T=3)
+    assert len(ptrs) == 6 and len(set(ptrs)) == 1
+    # the feedback product, too, is written into one buffer
+    assert isinstance(rule, DirectFeedbackRule) and rule._g_buffer.shape == (6, 32)
+
+
+def test_sampler_on_its_own_hands_out_fresh_tensors():
+    """A caller that keeps the z of earlier steps still has them (no buffer by default)."""
+    s = NoiseSampler()
+    like = torch.zeros(1)
+    torch.manual_seed(0)
+    z0 = s.sample(0, 4, [3, 5], like)[0].clone()
+    first = s.sample(0, 4, [3, 5], like)
+    kept = first[0].clone()
+    s.sample(1, 4, [3, 5], like)
+    assert torch.equal(first[0], kept)
+    assert not torch.equal(z0, kept)  # two draws differ
+
+
+def test_reused_noise_buffer_keeps_the_stream():
+    """With the buffer the draws are those of fresh tensors, step after step."""
+    like = torch.zeros(1)
+    draws = {}
+    for reuse in (False, True):
+        s = NoiseSampler()
+        s.reuse_buffer = reuse
+        torch.manual_seed(3)
+        draws[reuse] = [s.sample(t, 4, [3, 5], like)[1].clone() for t in range(4)]
+    for a, b in zip(draws[False], draws[True]):
+        assert torch.equal(a, b)
