@@ -100,3 +100,55 @@ def test_reused_noise_buffer_keeps_the_stream():
         draws[reuse] = [s.sample(t, 4, [3, 5], like)[1].clone() for t in range(4)]
     for a, b in zip(draws[False], draws[True]):
         assert torch.equal(a, b)
+
+
+def _trained_grads(conv: bool, grad_steps: int, update: str = "batch", T: int = 5,
+                   rule_cls=OPZO) -> list[torch.Tensor]:
+    """.grad of every parameter after one batch in float64 (so that rounding stays far below
+    the tolerance), static input (the first layer's own path) and a second layer whose
+    input changes every step."""
+    net = _net(conv).double()
+    rule = rule_cls()
+    learner = OnlineLearner(net, rule, InstantLoss("mix", 0.05), update=update,
+                            grad_steps=grad_steps)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    torch.manual_seed(1)
+    x = torch.rand(6, 64 if conv else 12, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    torch.manual_seed(2)  # the same noise and dropout for every grad_steps
+    learner.train_batch(x, y, opt, T=T)
+    return [p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("grad_steps", [0, 2, 3])
+def test_weight_gradient_over_several_steps_in_one_product(conv, grad_steps):
+    """Σ_t δ[t]ᵀ â[t] as one product over the stacked steps (k = 2 and 3 leave a partial
+    stack at T = 5; 0 = all T) equals the per-step products up to float rounding; the
+    biases, still per step, are bit-identical."""
+    ref = _trained_grads(conv, 1)
+    new = _trained_grads(conv, grad_steps)
+    net = _net(conv)
+    names = [n for n, _ in net.named_parameters()]
+    for name, a, b in zip(names, new, ref):
+        assert b.abs().sum() > 0, name
+        if name.endswith("bias"):
+            assert torch.equal(a, b), name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_one_product_per_step_mode_and_rules():
+    """With per-step updates every step flushes (k does not matter), and a rule without
+    noise (DFA) is treated alike."""
+    for update in ("step",):
+        torch.testing.assert_close(_trained_grads(False, 0, update=update),
+                                   _trained_grads(False, 1, update=update), rtol=1e-12,
+                                   atol=1e-15)
+    torch.testing.assert_close(_trained_grads(True, 0, rule_cls=DFA),
+                               _trained_grads(True, 1, rule_cls=DFA), rtol=1e-12, atol=1e-15)
+
+
+def test_grad_steps_is_checked():
+    with pytest.raises(ValueError, match="grad_steps"):
+        OnlineLearner(_net(False), OPZO(), grad_steps=-1)

@@ -47,7 +47,7 @@ from .hardware import sharded
 from .losses import InstantLoss, MaxOverTime
 from .network import NetState, SpikingNet
 from .rules.base import SpatialRule, StepContext
-from .traces import OutputTrace, Trace, make_output_trace, make_trace, record_for_rule
+from .traces import OTTTTrace, OutputTrace, Trace, make_output_trace, make_trace, record_for_rule
 
 UPDATE_MODES = ("batch", "step")
 
@@ -132,6 +132,7 @@ class OnlineLearner:
         update: str = "batch",
         gbar: str = "paper",
         comm: Communicator | None = None,
+        grad_steps: int = 1,
     ) -> None:
         if update not in UPDATE_MODES:
             raise ValueError(f"unknown update mode {update!r}; choose one of {UPDATE_MODES}")
@@ -144,6 +145,12 @@ class OnlineLearner:
             make_trace(trace, net.neuron, feeds_readout=(l == len(net.hidden) - 1), layer=layer,
                        gbar=gbar)
         self.update = update
+        if grad_steps < 0:
+            raise ValueError(f"grad_steps must be >= 0 (0: all T steps), got {grad_steps}")
+        #: OTTT trace: the weight gradients of this many steps in one product (0: all T; 1:
+        #: one product per step, the default; :class:`~opzo.traces.OTTTTrace`): faster, equal
+        #: up to float rounding, 2·k·B·n floats more per layer
+        self.grad_steps = int(grad_steps)
         #: the process group of data-parallel training (None: one process)
         self.comm = comm
         #: asked at every time step; True gives the batch up (:class:`BatchAbandoned`)
@@ -284,6 +291,10 @@ class OnlineLearner:
                        feeds_readout=(l == len(hidden) - 1), layer=hidden[l], gbar=self.gbar)
             for l in range(len(hidden))
         ]
+        if self.grad_steps != 1:
+            for tr in traces:
+                if isinstance(tr, OTTTTrace):
+                    tr.steps_per_product = T if self.grad_steps == 0 else self.grad_steps
         head = make_output_trace(self.trace_name, net.neuron.lam)  # F-variants: leaky-sum output
         state = net.initial_state(batch, x)
         if masks is None:
