@@ -16,6 +16,10 @@ opzo's mixed loss (0.95 CE + 0.05 MSE per step, averaged over the T steps). What
 
 * ``opzo-opzo``, ``opzo-bp``: opzo's ``OnlineLearner`` with OPZO / spatial BP (OTTT trace,
   native kernels); ``opzo-bptt``: opzo's ``BPTTLearner`` (autograd through the unrolled net);
+  with ``--variants`` also ``opzo-opzo-fresh`` (the OPZO step before issue 23, fresh tensors
+  for z[t] and e Fᵀ every step) and ``opzo-opzo-1prod`` / ``opzo-bp-1prod`` (the opt-in
+  ``grad_steps=0``: the weight gradient of all T steps in one product; their ``opzo-bp``
+  column is against ``opzo-bp-1prod``);
 * ``sj-ottt``: SpikingJelly 2.0's OTTT: ``layer.OTTTSequential`` of its ``OTTTLIFNode``
   (single-step, its presynaptic trace), ``layer.Dropout``, ``WSConv2d`` / ``nn.Linear``, one
   ``backward()`` per time step, as its OTTT VGG example trains;
@@ -144,12 +148,24 @@ def _mask(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 # -- opzo ------------------------------------------------------------------------------------
-def opzo_calls(st: Setting, cfg: TrainConfig) -> dict[str, Callable[[], object]]:
+def opzo_calls(st: Setting, cfg: TrainConfig, variants: bool = False
+               ) -> dict[str, Callable[[], object]]:
+    """opzo's steps; with ``variants`` also ``opzo-opzo-fresh`` (the step before issue 23:
+    a fresh tensor for the noise and for e Fᵀ at every step) and ``opzo-opzo-1prod`` /
+    ``opzo-bp-1prod`` (the opt-in ``grad_steps=0``: the weight gradient of all T steps in one
+    product)."""
     calls: dict[str, Callable[[], object]] = {}
-    for name, rule in (("opzo-opzo", "opzo"), ("opzo-bp", "bp")):
+    runs = [("opzo-opzo", "opzo", 1), ("opzo-bp", "bp", 1)]
+    if variants:
+        runs += [("opzo-opzo-fresh", "opzo", 1), ("opzo-opzo-1prod", "opzo", 0),
+                 ("opzo-bp-1prod", "bp", 0)]
+    for name, rule, grad_steps in runs:
         net = st.opzo_net()
         r = RULES[rule].factory()
-        learner = OnlineLearner(net, r, st.loss)
+        learner = OnlineLearner(net, r, st.loss, grad_steps=grad_steps)
+        if name.endswith("-fresh"):
+            r.noise.reuse_buffer = False
+            r._scratch_g = lambda ctx: None
         opt = make_optimizer([*net.parameters(), *r.parameters()], cfg)
         calls[name] = (lambda lr=learner, o=opt: lr.train_batch(st.x, st.y, o, T=st.T))
     net = st.opzo_net()
@@ -182,7 +198,7 @@ def sj_net(st: Setting, sj, online: bool) -> nn.Sequential:
     for l, (s, pool) in enumerate(zip(syn, st.pools())):
         if pool:
             mods.append(nn.AvgPool2d(2) if online else layer.AvgPool2d(2, step_mode="m"))
-        if l == len(syn) - 1 and st.conv:
+        if l == len(syn) - 1 and st.conv:  # (T,) B, C, H, W -> (T,) B, C·H·W
             mods.append(nn.Flatten() if online else layer.Flatten(step_mode="m"))
         if isinstance(s, nn.Linear) and not online:
             lin = layer.Linear(s.in_features, s.out_features, step_mode="m")
@@ -283,27 +299,27 @@ def snntorch_calls(st: Setting, cfg: TrainConfig) -> dict[str, Callable[[], obje
 
 
 # -- the run ---------------------------------------------------------------------------------
-def measure(name: str, rounds: int, extra: dict[str, Callable[[Setting, TrainConfig], dict]]
-            | None = None) -> dict:
+def measure(name: str, rounds: int, variants: bool = False) -> dict:
     """Round-robin medians of every step of one setting; ratios of opzo's to the peers'."""
     st = Setting(name)
     cfg = TrainConfig()
-    calls = opzo_calls(st, cfg)
-    for more in (extra or {}).values():
-        calls.update(more(st, cfg))
+    calls = opzo_calls(st, cfg, variants)
     calls.update(sj_calls(st, cfg))
     calls.update(snntorch_calls(st, cfg))
     med = round_robin_medians(calls, rounds)
     mine = [k for k in calls if k not in PEERS]
     peers = [k for k in calls if k in PEERS]
     ratios = {m: {p: round(med[m] / med[p], 3) for p in peers} for m in mine}
-    ratios["opzo-opzo"]["opzo-bp"] = round(med["opzo-opzo"] / med["opzo-bp"], 3)
+    for m in mine:
+        if m.startswith("opzo-opzo"):
+            bp = "opzo-bp-1prod" if m.endswith("-1prod") else "opzo-bp"
+            ratios[m]["opzo-bp"] = round(med[m] / med[bp], 3)
     print(f"\n{st.describe()}, {rounds} rounds, {torch.get_num_threads()} threads: median step "
           "time of the row / median of the column")
     print(f"  {'':16s}" + "".join(f"{p:>15s}" for p in peers) + f"{'opzo-bp':>15s}")
     for m in mine:
         row = "".join(f"{ratios[m][p]:15.2f}" for p in peers)
-        if m == "opzo-opzo":
+        if "opzo-bp" in ratios[m]:
             row += f"{ratios[m]['opzo-bp']:15.2f}"
         print(f"  {m:16s}{row}")
     return {"setting": st.describe(), "rounds": rounds, "ratios": ratios,
@@ -311,11 +327,14 @@ def measure(name: str, rounds: int, extra: dict[str, Callable[[Setting, TrainCon
                                           for k, v in med.items()}}
 
 
-def main(extra: dict[str, Callable[[Setting, TrainConfig], dict]] | None = None) -> None:
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setting", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--variants", action="store_true",
+                    help="also the step before issue 23 (fresh noise and e Fᵀ tensors) and the "
+                         "opt-in grad_steps=0 (one weight-gradient product over all T steps)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--csv", type=Path, default=None)
     args = ap.parse_args()
@@ -328,7 +347,7 @@ def main(extra: dict[str, Callable[[Setting, TrainConfig], dict]] | None = None)
             versions[mod] = version(mod)
         except Exception:  # noqa: BLE001 - missing: reported when its steps are built
             versions[mod] = None
-    results = {s: measure(s, args.rounds, extra) for s in args.setting}
+    results = {s: measure(s, args.rounds, args.variants) for s in args.setting}
     out = {"date": time.strftime("%Y-%m-%d"),
            "machine": f"{platform.machine()} {platform.processor() or ''} "
                       f"{torch.get_num_threads()} torch threads".strip(),
