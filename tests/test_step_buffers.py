@@ -152,3 +152,25 @@ def test_one_product_per_step_mode_and_rules():
 def test_grad_steps_is_checked():
     with pytest.raises(ValueError, match="grad_steps"):
         OnlineLearner(_net(False), OPZO(), grad_steps=-1)
+
+
+def test_stacks_are_kept_from_batch_to_batch():
+    """The learner hands every OTTT trace the same workspace each batch: the stacks of δ and
+    â are allocated once, and the gradients of later batches are still right."""
+    net = _net(True).double()
+    learner = OnlineLearner(net, DFA(), grad_steps=0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    torch.manual_seed(1)
+    x, y = torch.rand(6, 64, dtype=torch.float64), torch.randint(0, 5, (6,))
+    ptrs, grads = [], []
+    for _ in range(2):
+        torch.manual_seed(5)  # the same dropout masks
+        learner.train_batch(x, y, opt, T=3)
+        ptrs.append(learner._trace_workspaces[1]["stack"][0])  # kept alive: no id reuse
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert ptrs[0] is ptrs[1]
+    ref = OnlineLearner(net, learner.rule, grad_steps=1)
+    torch.manual_seed(5)
+    ref.train_batch(x, y, opt, T=3)
+    for a, b in zip(grads[1], [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)

@@ -292,9 +292,11 @@ class OnlineLearner:
             for l in range(len(hidden))
         ]
         if self.grad_steps != 1:
-            for tr in traces:
+            spaces = self.__dict__.setdefault("_trace_workspaces", {})
+            for l, tr in enumerate(traces):
                 if isinstance(tr, OTTTTrace):
                     tr.steps_per_product = T if self.grad_steps == 0 else self.grad_steps
+                    tr.workspace = spaces.setdefault(l, {})  # its stacks, batch to batch
         head = make_output_trace(self.trace_name, net.neuron.lam)  # F-variants: leaky-sum output
         state = net.initial_state(batch, x)
         if masks is None:

@@ -242,6 +242,9 @@ class OTTTTrace(Trace):
     name = "ottt"
     #: steps whose weight gradients are written in one product (1: one per step)
     steps_per_product: int = 1
+    #: where the stacks of δ and â may be kept from one batch to the next (a dict the
+    #: learner keeps per layer; None: allocated per batch)
+    workspace: dict | None = None
 
     def __init__(self, lam: float | Sequence[float], static_input: bool = False) -> None:
         leaks = _leaks(lam)
@@ -296,14 +299,27 @@ class OTTTTrace(Trace):
         b = delta.shape[0]
         if self._stack is None or self._stack[0].shape[0] != k * b:
             self._flush_stack(layer)
-            self._stack = (delta.new_empty(k * b, delta.shape[1]),
-                           self.a.new_empty(k * b, self.a.shape[1]))
+            self._stack = self._new_stack(k * b, delta, self.a)
         i = self._stacked * b
         self._stack[0][i:i + b].copy_(delta)
         self._stack[1][i:i + b].copy_(self.a)
         self._stacked += 1
         if self._stacked == k:
             self._flush_stack(layer)
+
+    def _new_stack(self, rows: int, delta: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        """Empty (rows, n) and (rows, n_in) tensors for δ and â: the workspace's when they
+        fit (no fresh memory, and its page faults, every batch)."""
+        ws = self.workspace
+        old = None if ws is None else ws.get("stack")
+        if (old is not None and old[0].shape == (rows, delta.shape[1])
+                and old[1].shape == (rows, a.shape[1]) and old[0].dtype == delta.dtype
+                and old[1].dtype == a.dtype and old[0].device == delta.device):
+            return old
+        stack = (delta.new_empty(rows, delta.shape[1]), a.new_empty(rows, a.shape[1]))
+        if ws is not None:
+            ws["stack"] = stack
+        return stack
 
     def _flush_stack(self, layer: SynapticLayer) -> None:
         """One weight-gradient product over the kept steps."""
