@@ -162,7 +162,7 @@ def build_learner(cfg: TrainConfig, net: SpikingNet, loss: InstantLoss,
         return BPTTLearner(net, loss, readout=make_readout(cfg), detach_reset=cfg.detach_reset,
                            comm=comm)
     return OnlineLearner(net, build_rule(cfg), loss, trace=cfg.trace, update=cfg.update,
-                         gbar=cfg.otpe_gbar, comm=comm, chip=chip)
+                         gbar=cfg.otpe_gbar, comm=comm, chip=chip, grad_steps=cfg.grad_steps)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -229,6 +229,10 @@ class TrainConfig:
     trace: str = _opt("ottt", "temporal credit. " + _described(TRACES) + "; f_<name>: the "
                       "same with the loss on the leaky sum of the outputs (F-OTPE)",
                       _Names(trace_names))
+    grad_steps: int = _opt(1, "trace ottt: write the weight gradients of this many time steps "
+                           "in one product (0: all T) instead of one product per step; faster, "
+                           "equal up to float rounding, 2·k·batch·n floats more per layer",
+                           min=0)
     local_learning: bool = _opt(False, "local learning (LL, OPZO paper appendix C.1): a linear "
                                 "readout per hidden layer with its own loss, its error fed back "
                                 "through the readout and added to the rule's signal")
@@ -667,7 +671,7 @@ OPTION_TOPICS: dict[str, tuple[str, ...]] = {
     "method: spatial rule and loss": ("method", "loss", "gamma", "tet_lambda", "tet_phi",
                                       "readout", "readout_leak", "detach_reset", "update",
                                       "local_learning", "ll_scale", "igl_layer", "igl_scale"),
-    "method: temporal trace": ("trace",),
+    "method: temporal trace": ("trace", "grad_steps"),
     "method: local derivative": ("surrogate",),
     "method: noise (opzo, zo)": (),
     "optimisation": ("epochs", "batch_size", "eval_batch_size", "optimizer", "lr",

@@ -162,19 +162,23 @@ class ScaledWSConv2d(nn.Module):
         grad_w = grad_v - grad_v.mean(dim=(1, 2, 3), keepdim=True)
         return grad_w, grad_gain
 
-    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:
+    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0, *,
+                        weight: bool = True, bias: bool = True) -> None:
         """Add the gradient of ⟨δ, I⟩ (input ``trace``) to ``.grad`` of W, γ and b.
 
         ``bias_trace`` is b̂[t] (the bias is a synapse from a constant 1, OTTT trace).
+        ``weight`` / ``bias`` False: leave W and γ / b alone (a trace that writes the weight
+        gradient of several steps in one product, :class:`opzo.traces.OTTTTrace`).
         """
-        grad_w, grad_gain = self.backward_weight(self.weight_grad(delta, trace))
-        pairs = [(self.weight, grad_w)] + [(self.gain, grad_gain)] * self.standardize
-        for p, g in pairs:
-            if p.grad is None:
-                p.grad = g.clone()
-            else:
-                p.grad.add_(g)
-        if self.bias is not None:
+        if weight:
+            grad_w, grad_gain = self.backward_weight(self.weight_grad(delta, trace))
+            pairs = [(self.weight, grad_w)] + [(self.gain, grad_gain)] * self.standardize
+            for p, g in pairs:
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.add_(g)
+        if self.bias is not None and bias:
             gb = delta.sum(dim=(0, 2, 3)).mul_(bias_trace)
             if self.bias.grad is None:
                 self.bias.grad = gb
@@ -346,12 +350,15 @@ class DenseLayer(_InputPooling, nn.Linear):
         (out, in) matrix in place of W."""
         return self.op_input_grad(delta @ (self.weight if weight is None else weight))
 
-    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:
-        """∇W += δᵀ â and ∇b += b̂ Σ_batch δ (``trace`` = â of the pooled input)."""
-        if self.weight.grad is None:
-            self.weight.grad = torch.zeros_like(self.weight)
-        self.weight.grad.addmm_(delta.t(), trace)
-        if self.bias is not None:
+    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0, *,
+                        weight: bool = True, bias: bool = True) -> None:
+        """∇W += δᵀ â and ∇b += b̂ Σ_batch δ (``trace`` = â of the pooled input); ``weight``
+        / ``bias`` False: leave ∇W / ∇b alone."""
+        if weight:
+            if self.weight.grad is None:
+                self.weight.grad = torch.zeros_like(self.weight)
+            self.weight.grad.addmm_(delta.t(), trace)
+        if self.bias is not None and bias:
             if self.bias.grad is None:
                 self.bias.grad = torch.zeros_like(self.bias)
             self.bias.grad.add_(delta.sum(0), alpha=bias_trace)
@@ -421,9 +428,11 @@ class ConvLayer(_InputPooling, ScaledWSConv2d):
                                       (b, *self.op_in_shape), weight)
         return self.op_input_grad(g.flatten(1))
 
-    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0) -> None:
+    def accumulate_grad(self, delta: Tensor, trace: Tensor, bias_trace: float = 1.0, *,
+                        weight: bool = True, bias: bool = True) -> None:
         """Gradient of ⟨δ, conv(â, Ŵ) + b̂ b⟩ to W, γ and b (``trace`` = â of the pooled
-        input, flattened)."""
+        input, flattened); ``weight`` / ``bias`` False: leave W and γ / b alone."""
         b = delta.shape[0]
         ScaledWSConv2d.accumulate_grad(self, delta.reshape(b, *self.out_shape),
-                                       trace.reshape(b, *self.op_in_shape), bias_trace)
+                                       trace.reshape(b, *self.op_in_shape), bias_trace,
+                                       weight=weight, bias=bias)

@@ -229,9 +229,23 @@ class OTTTTrace(Trace):
     ``lam`` may be the neuron's filter cascade (:attr:`opzo.neurons.Neuron.presynaptic_leaks`,
     input first): for CubaLIF, ĉ[t] = λ_s ĉ[t−1] + x[t] and â[t] = λ â[t−1] + ĉ[t] (bias:
     ĉ^b = λ_s ĉ^b + 1, b̂ = λ b̂ + ĉ^b), its ∂u[t]/∂W under the same approximation.
+
+    ``steps_per_product`` k > 1 (opt-in, :class:`~opzo.learner.OnlineLearner`'s
+    ``grad_steps``): the weight gradient of k steps in one product, Σ_t δ[t]ᵀ â[t] =
+    [δ[t1]; …; δ[tk]]ᵀ [â[t1]; …; â[tk]] (one GEMM, or one conv weight-gradient and one
+    standardization chain, over k·B rows instead of k over B rows), from copies of δ[t] and
+    â[t] kept until k steps are in (memory 2·k·B·n floats more, so no longer independent of
+    T); the bias gradient stays per step. The same sum in another order: equal up to float
+    rounding. Layers other than :class:`~opzo.layers.DenseLayer` and
+    :class:`~opzo.layers.ConvLayer` keep one product per step.
     """
 
     name = "ottt"
+    #: steps whose weight gradients are written in one product (1: one per step)
+    steps_per_product: int = 1
+    #: where the stacks of δ and â may be kept from one batch to the next (a dict the
+    #: learner keeps per layer; None: allocated per batch)
+    workspace: dict | None = None
 
     def __init__(self, lam: float | Sequence[float], static_input: bool = False) -> None:
         leaks = _leaks(lam)
@@ -246,6 +260,8 @@ class OTTTTrace(Trace):
         self._delta_sum: Tensor | None = None  # Σ_t c_t δ[t] (static input only)
         self._sparse = False  # the weight-gradient product over δ's non-zeros (opzo.sparse)
         self._pre.reset()
+        self._stack: tuple[Tensor, Tensor] | None = None  # rows of δ[t], â[t] (k > 1)
+        self._stacked = 0  # steps in the stack
 
     def push(self, x: Tensor, rec: StepRecord | None = None, l: int = 0) -> None:
         """â[t] = λ â[t−1] + x[t] (the record tells whether the product may go sparse)."""
@@ -278,11 +294,47 @@ class OTTTTrace(Trace):
             else:
                 self._delta_sum.add_(delta, alpha=self.c)
             return
-        if self._sparse and accumulate_sparse(layer, delta, self.a, self.c):
-            return  # over δ's non-zero entries only (opzo.sparse)
-        layer.accumulate_grad(delta, self.a, self.c)
+        k = self.steps_per_product
+        if k <= 1 or not _stacks(layer):
+            if self._sparse and accumulate_sparse(layer, delta, self.a, self.c):
+                return  # over δ's non-zero entries only (opzo.sparse)
+            layer.accumulate_grad(delta, self.a, self.c)
+            return
+        layer.accumulate_grad(delta, self.a, self.c, weight=False)  # b̂[t] differs per step
+        b = delta.shape[0]
+        if self._stack is None or self._stack[0].shape[0] != k * b:
+            self._flush_stack(layer)
+            self._stack = self._new_stack(k * b, delta, self.a)
+        i = self._stacked * b
+        self._stack[0][i:i + b].copy_(delta)
+        self._stack[1][i:i + b].copy_(self.a)
+        self._stacked += 1
+        if self._stacked == k:
+            self._flush_stack(layer)
+
+    def _new_stack(self, rows: int, delta: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
+        """Empty (rows, n) and (rows, n_in) tensors for δ and â: the workspace's when they
+        fit (no fresh memory, and its page faults, every batch)."""
+        ws = self.workspace
+        old = None if ws is None else ws.get("stack")
+        if (old is not None and old[0].shape == (rows, delta.shape[1])
+                and old[1].shape == (rows, a.shape[1]) and old[0].dtype == delta.dtype
+                and old[1].dtype == a.dtype and old[0].device == delta.device):
+            return old
+        stack = (delta.new_empty(rows, delta.shape[1]), a.new_empty(rows, a.shape[1]))
+        if ws is not None:
+            ws["stack"] = stack
+        return stack
+
+    def _flush_stack(self, layer: SynapticLayer) -> None:
+        """One weight-gradient product over the kept steps."""
+        if self._stacked and self._stack is not None:
+            rows = self._stacked * (self._stack[0].shape[0] // self.steps_per_product)
+            layer.accumulate_grad(self._stack[0][:rows], self._stack[1][:rows], bias=False)
+        self._stacked = 0
 
     def flush(self, layer: SynapticLayer) -> None:
+        self._flush_stack(layer)
         if self._delta_sum is not None:
             assert self.a is not None
             layer.accumulate_grad(self._delta_sum, self.a, 1.0)
@@ -290,7 +342,14 @@ class OTTTTrace(Trace):
 
     def state_nbytes(self) -> int:
         own = _nbytes(self._delta_sum) if self.static_input else _nbytes(self.a)
-        return own + self._pre.nbytes()
+        return own + self._pre.nbytes() + (_nbytes(*self._stack) if self._stack else 0)
+
+
+def _stacks(layer: SynapticLayer) -> bool:
+    """Whether the layer's weight gradient of several steps may be one product (its
+    ``accumulate_grad`` is DenseLayer's or ConvLayer's, which take ``weight``/``bias``)."""
+    return type(layer).accumulate_grad in (DenseLayer.accumulate_grad,
+                                           ConvLayer.accumulate_grad)
 
 
 class OSTLTrace(Trace):

@@ -60,8 +60,24 @@ class DirectFeedbackRule(SpatialRule):
 
     def deltas(self, ctx: StepContext) -> list[Tensor]:
         self.update_feedback(ctx)
-        g = (ctx.error @ self.feedback_t).split(self.sizes, dim=1)
-        return self.apply_local_derivative(ctx, list(g))
+        g = torch.mm(ctx.error, self.feedback_t, out=self._scratch_g(ctx))
+        return self.apply_local_derivative(ctx, list(g.split(self.sizes, dim=1)))
+
+    def _scratch_g(self, ctx: StepContext) -> Tensor | None:
+        """Where e Fᵀ may be written: the same (B, Σ n_l) buffer at every step when every
+        layer's δ is the product g ⊙ (m ⊙ ψ) of the fused step (a new tensor, so nothing
+        keeps the buffer past the step); None (a new tensor) otherwise. One large allocation
+        less per step: the same numbers, without the page faults of fresh memory."""
+        rec = ctx.record
+        if rec.derivatives is not None or rec.dpsi is None or any(d is None for d in rec.dpsi):
+            return None
+        e, f = ctx.error, self.feedback_t
+        shape = (e.shape[0], f.shape[1])
+        buf = getattr(self, "_g_buffer", None)
+        if (buf is None or buf.shape != shape or buf.dtype != torch.result_type(e, f)
+                or buf.device != e.device):
+            buf = self._g_buffer = e.new_empty(shape, dtype=torch.result_type(e, f))
+        return buf
 
     def feedback_blocks(self) -> list[Tensor]:
         """F_l per hidden layer, each (n_l, m) (views)."""
