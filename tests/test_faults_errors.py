@@ -127,6 +127,7 @@ BAD_FIELDS = {
     "world_size": "'two'",
     "metrics_rows": "'rows'",
     "diag_rows": "[1, 2]",
+    "chip": "{'grid': 4}",
 }
 
 

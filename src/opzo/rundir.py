@@ -380,6 +380,9 @@ CHECKPOINT_FIELDS: dict[str, tuple[Any, str]] = {
                "the run's options (a dict)"),
     "scheduler": (_optional(lambda v: isinstance(v, dict)), "a dict or None"),
     "rule": (_optional(lambda v: isinstance(v, dict)), "a dict or None"),
+    "chip": (_optional(lambda v: isinstance(v, dict) and (v.get("grid") is None or (
+        isinstance(v["grid"], dict) and isinstance(v["grid"].get("scales"), list)))),
+        "the chip's state (a dict whose grid is None or holds its scales) or None"),
     "partial": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
                 "the epoch's partial statistics (a dict)"),
     "rng": (_optional(lambda v: isinstance(v, Tensor)), "a tensor"),
