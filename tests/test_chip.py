@@ -28,6 +28,7 @@ from opzo.config import TrainConfig
 from opzo.hardware import attach
 from opzo.learner import OnlineLearner
 from opzo.network import SpikingMLP
+from opzo.neurons import ALIF, CubaLIF
 from opzo.rules.bp import SpatialBP
 from opzo.rules.direct import DFA, OPZO
 from opzo.rules.noise import NoiseSampler
@@ -51,12 +52,13 @@ def _batches(n=3, batch=8, seed=1):
             for _ in range(n)]
 
 
-def _train(rule_name, chip=None, update="batch", kernels="native", hw=0.0, backend=None):
+def _train(rule_name, chip=None, update="batch", kernels="native", hw=0.0, backend=None,
+           neuron=None):
     """Three batches of a small FC net (its hidden weights scaled so that it fires);
     ``chip``: a ChipConfig (or None: today's path); ``backend``: a ChipBackend factory taking
     the net. Returns the weights, the losses, the net and the chip."""
     torch.manual_seed(0)
-    net = SpikingMLP(SIZES, kernels=kernels)
+    net = SpikingMLP(SIZES, kernels=kernels, **({} if neuron is None else {"neuron": neuron}))
     with torch.no_grad():
         for layer in net.hidden:
             layer.weight.mul_(4.0)
@@ -86,6 +88,17 @@ def test_reference_chip_equals_todays_training_bit_for_bit(rule, variant):
         assert torch.equal(a, b)
     torch.manual_seed(0)
     assert not torch.equal(today[0], 4 * SpikingMLP(SIZES).hidden[0].weight)  # it trained
+
+
+@pytest.mark.parametrize("rule", ["opzo", "bp"])
+@pytest.mark.parametrize("neuron", [ALIF(), CubaLIF()], ids=["alif", "cuba"])
+def test_reference_chip_equals_today_for_other_neurons(rule, neuron):
+    """ALIF's threshold moves: the chip reports it, so ψ is taken at the step's threshold."""
+    today, today_loss, _, _ = _train(rule, neuron=neuron)
+    chip, chip_loss, _, _ = _train(rule, ChipConfig(backend="opzo"), neuron=neuron)
+    assert chip_loss == today_loss
+    for a, b in zip(today, chip):
+        assert torch.equal(a, b)
 
 
 def test_stochastic_rounding_is_unbiased_and_nearest_is_not():
@@ -409,3 +422,22 @@ def test_grad_from_model_learns_on_the_nominal_model():
     assert all(torch.equal(a, b) for a, b in zip(nominal, model))
     chip, chip_loss, _, _ = _train("dfa", ChipConfig(**mismatched))
     assert chip_loss != nominal_loss
+
+
+def test_eval_on_the_chip_keeps_the_runs_readout_and_takes_dropout_runs(tmp_path, capsys):
+    """``opzo eval --chip opzo`` of a max-over-time run scores as the host does (the reference
+    chip's forward is the host's), and a run trained with dropout can be put on a chip."""
+    small = ["--dataset", "embedded-mnist", "--hidden", "16", "--T", "3", "--epochs", "1",
+             "--limit-train", "256", "--limit-test", "128", "--quiet"]
+    runs = {"max": [*small, "--method", "bptt", "--readout", "max", "--dropout", "0"],
+            "dropout": [*small, "--method", "bp", "--dropout", "0.2"]}
+    for name, argv in runs.items():
+        assert main(["train", *argv, "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "max"), "--chip", "opzo"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["chip"]["acc"] == report["acc"]
+    assert math.isclose(report["chip"]["loss"], report["loss"], rel_tol=1e-6)
+    assert main(["eval", str(tmp_path / "dropout"), "--weight-bits", "16"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert abs(report["chip"]["acc"] - report["acc"]) <= 1.0

@@ -245,3 +245,11 @@ def test_nonzeros_are_psi_s_nonzero_entries(sur):
         assert torch.equal(values, psi[index])
     torch.testing.assert_close(values, psi[index], rtol=1e-6, atol=0.0)
     assert counted == sur.stats_state()  # one call, the same non-zeros
+
+
+def test_sparse_backward_on_needs_a_sparse_surrogate():
+    from opzo.config import ConfigError, TrainConfig
+
+    TrainConfig(method="bptt", surrogate="localzo", sparse_backward="on").validate()
+    with pytest.raises(ConfigError, match="surrogate 'sigmoid' gives a non-zero"):
+        TrainConfig(method="bptt", surrogate="sigmoid", sparse_backward="on").validate()

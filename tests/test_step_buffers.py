@@ -154,6 +154,19 @@ def test_grad_steps_is_checked():
         OnlineLearner(_net(False), OPZO(), grad_steps=-1)
 
 
+@pytest.mark.parametrize("options,where", [
+    ({"trace": "ostl", "hidden": [16]}, "trace 'ostl'"),
+    ({"method": "bptt"}, "method 'bptt'"),
+    ({"update": "step"}, "update 'step'"),
+])
+def test_grad_steps_is_refused_where_it_would_change_nothing(options, where):
+    from opzo.config import ConfigError, TrainConfig
+
+    TrainConfig(grad_steps=0).validate()  # ottt, update batch: taken
+    with pytest.raises(ConfigError, match=f"grad_steps 4: .*not {where}"):
+        TrainConfig(grad_steps=4, **options).validate()
+
+
 def test_stacks_are_kept_from_batch_to_batch():
     """The learner hands every OTTT trace the same workspace each batch: the stacks of δ and
     â are allocated once, and the gradients of later batches are still right."""

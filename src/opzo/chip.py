@@ -110,6 +110,9 @@ class ChipStep:
     #: optional: the chip's own local-derivative readout m_l ⊙ ψ(u_l[t] − V_th) per hidden
     #: layer (None, or None entries: the host computes ψ from ``u`` with the nominal V_th)
     dpsi: list[Tensor | None] | None = None
+    #: optional: per hidden layer the threshold the spikes were compared with (a float, or a
+    #: (B, n_l) tensor for a neuron whose threshold moves, e.g. ALIF; None: the nominal V_th)
+    thresholds: list[float | Tensor] | None = None
 
 
 @runtime_checkable
@@ -211,8 +214,6 @@ def fc_problem(net: SpikingNet) -> str | None:
                 f"pooling); this one is {net.spec}: use --hidden or a net of <n> layers")
     if any(j is not None for j in net.skips) or any(a is not None for a in net.adds):
         return f"the chip path takes no residual shortcuts ({net.spec})"
-    if net.dropout:
-        return "the chip path takes no dropout: set --dropout 0"
     return None
 
 
@@ -387,7 +388,8 @@ class OpzoChip:
                 if not self.custom:
                     o, rec = self.net.step(self.state, x[t], noise=z, noise_scale=noise_scale,
                                            noise_position="before", local_derivative=True)
-                    steps.append(ChipStep(list(rec.u), list(rec.spikes), o, dpsi=rec.dpsi))
+                    steps.append(ChipStep(list(rec.u), list(rec.spikes), o, dpsi=rec.dpsi,
+                                          thresholds=rec.thresholds))
                 else:
                     steps.append(self._step(x[t], z, noise_scale))
         return steps
@@ -509,9 +511,12 @@ def chip_record(net: SpikingNet, x_t: Tensor, step: ChipStep) -> StepRecord:
     layer l's input is the spikes of layer l − 1, or x; the readout's the last spikes; the
     local derivative ψ(u − V_th) at the NOMINAL V_th unless the chip reads it out)."""
     spikes = list(step.spikes)
+    dpsi = getattr(step, "dpsi", None)
+    thresholds = getattr(step, "thresholds", None)
     return StepRecord(list(step.u), spikes, spikes, None, net.surrogate, net.neuron.v_th,
                       None, inputs=[x_t, *spikes[:-1]], readout_in=spikes[-1],
-                      dpsi=dpsi if (dpsi := getattr(step, "dpsi", None)) is None else list(dpsi))
+                      dpsi=None if dpsi is None else list(dpsi),
+                      thresholds=None if thresholds is None else list(thresholds))
 
 
 class ChipSetup:
@@ -582,10 +587,12 @@ def setup_chip(net: SpikingNet, options: Any, grid_state: dict[str, Any] | None 
 @torch.no_grad()
 def evaluate_batch_on_chip(chip: ChipBackend, net: SpikingNet, x: Tensor, y: Tensor,
                            loss: InstantLoss, T: int | None = None,
-                           synops: SynOpsCounter | None = None) -> BatchStats:
+                           synops: SynOpsCounter | None = None,
+                           readout: Any = None) -> BatchStats:
     """Inference on the chip (no perturbation) of one batch, as
     :func:`opzo.learner.evaluate_batch`: the loss of Σ_t o[t]/T terms, the accuracy of
-    Σ_t o[t], the spike counts per hidden layer (also into ``synops``)."""
+    Σ_t o[t] (with ``readout``, a max-over-time readout, the loss and the class of its
+    scores), the spike counts per hidden layer (also into ``synops``)."""
     x, T = net.prepare_input(x, T)
     batch = x.shape[0] if x.dim() == 2 else x.shape[1]
     check_labels(y, batch, net.num_outputs, x)
@@ -597,14 +604,20 @@ def evaluate_batch_on_chip(chip: ChipBackend, net: SpikingNet, x: Tensor, y: Ten
     spikes = [0.0] * len(net.hidden)
     for t, step in enumerate(steps):
         o = step.output
-        scores = o if scores is None else scores + o
-        loss_sum += float(loss.per_sample(o, y).sum().to(torch.float64))
+        if readout is None:
+            scores = o if scores is None else scores + o
+            loss_sum += float(loss.per_sample(o, y).sum().to(torch.float64))
         counts = (synops.add_step(step.spikes, t) if synops is not None
                   else [s.sum(dtype=torch.float64) for s in step.spikes])
         for l, c in enumerate(counts):
             spikes[l] += float(c)
+    if readout is None:
+        loss_sum /= T
+    else:
+        scores = readout.scores([step.output for step in steps])
+        loss_sum = float(loss.per_sample(scores, y).sum())
     assert scores is not None
-    return BatchStats(loss_sum=loss_sum / T, correct=int((scores.argmax(1) == y).sum()),
+    return BatchStats(loss_sum=loss_sum, correct=int((scores.argmax(1) == y).sum()),
                       count=batch, spike_counts=spikes,
                       neuron_steps=[batch * T * n for n in net.hidden_sizes])
 

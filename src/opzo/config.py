@@ -389,7 +389,31 @@ class TrainConfig:
             self._check_igl(tokens)
             self._check_norm(tokens)
             self._check_chip(tokens)
+            self._check_speed_options()
         return self
+
+    def _check_speed_options(self) -> None:
+        """``grad_steps`` and ``sparse_backward``: refused where they would change nothing."""
+        steps = getattr(self, "grad_steps", 1)
+        if steps != 1:
+            where = None
+            if self.method == "bptt" or self.method in UNTRUNCATED_METHODS:
+                where = f"method {self.method!r} (it has no online trace)"
+            elif self.trace not in ("ottt", "f_ottt"):
+                where = f"trace {self.trace!r} (only ottt and f_ottt stack their products)"
+            elif self.update == "step":
+                where = "update 'step' (the weights move after every step: one product a step)"
+            if where:
+                raise ConfigError(f"grad_steps {steps}: the weight gradient of several steps "
+                                  f"in one product needs the ottt trace with update 'batch'; "
+                                  f"not {where}: drop --grad-steps")
+        sparse = getattr(self, "sparse_backward", "auto")
+        entry = SURROGATES[self.surrogate] if self.surrogate in SURROGATES else None
+        if sparse == "on" and entry is not None and not getattr(entry.factory, "sparse_psi",
+                                                                  False):
+            raise ConfigError(f"sparse_backward 'on': surrogate {self.surrogate!r} gives a "
+                              "non-zero ψ almost everywhere, so there is nothing to skip; it "
+                              "works with localzo and sparsegrad (or drop --sparse-backward)")
 
     def _check_chip(self, tokens: list | None) -> None:
         """The chip's options (:mod:`opzo.chip`): an online rule, a fully connected net."""

@@ -164,6 +164,9 @@ class OnlineLearner:
         self.chip = chip
         if chip is not None:
             check_fc(net)
+            if net.dropout:
+                raise ValueError("a chip takes no dropout (it has no dropout masks): build "
+                                 "the network with dropout 0")
             if rule.noise is not None and rule.noise.position != "before":
                 raise ValueError("a chip takes the rule's perturbation on the synaptic "
                                  "current: set noise_position 'before' (--noise-position "

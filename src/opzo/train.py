@@ -138,7 +138,7 @@ def evaluate(net: SpikingNet, source: Source, cfg: TrainConfig, loss: InstantLos
         for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
             acc.add(evaluate_batch_on_chip(chip, net, to_device(x, device),
                                            to_device(labels, device), loss, T=cfg.T,
-                                           synops=synops))
+                                           synops=synops, readout=readout))
     elif comm is not None and random:
         for x, labels in source.batches(cfg.eval_batch_size, cfg.T):
             shard = comm.shard(labels.shape[0])
