@@ -63,7 +63,8 @@ class Mutation:
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation("dfa-drop-psi", "src/opzo/rules/direct.py",
-             "return self.apply_local_derivative(ctx, list(g))", "return list(g)",
+             "return self.apply_local_derivative(ctx, list(g.split(self.sizes, dim=1)))",
+             "return list(g.split(self.sizes, dim=1))",
              (RULE_CHECKS,), "DFA/DKP/OPZO: δ_l = B_l e without m_l ⊙ ψ(u_l) (eq. 7)"),
     Mutation("fused-psi-ignored", "src/opzo/rules/base.py",
              "        return g * dp\n", "        return g\n",

@@ -52,6 +52,10 @@ def run() -> int:
     """Import the command line and run it; exit status 130 for Ctrl-C during the import."""
     try:
         set_openmp_defaults()  # before torch is imported (by the command line)
+        # numpy first, from Python: torch's C code imports it lazily on first need and clears
+        # any error of that import, so a Ctrl-C landing inside it would be swallowed
+        import numpy  # noqa: F401
+
         from .cli import main
 
         code = main()
