@@ -336,6 +336,8 @@ def test_bad_chip_inputs_give_one_line(tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, [*BASE, *out, "--weight-bits", "1"], "'weight_bits' = 1 must be >= 2")
     _one_line_error(capsys, [*BASE, *out, "--state-bits", "17"], "must be <= 16")
     _one_line_error(capsys, [*BASE, *out, "--chip", "loihi"], "chip 'loihi'")
+    _one_line_error(capsys, [*BASE, *out, "--chip", "opzo", "--chip-variant", "cuba"],
+                    "chip_variant 'cuba' is the neuron of a NIR chip")
     _one_line_error(capsys, [*BASE, *out, "--chip", f"nir:{tmp_path}/no.nir"], "does not exist")
     _one_line_error(capsys, [*BASE, *out, "--weight-bits", "4", "--net", "4C3-FC"],
                     "fully connected")

@@ -198,6 +198,9 @@ class ChipConfig:
         if b not in ("none", "opzo") and not (b.startswith("nir:") and len(b) > 4):
             return (f"chip {b!r}: use none, opzo (opzo's own network) or nir:FILE.nir "
                     "(a NIR graph run by --chip-sim)")
+        if self.variant != "same" and not b.startswith("nir:"):
+            return (f"chip_variant {self.variant!r} is the neuron of a NIR chip run by "
+                    f"--chip-sim; chip {b!r} has none: use --chip nir:FILE.nir or drop it")
         if b.startswith("nir:") and self.neuron_props:
             return ("state_bits and the hw_threshold_noise / hw_leak_noise mismatch are "
                     f"properties of opzo's own chip; chip {b!r} runs its graph's own neurons: "
