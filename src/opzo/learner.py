@@ -46,7 +46,7 @@ from .distributed import Communicator, Shard
 from .energy import SynOpsCounter
 from .hardware import sharded
 from .losses import InstantLoss, MaxOverTime
-from .network import NetState, SpikingNet
+from .network import NetState, SpikingNet, StepRecord
 from .rules.base import SpatialRule, StepContext
 from .traces import OTTTTrace, OutputTrace, Trace, make_output_trace, make_trace, record_for_rule
 
@@ -346,17 +346,18 @@ class OnlineLearner:
         """Time step t: the noisy forward step, the loss and its error, the traces, the rule's
         δ's and their gradients (OPZO paper Algorithm 1's inner loop). Returns o[t] and the
         step's summed loss."""
-        if self.chip is not None:
-            return self._chip_step(b, t)
         net, rule = self.net, self.rule
         x_t = b.x if b.x.dim() == 2 else b.x[t]
         noise = (rule.perturbation(t, b.batch, b.x) if b.shard is None
                  else rule.perturbation(t, b.batch, b.x, b.shard))
         alpha, pos = ((rule.noise.alpha, rule.noise.position) if rule.noise is not None
                       else (0.0, "after"))
-        o, rec = net.step(b.state, x_t, first_current=b.first, first_input=b.first_in,
-                          noise=noise, noise_scale=alpha, noise_position=pos, masks=b.masks,
-                          gains=b.gains, local_derivative=True)
+        if self.chip is None:
+            o, rec = net.step(b.state, x_t, first_current=b.first, first_input=b.first_in,
+                              noise=noise, noise_scale=alpha, noise_position=pos,
+                              masks=b.masks, gains=b.gains, local_derivative=True)
+        else:
+            o, rec = self._chip_forward(b, x_t, noise, alpha)
         assert rec.inputs is not None and rec.readout_in is not None
         lb, e = self.loss.value_and_error(b.head.push(o, rec.readout_in), b.target, b.y)
         loss = lb.sum()
@@ -372,36 +373,19 @@ class OnlineLearner:
         b.head.accumulate(e, net.readout)
         return o, loss
 
-    def _chip_step(self, b: _Batch, t: int) -> tuple[Tensor, Tensor]:
-        """Time step t on the chip (:mod:`opzo.chip`): the chip runs the step with the rule's
-        perturbation on its currents and reports u, s and o[t]; the rule and the traces
-        work from the record rebuilt from them, as in :meth:`_step`."""
-        net, rule, chip = self.net, self.rule, self.chip
+    def _chip_forward(self, b: _Batch, x_t: Tensor, noise: list[Tensor] | None,
+                      alpha: float) -> tuple[Tensor, StepRecord]:
+        """Step t's forward on the chip (:mod:`opzo.chip`): the chip runs it with the rule's
+        perturbation on its currents and reports u, s and o[t]; the rules and the traces read
+        the record rebuilt from them."""
+        chip = self.chip
         assert chip is not None
-        x_t = b.x if b.x.dim() == 2 else b.x[t]
-        noise = rule.perturbation(t, b.batch, b.x)
-        alpha = rule.noise.alpha if rule.noise is not None else 0.0
         steps = chip.run(x_t.unsqueeze(0), noise=None if noise is None else [noise],
                          noise_scale=alpha)
         if len(steps) != 1:
             raise ValueError(f"chip {chip.name!r} returned {len(steps)} steps for 1")
-        check_step(chip, net, steps[0], b.batch)
-        rec = chip_record(net, x_t, steps[0])
-        o = steps[0].output
-        assert rec.inputs is not None and rec.readout_in is not None
-        lb, e = self.loss.value_and_error(b.head.push(o, rec.readout_in), b.target, b.y)
-        loss = lb.sum()
-        e.mul_(b.scale)
-        for l, tr in enumerate(b.traces):
-            tr.push(rec.inputs[l], rec, l)
-        rec = record_for_rule(rec, b.traces)
-        ctx = StepContext(t=t, T=b.T, output=o, error=e, loss=lb.mul_(b.scale), record=rec,
-                          net=net, target=b.target, labels=b.y, loss_fn=self.loss,
-                          scale=b.scale, batch_total=b.total, reduce=b.reduce)
-        for layer, tr, delta in zip(net.hidden, b.traces, rule.deltas(ctx)):
-            tr.accumulate(delta, layer)
-        b.head.accumulate(e, net.readout)
-        return o, loss
+        check_step(chip, self.net, steps[0], b.batch)
+        return steps[0].output, chip_record(self.net, x_t, steps[0])
 
     def _step_optimizer(self, b: _Batch, optimizer: torch.optim.Optimizer) -> None:
         """``update="step"`` (OTTT_O): the step's gradient into the weights now."""
