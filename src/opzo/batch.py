@@ -5,8 +5,9 @@ imports another."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -73,3 +74,38 @@ class BatchStats:
     # Σ spikes and B·T·n_l per hidden layer (filled by evaluation; training skips the count)
     spike_counts: list[float] = field(default_factory=list)
     neuron_steps: list[int] = field(default_factory=list)
+
+
+def score_steps(steps: Iterable[tuple[Tensor, list[Tensor]]], y: Tensor, loss: Any, T: int,
+                sizes: list[int], readout: Any = None, synops: Any = None) -> BatchStats:
+    """Inference statistics of one batch from its steps ``(o[t], spikes s_l[t] per hidden
+    layer)``, whoever ran the forward (opzo's network, a chip): the loss of Σ_t o[t]/T terms
+    and the accuracy of Σ_t o[t]; with ``readout`` (a max-over-time readout, ``scores``) the
+    loss and the class of its scores; spikes counted per layer (also into ``synops``, an
+    :class:`opzo.energy.SynOpsCounter`). Sums stay on the device until the end (float64;
+    float32 on mps)."""
+    batch = y.shape[0]
+    dtype = torch.float32 if y.device.type == "mps" else torch.float64
+    outputs: list[Tensor] = []  # o[t], for a max-over-time readout
+    scores: Tensor | None = None  # Σ_t o[t]
+    loss_sum = torch.zeros((), dtype=dtype, device=y.device)
+    spikes = torch.zeros(len(sizes), dtype=dtype, device=y.device)
+    for t, (o, layer_spikes) in enumerate(steps):
+        if readout is None:
+            scores = o if scores is None else scores + o
+            loss_sum += loss.per_sample(o, y).sum().to(dtype)
+        else:
+            outputs.append(o)
+        counts = (synops.add_step(layer_spikes, t) if synops is not None  # counted once
+                  else [s.sum(dtype=dtype) for s in layer_spikes])
+        for l, c in enumerate(counts):
+            spikes[l] += c
+    if readout is None:
+        loss_value = float(loss_sum) / T
+    else:
+        scores = readout.scores(outputs)
+        loss_value = float(loss.per_sample(scores, y).sum())
+    assert scores is not None
+    return BatchStats(loss_sum=loss_value, correct=int((scores.argmax(1) == y).sum()),
+                      count=batch, spike_counts=spikes.tolist(),
+                      neuron_steps=[batch * T * n for n in sizes])

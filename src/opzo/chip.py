@@ -82,7 +82,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .batch import BatchStats, check_labels
+from .batch import BatchStats, check_labels, score_steps
 from .energy import SynOpsCounter
 from .layers import DenseLayer
 from .losses import InstantLoss
@@ -601,28 +601,8 @@ def evaluate_batch_on_chip(chip: ChipBackend, net: SpikingNet, x: Tensor, y: Ten
     check_labels(y, batch, net.num_outputs, x)
     xs = x.unsqueeze(0).expand(T, *x.shape) if x.dim() == 2 else x
     chip.reset(batch)
-    steps = chip.run(xs)
-    scores = None
-    loss_sum = 0.0
-    spikes = [0.0] * len(net.hidden)
-    for t, step in enumerate(steps):
-        o = step.output
-        if readout is None:
-            scores = o if scores is None else scores + o
-            loss_sum += float(loss.per_sample(o, y).sum().to(torch.float64))
-        counts = (synops.add_step(step.spikes, t) if synops is not None
-                  else [s.sum(dtype=torch.float64) for s in step.spikes])
-        for l, c in enumerate(counts):
-            spikes[l] += float(c)
-    if readout is None:
-        loss_sum /= T
-    else:
-        scores = readout.scores([step.output for step in steps])
-        loss_sum = float(loss.per_sample(scores, y).sum())
-    assert scores is not None
-    return BatchStats(loss_sum=loss_sum, correct=int((scores.argmax(1) == y).sum()),
-                      count=batch, spike_counts=spikes,
-                      neuron_steps=[batch * T * n for n in net.hidden_sizes])
+    return score_steps(((step.output, step.spikes) for step in chip.run(xs)), y, loss, T,
+                       net.hidden_sizes, readout, synops)
 
 
 def evaluate_on_chip(chip: ChipBackend, net: SpikingNet, x: Tensor, y: Tensor,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .batch import BatchAbandoned as BatchAbandoned  # its home before opzo.batch
-from .batch import BatchStats, check_labels, check_optimizer, check_stop
+from .batch import BatchStats, check_labels, check_optimizer, check_stop, score_steps
 from .chip import ChipBackend, check_fc, check_step, chip_record
 from .distributed import Communicator, Shard
 from .energy import SynOpsCounter
@@ -444,33 +444,7 @@ def evaluate_batch(net: SpikingNet, x: Tensor, y: Tensor, loss: InstantLoss,
         x, T = net.prepare_input(x, T)
         batch = x.shape[0] if x.dim() == 2 else x.shape[1]
         check_labels(y, batch, net.num_outputs, x)
-        dtype = torch.float32 if x.device.type == "mps" else torch.float64
-        outputs: list[Tensor] = []  # o[t], for a max-over-time readout
-        scores: Tensor | None = None  # Σ_t o[t]
-        loss_sum = torch.zeros((), dtype=dtype, device=x.device)
-        spikes = torch.zeros(len(net.hidden), dtype=dtype, device=x.device)
-        for t, (o, rec) in enumerate(net.run(x, T)):
-            if readout is None:
-                scores = o if scores is None else scores + o
-                loss_sum += loss.per_sample(o, y).sum().to(dtype)
-            else:
-                outputs.append(o)
-            counts = (synops.add_step(rec.spikes, t) if synops is not None  # counted once
-                      else [s.sum(dtype=dtype) for s in rec.spikes])
-            for l, c in enumerate(counts):
-                spikes[l] += c
-        if readout is None:
-            loss_value = float(loss_sum) / T
-        else:
-            scores = readout.scores(outputs)
-            loss_value = float(loss.per_sample(scores, y).sum())
-        assert scores is not None
-        return BatchStats(
-            loss_sum=loss_value,
-            correct=int((scores.argmax(1) == y).sum()),
-            count=batch,
-            spike_counts=spikes.tolist(),
-            neuron_steps=[batch * T * n for n in net.hidden_sizes],
-        )
+        return score_steps(((o, rec.spikes) for o, rec in net.run(x, T)), y, loss, T,
+                           net.hidden_sizes, readout, synops)
     finally:
         net.train(was_training)
