@@ -486,11 +486,19 @@ def check_shapes(chip: ChipBackend, net: SpikingNet) -> None:
     devices = [like.device] if like.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         chip.reset(1)
-        steps = chip.run(torch.zeros(1, 1, net.num_inputs, dtype=like.dtype,
-                                     device=like.device))
+        run_step(chip, net, torch.zeros(1, net.num_inputs, dtype=like.dtype, device=like.device))
+
+
+def run_step(chip: ChipBackend, net: SpikingNet, x_t: Tensor, noise: list[Tensor] | None = None,
+             noise_scale: float = 1.0) -> ChipStep:
+    """One step of the chip on the (B, F) input ``x_t`` (``noise``: per hidden layer, on the
+    currents), checked against ``net``'s shapes (:func:`check_step`)."""
+    steps = chip.run(x_t.unsqueeze(0), noise=None if noise is None else [noise],
+                     noise_scale=noise_scale)
     if len(steps) != 1:
         raise ValueError(f"chip {chip.name!r} returned {len(steps)} steps for 1")
-    check_step(chip, net, steps[0], 1)
+    check_step(chip, net, steps[0], x_t.shape[0])
+    return steps[0]
 
 
 def check_step(chip: ChipBackend, net: SpikingNet, step: ChipStep, batch: int) -> None:

@@ -394,7 +394,7 @@ class TrainConfig:
 
     def _check_speed_options(self) -> None:
         """``grad_steps`` and ``sparse_backward``: refused where they would change nothing."""
-        steps = getattr(self, "grad_steps", 1)
+        steps = self.grad_steps
         if steps != 1:
             where = None
             if self.method == "bptt" or self.method in UNTRUNCATED_METHODS:

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .batch import BatchAbandoned as BatchAbandoned  # its home before opzo.batch
 from .batch import BatchStats, check_labels, check_optimizer, check_stop, score_steps
-from .chip import ChipBackend, check_fc, check_step, chip_record
+from .chip import ChipBackend, check_fc, chip_record, run_step
 from .distributed import Communicator, Shard
 from .energy import SynOpsCounter
 from .hardware import sharded
@@ -357,7 +357,7 @@ class OnlineLearner:
                               noise=noise, noise_scale=alpha, noise_position=pos,
                               masks=b.masks, gains=b.gains, local_derivative=True)
         else:
-            o, rec = self._chip_forward(b, x_t, noise, alpha)
+            o, rec = self._chip_forward(x_t, noise, alpha)
         assert rec.inputs is not None and rec.readout_in is not None
         lb, e = self.loss.value_and_error(b.head.push(o, rec.readout_in), b.target, b.y)
         loss = lb.sum()
@@ -373,19 +373,14 @@ class OnlineLearner:
         b.head.accumulate(e, net.readout)
         return o, loss
 
-    def _chip_forward(self, b: _Batch, x_t: Tensor, noise: list[Tensor] | None,
-                      alpha: float) -> tuple[Tensor, StepRecord]:
+    def _chip_forward(self, x_t: Tensor, noise: list[Tensor] | None, alpha: float
+                      ) -> tuple[Tensor, StepRecord]:
         """Step t's forward on the chip (:mod:`opzo.chip`): the chip runs it with the rule's
         perturbation on its currents and reports u, s and o[t]; the rules and the traces read
         the record rebuilt from them."""
-        chip = self.chip
-        assert chip is not None
-        steps = chip.run(x_t.unsqueeze(0), noise=None if noise is None else [noise],
-                         noise_scale=alpha)
-        if len(steps) != 1:
-            raise ValueError(f"chip {chip.name!r} returned {len(steps)} steps for 1")
-        check_step(chip, self.net, steps[0], b.batch)
-        return steps[0].output, chip_record(self.net, x_t, steps[0])
+        assert self.chip is not None
+        step = run_step(self.chip, self.net, x_t, noise, alpha)
+        return step.output, chip_record(self.net, x_t, step)
 
     def _step_optimizer(self, b: _Batch, optimizer: torch.optim.Optimizer) -> None:
         """``update="step"`` (OTTT_O): the step's gradient into the weights now."""
