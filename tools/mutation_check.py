@@ -146,9 +146,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        self.rule.optimizer_step()\n        for p in self._parameters():\n"
              "            pass\n",
              (RULE_CHECKS,), "per-step updates: .grad not cleared after each step's update"),
-    Mutation("rate-per-sample-not-step", "src/opzo/learner.py",
-             "neuron_steps=[batch * T * n for n in net.hidden_sizes]",
-             "neuron_steps=[batch * n for n in net.hidden_sizes]",
+    Mutation("rate-per-sample-not-step", "src/opzo/batch.py",
+             "neuron_steps=[batch * T * n for n in sizes]",
+             "neuron_steps=[batch * n for n in sizes]",
              (FIRING_RATES,), "firing rate: spikes over B·n instead of B·T·n"),
     Mutation("rate-epoch-keeps-last-batch", "src/opzo/progress.py",
              "self.spikes = [a + b for a, b in zip(self.spikes, s.spike_counts)]",
